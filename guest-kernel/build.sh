@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds the runv guest kernel (an uncompressed, PVH-bootable vmlinux) from Debian's
-# linux-source-6.1 package: `make tinyconfig`, then the fragments in config/*.config,
-# then a check that Kconfig kept every option the fragments ask for.
+# linux-source-6.1 package. Base: tinyconfig (allnoconfig + the kernel's tiny
+# fragments), with the fragments in config/*.config applied in the same allnoconfig
+# pass, then a check that Kconfig kept every option the fragments ask for.
 #
 # The result is cached in ${RUNV_CACHE:-/var/cache/runv}/kernel-<hash>/vmlinux, where
 # <hash> covers the source package version, the fragments and this script. A run with
@@ -68,15 +69,22 @@ mkdir -p "$build_dir"
 kmake() { make -C "$src_dir" O="$build_dir" ARCH=x86_64 "$@" >>"$build_log" 2>&1; }
 fail() { tail -n 40 "$build_log" >&2; die "$1 (full log: $build_log)"; }
 
+# tinyconfig is allnoconfig + the tiny fragments; ours go on top in the same
+# allnoconfig pass, so that every option neither fragment names stays off (an
+# olddefconfig pass would switch on the defaults of newly visible options, such as
+# VT and INPUT under TTY).
 log "configuring $source_pkg $version (tinyconfig + ${#fragments[@]} fragments)"
-kmake tinyconfig || fail "make tinyconfig failed"
-"$src_dir/scripts/kconfig/merge_config.sh" -m -O "$build_dir" \
-    "$build_dir/.config" "${fragments[@]}" >>"$build_log" 2>&1 || fail "merging fragments failed"
-kmake olddefconfig || fail "make olddefconfig failed"
+(cd "$src_dir" && ARCH=x86_64 scripts/kconfig/merge_config.sh -n -O "$build_dir" \
+    kernel/configs/tiny-base.config kernel/configs/tiny.config arch/x86/configs/tiny.config \
+    "${fragments[@]}") >>"$build_log" 2>&1 || fail "configuring (merge_config.sh -n) failed"
 
 # Kconfig silently drops options whose dependencies are missing: refuse that.
-missing=$(grep -h '^CONFIG_' "${fragments[@]}" | sort -u \
-    | while read -r line; do grep -qxF "$line" "$build_dir/.config" || echo "  $line"; done)
+missing=$( {
+    grep -h '^CONFIG_' "${fragments[@]}" | sort -u \
+        | while read -r line; do grep -qxF "$line" "$build_dir/.config" || echo "  $line"; done
+    grep -hoE '^# CONFIG_[A-Z0-9_]+ is not set' "${fragments[@]}" | awk '{print $2}' | sort -u \
+        | while read -r name; do ! grep -qE "^$name=" "$build_dir/.config" || echo "  # $name is not set"; done
+} )
 [ -z "$missing" ] || die "Kconfig did not keep these fragment options (missing dependencies?):
 $missing"
 

@@ -21,6 +21,9 @@ pub enum InitError {
         target: &'static str,
         source: nix::Error,
     },
+    /// The debug port cannot be reached.
+    #[error("cannot signal the boot timer: {0}")]
+    BootTimer(io::Error),
     /// The reboot(2) call that ends the VM failed.
     #[error("cannot power off the guest: {0}")]
     PowerOff(nix::Error),
@@ -47,6 +50,27 @@ fn mount_fs(fstype: &'static str, target: &'static str, flags: MsFlags) -> Resul
             source,
         }
     })
+}
+
+/// Tells the VMM's boot timer that init runs: one byte to the debug port.
+/// Best effort: outside runv-vmm (QEMU, say) the write is simply ignored.
+pub fn signal_boot_timer() -> Result<(), InitError> {
+    let port = protocol::BOOT_TIMER_PORT;
+    // SAFETY: ioperm only changes this process's I/O permission bitmap.
+    if unsafe { libc::ioperm(libc::c_ulong::from(port), 1, 1) } != 0 {
+        return Err(InitError::BootTimer(io::Error::last_os_error()));
+    }
+    // SAFETY: ioperm above granted access to exactly this port; an OUT to the
+    // debug port has no effect on this process's memory.
+    unsafe {
+        std::arch::asm!(
+            "out dx, al",
+            in("dx") port,
+            in("al") protocol::BOOT_TIMER_INIT_STARTED,
+            options(nomem, nostack, preserves_flags)
+        );
+    }
+    Ok(())
 }
 
 /// Ends the VM. The guest kernel runs with `reboot=k`, so a restart is a reset

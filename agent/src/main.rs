@@ -12,6 +12,9 @@ fn main() -> ExitCode {
     if let Err(err) = init::mount_pseudo_filesystems() {
         eprintln!("runv-agent: {err}");
     }
+    if let Err(err) = init::signal_boot_timer() {
+        eprintln!("runv-agent: {err}");
+    }
     println!("{}", protocol::BOOT_MARKER);
     // PID 1 must never return: powering off is the only way out.
     let err = init::power_off();

@@ -1,5 +1,7 @@
 //! What the runv shim, VMM and guest agent agree on (see `ARCHITECTURE.md`).
 
+pub mod vmm;
+
 /// vsock port on which the agent serves the shim's ttrpc connection.
 pub const AGENT_VSOCK_PORT: u32 = 1024;
 
@@ -7,3 +9,10 @@ pub const AGENT_VSOCK_PORT: u32 = 1024;
 ///
 /// Boot tests and benchmarks wait for it on the serial console.
 pub const BOOT_MARKER: &str = "runv-agent: init started";
+
+/// I/O port the agent writes boot progress to (the PC debug port; the guest
+/// kernel runs with `io_delay=none`, so nothing else writes it).
+pub const BOOT_TIMER_PORT: u16 = 0x80;
+
+/// Value written to [`BOOT_TIMER_PORT`] once the agent runs as init.
+pub const BOOT_TIMER_INIT_STARTED: u8 = 0x60;

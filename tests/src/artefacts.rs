@@ -22,6 +22,14 @@ impl GuestArtefacts {
     }
 }
 
+/// The `runv-vmm` binary under test (`RUNV_VMM`, set by `scripts/test`).
+pub fn vmm_binary() -> PathBuf {
+    required_file(
+        "RUNV_VMM",
+        "cargo build --release (target/release/runv-vmm)",
+    )
+}
+
 fn required_file(var: &str, builder: &str) -> PathBuf {
     let path = std::env::var_os(var).map(PathBuf::from).unwrap_or_else(|| {
         panic!("{var} is not set: run the suite through scripts/test, or set it to the output of {builder}")

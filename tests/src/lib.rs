@@ -4,3 +4,4 @@
 pub mod artefacts;
 pub mod console;
 pub mod host;
+pub mod scratch;

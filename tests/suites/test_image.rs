@@ -2,6 +2,7 @@
 //! system whose busybox tools run, with the config the tests rely on.
 
 use runv_tests::host::require_root;
+use runv_tests::scratch::Scratch;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -49,23 +50,6 @@ fn run(command: &mut Command) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
-/// A scratch directory removed when the test ends, pass or fail.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(name: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!("{name}.{}", std::process::id()));
-        fs::create_dir_all(&dir).expect("create scratch dir");
-        Self(dir)
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
-    }
-}
-
 fn unpack(tarball: &Path, scratch: &Path) -> PathBuf {
     let layout = scratch.join("layout");
     let bundle = scratch.join("bundle");
@@ -86,7 +70,7 @@ fn unpack(tarball: &Path, scratch: &Path) -> PathBuf {
 fn test_image_unpacks_to_a_runnable_busybox_root() {
     require_root("it chroots into the image");
     let scratch = Scratch::new("runv-test-image");
-    let bundle = unpack(&image_tarball(), &scratch.0);
+    let bundle = unpack(&image_tarball(), scratch.path());
     let rootfs = bundle.join("rootfs");
 
     for applet in APPLETS {

@@ -1,4 +1,17 @@
 //! The runv virtual machine monitor.
 //!
-//! Boots one KVM microVM per pod from an uncompressed guest `vmlinux` and the
-//! agent's initrd (see `ARCHITECTURE.md`).
+//! Boots one KVM microVM per pod from an uncompressed guest `vmlinux` (PVH) or a
+//! bzImage and the agent's initrd (see `ARCHITECTURE.md`). [`builder`] holds the
+//! boot sequence; [`runtime`] runs the VM until it ends.
+
+pub mod api;
+pub mod arch;
+pub mod builder;
+pub mod cli;
+pub mod config;
+pub mod devices;
+pub mod metrics;
+pub mod runtime;
+pub mod signals;
+pub mod vm_exit;
+pub mod vstate;

@@ -1,16 +1,47 @@
 //! `runv-vmm`: the VMM process of one pod.
 
 use std::process::ExitCode;
+use std::time::Instant;
+use vmm::cli::{self, Command};
+use vmm::config::PartialConfig;
 
 fn main() -> ExitCode {
-    match std::env::args().nth(1).as_deref() {
-        Some("--version") => {
-            println!("runv-vmm {}", env!("CARGO_PKG_VERSION"));
-            ExitCode::SUCCESS
-        }
-        _ => {
-            eprintln!("runv-vmm: booting guests is not implemented yet; only --version works");
+    let process_start = Instant::now();
+    match run(process_start) {
+        Ok(code) => ExitCode::from(code),
+        Err(message) => {
+            eprintln!("runv-vmm: error: {message}");
             ExitCode::from(2)
         }
     }
+}
+
+/// Returns the exit status for a VM that ran, or the error that kept it from running.
+fn run(process_start: Instant) -> Result<u8, String> {
+    let (config_file, flags) =
+        match cli::parse(std::env::args().skip(1)).map_err(|e| e.to_string())? {
+            Command::Help => {
+                println!("{}", cli::USAGE);
+                return Ok(0);
+            }
+            Command::Version => {
+                println!("runv-vmm {}", env!("CARGO_PKG_VERSION"));
+                return Ok(0);
+            }
+            Command::Run { config_file, flags } => (config_file, flags),
+        };
+    let base = match config_file {
+        Some(path) => PartialConfig::from_file(&path).map_err(|e| e.to_string())?,
+        None => PartialConfig::default(),
+    };
+    let config = base.overlay(flags).finish().map_err(|e| e.to_string())?;
+    let vmm = vmm::builder::build_microvm(&config, process_start).map_err(|e| e.to_string())?;
+    let exit = vmm.run().map_err(|e| e.to_string())?;
+    let code = exit.exit_code();
+    if code == 0 {
+        eprintln!("runv-vmm: {exit}");
+    } else {
+        eprintln!("runv-vmm: error: {exit}");
+    }
+    Ok(code)
 }

@@ -1,0 +1,136 @@
+#!/usr/bin/env python3
+"""Boot time and memory overhead: runv-vmm against QEMU microvm on the same guest.
+
+Boot time: process start to the agent's boot marker on the serial console, runs
+alternating between the two VMMs. Memory: the resident size of every mapping of a
+VMM process except guest RAM, sampled while an idle guest runs (the way Firecracker
+measures its overhead).
+"""
+import argparse
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+BOOT_MARKER = "runv-agent: init started"
+IDLE_MARKER = "idle-init-ready"
+MEMORY_MIB = 256
+CPUS = 2
+TIMEOUT_S = 300
+
+
+def runv_cmd(args, initrd, console="stdout"):
+    return [args.vmm, "--kernel", args.kernel, "--initrd", initrd, "--cpus", str(CPUS),
+            "--memory-mib", str(MEMORY_MIB), "--console", console]
+
+
+def qemu_cmd(args, initrd):
+    return ["qemu-system-x86_64", "-M", "microvm,acpi=off,x-option-roms=off,rtc=off,isa-serial=on",
+            "-enable-kvm", "-cpu", "host", "-smp", str(CPUS), "-m", str(MEMORY_MIB),
+            "-nodefaults", "-no-user-config", "-nographic", "-no-reboot",
+            "-serial", "stdio", "-device", "i8042", "-kernel", args.kernel, "-initrd", initrd,
+            "-append", "console=ttyS0 reboot=k panic=-1 quiet"]
+
+
+def wait_marker(proc, marker):
+    """Reads console lines until `marker`; returns seconds since spawn or None."""
+    for raw in proc.stdout:
+        if marker in raw.decode(errors="replace"):
+            return time.monotonic()
+    return None
+
+
+def boot_time(cmd):
+    start = time.monotonic()
+    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL)
+    try:
+        seen = wait_marker(proc, BOOT_MARKER)
+        proc.wait(timeout=TIMEOUT_S)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    if seen is None:
+        sys.exit(f"vmm-boot: no boot marker from {cmd[0]}")
+    return seen - start
+
+
+def overhead_kib(pid, guest_bytes):
+    """Rss of all mappings smaller than guest RAM (guest RAM itself excluded)."""
+    total, size = 0, 0
+    with open(f"/proc/{pid}/smaps") as smaps:
+        for line in smaps:
+            fields = line.split()
+            if fields[0] == "Size:":
+                size = int(fields[1]) * 1024
+            elif fields[0] == "Rss:" and size < guest_bytes:
+                total += int(fields[1])
+    return total
+
+
+def idle_initrd(tmp):
+    root = os.path.join(tmp, "root")
+    os.makedirs(os.path.join(root, "bin"))
+    shutil.copy("/bin/busybox", os.path.join(root, "bin/busybox"))
+    os.symlink("busybox", os.path.join(root, "bin/sh"))
+    with open(os.path.join(root, "init"), "w") as init:
+        init.write(f"#!/bin/sh\n/bin/busybox echo {IDLE_MARKER}\n"
+                   "while :; do /bin/busybox sleep 1; done\n")
+    os.chmod(os.path.join(root, "init"), 0o755)
+    path = os.path.join(tmp, "idle.img")
+    subprocess.run(f"cd {root} && find . | cpio --quiet -o -H newc -R 0:0 | gzip -1 > {path}",
+                   shell=True, check=True)
+    return path
+
+
+def memory_overhead(cmd):
+    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL)
+    try:
+        if wait_marker(proc, IDLE_MARKER) is None:
+            sys.exit(f"vmm-boot: the idle guest did not start under {cmd[0]}")
+        time.sleep(1)
+        return overhead_kib(proc.pid, MEMORY_MIB << 20)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--vmm", required=True)
+    parser.add_argument("--kernel", required=True)
+    parser.add_argument("--initrd", required=True)
+    parser.add_argument("--runs", type=int, default=5)
+    args = parser.parse_args()
+
+    times = {"runv": [], "qemu": []}
+    for _ in range(args.runs):
+        times["runv"].append(boot_time(runv_cmd(args, args.initrd)))
+        times["qemu"].append(boot_time(qemu_cmd(args, args.initrd)))
+    runv, qemu = statistics.median(times["runv"]), statistics.median(times["qemu"])
+
+    with tempfile.TemporaryDirectory() as tmp:
+        initrd = idle_initrd(tmp)
+        runv_kib = memory_overhead(runv_cmd(args, initrd))
+        qemu_kib = memory_overhead(qemu_cmd(args, initrd))
+
+    print(f"guest: {CPUS} vCPUs, {MEMORY_MIB} MiB, {args.runs} runs each, alternating")
+    print(f"boot to marker (median): runv-vmm {runv * 1000:.0f} ms, QEMU microvm {qemu * 1000:.0f} ms")
+    print(f"boot ratio runv/qemu: {runv / qemu:.2f} (target <= 0.80)")
+    print(f"VMM memory overhead (RSS without guest RAM): runv-vmm {runv_kib / 1024:.1f} MiB, "
+          f"QEMU microvm {qemu_kib / 1024:.1f} MiB (target <= 5 MiB)")
+    print(f"memory ratio runv/qemu: {runv_kib / qemu_kib:.2f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,311 @@
+//! Tier 2: runv-vmm boots our guest kernel and initrd on KVM to the agent's
+//! boot marker, ends with the guest, reports a guest panic, serves its API on a
+//! running guest, and refuses bad input with a clear error.
+
+use protocol::vmm::{
+    DescribeRequest, MetricsRequest, PauseRequest, ResumeRequest, ShutdownRequest, VmState,
+    VmmClient,
+};
+use protocol::BOOT_MARKER;
+use runv_tests::artefacts::{vmm_binary, GuestArtefacts};
+use runv_tests::console::{run_to_exit, ConsoleRun, VmProcess};
+use runv_tests::host::{assert_no_process_left, require_kvm};
+use runv_tests::scratch::Scratch;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+/// Generous: a nested, emulated test host boots in several seconds.
+const BOOT_TIMEOUT: Duration = Duration::from_secs(180);
+
+fn vmm(guest: &GuestArtefacts, cpus: u32, memory_mib: u32) -> Command {
+    let mut vmm = Command::new(vmm_binary());
+    vmm.arg("--kernel")
+        .arg(&guest.kernel)
+        .arg("--initrd")
+        .arg(&guest.initrd)
+        .args([
+            "--cpus",
+            &cpus.to_string(),
+            "--memory-mib",
+            &memory_mib.to_string(),
+        ])
+        .args(["--console", "stdout"]);
+    vmm
+}
+
+fn assert_clean_boot(run: &ConsoleRun, what: &str) {
+    assert!(
+        run.saw(BOOT_MARKER),
+        "{what}: no boot marker:\n{}",
+        run.transcript()
+    );
+    assert!(
+        run.status.success(),
+        "{what}: exit {}:\n{}",
+        run.status,
+        run.transcript()
+    );
+    assert!(
+        run.stderr.contains("the guest powered off"),
+        "{what}:\n{}",
+        run.transcript()
+    );
+    for figure in ["vmm-setup-us=", "guest-boot-time-us="] {
+        assert!(
+            run.stderr.contains(figure),
+            "{what}: no {figure}:\n{}",
+            run.transcript()
+        );
+    }
+    let kernel_errors: Vec<_> = run.lines.iter().filter(|l| l.contains("i8042")).collect();
+    assert!(
+        kernel_errors.is_empty(),
+        "{what}: i8042 noise: {kernel_errors:?}"
+    );
+}
+
+#[test]
+fn boots_to_agent_with_one_and_two_vcpus_and_exits_on_power_off() {
+    require_kvm();
+    let guest = GuestArtefacts::from_env();
+    for (cpus, memory) in [(1, 128), (2, 512)] {
+        let run = run_to_exit(vmm(&guest, cpus, memory), BOOT_MARKER, BOOT_TIMEOUT);
+        assert_clean_boot(&run, &format!("{cpus} vCPUs, {memory} MiB"));
+    }
+    assert_no_process_left(&vmm_binary().display().to_string());
+}
+
+#[test]
+fn guest_panic_exits_non_zero_with_cause_even_with_console_off() {
+    require_kvm();
+    let guest = GuestArtefacts::from_env();
+    let mut command = vmm(&guest, 1, 128);
+    // No init to run: the kernel panics trying to mount a root file system.
+    command.args(["--console", "off", "--cmdline", "rdinit=/no-such-init"]);
+    let run = run_to_exit(command, BOOT_MARKER, BOOT_TIMEOUT);
+    assert_eq!(run.status.code(), Some(1), "{}", run.transcript());
+    assert!(
+        run.lines.is_empty(),
+        "console off prints nothing:\n{}",
+        run.transcript()
+    );
+    assert!(
+        run.stderr
+            .contains("the guest kernel panicked: Kernel panic - not syncing"),
+        "{}",
+        run.transcript()
+    );
+}
+
+/// An initrd whose init (busybox sh) says it is ready and then idles, so that
+/// the API can act on a running guest. Test-only: the production initrd holds
+/// nothing but the agent.
+fn idle_initrd(dir: &Path) -> PathBuf {
+    let root = dir.join("root");
+    std::fs::create_dir_all(root.join("bin")).unwrap();
+    std::fs::copy("/bin/busybox", root.join("bin/busybox"))
+        .expect("busybox-static at /bin/busybox");
+    std::os::unix::fs::symlink("busybox", root.join("bin/sh")).unwrap();
+    let init = root.join("init");
+    std::fs::write(
+        &init,
+        "#!/bin/sh\n/bin/busybox echo idle-init-ready\nwhile :; do /bin/busybox sleep 1; done\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&init, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let initrd = dir.join("idle-initrd.img");
+    let status = Command::new("sh")
+        .arg("-c")
+        .arg("cd \"$1\" && find . | cpio --quiet -o -H newc -R 0:0 | gzip -1 > \"$2\"")
+        .args([
+            "sh",
+            &root.display().to_string(),
+            &initrd.display().to_string(),
+        ])
+        .status()
+        .unwrap();
+    assert!(status.success(), "packing the idle initrd failed");
+    initrd
+}
+
+fn client(sock: &Path) -> VmmClient {
+    let address = format!("unix://{}", sock.display());
+    VmmClient::new(
+        ttrpc::Client::connect(&address).unwrap_or_else(|e| panic!("connect {address}: {e}")),
+    )
+}
+
+fn ctx() -> ttrpc::context::Context {
+    ttrpc::context::with_duration(Duration::from_secs(30))
+}
+
+#[test]
+fn api_describes_pauses_resumes_and_shuts_down_a_running_guest() {
+    require_kvm();
+    let mut guest = GuestArtefacts::from_env();
+    let scratch = Scratch::new("runv-vmm-api");
+    guest.initrd = idle_initrd(scratch.path());
+    let sock = scratch.path().join("api.sock");
+    let mut command = vmm(&guest, 2, 128);
+    command.arg("--api-sock").arg(&sock);
+    let mut vm = VmProcess::spawn(command);
+    assert!(
+        vm.wait_for("idle-init-ready", BOOT_TIMEOUT).is_some(),
+        "the idle guest did not start"
+    );
+
+    let api = client(&sock);
+    let info = api.describe(ctx(), &DescribeRequest::new()).unwrap();
+    assert_eq!(
+        (info.state(), info.vcpus(), info.memory_mib()),
+        (VmState::RUNNING, 2, 128)
+    );
+    assert_eq!(info.pid(), vm.pid());
+    assert!(info.vmm_setup_us() > 0);
+
+    api.pause(ctx(), &PauseRequest::new()).unwrap();
+    assert_eq!(
+        api.describe(ctx(), &DescribeRequest::new())
+            .unwrap()
+            .state(),
+        VmState::PAUSED
+    );
+    let metrics = api.metrics(ctx(), &MetricsRequest::new()).unwrap();
+    assert!(
+        metrics.exits_by_reason.get("io_out").copied().unwrap_or(0) > 0,
+        "{metrics:?}"
+    );
+    assert!(
+        metrics.exits_by_reason.get("kick").copied().unwrap_or(0) >= 2,
+        "{metrics:?}"
+    );
+    assert!(metrics.vmm_rss_bytes() > 0);
+    assert_eq!(metrics.guest_memory_bytes(), 128 << 20);
+
+    api.resume(ctx(), &ResumeRequest::new()).unwrap();
+    assert_eq!(
+        api.describe(ctx(), &DescribeRequest::new())
+            .unwrap()
+            .state(),
+        VmState::RUNNING
+    );
+
+    let mut shutdown = ShutdownRequest::new();
+    shutdown.timeout_ms = 0;
+    api.shutdown(ctx(), &shutdown).unwrap();
+    drop(api);
+    let run = vm.wait_exit("idle-init-ready", Duration::from_secs(60));
+    assert!(run.status.success(), "{}", run.transcript());
+    assert!(
+        run.stderr.contains("stopped on request"),
+        "{}",
+        run.transcript()
+    );
+    assert!(!sock.exists(), "the API socket was left behind");
+}
+
+#[test]
+fn sigterm_stops_the_guest_and_exits_zero() {
+    require_kvm();
+    let mut guest = GuestArtefacts::from_env();
+    let scratch = Scratch::new("runv-vmm-sigterm");
+    guest.initrd = idle_initrd(scratch.path());
+    let mut vm = VmProcess::spawn(vmm(&guest, 1, 128));
+    assert!(
+        vm.wait_for("idle-init-ready", BOOT_TIMEOUT).is_some(),
+        "the idle guest did not start"
+    );
+    let pid = nix::unistd::Pid::from_raw(vm.pid() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    let run = vm.wait_exit("idle-init-ready", Duration::from_secs(60));
+    assert!(run.status.success(), "{}", run.transcript());
+    assert!(
+        run.stderr.contains("stopped on request"),
+        "{}",
+        run.transcript()
+    );
+}
+
+/// Runs runv-vmm with `args`; it must fail with exit 2 and a one-line error
+/// containing `expected`.
+fn assert_refused(args: &[&str], expected: &str) {
+    let output = Command::new(vmm_binary()).args(args).output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{args:?}: {stderr}");
+    assert!(
+        stderr.starts_with("runv-vmm: error: "),
+        "{args:?}: {stderr}"
+    );
+    assert!(
+        stderr.contains(expected),
+        "{args:?}: expected '{expected}' in: {stderr}"
+    );
+    assert!(output.stdout.is_empty(), "{args:?} printed to stdout");
+}
+
+#[test]
+fn bad_input_is_refused_with_a_clear_error_and_nothing_left_behind() {
+    require_kvm();
+    let guest = GuestArtefacts::from_env();
+    let scratch = Scratch::new("runv-vmm-bad-input");
+    let dir = scratch.path();
+    let kernel = guest.kernel.display().to_string();
+    let initrd = guest.initrd.display().to_string();
+
+    let truncated = dir.join("truncated-vmlinux");
+    let bytes = std::fs::read(&guest.kernel).unwrap();
+    std::fs::write(&truncated, &bytes[..4096]).unwrap();
+    let big_initrd = dir.join("big-initrd");
+    std::fs::File::create(&big_initrd)
+        .unwrap()
+        .set_len(200 << 20)
+        .unwrap();
+    let taken = dir.join("taken.sock");
+    let _listener = std::os::unix::net::UnixListener::bind(&taken).unwrap();
+
+    assert_refused(
+        &["--kernel", "/no/such/vmlinux"],
+        "kernel /no/such/vmlinux: No such file or directory",
+    );
+    assert_refused(
+        &["--kernel", &truncated.display().to_string()],
+        "cannot load kernel",
+    );
+    assert_refused(
+        &[
+            "--kernel",
+            &kernel,
+            "--initrd",
+            &big_initrd.display().to_string(),
+            "--memory-mib",
+            "128",
+        ],
+        "does not fit in 128 MiB of guest memory",
+    );
+    assert_refused(
+        &["--kernel", &kernel, "--cpus", "0"],
+        "--cpus must be between 1 and 32, not 0",
+    );
+    assert_refused(
+        &["--kernel", &kernel, "--memory-mib", "16"],
+        "--memory-mib must be between 64",
+    );
+    assert_refused(
+        &["--kernel", &kernel, "--frobnicate"],
+        "unknown flag '--frobnicate'",
+    );
+    assert_refused(
+        &[
+            "--kernel",
+            &kernel,
+            "--initrd",
+            &initrd,
+            "--api-sock",
+            &taken.display().to_string(),
+        ],
+        "already exists",
+    );
+    assert!(taken.exists(), "the socket in use was removed");
+    assert_no_process_left(&vmm_binary().display().to_string());
+}

@@ -1,0 +1,400 @@
+//! Assembles a microVM from its configuration, in boot order: guest memory →
+//! VM with irqchip and PIT → kernel → initrd → command line → boot information
+//! → MP table → legacy devices → vCPUs. The result is a [`Vmm`] ready to run.
+
+use crate::arch::x86_64::boot::{self, BootPayload};
+use crate::arch::x86_64::layout::{CMDLINE_MAX_SIZE, CMDLINE_START, HIMEM_START, PAGE_SIZE};
+use crate::arch::x86_64::mptable;
+use crate::arch::x86_64::regs::BootEntry;
+use crate::config::{ConsoleConfig, VmConfig};
+use crate::devices::bus::{Bus, BusError};
+use crate::devices::legacy::{
+    BootTimer, ConsoleSink, DebugPort, EventFdTrigger, GuestPanic, PowerOffTrigger, Serial, I8042,
+};
+use crate::metrics::ExitCounters;
+use crate::runtime::Vmm;
+use crate::vm_exit::ExitReporter;
+use crate::vstate::memory::{self, create_guest_memory};
+use crate::vstate::vcpu::{Vcpu, VcpuControl, VcpuError, VcpuSetup, VcpuShared};
+use crate::vstate::vm::{Vm, VmError};
+use kvm_bindings::KVM_MAX_CPUID_ENTRIES;
+use kvm_ioctls::Cap;
+use linux_loader::cmdline::Cmdline;
+use linux_loader::loader::bootparam::setup_header;
+use linux_loader::loader::elf::{Elf, PvhBootCapability};
+use linux_loader::loader::{self, BzImage, KernelLoader};
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vmm_sys_util::eventfd::EventFd;
+
+/// Command line every guest gets: reboot through the i8042 (ends the VM), reboot
+/// at once on panic, no PCI or modules, no port-0x80 I/O delays (the debug port
+/// times the boot), a minimal i8042 probe, the console on the 8250 UART.
+const BASE_CMDLINE: &str = "reboot=k panic=-1 pci=off nomodule io_delay=none \
+     i8042.noaux i8042.nomux i8042.dumbkbd console=ttyS0";
+/// Legacy device placement.
+const SERIAL_PORT: u64 = 0x3f8;
+const SERIAL_IRQ: u32 = 4;
+const I8042_PORT: u64 = 0x60;
+/// The bzImage 64-bit entry is 0x200 past its load address.
+const BZIMAGE_64BIT_ENTRY_OFFSET: u64 = 0x200;
+
+/// Errors while building the VM; each names the step that failed.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    /// Guest memory.
+    #[error(transparent)]
+    Memory(#[from] memory::MemoryError),
+    /// KVM VM creation.
+    #[error(transparent)]
+    Vm(#[from] VmError),
+    /// The kernel file cannot be opened.
+    #[error("cannot open kernel {path}: {source}")]
+    KernelOpen {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// The kernel is neither a loadable ELF nor a bzImage.
+    #[error("cannot load kernel {path}: {source}")]
+    KernelLoad {
+        path: PathBuf,
+        source: loader::Error,
+    },
+    /// The initrd cannot be read.
+    #[error("cannot read initrd {path}: {source}")]
+    InitrdRead {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// The initrd does not fit between the kernel and the end of low memory.
+    #[error("initrd {path} ({size} bytes) does not fit in guest memory above the kernel")]
+    InitrdTooLarge { path: PathBuf, size: u64 },
+    /// Copying the initrd into guest memory failed.
+    #[error("cannot copy initrd {path} into guest memory: {source}")]
+    InitrdCopy {
+        path: PathBuf,
+        source: vm_memory::GuestMemoryError,
+    },
+    /// The kernel command line is invalid or too long.
+    #[error("kernel command line: {0}")]
+    Cmdline(linux_loader::cmdline::Error),
+    /// Writing the command line to guest memory failed.
+    #[error("cannot write the kernel command line: {0}")]
+    CmdlineLoad(loader::Error),
+    /// Boot information.
+    #[error(transparent)]
+    Boot(#[from] boot::BootError),
+    /// MP table.
+    #[error(transparent)]
+    Mptable(#[from] mptable::MptableError),
+    /// Device placement.
+    #[error("cannot place a device: {0}")]
+    Bus(#[from] BusError),
+    /// An eventfd or irqfd for a device.
+    #[error("cannot set up {what}: {source}")]
+    Device {
+        what: &'static str,
+        source: std::io::Error,
+    },
+    /// The console file cannot be opened.
+    #[error("cannot open console file {path}: {source}")]
+    ConsoleFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// KVM's supported CPUID cannot be read.
+    #[error("cannot read KVM's supported CPUID: {0}")]
+    Cpuid(kvm_ioctls::Error),
+    /// A vCPU.
+    #[error(transparent)]
+    Vcpu(#[from] VcpuError),
+}
+
+/// How the loaded kernel is entered.
+enum KernelEntry {
+    Pvh(GuestAddress),
+    Linux64 {
+        entry: GuestAddress,
+        header: Option<setup_header>,
+    },
+}
+
+struct LoadedKernel {
+    entry: KernelEntry,
+    end: u64,
+}
+
+/// Builds the VM described by `config`; `process_start` dates the VMM's setup.
+pub fn build_microvm(config: &VmConfig, process_start: Instant) -> Result<Vmm, BuildError> {
+    let mem = create_guest_memory(config.memory_mib << 20)?;
+    let vm = Vm::new(&mem)?;
+
+    let kernel = load_kernel(&mem, &config.kernel)?;
+    let initrd = match &config.initrd {
+        Some(path) => Some(load_initrd(&mem, path, kernel.end)?),
+        None => None,
+    };
+    let cmdline = kernel_cmdline(config)?;
+    loader::load_cmdline(&mem, GuestAddress(CMDLINE_START), &cmdline)
+        .map_err(BuildError::CmdlineLoad)?;
+    let cmdline_len = cmdline
+        .as_cstring()
+        .map_err(BuildError::Cmdline)?
+        .as_bytes()
+        .len();
+    let payload = BootPayload {
+        cmdline: (GuestAddress(CMDLINE_START), cmdline_len),
+        initrd,
+    };
+    let boot = match kernel.entry {
+        KernelEntry::Pvh(entry) => BootEntry::Pvh {
+            entry,
+            start_info: boot::write_pvh_start_info(&mem, &payload)?,
+        },
+        KernelEntry::Linux64 { entry, header } => BootEntry::Linux64 {
+            entry,
+            zero_page: boot::write_zero_page(&mem, &payload, header)?,
+        },
+    };
+    mptable::setup_mptable(&mem, config.cpus)?;
+
+    let panic = GuestPanic::default();
+    let timer = Arc::new(BootTimer::default());
+    let exits = Arc::new(ExitReporter::new().map_err(|source| BuildError::Device {
+        what: "the VM exit event",
+        source,
+    })?);
+    let pio = legacy_devices(&vm, config, panic.clone(), exits.clone(), timer.clone())?;
+    let shared = VcpuShared {
+        pio: Arc::new(pio),
+        mmio: Arc::new(Bus::new()),
+        control: Arc::new(VcpuControl::default()),
+        exits,
+        timer,
+        counters: Arc::new(ExitCounters::default()),
+        process_start,
+    };
+
+    let supported_cpuid = vm
+        .kvm()
+        .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+        .map_err(BuildError::Cpuid)?;
+    let setup = VcpuSetup {
+        supported_cpuid: &supported_cpuid,
+        tsc_deadline: vm.kvm().check_extension(Cap::TscDeadlineTimer),
+        count: config.cpus,
+        mem: &mem,
+        boot,
+    };
+    let vcpus = (0..config.cpus)
+        .map(|index| Vcpu::new(vm.fd(), index, &setup, shared.clone()))
+        .collect::<Result<Vec<_>, _>>()?;
+
+    Ok(Vmm::new(config.clone(), vm, mem, vcpus, shared, panic))
+}
+
+/// Loads an ELF vmlinux (PVH entry if it has the note, else the 64-bit entry)
+/// or a bzImage.
+fn load_kernel(mem: &GuestMemoryMmap, path: &Path) -> Result<LoadedKernel, BuildError> {
+    let mut file = File::open(path).map_err(|source| BuildError::KernelOpen {
+        path: path.to_owned(),
+        source,
+    })?;
+    let load_err = |source| BuildError::KernelLoad {
+        path: path.to_owned(),
+        source,
+    };
+    let himem = Some(GuestAddress(HIMEM_START));
+    match Elf::load(mem, None, &mut file, himem) {
+        Ok(result) => {
+            let entry = match result.pvh_boot_cap {
+                PvhBootCapability::PvhEntryPresent(entry) => KernelEntry::Pvh(entry),
+                _ => KernelEntry::Linux64 {
+                    entry: result.kernel_load,
+                    header: None,
+                },
+            };
+            Ok(LoadedKernel {
+                entry,
+                end: result.kernel_end,
+            })
+        }
+        Err(loader::Error::Elf(loader::elf::Error::InvalidElfMagicNumber)) => {
+            let result = BzImage::load(mem, None, &mut file, himem).map_err(load_err)?;
+            Ok(LoadedKernel {
+                entry: KernelEntry::Linux64 {
+                    entry: GuestAddress(result.kernel_load.0 + BZIMAGE_64BIT_ENTRY_OFFSET),
+                    header: result.setup_header,
+                },
+                end: result.kernel_end,
+            })
+        }
+        Err(source) => Err(load_err(source)),
+    }
+}
+
+/// Copies the initrd to the top of low memory, page aligned, above the kernel.
+fn load_initrd(
+    mem: &GuestMemoryMmap,
+    path: &Path,
+    kernel_end: u64,
+) -> Result<(GuestAddress, usize), BuildError> {
+    let read_err = |source| BuildError::InitrdRead {
+        path: path.to_owned(),
+        source,
+    };
+    let mut file = File::open(path).map_err(read_err)?;
+    let size = file.metadata().map_err(read_err)?.len();
+    let addr = boot::low_ram_end(mem)
+        .checked_sub(size)
+        .map(|top| top & !(PAGE_SIZE - 1))
+        .filter(|addr| *addr >= kernel_end)
+        .ok_or_else(|| BuildError::InitrdTooLarge {
+            path: path.to_owned(),
+            size,
+        })?;
+    mem.read_exact_volatile_from(GuestAddress(addr), &mut file, size as usize)
+        .map_err(|source| BuildError::InitrdCopy {
+            path: path.to_owned(),
+            source,
+        })?;
+    Ok((GuestAddress(addr), size as usize))
+}
+
+/// The VMM's command line, the console's log level, then the user's extras
+/// (later parameters win in Linux, so the user can override ours).
+fn kernel_cmdline(config: &VmConfig) -> Result<Cmdline, BuildError> {
+    let mut cmdline = Cmdline::new(CMDLINE_MAX_SIZE).map_err(BuildError::Cmdline)?;
+    cmdline
+        .insert_str(BASE_CMDLINE)
+        .map_err(BuildError::Cmdline)?;
+    // With the console off, print only emergencies (a panic still reaches the
+    // VMM's panic watch); otherwise the usual quiet boot.
+    let verbosity = match config.console {
+        ConsoleConfig::Off => "loglevel=1",
+        ConsoleConfig::Stdout | ConsoleConfig::File(_) => "quiet",
+    };
+    cmdline.insert_str(verbosity).map_err(BuildError::Cmdline)?;
+    if let Some(extra) = config.cmdline.as_deref().filter(|s| !s.trim().is_empty()) {
+        cmdline
+            .insert_str(extra.trim())
+            .map_err(BuildError::Cmdline)?;
+    }
+    Ok(cmdline)
+}
+
+fn eventfd(what: &'static str) -> Result<EventFd, BuildError> {
+    EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC)
+        .map_err(|source| BuildError::Device { what, source })
+}
+
+fn console_output(console: &ConsoleConfig) -> Result<Option<Box<dyn Write + Send>>, BuildError> {
+    Ok(match console {
+        ConsoleConfig::Stdout => Some(Box::new(std::io::stdout())),
+        ConsoleConfig::Off => None,
+        ConsoleConfig::File(path) => Some(Box::new(
+            OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .map_err(|source| BuildError::ConsoleFile {
+                    path: path.clone(),
+                    source,
+                })?,
+        )),
+    })
+}
+
+/// The UART (IRQ 4 through an irqfd), the i8042 (its reset ends the VM) and the
+/// debug port.
+fn legacy_devices(
+    vm: &Vm,
+    config: &VmConfig,
+    panic: GuestPanic,
+    exits: Arc<ExitReporter>,
+    timer: Arc<BootTimer>,
+) -> Result<Bus, BuildError> {
+    let serial_irq = eventfd("the serial interrupt")?;
+    vm.fd()
+        .register_irqfd(&serial_irq, SERIAL_IRQ)
+        .map_err(|err| BuildError::Device {
+            what: "the serial irqfd",
+            source: std::io::Error::from_raw_os_error(err.errno()),
+        })?;
+    let sink = ConsoleSink::new(console_output(&config.console)?, panic);
+    let serial = Serial::new(EventFdTrigger(serial_irq), sink);
+    let i8042 = I8042::new(PowerOffTrigger(exits));
+
+    let mut pio = Bus::new();
+    pio.insert(Arc::new(Mutex::new(serial)), SERIAL_PORT, 8)?;
+    pio.insert(Arc::new(Mutex::new(i8042)), I8042_PORT, 5)?;
+    pio.insert(
+        Arc::new(Mutex::new(DebugPort(timer))),
+        u64::from(protocol::BOOT_TIMER_PORT),
+        1,
+    )?;
+    Ok(pio)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::PartialConfig;
+
+    fn config(console: ConsoleConfig, extra: Option<&str>) -> VmConfig {
+        let kernel = std::env::current_exe().unwrap();
+        let mut config = PartialConfig {
+            kernel: Some(kernel),
+            console: Some(console),
+            ..Default::default()
+        }
+        .finish()
+        .unwrap();
+        config.cmdline = extra.map(str::to_owned);
+        config
+    }
+
+    #[test]
+    fn cmdline_puts_user_extras_last() {
+        let cmdline =
+            kernel_cmdline(&config(ConsoleConfig::Stdout, Some("loglevel=7 foo=bar"))).unwrap();
+        let text = cmdline.as_cstring().unwrap().into_string().unwrap();
+        assert!(text.starts_with("reboot=k panic=-1"));
+        assert!(text.ends_with("quiet loglevel=7 foo=bar"), "{text}");
+    }
+
+    #[test]
+    fn console_off_keeps_only_emergencies() {
+        let cmdline = kernel_cmdline(&config(ConsoleConfig::Off, None)).unwrap();
+        let text = cmdline.as_cstring().unwrap().into_string().unwrap();
+        assert!(text.ends_with("console=ttyS0 loglevel=1"), "{text}");
+    }
+
+    #[test]
+    fn overlong_cmdline_is_an_error() {
+        let long = "x".repeat(CMDLINE_MAX_SIZE);
+        assert!(matches!(
+            kernel_cmdline(&config(ConsoleConfig::Off, Some(&long))),
+            Err(BuildError::Cmdline(_))
+        ));
+    }
+
+    #[test]
+    fn initrd_above_the_kernel_or_refused() {
+        let mem = create_guest_memory(64 << 20).unwrap();
+        let file = std::env::current_exe().unwrap();
+        let size = std::fs::metadata(&file).unwrap().len();
+        let (addr, len) = load_initrd(&mem, &file, HIMEM_START).unwrap();
+        assert_eq!(len as u64, size);
+        assert_eq!(addr.0 % PAGE_SIZE, 0);
+        assert!(addr.0 + size <= 64 << 20);
+        assert!(matches!(
+            load_initrd(&mem, &file, (64 << 20) - 4096),
+            Err(BuildError::InitrdTooLarge { .. })
+        ));
+    }
+}

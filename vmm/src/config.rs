@@ -1,0 +1,364 @@
+//! VM configuration: from the command line or a JSON file with the same fields,
+//! validated once before anything is built.
+
+use crate::arch::x86_64::mptable::MAX_VCPUS;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+/// Smallest guest the VMM boots: kernel, initrd and agent need this much.
+pub const MIN_MEMORY_MIB: u64 = 64;
+/// Largest guest memory accepted.
+pub const MAX_MEMORY_MIB: u64 = 1 << 20;
+/// Default vCPU count.
+pub const DEFAULT_CPUS: u8 = 1;
+/// Default guest memory.
+pub const DEFAULT_MEMORY_MIB: u64 = 128;
+
+/// Errors in the configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The config file cannot be read.
+    #[error("cannot read config file {path}: {source}")]
+    ReadFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// The config file is not valid JSON of the expected shape.
+    #[error("config file {path}: {source}")]
+    ParseFile {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
+    /// A command-line flag is unknown or malformed.
+    #[error("{0}")]
+    Usage(String),
+    /// No kernel given.
+    #[error("no kernel: give --kernel PATH (or \"kernel\" in the config file)")]
+    NoKernel,
+    /// vCPU count out of range.
+    #[error("--cpus must be between 1 and {MAX_VCPUS}, not {0}")]
+    Cpus(u64),
+    /// Memory out of range.
+    #[error("--memory-mib must be between {MIN_MEMORY_MIB} and {MAX_MEMORY_MIB}, not {0}")]
+    Memory(u64),
+    /// A file the VM needs is missing or unreadable.
+    #[error("{what} {path}: {source}")]
+    File {
+        what: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// The initrd cannot fit in guest memory.
+    #[error("initrd {path} ({size_mib} MiB) does not fit in {memory_mib} MiB of guest memory")]
+    InitrdTooLarge {
+        path: PathBuf,
+        size_mib: u64,
+        memory_mib: u64,
+    },
+    /// The API socket path is taken.
+    #[error("api socket {0} already exists (another VMM, or a stale file to remove)")]
+    ApiSocketInUse(PathBuf),
+    /// The directory for a socket or console file does not exist.
+    #[error("{what} {path}: its directory does not exist")]
+    NoParentDir { what: &'static str, path: PathBuf },
+}
+
+/// Where the guest's serial console goes.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub enum ConsoleConfig {
+    /// The VMM's stdout.
+    Stdout,
+    /// Discarded (the VMM still watches it for a guest panic).
+    #[default]
+    Off,
+    /// Appended to a file.
+    File(PathBuf),
+}
+
+impl TryFrom<String> for ConsoleConfig {
+    type Error = String;
+
+    fn try_from(value: String) -> Result<Self, Self::Error> {
+        match value.as_str() {
+            "stdout" => Ok(ConsoleConfig::Stdout),
+            "off" => Ok(ConsoleConfig::Off),
+            "" => Err("console must be stdout, off or a file path".into()),
+            path => Ok(ConsoleConfig::File(PathBuf::from(path))),
+        }
+    }
+}
+
+impl From<ConsoleConfig> for String {
+    fn from(value: ConsoleConfig) -> Self {
+        match value {
+            ConsoleConfig::Stdout => "stdout".into(),
+            ConsoleConfig::Off => "off".into(),
+            ConsoleConfig::File(path) => path.display().to_string(),
+        }
+    }
+}
+
+/// Configuration as given: every field optional, so that a file and the
+/// command line can be layered.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PartialConfig {
+    /// Guest kernel (ELF vmlinux or bzImage).
+    pub kernel: Option<PathBuf>,
+    /// Initrd.
+    pub initrd: Option<PathBuf>,
+    /// vCPU count.
+    pub cpus: Option<u64>,
+    /// Guest memory in MiB.
+    pub memory_mib: Option<u64>,
+    /// Extra kernel command line, appended to the VMM's.
+    pub cmdline: Option<String>,
+    /// Serial console destination.
+    pub console: Option<ConsoleConfig>,
+    /// API socket path.
+    pub api_sock: Option<PathBuf>,
+}
+
+impl PartialConfig {
+    /// Reads a JSON config file.
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::ReadFile {
+            path: path.to_owned(),
+            source,
+        })?;
+        serde_json::from_str(&text).map_err(|source| ConfigError::ParseFile {
+            path: path.to_owned(),
+            source,
+        })
+    }
+
+    /// `self` with every field set in `top` replaced by `top`'s.
+    pub fn overlay(self, top: PartialConfig) -> PartialConfig {
+        PartialConfig {
+            kernel: top.kernel.or(self.kernel),
+            initrd: top.initrd.or(self.initrd),
+            cpus: top.cpus.or(self.cpus),
+            memory_mib: top.memory_mib.or(self.memory_mib),
+            cmdline: top.cmdline.or(self.cmdline),
+            console: top.console.or(self.console),
+            api_sock: top.api_sock.or(self.api_sock),
+        }
+    }
+
+    /// Fills defaults and validates.
+    pub fn finish(self) -> Result<VmConfig, ConfigError> {
+        let config = VmConfig {
+            kernel: self.kernel.ok_or(ConfigError::NoKernel)?,
+            initrd: self.initrd,
+            cpus: match self.cpus.unwrap_or(u64::from(DEFAULT_CPUS)) {
+                n @ 1.. if n <= u64::from(MAX_VCPUS) => n as u8,
+                n => return Err(ConfigError::Cpus(n)),
+            },
+            memory_mib: self.memory_mib.unwrap_or(DEFAULT_MEMORY_MIB),
+            cmdline: self.cmdline,
+            console: self.console.unwrap_or_default(),
+            api_sock: self.api_sock,
+        };
+        config.validate()?;
+        Ok(config)
+    }
+}
+
+/// A validated VM configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VmConfig {
+    /// Guest kernel (ELF vmlinux or bzImage).
+    pub kernel: PathBuf,
+    /// Initrd.
+    pub initrd: Option<PathBuf>,
+    /// vCPU count (1..=32).
+    pub cpus: u8,
+    /// Guest memory in MiB.
+    pub memory_mib: u64,
+    /// Extra kernel command line.
+    pub cmdline: Option<String>,
+    /// Serial console destination.
+    pub console: ConsoleConfig,
+    /// API socket path.
+    pub api_sock: Option<PathBuf>,
+}
+
+fn file_size(what: &'static str, path: &Path) -> Result<u64, ConfigError> {
+    let file_err = |source| ConfigError::File {
+        what,
+        path: path.to_owned(),
+        source,
+    };
+    let meta = std::fs::metadata(path).map_err(file_err)?;
+    if !meta.is_file() {
+        return Err(file_err(std::io::Error::other("not a regular file")));
+    }
+    // Opening proves it is readable by this process.
+    std::fs::File::open(path).map_err(file_err)?;
+    Ok(meta.len())
+}
+
+fn require_parent_dir(what: &'static str, path: &Path) -> Result<(), ConfigError> {
+    let parent = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    if parent.is_dir() {
+        Ok(())
+    } else {
+        Err(ConfigError::NoParentDir {
+            what,
+            path: path.to_owned(),
+        })
+    }
+}
+
+impl VmConfig {
+    /// Checks ranges and files, without building anything.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if !(MIN_MEMORY_MIB..=MAX_MEMORY_MIB).contains(&self.memory_mib) {
+            return Err(ConfigError::Memory(self.memory_mib));
+        }
+        let kernel_size = file_size("kernel", &self.kernel)?;
+        if kernel_size == 0 {
+            return Err(ConfigError::File {
+                what: "kernel",
+                path: self.kernel.clone(),
+                source: std::io::Error::other("file is empty"),
+            });
+        }
+        if let Some(initrd) = &self.initrd {
+            let size = file_size("initrd", initrd)?;
+            if size + kernel_size >= self.memory_mib << 20 {
+                return Err(ConfigError::InitrdTooLarge {
+                    path: initrd.clone(),
+                    size_mib: size.div_ceil(1 << 20),
+                    memory_mib: self.memory_mib,
+                });
+            }
+        }
+        if let Some(sock) = &self.api_sock {
+            if sock.symlink_metadata().is_ok() {
+                return Err(ConfigError::ApiSocketInUse(sock.clone()));
+            }
+            require_parent_dir("api socket", sock)?;
+        }
+        if let ConsoleConfig::File(path) = &self.console {
+            require_parent_dir("console file", path)?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn kernel_file(dir: &Path) -> PathBuf {
+        let path = dir.join("vmlinux");
+        std::fs::File::create(&path)
+            .unwrap()
+            .write_all(b"\x7fELF....")
+            .unwrap();
+        path
+    }
+
+    fn temp_dir(name: &str) -> PathBuf {
+        let dir =
+            std::env::temp_dir().join(format!("runv-vmm-config-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    #[test]
+    fn command_line_overrides_file_and_defaults_fill_in() {
+        let dir = temp_dir("overlay");
+        let file: PartialConfig = serde_json::from_str(&format!(
+            r#"{{"kernel": "{}", "cpus": 2, "memory_mib": 256, "console": "stdout"}}"#,
+            kernel_file(&dir).display()
+        ))
+        .unwrap();
+        let cli = PartialConfig {
+            cpus: Some(4),
+            ..Default::default()
+        };
+        let config = file.overlay(cli).finish().unwrap();
+        assert_eq!((config.cpus, config.memory_mib), (4, 256));
+        assert_eq!(config.console, ConsoleConfig::Stdout);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn bad_values_are_named() {
+        let dir = temp_dir("bad");
+        let kernel = Some(kernel_file(&dir));
+        let with = |f: fn(&mut PartialConfig)| {
+            let mut c = PartialConfig {
+                kernel: kernel.clone(),
+                ..Default::default()
+            };
+            f(&mut c);
+            c.finish().unwrap_err().to_string()
+        };
+        assert!(with(|c| c.cpus = Some(0)).contains("--cpus must be between 1 and 32, not 0"));
+        assert!(with(|c| c.cpus = Some(33)).contains("not 33"));
+        assert!(with(|c| c.memory_mib = Some(16)).contains("--memory-mib must be between 64"));
+        assert!(with(|c| c.kernel = Some("/nonexistent/vmlinux".into()))
+            .contains("kernel /nonexistent/vmlinux"));
+        assert!(
+            with(|c| c.api_sock = Some("/nonexistent/dir/api.sock".into()))
+                .contains("directory does not exist")
+        );
+        assert!(PartialConfig::default()
+            .finish()
+            .unwrap_err()
+            .to_string()
+            .contains("no kernel"));
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn initrd_larger_than_memory_and_taken_socket_are_refused() {
+        let dir = temp_dir("initrd");
+        let initrd = dir.join("initrd.img");
+        std::fs::File::create(&initrd)
+            .unwrap()
+            .set_len(65 << 20)
+            .unwrap();
+        let taken = dir.join("api.sock");
+        std::fs::File::create(&taken).unwrap();
+        let base = PartialConfig {
+            kernel: Some(kernel_file(&dir)),
+            memory_mib: Some(64),
+            ..Default::default()
+        };
+        let err = base
+            .clone()
+            .overlay(PartialConfig {
+                initrd: Some(initrd),
+                ..Default::default()
+            })
+            .finish();
+        assert!(matches!(
+            err,
+            Err(ConfigError::InitrdTooLarge { size_mib: 65, .. })
+        ));
+        let err = base
+            .overlay(PartialConfig {
+                api_sock: Some(taken),
+                ..Default::default()
+            })
+            .finish();
+        assert!(matches!(err, Err(ConfigError::ApiSocketInUse(_))));
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn unknown_file_fields_are_rejected() {
+        let err =
+            serde_json::from_str::<PartialConfig>(r#"{"kernel": "k", "vcpus": 2}"#).unwrap_err();
+        assert!(err.to_string().contains("unknown field `vcpus`"));
+    }
+}

@@ -1,0 +1,163 @@
+//! The 8250 UART on port 0x3f8 (IRQ 4): the guest console.
+//!
+//! Output goes to the configured sink; every line is also watched for the
+//! kernel's panic message, so that a panicking guest is reported even when the
+//! console output itself is discarded.
+
+use super::EventFdTrigger;
+use crate::devices::bus::BusDevice;
+use std::io::{self, Write};
+use std::sync::{Arc, Mutex};
+
+/// What the kernel prints first when it panics.
+const PANIC_PREFIX: &[u8] = b"Kernel panic - not syncing";
+/// Longest console line kept for panic detection.
+const MAX_LINE: usize = 512;
+
+/// The guest's panic message, once seen on the console.
+#[derive(Clone, Default)]
+pub struct GuestPanic(Arc<Mutex<Option<String>>>);
+
+impl GuestPanic {
+    /// The panic line, if the guest panicked.
+    pub fn message(&self) -> Option<String> {
+        self.0
+            .lock()
+            .map(|m| m.clone())
+            .unwrap_or_else(|p| p.into_inner().clone())
+    }
+
+    fn record(&self, line: &[u8]) {
+        let mut slot = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if slot.is_none() {
+            *slot = Some(String::from_utf8_lossy(line).trim().to_owned());
+        }
+    }
+}
+
+/// Where console bytes go, and the panic watch over them.
+pub struct ConsoleSink {
+    out: Option<Box<dyn Write + Send>>,
+    line: Vec<u8>,
+    panic: GuestPanic,
+}
+
+impl ConsoleSink {
+    /// Sends console output to `out` (or discards it with `None`).
+    pub fn new(out: Option<Box<dyn Write + Send>>, panic: GuestPanic) -> Self {
+        Self {
+            out,
+            line: Vec::with_capacity(MAX_LINE),
+            panic,
+        }
+    }
+
+    fn watch(&mut self, byte: u8) {
+        if byte == b'\n' {
+            if let Some(at) = find(&self.line, PANIC_PREFIX) {
+                self.panic.record(&self.line[at..]);
+            }
+            self.line.clear();
+        } else if self.line.len() < MAX_LINE {
+            self.line.push(byte);
+        }
+    }
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+impl Write for ConsoleSink {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        for byte in buf {
+            self.watch(*byte);
+        }
+        match &mut self.out {
+            Some(out) => out.write_all(buf).map(|()| buf.len()),
+            None => Ok(buf.len()),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match &mut self.out {
+            Some(out) => out.flush(),
+            None => Ok(()),
+        }
+    }
+}
+
+/// The UART as a port I/O bus device.
+pub struct Serial(vm_superio::Serial<EventFdTrigger, vm_superio::serial::NoEvents, ConsoleSink>);
+
+impl Serial {
+    /// A UART raising its interrupt through `irq` and writing to `sink`.
+    pub fn new(irq: EventFdTrigger, sink: ConsoleSink) -> Self {
+        Self(vm_superio::Serial::new(irq, sink))
+    }
+}
+
+impl BusDevice for Serial {
+    fn read(&mut self, offset: u64, data: &mut [u8]) {
+        if let (Some(byte), Ok(offset)) = (data.first_mut(), u8::try_from(offset)) {
+            *byte = self.0.read(offset);
+        }
+    }
+
+    fn write(&mut self, offset: u64, data: &[u8]) {
+        if let (Some(byte), Ok(offset)) = (data.first(), u8::try_from(offset)) {
+            if let Err(err) = self.0.write(offset, *byte) {
+                eprintln!("runv-vmm: serial console write failed: {err:?}");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vmm_sys_util::eventfd::EventFd;
+
+    struct Shared(Arc<Mutex<Vec<u8>>>);
+    impl Write for Shared {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn serial(out: Option<Box<dyn Write + Send>>, panic: GuestPanic) -> (Serial, EventFd) {
+        let irq = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+        let trigger = EventFdTrigger(irq.try_clone().unwrap());
+        (Serial::new(trigger, ConsoleSink::new(out, panic)), irq)
+    }
+
+    #[test]
+    fn transmit_register_reaches_the_sink() {
+        let buf = Arc::new(Mutex::new(Vec::new()));
+        let (mut uart, _irq) = serial(Some(Box::new(Shared(buf.clone()))), GuestPanic::default());
+        for b in b"hi\n" {
+            uart.write(0, &[*b]);
+        }
+        assert_eq!(&*buf.lock().unwrap(), b"hi\n");
+        let mut lsr = [0u8];
+        uart.read(5, &mut lsr);
+        assert_ne!(lsr[0] & 0x20, 0, "transmitter holding register empty");
+    }
+
+    #[test]
+    fn panic_line_is_caught_with_console_off() {
+        let panic = GuestPanic::default();
+        let (mut uart, _irq) = serial(None, panic.clone());
+        for b in b"noise\n[ 1.0] Kernel panic - not syncing: VFS: Unable to mount root\nmore\n" {
+            uart.write(0, &[*b]);
+        }
+        assert_eq!(
+            panic.message().as_deref(),
+            Some("Kernel panic - not syncing: VFS: Unable to mount root")
+        );
+    }
+}

@@ -1,0 +1,251 @@
+//! A built VM at run time: starts the vCPUs and the API server, then runs the
+//! event loop until the VM ends, and frees everything before returning.
+
+use crate::api::{self, ApiServer};
+use crate::config::VmConfig;
+use crate::devices::legacy::GuestPanic;
+use crate::signals::StopSignals;
+use crate::vm_exit::VmExit;
+use crate::vstate::vcpu::{self, RunState, Vcpu, VcpuError, VcpuShared};
+use crate::vstate::vm::Vm;
+use std::os::fd::AsRawFd;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
+use vmm_sys_util::eventfd::EventFd;
+
+/// How long Pause waits for every vCPU to leave the guest.
+const PAUSE_TIMEOUT: Duration = Duration::from_secs(5);
+
+const TOKEN_VM_EXIT: u64 = 1;
+const TOKEN_SIGNAL: u64 = 2;
+const TOKEN_API: u64 = 3;
+
+/// Errors of the run phase (before the guest's own exit).
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// Event loop or signal setup failed.
+    #[error("cannot set up the event loop: {0}")]
+    EventLoop(std::io::Error),
+    /// A vCPU could not start.
+    #[error(transparent)]
+    Vcpu(#[from] VcpuError),
+    /// The API server could not start.
+    #[error(transparent)]
+    Api(#[from] api::ApiError),
+}
+
+/// What the API and the event loop share about the running VM.
+pub struct VmHandle {
+    /// vCPU threads, kicked on pause and stop, joined at the end.
+    threads: Mutex<Vec<JoinHandle<()>>>,
+    /// vCPU state, counters and timing.
+    pub shared: VcpuShared,
+    /// vCPU count.
+    pub cpus: u8,
+    /// Guest memory in MiB.
+    pub memory_mib: u64,
+    /// When a requested shutdown turns forced.
+    shutdown_deadline: Mutex<Option<Instant>>,
+    /// Wakes the event loop for API requests.
+    pub wake: EventFd,
+}
+
+impl VmHandle {
+    fn kick_all(&self) {
+        let threads = self.threads.lock().unwrap_or_else(|p| p.into_inner());
+        threads.iter().for_each(Vcpu::kick);
+    }
+
+    /// Parks every vCPU outside the guest; false if they did not all park in time.
+    pub fn pause(&self) -> bool {
+        let control = &self.shared.control;
+        if control.target() == RunState::Stopping {
+            return false;
+        }
+        control.set_target(RunState::Paused);
+        self.kick_all();
+        control.wait_parked(usize::from(self.cpus), PAUSE_TIMEOUT)
+    }
+
+    /// Lets the vCPUs run again.
+    pub fn resume(&self) {
+        self.shared.control.set_target(RunState::Running);
+    }
+
+    /// Gives the guest `grace` to power off by itself, then stops the VM.
+    pub fn request_shutdown(&self, grace: Duration) {
+        let deadline = Instant::now() + grace;
+        let mut slot = self
+            .shutdown_deadline
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        *slot = Some(slot.map_or(deadline, |d| d.min(deadline)));
+        drop(slot);
+        // A paused guest cannot power itself off: let it run.
+        self.resume();
+        if let Err(err) = self.wake.write(1) {
+            eprintln!("runv-vmm: cannot wake the event loop: {err}");
+        }
+    }
+
+    /// The pending shutdown deadline, if any.
+    pub fn shutdown_deadline(&self) -> Option<Instant> {
+        *self
+            .shutdown_deadline
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn stop_and_join(&self) {
+        self.shared.control.set_target(RunState::Stopping);
+        self.kick_all();
+        let threads = std::mem::take(&mut *self.threads.lock().unwrap_or_else(|p| p.into_inner()));
+        for thread in threads {
+            if thread.join().is_err() {
+                eprintln!("runv-vmm: a vCPU thread panicked");
+            }
+        }
+    }
+}
+
+/// A built VM, not yet running.
+pub struct Vmm {
+    config: VmConfig,
+    vcpus: Vec<Vcpu>,
+    shared: VcpuShared,
+    panic: GuestPanic,
+    // Dropped in this order: the VM before the memory it maps.
+    vm: Vm,
+    mem: GuestMemoryMmap,
+}
+
+impl Vmm {
+    /// Wraps the parts the builder made.
+    pub fn new(
+        config: VmConfig,
+        vm: Vm,
+        mem: GuestMemoryMmap,
+        vcpus: Vec<Vcpu>,
+        shared: VcpuShared,
+        panic: GuestPanic,
+    ) -> Self {
+        Self {
+            config,
+            vcpus,
+            shared,
+            panic,
+            vm,
+            mem,
+        }
+    }
+
+    /// Runs the VM until it ends; every thread is joined and the API socket
+    /// removed before this returns.
+    pub fn run(self) -> Result<VmExit, RunError> {
+        let Vmm {
+            config,
+            vcpus,
+            shared,
+            panic,
+            vm,
+            mem,
+        } = self;
+        let mut signals = StopSignals::new().map_err(RunError::EventLoop)?;
+        vcpu::register_kick_handler()?;
+        let handle = Arc::new(VmHandle {
+            threads: Mutex::new(Vec::new()),
+            shared,
+            cpus: config.cpus,
+            memory_mib: config.memory_mib,
+            shutdown_deadline: Mutex::new(None),
+            wake: EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC)
+                .map_err(RunError::EventLoop)?,
+        });
+        let api = match &config.api_sock {
+            Some(path) => Some(ApiServer::start(path, handle.clone())?),
+            None => None,
+        };
+
+        let started = vcpus.into_iter().try_for_each(|vcpu| {
+            let thread = vcpu.start()?;
+            handle
+                .threads
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(thread);
+            Ok::<(), VcpuError>(())
+        });
+        let outcome = match started {
+            Ok(()) => event_loop(&handle, &mut signals).map_err(RunError::EventLoop),
+            Err(err) => Err(err.into()),
+        };
+
+        handle.stop_and_join();
+        if let Some(api) = api {
+            api.stop();
+        }
+        drop(vm);
+        drop(mem);
+        let exit = outcome?;
+        Ok(match (exit, panic.message()) {
+            (VmExit::PoweredOff, Some(line)) => VmExit::Panicked(line),
+            (exit, _) => exit,
+        })
+    }
+}
+
+/// Waits for the event that ends the VM.
+fn event_loop(handle: &VmHandle, signals: &mut StopSignals) -> std::io::Result<VmExit> {
+    let epoll = Epoll::new()?;
+    for (fd, token) in [
+        (handle.shared.exits.event.as_raw_fd(), TOKEN_VM_EXIT),
+        (signals.as_raw_fd(), TOKEN_SIGNAL),
+        (handle.wake.as_raw_fd(), TOKEN_API),
+    ] {
+        epoll.ctl(
+            ControlOperation::Add,
+            fd,
+            EpollEvent::new(EventSet::IN, token),
+        )?;
+    }
+    let mut events = vec![EpollEvent::default(); 3];
+    loop {
+        let deadline = handle.shutdown_deadline();
+        if deadline.is_some_and(|d| d <= Instant::now()) {
+            return Ok(VmExit::Stopped);
+        }
+        let timeout_ms = deadline.map_or(-1, |d| {
+            d.saturating_duration_since(Instant::now())
+                .as_millis()
+                .min(i32::MAX as u128) as i32
+                + 1
+        });
+        let ready = match epoll.wait(timeout_ms, &mut events) {
+            Ok(n) => n,
+            Err(err) if err.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(err) => return Err(err),
+        };
+        for event in &events[..ready] {
+            match event.data() {
+                TOKEN_VM_EXIT => {
+                    let _ = handle.shared.exits.event.read();
+                    if let Some(exit) = handle.shared.exits.take() {
+                        return Ok(exit);
+                    }
+                }
+                TOKEN_SIGNAL => {
+                    if let Some(signal) = signals.read()? {
+                        eprintln!("runv-vmm: stopping the VM on signal {signal}");
+                        return Ok(VmExit::Stopped);
+                    }
+                }
+                _ => {
+                    let _ = handle.wake.read();
+                }
+            }
+        }
+    }
+}
