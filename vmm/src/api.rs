@@ -9,7 +9,7 @@ use protocol::vmm::{
     ResumeResponse, ShutdownRequest, ShutdownResponse, VmInfo, VmMetrics, VmState, Vmm,
 };
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 use ttrpc::TtrpcContext;
 
@@ -21,7 +21,17 @@ pub enum ApiError {
     Serve { path: PathBuf, source: ttrpc::Error },
 }
 
-struct ApiService(Arc<VmHandle>);
+/// The service holds the VM weakly: ttrpc's handler threads may outlive the
+/// server, and must not keep the VM's state alive after it ended.
+struct ApiService(Weak<VmHandle>);
+
+impl ApiService {
+    fn vm(&self) -> ttrpc::Result<Arc<VmHandle>> {
+        self.0
+            .upgrade()
+            .ok_or_else(|| status(ttrpc::Code::UNAVAILABLE, "the VM has ended"))
+    }
+}
 
 fn status(code: ttrpc::Code, message: &str) -> ttrpc::Error {
     ttrpc::Error::RpcStatus(ttrpc::get_status(code, message))
@@ -29,15 +39,14 @@ fn status(code: ttrpc::Code, message: &str) -> ttrpc::Error {
 
 impl Vmm for ApiService {
     fn describe(&self, _: &TtrpcContext, _: DescribeRequest) -> ttrpc::Result<VmInfo> {
-        let handle = &self.0;
+        let handle = self.vm()?;
+        let ending = handle.shutdown_deadline().is_some() || handle.shared.exits.is_reported();
         let mut info = VmInfo::new();
-        info.set_state(
-            match (handle.shutdown_deadline(), handle.shared.control.target()) {
-                (Some(_), _) | (_, RunState::Stopping) => VmState::SHUTTING_DOWN,
-                (None, RunState::Paused) => VmState::PAUSED,
-                (None, RunState::Running) => VmState::RUNNING,
-            },
-        );
+        info.set_state(match (ending, handle.shared.control.target()) {
+            (true, _) | (_, RunState::Stopping) => VmState::SHUTTING_DOWN,
+            (false, RunState::Paused) => VmState::PAUSED,
+            (false, RunState::Running) => VmState::RUNNING,
+        });
         info.set_vcpus(u32::from(handle.cpus));
         info.set_memory_mib(handle.memory_mib);
         info.set_boot_time_us(handle.shared.timer.boot_time_us());
@@ -47,7 +56,7 @@ impl Vmm for ApiService {
     }
 
     fn pause(&self, _: &TtrpcContext, _: PauseRequest) -> ttrpc::Result<PauseResponse> {
-        if self.0.pause() {
+        if self.vm()?.pause() {
             Ok(PauseResponse::new())
         } else {
             Err(status(
@@ -58,30 +67,31 @@ impl Vmm for ApiService {
     }
 
     fn resume(&self, _: &TtrpcContext, _: ResumeRequest) -> ttrpc::Result<ResumeResponse> {
-        self.0.resume();
+        self.vm()?.resume();
         Ok(ResumeResponse::new())
     }
 
     fn shutdown(&self, _: &TtrpcContext, req: ShutdownRequest) -> ttrpc::Result<ShutdownResponse> {
-        self.0
+        self.vm()?
             .request_shutdown(Duration::from_millis(req.timeout_ms));
         Ok(ShutdownResponse::new())
     }
 
     fn metrics(&self, _: &TtrpcContext, _: MetricsRequest) -> ttrpc::Result<VmMetrics> {
+        let handle = self.vm()?;
         let mut metrics = VmMetrics::new();
-        for (name, count) in self.0.shared.counters.snapshot() {
+        for (name, count) in handle.shared.counters.snapshot() {
             metrics.exits_by_reason.insert(name.to_owned(), count);
         }
         metrics.set_vmm_rss_bytes(resident_bytes());
-        metrics.set_guest_memory_bytes(self.0.memory_mib << 20);
+        metrics.set_guest_memory_bytes(handle.memory_mib << 20);
         Ok(metrics)
     }
 }
 
-/// The running API server; [`ApiServer::stop`] removes its socket.
+/// The running API server; stopping or dropping it removes its socket.
 pub struct ApiServer {
-    server: ttrpc::Server,
+    server: Option<ttrpc::Server>,
     path: PathBuf,
 }
 
@@ -93,23 +103,38 @@ impl ApiServer {
             source,
         };
         let address = format!("unix://{}", path.display());
-        let mut server = ttrpc::Server::new()
-            .bind(&address)
-            .map_err(serve_err)?
-            .register_service(create_vmm(Arc::new(ApiService(handle))));
-        if let Err(err) = server.start() {
+        // The configuration checked that `path` did not exist: whatever is
+        // there after a failed bind or start is ours to remove.
+        let server = ttrpc::Server::new().bind(&address).map_err(|err| {
             let _ = std::fs::remove_file(path);
-            return Err(serve_err(err));
-        }
-        Ok(Self {
-            server,
+            serve_err(err)
+        })?;
+        let service = create_vmm(Arc::new(ApiService(Arc::downgrade(&handle))));
+        let mut api = Self {
+            server: Some(server.register_service(service)),
             path: path.to_owned(),
-        })
+        };
+        if let Some(server) = api.server.as_mut() {
+            server.start().map_err(serve_err)?;
+        }
+        Ok(api)
     }
 
     /// Stops serving and removes the socket.
-    pub fn stop(self) {
-        self.server.shutdown();
-        let _ = std::fs::remove_file(&self.path);
+    pub fn stop(mut self) {
+        self.shutdown();
+    }
+
+    fn shutdown(&mut self) {
+        if let Some(server) = self.server.take() {
+            server.shutdown();
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+impl Drop for ApiServer {
+    fn drop(&mut self) {
+        self.shutdown();
     }
 }

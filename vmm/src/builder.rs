@@ -42,6 +42,10 @@ const SERIAL_IRQ: u32 = 4;
 const I8042_PORT: u64 = 0x60;
 /// The bzImage 64-bit entry is 0x200 past its load address.
 const BZIMAGE_64BIT_ENTRY_OFFSET: u64 = 0x200;
+/// Boot protocol version (2.12) from which `xloadflags` announces the 64-bit entry.
+const BOOT_PROTOCOL_64BIT_ENTRY: u16 = 0x020c;
+/// `xloadflags`: the kernel has the 64-bit entry at 0x200.
+const XLF_KERNEL_64: u16 = 1;
 
 /// Errors while building the VM; each names the step that failed.
 #[derive(Debug, thiserror::Error)]
@@ -64,6 +68,9 @@ pub enum BuildError {
         path: PathBuf,
         source: loader::Error,
     },
+    /// The bzImage has no 64-bit entry point.
+    #[error("kernel {path} is a bzImage without the 64-bit boot protocol (2.12+, XLF_KERNEL_64)")]
+    KernelNot64Bit { path: PathBuf },
     /// The initrd cannot be read.
     #[error("cannot read initrd {path}: {source}")]
     InitrdRead {
@@ -225,16 +232,36 @@ fn load_kernel(mem: &GuestMemoryMmap, path: &Path) -> Result<LoadedKernel, Build
         }
         Err(loader::Error::Elf(loader::elf::Error::InvalidElfMagicNumber)) => {
             let result = BzImage::load(mem, None, &mut file, himem).map_err(load_err)?;
+            let header = result
+                .setup_header
+                .ok_or_else(|| BuildError::KernelNot64Bit {
+                    path: path.to_owned(),
+                })?;
+            let (version, xloadflags) = (header.version, header.xloadflags);
+            if version < BOOT_PROTOCOL_64BIT_ENTRY || xloadflags & XLF_KERNEL_64 == 0 {
+                return Err(BuildError::KernelNot64Bit {
+                    path: path.to_owned(),
+                });
+            }
             Ok(LoadedKernel {
                 entry: KernelEntry::Linux64 {
                     entry: GuestAddress(result.kernel_load.0 + BZIMAGE_64BIT_ENTRY_OFFSET),
-                    header: result.setup_header,
+                    header: Some(header),
                 },
-                end: result.kernel_end,
+                end: bzimage_decompression_end(result.kernel_load.0, &header),
             })
         }
         Err(source) => Err(load_err(source)),
     }
+}
+
+/// End of the region a bzImage decompresses itself into: from its load (or
+/// preferred) address aligned to the kernel alignment we announce, `init_size`
+/// bytes. The initrd must stay above it.
+fn bzimage_decompression_end(load: u64, header: &setup_header) -> u64 {
+    let align = u64::from(boot::KERNEL_MIN_ALIGNMENT_BYTES);
+    let (pref_address, init_size) = (header.pref_address, header.init_size);
+    load.max(pref_address).next_multiple_of(align) + u64::from(init_size)
 }
 
 /// Copies the initrd to the top of low memory, page aligned, above the kernel.
@@ -381,6 +408,17 @@ mod tests {
             kernel_cmdline(&config(ConsoleConfig::Off, Some(&long))),
             Err(BuildError::Cmdline(_))
         ));
+    }
+
+    #[test]
+    fn bzimage_decompression_region_is_aligned_and_sized() {
+        let header = setup_header {
+            pref_address: 0x100_0000,
+            init_size: 0x200_0000,
+            ..Default::default()
+        };
+        assert_eq!(bzimage_decompression_end(0x10_0000, &header), 0x300_0000);
+        assert_eq!(bzimage_decompression_end(0x180_0000, &header), 0x400_0000);
     }
 
     #[test]

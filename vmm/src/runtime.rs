@@ -67,7 +67,12 @@ impl VmHandle {
         }
         control.set_target(RunState::Paused);
         self.kick_all();
-        control.wait_parked(usize::from(self.cpus), PAUSE_TIMEOUT)
+        let parked = control.wait_parked(usize::from(self.cpus), PAUSE_TIMEOUT);
+        if !parked {
+            // Do not leave a VM half paused behind an error.
+            control.resume_if_paused();
+        }
+        parked
     }
 
     /// Lets the vCPUs run again.
@@ -145,13 +150,14 @@ impl Vmm {
     /// Runs the VM until it ends; every thread is joined and the API socket
     /// removed before this returns.
     pub fn run(self) -> Result<VmExit, RunError> {
+        // Bindings drop in reverse order: vCPUs, then the VM, then its memory.
         let Vmm {
-            config,
-            vcpus,
-            shared,
-            panic,
-            vm,
             mem,
+            vm,
+            panic,
+            shared,
+            vcpus,
+            config,
         } = self;
         let mut signals = StopSignals::new().map_err(RunError::EventLoop)?;
         vcpu::register_kick_handler()?;
@@ -218,10 +224,8 @@ fn event_loop(handle: &VmHandle, signals: &mut StopSignals) -> std::io::Result<V
             return Ok(VmExit::Stopped);
         }
         let timeout_ms = deadline.map_or(-1, |d| {
-            d.saturating_duration_since(Instant::now())
-                .as_millis()
-                .min(i32::MAX as u128) as i32
-                + 1
+            let left_ms = d.saturating_duration_since(Instant::now()).as_millis() + 1;
+            left_ms.min(i32::MAX as u128) as i32
         });
         let ready = match epoll.wait(timeout_ms, &mut events) {
             Ok(n) => n,

@@ -14,7 +14,7 @@ use crate::vm_exit::{ExitReporter, VmExit};
 use kvm_bindings::{kvm_run, CpuId, KVM_SYSTEM_EVENT_CRASH};
 use kvm_ioctls::{VcpuExit, VcpuFd};
 use std::cell::Cell;
-use std::sync::atomic::{fence, Ordering};
+use std::sync::atomic::{compiler_fence, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
@@ -105,6 +105,15 @@ impl VcpuControl {
         self.changed.notify_all();
     }
 
+    /// Back to running, unless a stop or resume came in between.
+    pub fn resume_if_paused(&self) {
+        let mut state = self.lock();
+        if state.target == RunState::Paused {
+            state.target = RunState::Running;
+        }
+        self.changed.notify_all();
+    }
+
     /// Waits until `count` vCPUs are parked, or the timeout passes.
     pub fn wait_parked(&self, count: usize, timeout: Duration) -> bool {
         let state = self.lock();
@@ -144,7 +153,7 @@ extern "C" fn handle_kick(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc:
             unsafe { std::ptr::addr_of_mut!((*run).immediate_exit).write_volatile(1) };
         }
     });
-    fence(Ordering::Release);
+    compiler_fence(Ordering::SeqCst);
 }
 
 /// The signal that kicks a vCPU out of `KVM_RUN`.

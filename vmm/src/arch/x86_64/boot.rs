@@ -22,7 +22,7 @@ const KERNEL_BOOT_FLAG_MAGIC: u16 = 0xaa55;
 /// `setup_header.type_of_loader`: an undefined boot loader.
 const KERNEL_LOADER_OTHER: u8 = 0xff;
 /// Minimum kernel alignment the 64-bit protocol asks for.
-const KERNEL_MIN_ALIGNMENT_BYTES: u32 = 0x0100_0000;
+pub const KERNEL_MIN_ALIGNMENT_BYTES: u32 = 0x0100_0000;
 /// Largest e820 table in the zero page.
 const E820_MAX_ENTRIES_ZEROPAGE: usize = 128;
 

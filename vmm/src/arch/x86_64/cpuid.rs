@@ -1,9 +1,21 @@
 //! CPUID as a vCPU sees it: what KVM supports, with this vCPU's APIC id and the
 //! VM's topology (one thread per core, one socket), the hypervisor bit set, and
-//! the power-management and PMU leaves a guest must not see masked.
+//! masked what a guest must not see: nested virtualization (VMX/SVM: KVM then
+//! refuses VMXON and EFER.SVME, the largest guest-to-host attack surface), the
+//! PMU, and power management.
 
 use kvm_bindings::kvm_cpuid_entry2;
 
+/// Leaf 1 ECX: VMX (nested virtualization on Intel).
+const ECX_VMX: u32 = 1 << 5;
+/// Leaf 1 ECX: perfmon and debug capability (exposes PERF_CAPABILITIES).
+const ECX_PDCM: u32 = 1 << 15;
+/// Leaf 0x8000_0001 ECX: SVM (nested virtualization on AMD).
+const EXT_ECX_SVM: u32 = 1 << 2;
+/// Leaf 0x8000_0001 ECX: core performance counter extensions.
+const EXT_ECX_PERFCTR_CORE: u32 = 1 << 23;
+/// Leaf 6 EAX: APIC timer always running (keeps the LAPIC timer's rating).
+const PM_EAX_ARAT: u32 = 1 << 2;
 /// Leaf 1 ECX: TSC deadline timer (KVM's in-kernel LAPIC emulates it).
 const ECX_TSC_DEADLINE: u32 = 1 << 24;
 /// Leaf 1 ECX: running under a hypervisor.
@@ -58,6 +70,7 @@ pub fn normalize(entries: &mut [kvm_cpuid_entry2], topo: VcpuTopology, tsc_deadl
                     entry.ebx |= 8 << 8; // CLFLUSH line size: 64 bytes
                 }
                 entry.ecx |= ECX_HYPERVISOR;
+                entry.ecx &= !(ECX_VMX | ECX_PDCM);
                 if tsc_deadline {
                     entry.ecx |= ECX_TSC_DEADLINE;
                 }
@@ -72,8 +85,15 @@ pub fn normalize(entries: &mut [kvm_cpuid_entry2], topo: VcpuTopology, tsc_deadl
                 let sharing = if level == 3 { count - 1 } else { 0 };
                 entry.eax = (entry.eax & 0x3ff) | ((count - 1) << 26) | (sharing << 14);
             }
-            // Thermal and power management, performance monitoring: not for guests.
-            0x6 | 0xa => {
+            // Thermal and power management: only "APIC timer always running".
+            0x6 => {
+                entry.eax &= PM_EAX_ARAT;
+                entry.ebx = 0;
+                entry.ecx = 0;
+                entry.edx = 0;
+            }
+            // Performance monitoring (Intel), SVM features, PerfMonV2 (AMD): none.
+            0xa | 0x8000_000a | 0x8000_0022 => {
                 entry.eax = 0;
                 entry.ebx = 0;
                 entry.ecx = 0;
@@ -90,6 +110,7 @@ pub fn normalize(entries: &mut [kvm_cpuid_entry2], topo: VcpuTopology, tsc_deadl
                 entry.ecx = (level_type << 8) | (entry.index & 0xff);
                 entry.edx = apic_id;
             }
+            0x8000_0001 => entry.ecx &= !(EXT_ECX_SVM | EXT_ECX_PERFCTR_CORE),
             0x8000_0008 if vendor == Vendor::Amd => {
                 entry.ecx = (entry.ecx & !0xf0ff) | (id_bits(topo.count) << 12) | (count - 1);
             }
@@ -121,10 +142,16 @@ mod tests {
         (vendor.ebx, vendor.edx, vendor.ecx) = (0x6874_7541, 0x6974_6e65, 0x444d_4163);
         let mut pm = leaf(0x6, 0);
         pm.eax = 0x77;
+        let mut ext = leaf(0x8000_0001, 0);
+        ext.ecx = EXT_ECX_SVM | EXT_ECX_PERFCTR_CORE | 1;
+        let mut svm = leaf(0x8000_000a, 0);
+        svm.edx = 0xff;
         vec![
             vendor,
             leaf(1, 0),
             pm,
+            ext,
+            svm,
             leaf(0xb, 0),
             leaf(0xb, 1),
             leaf(0xb, 2),
@@ -159,7 +186,17 @@ mod tests {
         normalize(&mut entries, VcpuTopology { index: 0, count: 1 }, false);
         assert_eq!(find(&entries, 1, 0).edx & EDX_HTT, 0);
         assert_eq!(find(&entries, 1, 0).ecx & ECX_TSC_DEADLINE, 0);
-        assert_eq!(find(&entries, 6, 0).eax, 0);
+        assert_eq!(find(&entries, 6, 0).eax, PM_EAX_ARAT);
+    }
+
+    #[test]
+    fn nested_virtualization_and_pmu_are_hidden() {
+        let mut entries = amd_leaves();
+        entries[1].ecx = ECX_VMX | ECX_PDCM;
+        normalize(&mut entries, VcpuTopology { index: 0, count: 2 }, false);
+        assert_eq!(find(&entries, 1, 0).ecx & (ECX_VMX | ECX_PDCM), 0);
+        assert_eq!(find(&entries, 0x8000_0001, 0).ecx, 1);
+        assert_eq!(find(&entries, 0x8000_000a, 0).edx, 0);
     }
 
     #[test]

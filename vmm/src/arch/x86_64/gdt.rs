@@ -17,7 +17,7 @@ pub const PVH_GDT: [u64; 4] = [
     0,
     gdt_entry(0xc09b, 0, 0xfffff),
     gdt_entry(0xc093, 0, 0xfffff),
-    gdt_entry(0x008b, 0, 0xfffff),
+    gdt_entry(0x008b, 0, 0x67),
 ];
 
 /// GDT of the 64-bit boot protocol: 64-bit code, flat data, a TSS.
@@ -89,7 +89,7 @@ mod tests {
         let ds = segment_from_gdt(&PVH_GDT, 2);
         assert_eq!((ds.type_, ds.selector, ds.limit), (0x3, 16, 0xffff_ffff));
         let tss = segment_from_gdt(&PVH_GDT, 3);
-        assert_eq!((tss.type_, tss.s, tss.g), (0xb, 0, 0));
+        assert_eq!((tss.type_, tss.s, tss.g, tss.limit), (0xb, 0, 0, 0x67));
     }
 
     #[test]

@@ -37,7 +37,7 @@ const TABLE_HEADER_LEN: usize = 44;
 #[derive(Debug, thiserror::Error)]
 pub enum MptableError {
     /// Too many vCPUs for the table's area.
-    #[error("{0} vCPUs do not fit in the MP table (at most {MAX_VCPUS})")]
+    #[error("the MP table takes 1 to {MAX_VCPUS} vCPUs, not {0}")]
     TooManyCpus(u8),
     /// Guest memory rejected the write.
     #[error("cannot write the MP table to guest memory: {0}")]
