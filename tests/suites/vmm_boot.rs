@@ -129,6 +129,22 @@ fn idle_initrd(dir: &Path) -> PathBuf {
     initrd
 }
 
+/// Boots the idle initrd (built in `scratch`) with `cpus` vCPUs and 128 MiB,
+/// plus `extra` flags, and waits until its init runs.
+fn start_idle_vm(scratch: &Scratch, cpus: u32, extra: &[&str]) -> VmProcess {
+    require_kvm();
+    let mut guest = GuestArtefacts::from_env();
+    guest.initrd = idle_initrd(scratch.path());
+    let mut command = vmm(&guest, cpus, 128);
+    command.args(extra);
+    let mut vm = VmProcess::spawn(command);
+    assert!(
+        vm.wait_for("idle-init-ready", BOOT_TIMEOUT).is_some(),
+        "the idle guest did not start"
+    );
+    vm
+}
+
 fn client(sock: &Path) -> VmmClient {
     let address = format!("unix://{}", sock.display());
     VmmClient::new(
@@ -142,18 +158,9 @@ fn ctx() -> ttrpc::context::Context {
 
 #[test]
 fn api_describes_pauses_resumes_and_shuts_down_a_running_guest() {
-    require_kvm();
-    let mut guest = GuestArtefacts::from_env();
     let scratch = Scratch::new("runv-vmm-api");
-    guest.initrd = idle_initrd(scratch.path());
     let sock = scratch.path().join("api.sock");
-    let mut command = vmm(&guest, 2, 128);
-    command.arg("--api-sock").arg(&sock);
-    let mut vm = VmProcess::spawn(command);
-    assert!(
-        vm.wait_for("idle-init-ready", BOOT_TIMEOUT).is_some(),
-        "the idle guest did not start"
-    );
+    let vm = start_idle_vm(&scratch, 2, &["--api-sock", &sock.display().to_string()]);
 
     let api = client(&sock);
     let info = api.describe(ctx(), &DescribeRequest::new()).unwrap();
@@ -207,15 +214,8 @@ fn api_describes_pauses_resumes_and_shuts_down_a_running_guest() {
 
 #[test]
 fn sigterm_stops_the_guest_and_exits_zero() {
-    require_kvm();
-    let mut guest = GuestArtefacts::from_env();
     let scratch = Scratch::new("runv-vmm-sigterm");
-    guest.initrd = idle_initrd(scratch.path());
-    let mut vm = VmProcess::spawn(vmm(&guest, 1, 128));
-    assert!(
-        vm.wait_for("idle-init-ready", BOOT_TIMEOUT).is_some(),
-        "the idle guest did not start"
-    );
+    let vm = start_idle_vm(&scratch, 1, &[]);
     let pid = nix::unistd::Pid::from_raw(vm.pid() as i32);
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
     let run = vm.wait_exit("idle-init-ready", Duration::from_secs(60));

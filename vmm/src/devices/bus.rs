@@ -62,28 +62,27 @@ impl Bus {
         (addr - base < *len).then_some((addr - base, device))
     }
 
-    /// Dispatches a read; returns false when no device claims `addr`.
-    pub fn read(&self, addr: u64, data: &mut [u8]) -> bool {
+    /// Runs `access` on the device claiming `addr` with its offset; returns
+    /// false when no device claims it.
+    fn dispatch(&self, addr: u64, access: impl FnOnce(&mut dyn BusDevice, u64)) -> bool {
         let Some((offset, device)) = self.find(addr) else {
             return false;
         };
-        match device.lock() {
-            Ok(mut device) => device.read(offset, data),
-            Err(poisoned) => poisoned.into_inner().read(offset, data),
-        }
+        let mut device = device
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        access(&mut *device, offset);
         true
+    }
+
+    /// Dispatches a read; returns false when no device claims `addr`.
+    pub fn read(&self, addr: u64, data: &mut [u8]) -> bool {
+        self.dispatch(addr, |device, offset| device.read(offset, data))
     }
 
     /// Dispatches a write; returns false when no device claims `addr`.
     pub fn write(&self, addr: u64, data: &[u8]) -> bool {
-        let Some((offset, device)) = self.find(addr) else {
-            return false;
-        };
-        match device.lock() {
-            Ok(mut device) => device.write(offset, data),
-            Err(poisoned) => poisoned.into_inner().write(offset, data),
-        }
-        true
+        self.dispatch(addr, |device, offset| device.write(offset, data))
     }
 }
 

@@ -387,8 +387,8 @@ fn handle_exit(shared: &VcpuShared, exit: VcpuExit<'_>) -> Option<VmExit> {
 mod tests {
     use super::*;
 
-    #[test]
-    fn pause_parks_and_resume_releases() {
+    /// A paused control with one "vCPU" thread parked on it.
+    fn parked_vcpu() -> (Arc<VcpuControl>, JoinHandle<bool>) {
         let control = Arc::new(VcpuControl::default());
         control.set_target(RunState::Paused);
         let vcpu = {
@@ -396,19 +396,19 @@ mod tests {
             thread::spawn(move || control.park())
         };
         assert!(control.wait_parked(1, Duration::from_secs(5)));
+        (control, vcpu)
+    }
+
+    #[test]
+    fn pause_parks_and_resume_releases() {
+        let (control, vcpu) = parked_vcpu();
         control.set_target(RunState::Running);
         assert!(vcpu.join().unwrap(), "resumed, not stopped");
     }
 
     #[test]
     fn stop_wins_over_pause_and_is_final() {
-        let control = Arc::new(VcpuControl::default());
-        control.set_target(RunState::Paused);
-        let vcpu = {
-            let control = control.clone();
-            thread::spawn(move || control.park())
-        };
-        assert!(control.wait_parked(1, Duration::from_secs(5)));
+        let (control, vcpu) = parked_vcpu();
         control.set_target(RunState::Stopping);
         assert!(!vcpu.join().unwrap());
         control.set_target(RunState::Running);

@@ -1,0 +1,113 @@
+//! virtio devices and their MMIO transport.
+//!
+//! A device implements [`VirtioDevice`]; [`mmio::MmioTransport`] carries it on
+//! the MMIO bus, with queue notifications through ioeventfds and interrupts
+//! through an irqfd ([`mmio::register_notifiers`]), announced to the guest with
+//! `virtio_mmio.device=` on the kernel command line.
+
+pub mod mmio;
+
+use std::io;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use virtio_queue::Queue;
+use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::eventfd::EventFd;
+
+/// Feature bit every modern (virtio 1.x) device offers.
+pub const VIRTIO_F_VERSION_1: u32 = 32;
+/// Interrupt status: a used ring changed.
+pub const VIRTIO_MMIO_INT_VRING: u32 = 0x01;
+/// Interrupt status: the configuration changed.
+pub const VIRTIO_MMIO_INT_CONFIG: u32 = 0x02;
+
+/// A queue handed to an activated device, with the eventfd the guest's
+/// notifications for it arrive on.
+pub struct ActiveQueue {
+    /// The queue as the driver set it up.
+    pub queue: Queue,
+    /// Signalled when the driver notifies the queue.
+    pub notify: EventFd,
+}
+
+/// Errors a device can report on activation.
+#[derive(Debug, thiserror::Error)]
+pub enum ActivateError {
+    /// The device cannot run with what the driver set up.
+    #[error("virtio device activation failed: {0}")]
+    Failed(String),
+    /// An eventfd could not be duplicated.
+    #[error("virtio device activation failed: {0}")]
+    Io(#[from] io::Error),
+}
+
+/// The interrupt line of one virtio device: status bits plus an irqfd.
+pub struct VirtioInterrupt {
+    status: AtomicU32,
+    irq: EventFd,
+}
+
+impl VirtioInterrupt {
+    /// An interrupt raised through `irq` (registered as an irqfd).
+    pub fn new(irq: EventFd) -> Self {
+        Self {
+            status: AtomicU32::new(0),
+            irq,
+        }
+    }
+
+    /// Tells the driver a used ring changed.
+    pub fn signal_used_queue(&self) -> io::Result<()> {
+        self.raise(VIRTIO_MMIO_INT_VRING)
+    }
+
+    /// Tells the driver the configuration space changed.
+    pub fn signal_config_change(&self) -> io::Result<()> {
+        self.raise(VIRTIO_MMIO_INT_CONFIG)
+    }
+
+    fn raise(&self, bits: u32) -> io::Result<()> {
+        self.status.fetch_or(bits, Ordering::SeqCst);
+        self.irq.write(1)
+    }
+
+    /// Pending interrupt status bits.
+    pub fn status(&self) -> u32 {
+        self.status.load(Ordering::SeqCst)
+    }
+
+    fn ack(&self, bits: u32) {
+        self.status.fetch_and(!bits, Ordering::SeqCst);
+    }
+
+    /// The irqfd, for registration with KVM.
+    pub fn irq(&self) -> &EventFd {
+        &self.irq
+    }
+}
+
+/// A virtio device, independent of its transport.
+pub trait VirtioDevice: Send {
+    /// virtio device type (1 = net, 2 = block, 4 = rng, 19 = vsock, 26 = fs).
+    fn device_type(&self) -> u32;
+    /// Largest size of each queue; the length is the number of queues.
+    fn queue_max_sizes(&self) -> &[u16];
+    /// Features the device offers (the transport adds `VIRTIO_F_VERSION_1`).
+    fn avail_features(&self) -> u64;
+    /// Reads the device configuration space at `offset`.
+    fn read_config(&self, offset: u64, data: &mut [u8]);
+    /// Writes the device configuration space at `offset`.
+    fn write_config(&mut self, offset: u64, data: &[u8]);
+    /// Starts the device once the driver is ready, with the features it acked.
+    fn activate(
+        &mut self,
+        mem: GuestMemoryMmap,
+        acked_features: u64,
+        queues: Vec<ActiveQueue>,
+        interrupt: Arc<VirtioInterrupt>,
+    ) -> Result<(), ActivateError>;
+    /// Stops an active device on a driver reset; false if it cannot.
+    fn reset(&mut self) -> bool {
+        false
+    }
+}
