@@ -76,6 +76,39 @@ fn boots_to_agent_with_one_and_two_vcpus_and_exits_on_power_off() {
     assert_no_process_left(&vmm_binary().display().to_string());
 }
 
+/// Debian's generic kernel (a bzImage, installed by scripts/setup for the test
+/// host) boots to our agent through the 64-bit Linux boot protocol.
+#[test]
+fn boots_a_bzimage_through_the_64bit_boot_protocol() {
+    require_kvm();
+    let mut guest = GuestArtefacts::from_env();
+    let mut kernels: Vec<PathBuf> = std::fs::read_dir("/boot")
+        .expect("read /boot")
+        .filter_map(Result::ok)
+        .map(|entry| entry.path())
+        .filter(|path| {
+            path.display().to_string().ends_with("-amd64")
+                && path.display().to_string().contains("vmlinuz-")
+        })
+        .collect();
+    kernels.sort();
+    guest.kernel = kernels
+        .pop()
+        .expect("a Debian bzImage in /boot (linux-image-amd64, scripts/setup)");
+    let run = run_to_exit(vmm(&guest, 2, 512), BOOT_MARKER, BOOT_TIMEOUT);
+    assert!(
+        run.saw(BOOT_MARKER),
+        "no boot marker:\n{}",
+        run.transcript()
+    );
+    assert!(
+        run.status.success(),
+        "exit {}:\n{}",
+        run.status,
+        run.transcript()
+    );
+}
+
 #[test]
 fn guest_panic_exits_non_zero_with_cause_even_with_console_off() {
     require_kvm();
