@@ -1,6 +1,7 @@
 //! The guest kernel and initrd under test, as built by `scripts/test`.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::process::Command;
 
 /// Paths of the guest artefacts a suite boots.
 #[derive(Debug, Clone)]
@@ -36,4 +37,33 @@ fn required_file(var: &str, builder: &str) -> PathBuf {
     });
     assert!(path.is_file(), "{var}={} is not a file", path.display());
     path
+}
+
+/// A test-only initrd in `dir`: static busybox plus `/init`, a shell script
+/// running `script`. The production initrd holds nothing but the agent.
+pub fn busybox_initrd(dir: &Path, name: &str, script: &str) -> PathBuf {
+    let root = dir.join(format!("{name}-root"));
+    for sub in ["bin", "dev", "proc", "sys"] {
+        std::fs::create_dir_all(root.join(sub)).expect("create initrd dirs");
+    }
+    std::fs::copy("/bin/busybox", root.join("bin/busybox"))
+        .expect("busybox-static at /bin/busybox (scripts/setup)");
+    std::os::unix::fs::symlink("busybox", root.join("bin/sh")).expect("link sh");
+    let init = root.join("init");
+    std::fs::write(&init, format!("#!/bin/sh\n{script}\n")).expect("write init");
+    std::fs::set_permissions(&init, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .expect("chmod init");
+    let initrd = dir.join(format!("{name}-initrd.img"));
+    let status = Command::new("sh")
+        .arg("-c")
+        .arg("cd \"$1\" && find . | cpio --quiet -o -H newc -R 0:0 | gzip -1 > \"$2\"")
+        .args([
+            "sh",
+            &root.display().to_string(),
+            &initrd.display().to_string(),
+        ])
+        .status()
+        .expect("run cpio");
+    assert!(status.success(), "packing {} failed", initrd.display());
+    initrd
 }

@@ -7,7 +7,7 @@ use protocol::vmm::{
     VmmClient,
 };
 use protocol::BOOT_MARKER;
-use runv_tests::artefacts::{vmm_binary, GuestArtefacts};
+use runv_tests::artefacts::{busybox_initrd, vmm_binary, GuestArtefacts};
 use runv_tests::console::{run_to_exit, ConsoleRun, VmProcess};
 use runv_tests::host::{assert_no_process_left, require_kvm};
 use runv_tests::scratch::Scratch;
@@ -109,6 +109,34 @@ fn boots_a_bzimage_through_the_64bit_boot_protocol() {
     );
 }
 
+/// With `--rng`, the guest's hw_random core picks virtio-rng and reads host
+/// entropy through the virtio-mmio transport (ioeventfd in, irqfd out).
+#[test]
+fn virtio_rng_feeds_the_guest() {
+    require_kvm();
+    let scratch = Scratch::new("runv-vmm-rng");
+    let mut guest = GuestArtefacts::from_env();
+    guest.initrd = busybox_initrd(
+        scratch.path(),
+        "rng",
+        "b=/bin/busybox\n$b mount -t devtmpfs dev /dev\n$b mount -t sysfs sys /sys\n\
+         echo rng_current=$($b cat /sys/class/misc/hw_random/rng_current)\n\
+         echo rng_bytes=$($b dd if=/dev/hwrng bs=256 count=4 2>/dev/null | $b wc -c)\n\
+         $b reboot -f",
+    );
+    let mut command = vmm(&guest, 1, 128);
+    command.arg("--rng");
+    let run = run_to_exit(command, "rng_bytes=", BOOT_TIMEOUT);
+    assert!(
+        run.status.success(),
+        "exit {}:\n{}",
+        run.status,
+        run.transcript()
+    );
+    assert!(run.saw("rng_current=virtio_rng.0"), "{}", run.transcript());
+    assert!(run.saw("rng_bytes=1024"), "{}", run.transcript());
+}
+
 #[test]
 fn guest_panic_exits_non_zero_with_cause_even_with_console_off() {
     require_kvm();
@@ -132,34 +160,13 @@ fn guest_panic_exits_non_zero_with_cause_even_with_console_off() {
 }
 
 /// An initrd whose init (busybox sh) says it is ready and then idles, so that
-/// the API can act on a running guest. Test-only: the production initrd holds
-/// nothing but the agent.
+/// the API can act on a running guest.
 fn idle_initrd(dir: &Path) -> PathBuf {
-    let root = dir.join("root");
-    std::fs::create_dir_all(root.join("bin")).unwrap();
-    std::fs::copy("/bin/busybox", root.join("bin/busybox"))
-        .expect("busybox-static at /bin/busybox");
-    std::os::unix::fs::symlink("busybox", root.join("bin/sh")).unwrap();
-    let init = root.join("init");
-    std::fs::write(
-        &init,
-        "#!/bin/sh\n/bin/busybox echo idle-init-ready\nwhile :; do /bin/busybox sleep 1; done\n",
+    busybox_initrd(
+        dir,
+        "idle",
+        "/bin/busybox echo idle-init-ready\nwhile :; do /bin/busybox sleep 1; done",
     )
-    .unwrap();
-    std::fs::set_permissions(&init, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    let initrd = dir.join("idle-initrd.img");
-    let status = Command::new("sh")
-        .arg("-c")
-        .arg("cd \"$1\" && find . | cpio --quiet -o -H newc -R 0:0 | gzip -1 > \"$2\"")
-        .args([
-            "sh",
-            &root.display().to_string(),
-            &initrd.display().to_string(),
-        ])
-        .status()
-        .unwrap();
-    assert!(status.success(), "packing the idle initrd failed");
-    initrd
 }
 
 /// Boots the idle initrd (built in `scratch`) with `cpus` vCPUs and 128 MiB,

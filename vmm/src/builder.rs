@@ -3,7 +3,9 @@
 //! → MP table → legacy devices → vCPUs. The result is a [`Vmm`] ready to run.
 
 use crate::arch::x86_64::boot::{self, BootPayload};
-use crate::arch::x86_64::layout::{CMDLINE_MAX_SIZE, CMDLINE_START, HIMEM_START, PAGE_SIZE};
+use crate::arch::x86_64::layout::{
+    CMDLINE_MAX_SIZE, CMDLINE_START, HIMEM_START, IRQ_MAX, MMIO_GAP_START, PAGE_SIZE,
+};
 use crate::arch::x86_64::mptable;
 use crate::arch::x86_64::regs::BootEntry;
 use crate::config::{ConsoleConfig, VmConfig};
@@ -11,8 +13,13 @@ use crate::devices::bus::{Bus, BusError};
 use crate::devices::legacy::{
     BootTimer, ConsoleSink, DebugPort, EventFdTrigger, GuestPanic, PowerOffTrigger, Serial, I8042,
 };
+use crate::devices::virtio::mmio::{
+    register_notifiers, MmioError, MmioTransport, MMIO_WINDOW_SIZE,
+};
+use crate::devices::virtio::rng::Rng;
+use crate::devices::virtio::VirtioDevice;
 use crate::metrics::ExitCounters;
-use crate::runtime::Vmm;
+use crate::runtime::{VirtioSlot, Vmm};
 use crate::vm_exit::ExitReporter;
 use crate::vstate::memory::{self, create_guest_memory};
 use crate::vstate::vcpu::{Vcpu, VcpuControl, VcpuError, VcpuSetup, VcpuShared};
@@ -36,6 +43,8 @@ use vmm_sys_util::eventfd::EventFd;
 /// times the boot), a minimal i8042 probe, the console on the 8250 UART.
 const BASE_CMDLINE: &str = "reboot=k panic=-1 pci=off nomodule io_delay=none \
      i8042.noaux i8042.nomux i8042.dumbkbd console=ttyS0";
+/// First IRQ line of the virtio-mmio devices (below: legacy ISA devices).
+const VIRTIO_IRQ_BASE: u32 = 5;
 /// Legacy device placement.
 const SERIAL_PORT: u64 = 0x3f8;
 const SERIAL_IRQ: u32 = 4;
@@ -119,6 +128,12 @@ pub enum BuildError {
     /// A vCPU.
     #[error(transparent)]
     Vcpu(#[from] VcpuError),
+    /// A virtio transport.
+    #[error(transparent)]
+    Virtio(#[from] MmioError),
+    /// More virtio devices than IRQ lines.
+    #[error("too many virtio devices for the IOAPIC's interrupt lines")]
+    TooManyDevices,
 }
 
 /// How the loaded kernel is entered.
@@ -145,7 +160,9 @@ pub fn build_microvm(config: &VmConfig, process_start: Instant) -> Result<Vmm, B
         Some(path) => Some(load_initrd(&mem, path, kernel.end)?),
         None => None,
     };
-    let cmdline = kernel_cmdline(config)?;
+    let mut mmio = Bus::new();
+    let virtio = attach_virtio_devices(&vm, &mem, config, &mut mmio)?;
+    let cmdline = kernel_cmdline(config, &virtio)?;
     loader::load_cmdline(&mem, GuestAddress(CMDLINE_START), &cmdline)
         .map_err(BuildError::CmdlineLoad)?;
     let cmdline_len = cmdline
@@ -178,7 +195,7 @@ pub fn build_microvm(config: &VmConfig, process_start: Instant) -> Result<Vmm, B
     let pio = legacy_devices(&vm, config, panic.clone(), exits.clone(), timer.clone())?;
     let shared = VcpuShared {
         pio: Arc::new(pio),
-        mmio: Arc::new(Bus::new()),
+        mmio: Arc::new(mmio),
         control: Arc::new(VcpuControl::default()),
         exits,
         timer,
@@ -201,7 +218,15 @@ pub fn build_microvm(config: &VmConfig, process_start: Instant) -> Result<Vmm, B
         .map(|index| Vcpu::new(vm.fd(), index, &setup, shared.clone()))
         .collect::<Result<Vec<_>, _>>()?;
 
-    Ok(Vmm::new(config.clone(), vm, mem, vcpus, shared, panic))
+    Ok(Vmm::new(
+        config.clone(),
+        vm,
+        mem,
+        vcpus,
+        shared,
+        panic,
+        virtio,
+    ))
 }
 
 /// Loads an ELF vmlinux (PVH entry if it has the note, else the 64-bit entry)
@@ -294,7 +319,7 @@ fn load_initrd(
 
 /// The VMM's command line, the console's log level, then the user's extras
 /// (later parameters win in Linux, so the user can override ours).
-fn kernel_cmdline(config: &VmConfig) -> Result<Cmdline, BuildError> {
+fn kernel_cmdline(config: &VmConfig, virtio: &[VirtioSlot]) -> Result<Cmdline, BuildError> {
     let mut cmdline = Cmdline::new(CMDLINE_MAX_SIZE).map_err(BuildError::Cmdline)?;
     cmdline
         .insert_str(BASE_CMDLINE)
@@ -306,12 +331,52 @@ fn kernel_cmdline(config: &VmConfig) -> Result<Cmdline, BuildError> {
         ConsoleConfig::Stdout | ConsoleConfig::File(_) => "quiet",
     };
     cmdline.insert_str(verbosity).map_err(BuildError::Cmdline)?;
+    for slot in virtio {
+        cmdline
+            .add_virtio_mmio_device(MMIO_WINDOW_SIZE, GuestAddress(slot.base), slot.irq, None)
+            .map_err(BuildError::Cmdline)?;
+    }
     if let Some(extra) = config.cmdline.as_deref().filter(|s| !s.trim().is_empty()) {
         cmdline
             .insert_str(extra.trim())
             .map_err(BuildError::Cmdline)?;
     }
     Ok(cmdline)
+}
+
+/// The virtio devices the configuration asks for, each on its MMIO window in
+/// the gap with its own IRQ (from 5 on), notifications and interrupt wired to
+/// KVM.
+fn attach_virtio_devices(
+    vm: &Vm,
+    mem: &GuestMemoryMmap,
+    config: &VmConfig,
+    mmio: &mut Bus,
+) -> Result<Vec<VirtioSlot>, BuildError> {
+    let mut devices: Vec<Box<dyn VirtioDevice>> = Vec::new();
+    if config.rng {
+        devices.push(Box::new(Rng::new()));
+    }
+    devices
+        .into_iter()
+        .enumerate()
+        .map(|(index, device)| {
+            let irq = VIRTIO_IRQ_BASE + index as u32;
+            if irq > u32::from(IRQ_MAX) {
+                return Err(BuildError::TooManyDevices);
+            }
+            let base = MMIO_GAP_START + index as u64 * MMIO_WINDOW_SIZE;
+            let transport = MmioTransport::new(device, mem.clone())?;
+            register_notifiers(vm.fd(), &transport, base, irq)?;
+            let transport = Arc::new(Mutex::new(transport));
+            mmio.insert(transport.clone(), base, MMIO_WINDOW_SIZE)?;
+            Ok(VirtioSlot {
+                transport,
+                base,
+                irq,
+            })
+        })
+        .collect()
 }
 
 fn eventfd(what: &'static str) -> Result<EventFd, BuildError> {
@@ -385,10 +450,14 @@ mod tests {
         config
     }
 
+    fn kernel_cmdline_for(config: &VmConfig) -> Result<Cmdline, BuildError> {
+        kernel_cmdline(config, &[])
+    }
+
     #[test]
     fn cmdline_puts_user_extras_last() {
         let cmdline =
-            kernel_cmdline(&config(ConsoleConfig::Stdout, Some("loglevel=7 foo=bar"))).unwrap();
+            kernel_cmdline_for(&config(ConsoleConfig::Stdout, Some("loglevel=7 foo=bar"))).unwrap();
         let text = cmdline.as_cstring().unwrap().into_string().unwrap();
         assert!(text.starts_with("reboot=k panic=-1"));
         assert!(text.ends_with("quiet loglevel=7 foo=bar"), "{text}");
@@ -396,7 +465,7 @@ mod tests {
 
     #[test]
     fn console_off_keeps_only_emergencies() {
-        let cmdline = kernel_cmdline(&config(ConsoleConfig::Off, None)).unwrap();
+        let cmdline = kernel_cmdline_for(&config(ConsoleConfig::Off, None)).unwrap();
         let text = cmdline.as_cstring().unwrap().into_string().unwrap();
         assert!(text.ends_with("console=ttyS0 loglevel=1"), "{text}");
     }
@@ -405,7 +474,7 @@ mod tests {
     fn overlong_cmdline_is_an_error() {
         let long = "x".repeat(CMDLINE_MAX_SIZE);
         assert!(matches!(
-            kernel_cmdline(&config(ConsoleConfig::Off, Some(&long))),
+            kernel_cmdline_for(&config(ConsoleConfig::Off, Some(&long))),
             Err(BuildError::Cmdline(_))
         ));
     }

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 /// Usage text.
 pub const USAGE: &str = "usage: runv-vmm --kernel PATH [--initrd PATH] [--cpus N] [--memory-mib M]
-                [--cmdline EXTRA] [--console stdout|off|PATH] [--api-sock PATH]
+                [--cmdline EXTRA] [--console stdout|off|PATH] [--api-sock PATH] [--rng]
        runv-vmm --config FILE [flags that override the file's fields]
        runv-vmm --help | --version";
 
@@ -45,6 +45,10 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Command, ConfigE
         };
         match name.as_str() {
             "--help" | "-h" => return Ok(Command::Help),
+            "--rng" => {
+                flags.rng = Some(true);
+                continue;
+            }
             "--version" | "-V" => return Ok(Command::Version),
             _ => {}
         }

@@ -118,6 +118,8 @@ pub struct PartialConfig {
     pub console: Option<ConsoleConfig>,
     /// API socket path.
     pub api_sock: Option<PathBuf>,
+    /// Attach a virtio-rng device.
+    pub rng: Option<bool>,
 }
 
 impl PartialConfig {
@@ -143,6 +145,7 @@ impl PartialConfig {
             cmdline: top.cmdline.or(self.cmdline),
             console: top.console.or(self.console),
             api_sock: top.api_sock.or(self.api_sock),
+            rng: top.rng.or(self.rng),
         }
     }
 
@@ -159,6 +162,7 @@ impl PartialConfig {
             cmdline: self.cmdline,
             console: self.console.unwrap_or_default(),
             api_sock: self.api_sock,
+            rng: self.rng.unwrap_or(false),
         };
         config.validate()?;
         Ok(config)
@@ -182,6 +186,8 @@ pub struct VmConfig {
     pub console: ConsoleConfig,
     /// API socket path.
     pub api_sock: Option<PathBuf>,
+    /// Attach a virtio-rng device (host entropy).
+    pub rng: bool,
 }
 
 fn file_size(what: &'static str, path: &Path) -> Result<u64, ConfigError> {

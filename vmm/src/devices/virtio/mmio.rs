@@ -119,6 +119,13 @@ impl MmioTransport {
         &self.queue_notify
     }
 
+    /// Lets an active device serve queue `index` after a notification.
+    pub fn process_queue(&mut self, index: usize) {
+        if self.active {
+            self.device.process_queue(index);
+        }
+    }
+
     /// The device's interrupt.
     pub fn interrupt(&self) -> &Arc<VirtioInterrupt> {
         &self.interrupt
@@ -407,6 +414,7 @@ mod tests {
             *self.activated.lock().unwrap() = Some((acked, queues.len()));
             Ok(())
         }
+        fn process_queue(&mut self, _index: usize) {}
         fn reset(&mut self) -> bool {
             self.resettable
         }

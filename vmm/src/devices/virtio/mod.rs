@@ -6,6 +6,7 @@
 //! `virtio_mmio.device=` on the kernel command line.
 
 pub mod mmio;
+pub mod rng;
 
 use std::io;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -106,6 +107,9 @@ pub trait VirtioDevice: Send {
         queues: Vec<ActiveQueue>,
         interrupt: Arc<VirtioInterrupt>,
     ) -> Result<(), ActivateError>;
+    /// Serves queue `index` after the driver notified it (called by the event
+    /// loop when the queue's ioeventfd fires).
+    fn process_queue(&mut self, index: usize);
     /// Stops an active device on a driver reset; false if it cannot.
     fn reset(&mut self) -> bool {
         false
