@@ -25,11 +25,14 @@ impl ConsoleRun {
         self.lines.iter().any(|line| line.contains(text))
     }
 
-    /// Console and stderr, for assertion messages.
+    /// Console (its last 200 lines) and stderr, for assertion messages.
     pub fn transcript(&self) -> String {
+        let skip = self.lines.len().saturating_sub(200);
         format!(
-            "--- console\n{}\n--- stderr\n{}",
-            self.lines.join("\n"),
+            "--- console ({} lines, last {} shown)\n{}\n--- stderr\n{}",
+            self.lines.len(),
+            self.lines.len() - skip,
+            self.lines[skip..].join("\n"),
             self.stderr
         )
     }
@@ -94,7 +97,9 @@ impl VmProcess {
             return Some(self.started.elapsed());
         }
         let deadline = Instant::now() + timeout;
-        loop {
+        // The deadline is checked on every line: a guest that floods its
+        // console must not keep the wait going.
+        while Instant::now() < deadline {
             let left = deadline.saturating_duration_since(Instant::now());
             let line = self.lines.recv_timeout(left).ok()?;
             let found = line.contains(text);
@@ -103,6 +108,7 @@ impl VmProcess {
                 return Some(self.started.elapsed());
             }
         }
+        None
     }
 
     /// Waits for the VMM to exit (killing it after `timeout`) and collects
@@ -112,14 +118,19 @@ impl VmProcess {
         let deadline = self.started + timeout.max(self.started.elapsed());
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(line) => self.seen.push(line),
-                Err(mpsc::RecvTimeoutError::Disconnected) => break,
-                Err(mpsc::RecvTimeoutError::Timeout) => {
-                    self.seen.push(format!("<killed after {timeout:?}>"));
-                    let _ = self.child.kill();
-                    break;
-                }
+            let timed_out = left.is_zero()
+                || match self.lines.recv_timeout(left) {
+                    Ok(line) => {
+                        self.seen.push(line);
+                        false
+                    }
+                    Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                    Err(mpsc::RecvTimeoutError::Timeout) => true,
+                };
+            if timed_out {
+                self.seen.push(format!("<killed after {timeout:?}>"));
+                let _ = self.child.kill();
+                break;
             }
         }
         let status = self.child.wait().expect("wait for the VMM process");

@@ -13,6 +13,7 @@ use crate::devices::bus::{Bus, BusError};
 use crate::devices::legacy::{
     BootTimer, ConsoleSink, DebugPort, EventFdTrigger, GuestPanic, PowerOffTrigger, Serial, I8042,
 };
+use crate::devices::virtio::block::{Block, BlockError};
 use crate::devices::virtio::mmio::{
     register_notifiers, MmioError, MmioTransport, MMIO_WINDOW_SIZE,
 };
@@ -131,6 +132,9 @@ pub enum BuildError {
     /// A virtio transport.
     #[error(transparent)]
     Virtio(#[from] MmioError),
+    /// A disk image.
+    #[error(transparent)]
+    Disk(#[from] BlockError),
     /// More virtio devices than IRQ lines.
     #[error("too many virtio devices for the IOAPIC's interrupt lines")]
     TooManyDevices,
@@ -354,6 +358,10 @@ fn attach_virtio_devices(
     mmio: &mut Bus,
 ) -> Result<Vec<VirtioSlot>, BuildError> {
     let mut devices: Vec<Box<dyn VirtioDevice>> = Vec::new();
+    for (index, disk) in config.disks.iter().enumerate() {
+        let id = disk.id.clone().unwrap_or_else(|| format!("disk{index}"));
+        devices.push(Box::new(Block::open(&disk.path, disk.readonly, &id)?));
+    }
     if config.rng {
         devices.push(Box::new(Rng::new()));
     }

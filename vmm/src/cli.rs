@@ -6,6 +6,7 @@ use std::path::PathBuf;
 /// Usage text.
 pub const USAGE: &str = "usage: runv-vmm --kernel PATH [--initrd PATH] [--cpus N] [--memory-mib M]
                 [--cmdline EXTRA] [--console stdout|off|PATH] [--api-sock PATH] [--rng]
+                [--disk path=FILE[,readonly][,id=S]]...
        runv-vmm --config FILE [flags that override the file's fields]
        runv-vmm --help | --version";
 
@@ -17,7 +18,7 @@ pub enum Command {
         /// `--config FILE`.
         config_file: Option<PathBuf>,
         /// Flags given on the command line.
-        flags: PartialConfig,
+        flags: Box<PartialConfig>,
     },
     /// Print usage.
     Help,
@@ -69,6 +70,10 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Command, ConfigE
                 flags.console = Some(console);
             }
             "--api-sock" => flags.api_sock = Some(value()?.into()),
+            "--disk" => flags
+                .disks
+                .get_or_insert_with(Vec::new)
+                .push(value()?.parse()?),
             "--config" => config_file = Some(value()?.into()),
             other => {
                 return Err(ConfigError::Usage(format!(
@@ -77,7 +82,10 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Command, ConfigE
             }
         }
     }
-    Ok(Command::Run { config_file, flags })
+    Ok(Command::Run {
+        config_file,
+        flags: Box::new(flags),
+    })
 }
 
 #[cfg(test)]

@@ -99,6 +99,49 @@ impl From<ConsoleConfig> for String {
     }
 }
 
+/// A virtio-blk disk: `path=FILE[,readonly][,id=S]` on the command line.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DiskConfig {
+    /// Raw image file.
+    pub path: PathBuf,
+    /// Refuse guest writes.
+    #[serde(default)]
+    pub readonly: bool,
+    /// What GET_ID answers (at most 20 bytes; default `disk<N>`).
+    #[serde(default)]
+    pub id: Option<String>,
+}
+
+impl std::str::FromStr for DiskConfig {
+    type Err = ConfigError;
+
+    fn from_str(value: &str) -> Result<Self, Self::Err> {
+        let usage = |why: String| {
+            ConfigError::Usage(format!(
+                "--disk {value}: {why} (path=FILE[,readonly][,id=S])"
+            ))
+        };
+        let mut path = None;
+        let mut readonly = false;
+        let mut id = None;
+        for option in value.split(',') {
+            match option.split_once('=') {
+                Some(("path", p)) if !p.is_empty() => path = Some(PathBuf::from(p)),
+                Some(("id", i)) if i.len() <= 20 => id = Some(i.to_owned()),
+                Some(("id", _)) => return Err(usage("id is longer than 20 bytes".into())),
+                None if option == "readonly" => readonly = true,
+                _ => return Err(usage(format!("unknown option '{option}'"))),
+            }
+        }
+        Ok(DiskConfig {
+            path: path.ok_or_else(|| usage("no path".into()))?,
+            readonly,
+            id,
+        })
+    }
+}
+
 /// Configuration as given: every field optional, so that a file and the
 /// command line can be layered.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -120,6 +163,8 @@ pub struct PartialConfig {
     pub api_sock: Option<PathBuf>,
     /// Attach a virtio-rng device.
     pub rng: Option<bool>,
+    /// virtio-blk disks.
+    pub disks: Option<Vec<DiskConfig>>,
 }
 
 impl PartialConfig {
@@ -146,6 +191,7 @@ impl PartialConfig {
             console: top.console.or(self.console),
             api_sock: top.api_sock.or(self.api_sock),
             rng: top.rng.or(self.rng),
+            disks: top.disks.or(self.disks),
         }
     }
 
@@ -163,6 +209,7 @@ impl PartialConfig {
             console: self.console.unwrap_or_default(),
             api_sock: self.api_sock,
             rng: self.rng.unwrap_or(false),
+            disks: self.disks.unwrap_or_default(),
         };
         config.validate()?;
         Ok(config)
@@ -188,6 +235,8 @@ pub struct VmConfig {
     pub api_sock: Option<PathBuf>,
     /// Attach a virtio-rng device (host entropy).
     pub rng: bool,
+    /// virtio-blk disks, in order (`/dev/vda`, `/dev/vdb`, ...).
+    pub disks: Vec<DiskConfig>,
 }
 
 fn file_size(what: &'static str, path: &Path) -> Result<u64, ConfigError> {
@@ -243,6 +292,9 @@ impl VmConfig {
                     memory_mib: self.memory_mib,
                 });
             }
+        }
+        for disk in &self.disks {
+            file_size("disk", &disk.path)?;
         }
         if let Some(sock) = &self.api_sock {
             if sock.symlink_metadata().is_ok() {
@@ -359,6 +411,29 @@ mod tests {
             .finish();
         assert!(matches!(err, Err(ConfigError::ApiSocketInUse(_))));
         std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn disk_options_parse_and_bad_ones_are_named() {
+        let disk: DiskConfig = "path=/img,readonly,id=root".parse().unwrap();
+        assert_eq!(
+            disk,
+            DiskConfig {
+                path: "/img".into(),
+                readonly: true,
+                id: Some("root".into())
+            }
+        );
+        assert!("readonly"
+            .parse::<DiskConfig>()
+            .unwrap_err()
+            .to_string()
+            .contains("no path"));
+        assert!("path=/i,rw"
+            .parse::<DiskConfig>()
+            .unwrap_err()
+            .to_string()
+            .contains("unknown option 'rw'"));
     }
 
     #[test]

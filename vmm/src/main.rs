@@ -34,7 +34,7 @@ fn run(process_start: Instant) -> Result<u8, String> {
         Some(path) => PartialConfig::from_file(&path).map_err(|e| e.to_string())?,
         None => PartialConfig::default(),
     };
-    let config = base.overlay(flags).finish().map_err(|e| e.to_string())?;
+    let config = base.overlay(*flags).finish().map_err(|e| e.to_string())?;
     let vmm = vmm::builder::build_microvm(&config, process_start).map_err(|e| e.to_string())?;
     let exit = vmm.run().map_err(|e| e.to_string())?;
     let code = exit.exit_code();

@@ -5,6 +5,7 @@
 //! through an irqfd ([`mmio::register_notifiers`]), announced to the guest with
 //! `virtio_mmio.device=` on the kernel command line.
 
+pub mod block;
 pub mod mmio;
 pub mod rng;
 
