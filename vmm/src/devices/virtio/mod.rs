@@ -88,6 +88,45 @@ impl VirtioInterrupt {
     }
 }
 
+/// What a one-queue device holds once active: guest memory, its queue and its
+/// interrupt.
+pub struct SingleQueue {
+    /// Guest memory.
+    pub mem: GuestMemoryMmap,
+    /// The request queue.
+    pub queue: Queue,
+    /// The device's interrupt.
+    pub interrupt: Arc<VirtioInterrupt>,
+}
+
+impl SingleQueue {
+    /// Takes the first queue of an activation; `device` names it in errors.
+    pub fn activate(
+        device: &str,
+        mem: GuestMemoryMmap,
+        queues: Vec<ActiveQueue>,
+        interrupt: Arc<VirtioInterrupt>,
+    ) -> Result<Self, ActivateError> {
+        let queue = queues
+            .into_iter()
+            .next()
+            .ok_or_else(|| ActivateError::Failed(format!("{device} needs its request queue")))?
+            .queue;
+        Ok(Self {
+            mem,
+            queue,
+            interrupt,
+        })
+    }
+
+    /// Tells the guest that requests completed.
+    pub fn signal_used(&self, device: &str) {
+        if let Err(err) = self.interrupt.signal_used_queue() {
+            eprintln!("runv-vmm: {device}: cannot interrupt the guest: {err}");
+        }
+    }
+}
+
 /// A virtio device, independent of its transport.
 pub trait VirtioDevice: Send {
     /// virtio device type (1 = net, 2 = block, 4 = rng, 19 = vsock, 26 = fs).

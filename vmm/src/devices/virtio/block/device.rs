@@ -1,12 +1,14 @@
 //! The virtio-blk device: one request queue served from a raw image file.
 
 use super::request::{Request, RequestKind, MAX_DATA_LEN, SECTOR_SIZE};
-use crate::devices::virtio::{ActivateError, ActiveQueue, VirtioDevice, VirtioInterrupt};
+use crate::devices::virtio::{
+    ActivateError, ActiveQueue, SingleQueue, VirtioDevice, VirtioInterrupt,
+};
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use virtio_queue::{Queue, QueueT};
+use virtio_queue::QueueT;
 use vm_memory::{Bytes, GuestMemoryMmap};
 
 const TYPE_BLOCK: u32 = 2;
@@ -33,12 +35,6 @@ pub enum BlockError {
     },
 }
 
-struct Active {
-    mem: GuestMemoryMmap,
-    queue: Queue,
-    interrupt: Arc<VirtioInterrupt>,
-}
-
 /// A raw-file block device.
 pub struct Block {
     file: File,
@@ -46,7 +42,7 @@ pub struct Block {
     readonly: bool,
     id: [u8; ID_LEN],
     config: [u8; 8],
-    active: Option<Active>,
+    active: Option<SingleQueue>,
 }
 
 impl Block {
@@ -170,16 +166,7 @@ impl VirtioDevice for Block {
         queues: Vec<ActiveQueue>,
         interrupt: Arc<VirtioInterrupt>,
     ) -> Result<(), ActivateError> {
-        let queue = queues
-            .into_iter()
-            .next()
-            .ok_or_else(|| ActivateError::Failed("virtio-blk needs its request queue".into()))?
-            .queue;
-        self.active = Some(Active {
-            mem,
-            queue,
-            interrupt,
-        });
+        self.active = Some(SingleQueue::activate("virtio-blk", mem, queues, interrupt)?);
         Ok(())
     }
 
@@ -208,9 +195,7 @@ impl VirtioDevice for Block {
             served = true;
         }
         if served {
-            if let Err(err) = active.interrupt.signal_used_queue() {
-                eprintln!("runv-vmm: virtio-blk: cannot interrupt the guest: {err}");
-            }
+            active.signal_used("virtio-blk");
         }
         self.active = Some(active);
     }

@@ -1,9 +1,11 @@
 //! The virtio-rng device: one queue of write-only buffers, each filled with
 //! bytes from the host's `getrandom`.
 
-use crate::devices::virtio::{ActivateError, ActiveQueue, VirtioDevice, VirtioInterrupt};
+use crate::devices::virtio::{
+    ActivateError, ActiveQueue, SingleQueue, VirtioDevice, VirtioInterrupt,
+};
 use std::sync::Arc;
-use virtio_queue::{Queue, QueueT};
+use virtio_queue::QueueT;
 use vm_memory::{Bytes, GuestMemoryMmap};
 
 /// virtio device type of an entropy source.
@@ -13,16 +15,10 @@ const QUEUE_SIZE: u16 = 256;
 /// Most bytes one descriptor gets, whatever length the guest claims.
 const MAX_BYTES_PER_DESCRIPTOR: u32 = 64 * 1024;
 
-struct Active {
-    mem: GuestMemoryMmap,
-    queue: Queue,
-    interrupt: Arc<VirtioInterrupt>,
-}
-
 /// The entropy device.
 #[derive(Default)]
 pub struct Rng {
-    active: Option<Active>,
+    active: Option<SingleQueue>,
 }
 
 impl Rng {
@@ -51,36 +47,33 @@ fn fill_random(buf: &mut [u8]) -> std::io::Result<()> {
     Ok(())
 }
 
-impl Active {
-    /// Serves every pending request; true if any was completed.
-    fn serve(&mut self) -> bool {
-        let mut served = false;
-        let mut buf = Vec::new();
-        while let Some(chain) = self.queue.pop_descriptor_chain(&self.mem) {
-            let head = chain.head_index();
-            let mut written: u32 = 0;
-            for desc in chain {
-                // Only buffers the device may write; a malformed chain ends here.
-                if !desc.is_write_only() {
-                    break;
-                }
-                let len = desc.len().min(MAX_BYTES_PER_DESCRIPTOR) as usize;
-                buf.resize(len, 0);
-                if fill_random(&mut buf).is_err()
-                    || self.mem.write_slice(&buf, desc.addr()).is_err()
-                {
-                    break;
-                }
-                written = written.saturating_add(len as u32);
-            }
-            if self.queue.add_used(&self.mem, head, written).is_err() {
-                eprintln!("runv-vmm: virtio-rng: the used ring is outside guest memory");
+/// Serves every pending request; true if any was completed.
+fn serve(active: &mut SingleQueue) -> bool {
+    let mut served = false;
+    let mut buf = Vec::new();
+    while let Some(chain) = active.queue.pop_descriptor_chain(&active.mem) {
+        let head = chain.head_index();
+        let mut written: u32 = 0;
+        for desc in chain {
+            // Only buffers the device may write; a malformed chain ends here.
+            if !desc.is_write_only() {
                 break;
             }
-            served = true;
+            let len = desc.len().min(MAX_BYTES_PER_DESCRIPTOR) as usize;
+            buf.resize(len, 0);
+            if fill_random(&mut buf).is_err() || active.mem.write_slice(&buf, desc.addr()).is_err()
+            {
+                break;
+            }
+            written = written.saturating_add(len as u32);
         }
-        served
+        if active.queue.add_used(&active.mem, head, written).is_err() {
+            eprintln!("runv-vmm: virtio-rng: the used ring is outside guest memory");
+            break;
+        }
+        served = true;
     }
+    served
 }
 
 impl VirtioDevice for Rng {
@@ -109,16 +102,7 @@ impl VirtioDevice for Rng {
         queues: Vec<ActiveQueue>,
         interrupt: Arc<VirtioInterrupt>,
     ) -> Result<(), ActivateError> {
-        let queue = queues
-            .into_iter()
-            .next()
-            .ok_or_else(|| ActivateError::Failed("virtio-rng needs its request queue".into()))?
-            .queue;
-        self.active = Some(Active {
-            mem,
-            queue,
-            interrupt,
-        });
+        self.active = Some(SingleQueue::activate("virtio-rng", mem, queues, interrupt)?);
         Ok(())
     }
 
@@ -126,10 +110,8 @@ impl VirtioDevice for Rng {
         let Some(active) = self.active.as_mut() else {
             return;
         };
-        if active.serve() {
-            if let Err(err) = active.interrupt.signal_used_queue() {
-                eprintln!("runv-vmm: virtio-rng: cannot interrupt the guest: {err}");
-            }
+        if serve(active) {
+            active.signal_used("virtio-rng");
         }
     }
 
