@@ -8,6 +8,8 @@
 pub mod block;
 pub mod mmio;
 pub mod rng;
+#[cfg(test)]
+pub mod test_utils;
 
 use std::io;
 use std::sync::atomic::{AtomicU32, Ordering};

@@ -209,17 +209,12 @@ impl VirtioDevice for Block {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
+    use crate::devices::virtio::test_utils::{
+        activate_on, desc, VRING_DESC_F_NEXT as NEXT, VRING_DESC_F_WRITE as WRITE,
+    };
+    use virtio_queue::desc::RawDescriptor;
     use virtio_queue::mock::MockSplitQueue;
     use vm_memory::GuestAddress;
-    use vmm_sys_util::eventfd::EventFd;
-
-    const NEXT: u16 = 1;
-    const WRITE: u16 = 2;
-
-    fn desc(addr: u64, len: u32, flags: u16) -> RawDescriptor {
-        RawDescriptor::from(SplitDescriptor::new(addr, len, flags, 0))
-    }
 
     struct Fixture {
         mem: GuestMemoryMmap,
@@ -244,16 +239,7 @@ mod tests {
         fn run(&self, block: &mut Block, descs: &[RawDescriptor]) -> (u8, u32) {
             let queue = MockSplitQueue::create(&self.mem, GuestAddress(0), 16);
             queue.build_desc_chain(descs).unwrap();
-            let interrupt = Arc::new(VirtioInterrupt::new(
-                EventFd::new(libc::EFD_NONBLOCK).unwrap(),
-            ));
-            let active = ActiveQueue {
-                queue: queue.create_queue().unwrap(),
-                notify: EventFd::new(libc::EFD_NONBLOCK).unwrap(),
-            };
-            block
-                .activate(self.mem.clone(), 0, vec![active], interrupt)
-                .unwrap();
+            activate_on(block, &self.mem, &queue);
             block.process_queue(0);
             let used = queue.used().ring().ref_at(0).unwrap().load();
             (self.mem.read_obj(GuestAddress(0xa000)).unwrap(), used.len())

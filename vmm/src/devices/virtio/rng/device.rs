@@ -124,33 +124,19 @@ impl VirtioDevice for Rng {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
+    use crate::devices::virtio::test_utils::{
+        activate_on, desc, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE,
+    };
     use virtio_queue::mock::MockSplitQueue;
     use vm_memory::GuestAddress;
-    use vmm_sys_util::eventfd::EventFd;
-
-    const VRING_DESC_F_NEXT: u16 = 1;
-    const VRING_DESC_F_WRITE: u16 = 2;
 
     fn activated(
         mem: &GuestMemoryMmap,
         queue: &MockSplitQueue<'_, GuestMemoryMmap>,
     ) -> (Rng, Arc<VirtioInterrupt>) {
-        let interrupt = Arc::new(VirtioInterrupt::new(
-            EventFd::new(libc::EFD_NONBLOCK).unwrap(),
-        ));
         let mut rng = Rng::new();
-        let active = ActiveQueue {
-            queue: queue.create_queue().unwrap(),
-            notify: EventFd::new(libc::EFD_NONBLOCK).unwrap(),
-        };
-        rng.activate(mem.clone(), 0, vec![active], interrupt.clone())
-            .unwrap();
+        let interrupt = activate_on(&mut rng, mem, queue);
         (rng, interrupt)
-    }
-
-    fn desc(addr: u64, len: u32, flags: u16, next: u16) -> RawDescriptor {
-        RawDescriptor::from(SplitDescriptor::new(addr, len, flags, next))
     }
 
     fn used_len(queue: &MockSplitQueue<'_, GuestMemoryMmap>, index: u16) -> u32 {
@@ -169,8 +155,8 @@ mod tests {
         let queue = MockSplitQueue::create(&mem, GuestAddress(0), 16);
         queue
             .build_desc_chain(&[
-                desc(0x8000, 64, VRING_DESC_F_WRITE | VRING_DESC_F_NEXT, 1),
-                desc(0x9000, 32, VRING_DESC_F_WRITE, 0),
+                desc(0x8000, 64, VRING_DESC_F_WRITE | VRING_DESC_F_NEXT),
+                desc(0x9000, 32, VRING_DESC_F_WRITE),
             ])
             .unwrap();
         let (mut rng, interrupt) = activated(&mem, &queue);
@@ -188,8 +174,8 @@ mod tests {
         let queue = MockSplitQueue::create(&mem, GuestAddress(0), 16);
         queue
             .build_multiple_desc_chains(&[
-                desc(0x8000, 64, 0, 0),
-                desc(0xff_ff00, 0x1000, VRING_DESC_F_WRITE, 0),
+                desc(0x8000, 64, 0),
+                desc(0xff_ff00, 0x1000, VRING_DESC_F_WRITE),
             ])
             .unwrap();
         let (mut rng, _) = activated(&mem, &queue);
@@ -203,7 +189,7 @@ mod tests {
         let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap();
         let queue = MockSplitQueue::create(&mem, GuestAddress(0), 16);
         queue
-            .build_desc_chain(&[desc(0x1_0000, 0x8_0000, VRING_DESC_F_WRITE, 0)])
+            .build_desc_chain(&[desc(0x1_0000, 0x8_0000, VRING_DESC_F_WRITE)])
             .unwrap();
         let (mut rng, _) = activated(&mem, &queue);
         rng.process_queue(0);

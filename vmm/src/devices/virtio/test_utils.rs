@@ -1,0 +1,37 @@
+//! Helpers for device unit tests: descriptors and activation on mock queues.
+
+use super::{ActiveQueue, VirtioDevice, VirtioInterrupt};
+use std::sync::Arc;
+use virtio_queue::desc::{split::Descriptor, RawDescriptor};
+use virtio_queue::mock::MockSplitQueue;
+use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::eventfd::EventFd;
+
+/// Descriptor flag: the chain goes on.
+pub const VRING_DESC_F_NEXT: u16 = 1;
+/// Descriptor flag: the device writes this buffer.
+pub const VRING_DESC_F_WRITE: u16 = 2;
+
+/// A split-queue descriptor (the mock queue fills in `next`).
+pub fn desc(addr: u64, len: u32, flags: u16) -> RawDescriptor {
+    RawDescriptor::from(Descriptor::new(addr, len, flags, 0))
+}
+
+/// Activates `device` on `queue` and returns its interrupt.
+pub fn activate_on(
+    device: &mut dyn VirtioDevice,
+    mem: &GuestMemoryMmap,
+    queue: &MockSplitQueue<'_, GuestMemoryMmap>,
+) -> Arc<VirtioInterrupt> {
+    let interrupt = Arc::new(VirtioInterrupt::new(
+        EventFd::new(libc::EFD_NONBLOCK).unwrap(),
+    ));
+    let active = ActiveQueue {
+        queue: queue.create_queue().unwrap(),
+        notify: EventFd::new(libc::EFD_NONBLOCK).unwrap(),
+    };
+    device
+        .activate(mem.clone(), 0, vec![active], interrupt.clone())
+        .unwrap();
+    interrupt
+}
