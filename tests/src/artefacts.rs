@@ -31,6 +31,12 @@ pub fn vmm_binary() -> PathBuf {
     )
 }
 
+/// The guest end of the vsock suite (`RUNV_VSOCK_PEER`, from
+/// `images/build-test-peer.sh`).
+pub fn vsock_peer_binary() -> PathBuf {
+    required_file("RUNV_VSOCK_PEER", "images/build-test-peer.sh")
+}
+
 fn required_file(var: &str, builder: &str) -> PathBuf {
     let path = std::env::var_os(var).map(PathBuf::from).unwrap_or_else(|| {
         panic!("{var} is not set: run the suite through scripts/test, or set it to the output of {builder}")
@@ -42,9 +48,23 @@ fn required_file(var: &str, builder: &str) -> PathBuf {
 /// A test-only initrd in `dir`: static busybox plus `/init`, a shell script
 /// running `script`. The production initrd holds nothing but the agent.
 pub fn busybox_initrd(dir: &Path, name: &str, script: &str) -> PathBuf {
+    busybox_initrd_with(dir, name, script, &[])
+}
+
+/// [`busybox_initrd`] plus `programs` (host path, name) copied into `/bin`.
+pub fn busybox_initrd_with(
+    dir: &Path,
+    name: &str,
+    script: &str,
+    programs: &[(&Path, &str)],
+) -> PathBuf {
     let root = dir.join(format!("{name}-root"));
     for sub in ["bin", "dev", "proc", "sys"] {
         std::fs::create_dir_all(root.join(sub)).expect("create initrd dirs");
+    }
+    for (program, name) in programs {
+        std::fs::copy(program, root.join("bin").join(name))
+            .unwrap_or_else(|err| panic!("copy {} into the initrd: {err}", program.display()));
     }
     std::fs::copy("/bin/busybox", root.join("bin/busybox"))
         .expect("busybox-static at /bin/busybox (scripts/setup)");

@@ -18,6 +18,7 @@ use crate::devices::virtio::mmio::{
     register_notifiers, MmioError, MmioTransport, MMIO_WINDOW_SIZE,
 };
 use crate::devices::virtio::rng::Rng;
+use crate::devices::virtio::vsock::{Vsock, VsockError};
 use crate::devices::virtio::VirtioDevice;
 use crate::metrics::ExitCounters;
 use crate::runtime::{VirtioSlot, Vmm};
@@ -135,6 +136,9 @@ pub enum BuildError {
     /// A disk image.
     #[error(transparent)]
     Disk(#[from] BlockError),
+    /// The vsock device.
+    #[error(transparent)]
+    Vsock(#[from] VsockError),
     /// More virtio devices than IRQ lines.
     #[error("too many virtio devices for the IOAPIC's interrupt lines")]
     TooManyDevices,
@@ -364,6 +368,9 @@ fn attach_virtio_devices(
     }
     if config.rng {
         devices.push(Box::new(Rng::new()));
+    }
+    if let Some(vsock) = &config.vsock {
+        devices.push(Box::new(Vsock::new(vsock.cid, &vsock.uds)?));
     }
     devices
         .into_iter()

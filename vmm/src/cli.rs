@@ -6,7 +6,7 @@ use std::path::PathBuf;
 /// Usage text.
 pub const USAGE: &str = "usage: runv-vmm --kernel PATH [--initrd PATH] [--cpus N] [--memory-mib M]
                 [--cmdline EXTRA] [--console stdout|off|PATH] [--api-sock PATH] [--rng]
-                [--disk path=FILE[,readonly][,id=S]]...
+                [--disk path=FILE[,readonly][,id=S]]... [--vsock cid=N,uds=PATH]
        runv-vmm --config FILE [flags that override the file's fields]
        runv-vmm --help | --version";
 
@@ -74,6 +74,7 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Command, ConfigE
                 .disks
                 .get_or_insert_with(Vec::new)
                 .push(value()?.parse()?),
+            "--vsock" => flags.vsock = Some(value()?.parse()?),
             "--config" => config_file = Some(value()?.into()),
             other => {
                 return Err(ConfigError::Usage(format!(

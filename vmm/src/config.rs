@@ -58,6 +58,9 @@ pub enum ConfigError {
     /// The API socket path is taken.
     #[error("api socket {0} already exists (another VMM, or a stale file to remove)")]
     ApiSocketInUse(PathBuf),
+    /// The vsock socket path is taken.
+    #[error("vsock socket {0} already exists (another VMM, or a stale file to remove)")]
+    VsockSocketInUse(PathBuf),
     /// The directory for a socket or console file does not exist.
     #[error("{what} {path}: its directory does not exist")]
     NoParentDir { what: &'static str, path: PathBuf },
@@ -142,6 +145,48 @@ impl std::str::FromStr for DiskConfig {
     }
 }
 
+/// Lowest context id a guest may have (0-2 are reserved: hypervisor, local,
+/// host).
+pub const MIN_GUEST_CID: u64 = 3;
+
+/// The vsock device: `cid=N,uds=PATH` on the command line.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VsockConfig {
+    /// The guest's context id (3 to 2^32 - 2).
+    pub cid: u64,
+    /// Unix socket of the host side; guest connections to host port P go to
+    /// `<uds>_P`.
+    pub uds: PathBuf,
+}
+
+impl std::str::FromStr for VsockConfig {
+    type Err = ConfigError;
+
+    fn from_str(value: &str) -> Result<Self, Self::Err> {
+        let usage =
+            |why: String| ConfigError::Usage(format!("--vsock {value}: {why} (cid=N,uds=PATH)"));
+        let mut cid = None;
+        let mut uds = None;
+        for option in value.split(',') {
+            match option.split_once('=') {
+                Some(("cid", n)) => {
+                    let n = n
+                        .parse()
+                        .map_err(|_| usage(format!("cid '{n}' is not a whole number")))?;
+                    cid = Some(n);
+                }
+                Some(("uds", p)) if !p.is_empty() => uds = Some(PathBuf::from(p)),
+                _ => return Err(usage(format!("unknown option '{option}'"))),
+            }
+        }
+        Ok(VsockConfig {
+            cid: cid.ok_or_else(|| usage("no cid".into()))?,
+            uds: uds.ok_or_else(|| usage("no uds".into()))?,
+        })
+    }
+}
+
 /// Configuration as given: every field optional, so that a file and the
 /// command line can be layered.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -165,6 +210,8 @@ pub struct PartialConfig {
     pub rng: Option<bool>,
     /// virtio-blk disks.
     pub disks: Option<Vec<DiskConfig>>,
+    /// The vsock device.
+    pub vsock: Option<VsockConfig>,
 }
 
 impl PartialConfig {
@@ -192,6 +239,7 @@ impl PartialConfig {
             api_sock: top.api_sock.or(self.api_sock),
             rng: top.rng.or(self.rng),
             disks: top.disks.or(self.disks),
+            vsock: top.vsock.or(self.vsock),
         }
     }
 
@@ -210,6 +258,7 @@ impl PartialConfig {
             api_sock: self.api_sock,
             rng: self.rng.unwrap_or(false),
             disks: self.disks.unwrap_or_default(),
+            vsock: self.vsock,
         };
         config.validate()?;
         Ok(config)
@@ -237,6 +286,8 @@ pub struct VmConfig {
     pub rng: bool,
     /// virtio-blk disks, in order (`/dev/vda`, `/dev/vdb`, ...).
     pub disks: Vec<DiskConfig>,
+    /// The vsock device.
+    pub vsock: Option<VsockConfig>,
 }
 
 fn file_size(what: &'static str, path: &Path) -> Result<u64, ConfigError> {
@@ -304,6 +355,19 @@ impl VmConfig {
         }
         if let ConsoleConfig::File(path) = &self.console {
             require_parent_dir("console file", path)?;
+        }
+        if let Some(vsock) = &self.vsock {
+            if !(MIN_GUEST_CID..u64::from(u32::MAX)).contains(&vsock.cid) {
+                return Err(ConfigError::Usage(format!(
+                    "--vsock cid must be between {MIN_GUEST_CID} and {}, not {}",
+                    u32::MAX - 1,
+                    vsock.cid
+                )));
+            }
+            if vsock.uds.symlink_metadata().is_ok() {
+                return Err(ConfigError::VsockSocketInUse(vsock.uds.clone()));
+            }
+            require_parent_dir("vsock socket", &vsock.uds)?;
         }
         Ok(())
     }

@@ -241,6 +241,9 @@ fn event_loop(
     let mut queue_count = 0;
     for (device, slot) in virtio.iter().enumerate() {
         let transport = slot.transport.lock().unwrap_or_else(|p| p.into_inner());
+        if transport.device_polls_queues() {
+            continue;
+        }
         for (queue, notify) in transport.queue_notify_fds().iter().enumerate() {
             let token = TOKEN_VIRTIO_BASE + ((device as u64) << 16) + queue as u64;
             epoll.ctl(

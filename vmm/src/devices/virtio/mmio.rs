@@ -119,6 +119,11 @@ impl MmioTransport {
         &self.queue_notify
     }
 
+    /// Whether the device reads its queue notifications itself.
+    pub fn device_polls_queues(&self) -> bool {
+        self.device.polls_own_queues()
+    }
+
     /// Lets an active device serve queue `index` after a notification.
     pub fn process_queue(&mut self, index: usize) {
         if self.active {

@@ -1,0 +1,162 @@
+//! The virtio-vsock device: its configuration space and queues, served by a
+//! [`Muxer`] on a thread of its own once the driver is ready.
+
+use super::muxer::{GuestQueues, Muxer};
+use crate::devices::virtio::{ActivateError, ActiveQueue, VirtioDevice, VirtioInterrupt};
+use std::os::unix::net::UnixListener;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::eventfd::EventFd;
+
+/// virtio device type of a socket device.
+const TYPE_VSOCK: u32 = 19;
+/// Queue size of the receive, transmit and event queues.
+const QUEUE_SIZES: [u16; 3] = [256; 3];
+
+/// Errors creating the device.
+#[derive(Debug, thiserror::Error)]
+pub enum VsockError {
+    /// The Unix socket cannot be bound.
+    #[error("cannot listen on vsock socket {path}: {source}")]
+    Bind {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// The stop eventfd cannot be created.
+    #[error("cannot create the vsock stop event: {0}")]
+    EventFd(std::io::Error),
+}
+
+/// A vsock device for guest `cid`, its host side at a Unix socket.
+pub struct Vsock {
+    cid: u64,
+    uds_path: PathBuf,
+    listener: Option<UnixListener>,
+    stop: EventFd,
+    backend: Option<JoinHandle<()>>,
+}
+
+impl Vsock {
+    /// Binds `uds_path` (which must not exist) for guest context id `cid`.
+    pub fn new(cid: u64, uds_path: &Path) -> Result<Self, VsockError> {
+        let listener = UnixListener::bind(uds_path).map_err(|source| VsockError::Bind {
+            path: uds_path.to_owned(),
+            source,
+        })?;
+        Ok(Self {
+            cid,
+            uds_path: uds_path.to_owned(),
+            listener: Some(listener),
+            stop: EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC)
+                .map_err(VsockError::EventFd)?,
+            backend: None,
+        })
+    }
+}
+
+impl VirtioDevice for Vsock {
+    fn device_type(&self) -> u32 {
+        TYPE_VSOCK
+    }
+
+    fn queue_max_sizes(&self) -> &[u16] {
+        &QUEUE_SIZES
+    }
+
+    fn avail_features(&self) -> u64 {
+        0 // stream sockets only
+    }
+
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        // struct virtio_vsock_config { le64 guest_cid; }
+        let config = self.cid.to_le_bytes();
+        for (i, byte) in data.iter_mut().enumerate() {
+            let at = usize::try_from(offset)
+                .unwrap_or(usize::MAX)
+                .saturating_add(i);
+            *byte = config.get(at).copied().unwrap_or(0);
+        }
+    }
+
+    fn write_config(&mut self, _offset: u64, _data: &[u8]) {}
+
+    fn activate(
+        &mut self,
+        mem: GuestMemoryMmap,
+        _acked_features: u64,
+        queues: Vec<ActiveQueue>,
+        interrupt: Arc<VirtioInterrupt>,
+    ) -> Result<(), ActivateError> {
+        let [rx, tx, event]: [ActiveQueue; 3] = queues
+            .try_into()
+            .map_err(|_| ActivateError::Failed("virtio-vsock needs 3 queues".into()))?;
+        let listener = self
+            .listener
+            .take()
+            .ok_or_else(|| ActivateError::Failed("virtio-vsock is already active".into()))?;
+        let muxer = Muxer::new(self.cid, &self.uds_path, listener)?;
+        let queues = GuestQueues {
+            mem,
+            rx: rx.queue,
+            tx: tx.queue,
+            notify: [rx.notify, tx.notify, event.notify],
+            interrupt,
+        };
+        let stop = self.stop.try_clone()?;
+        let thread = std::thread::Builder::new()
+            .name("virtio-vsock".into())
+            .spawn(move || {
+                if let Err(err) = muxer.run(queues, &stop) {
+                    eprintln!("runv-vmm: virtio-vsock stopped: {err}");
+                }
+            })?;
+        self.backend = Some(thread);
+        Ok(())
+    }
+
+    fn polls_own_queues(&self) -> bool {
+        true
+    }
+
+    fn process_queue(&mut self, _index: usize) {}
+}
+
+impl Drop for Vsock {
+    fn drop(&mut self) {
+        if let Some(thread) = self.backend.take() {
+            let _ = self.stop.write(1);
+            if thread.join().is_err() {
+                eprintln!("runv-vmm: the virtio-vsock thread panicked");
+            }
+        }
+        let _ = std::fs::remove_file(&self.uds_path);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_space_holds_the_guest_cid() {
+        let dir = std::env::temp_dir().join(format!("runv-vsock-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("v.sock");
+        let device = Vsock::new(0x1_0000_0003, &path).unwrap();
+        let mut low = [0u8; 4];
+        device.read_config(0, &mut low);
+        assert_eq!(u32::from_le_bytes(low), 3);
+        let mut high = [0u8; 4];
+        device.read_config(4, &mut high);
+        assert_eq!(u32::from_le_bytes(high), 1);
+        let mut past = [0xffu8; 4];
+        device.read_config(8, &mut past);
+        assert_eq!(past, [0; 4]);
+        assert!(Vsock::new(3, &path).is_err(), "a bound path is refused");
+        drop(device);
+        assert!(!path.exists(), "the socket is removed with the device");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

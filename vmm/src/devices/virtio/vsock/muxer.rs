@@ -1,0 +1,702 @@
+//! The vsock backend: one thread that carries packets between the guest's
+//! queues and host Unix sockets.
+//!
+//! Host-initiated connections arrive on the listening socket and name a guest
+//! port with a `CONNECT` line ([`super::handshake`]); guest-initiated ones to
+//! host port P connect to `<uds>_P`. Every connection is a [`Connection`] with
+//! bounded buffers and credit-based flow control; a packet that fits no
+//! connection is answered with a reset.
+
+use super::connection::{ConnState, Connection};
+use super::handshake::{Handshake, HandshakeStatus};
+use super::packet::{
+    op, Header, HEADER_LEN, HOST_CID, MAX_PAYLOAD, SHUTDOWN_BOTH, SHUTDOWN_RCV, SHUTDOWN_SEND,
+    TYPE_STREAM,
+};
+use crate::devices::virtio::VirtioInterrupt;
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::io::{self, Read, Write};
+use std::net::Shutdown;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use virtio_queue::{Queue, QueueOwnedT, QueueT, Reader, Writer};
+use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
+use vmm_sys_util::eventfd::EventFd;
+
+/// How long a client has to send its `CONNECT` line, and the guest to accept
+/// the connection.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// Most connections (and pending handshakes) served at once.
+pub const MAX_CONNECTIONS: usize = 1024;
+/// First host port given to host-initiated connections.
+const FIRST_HOST_PORT: u32 = 1 << 30;
+
+const TOKEN_STOP: u64 = 0;
+const TOKEN_RX: u64 = 1;
+const TOKEN_TX: u64 = 2;
+const TOKEN_EVENT: u64 = 3;
+const TOKEN_LISTENER: u64 = 4;
+const FIRST_CONN_TOKEN: u64 = 16;
+
+/// The device's queues once the driver set them up, in virtio order.
+pub struct GuestQueues {
+    /// Guest memory.
+    pub mem: GuestMemoryMmap,
+    /// Receive queue (host → guest packets).
+    pub rx: Queue,
+    /// Transmit queue (guest → host packets).
+    pub tx: Queue,
+    /// Notifications of the receive, transmit and event queues.
+    pub notify: [EventFd; 3],
+    /// The device's interrupt.
+    pub interrupt: Arc<VirtioInterrupt>,
+}
+
+/// Carries the packets of one vsock device.
+pub struct Muxer {
+    guest_cid: u64,
+    uds_path: PathBuf,
+    listener: UnixListener,
+    epoll: Epoll,
+    conns: HashMap<u64, Connection>,
+    by_ports: HashMap<(u32, u32), u64>,
+    polled: HashMap<u64, EventSet>,
+    handshakes: HashMap<u64, Handshake>,
+    host_ports: HashSet<u32>,
+    next_token: u64,
+    next_host_port: u32,
+    control: VecDeque<Header>,
+    rx_ready: VecDeque<u64>,
+    buf: Vec<u8>,
+}
+
+impl Muxer {
+    /// A muxer for guest `guest_cid` serving clients of `listener` (bound at
+    /// `uds_path`).
+    pub fn new(guest_cid: u64, uds_path: &Path, listener: UnixListener) -> io::Result<Self> {
+        listener.set_nonblocking(true)?;
+        Ok(Self {
+            guest_cid,
+            uds_path: uds_path.to_owned(),
+            listener,
+            epoll: Epoll::new()?,
+            conns: HashMap::new(),
+            by_ports: HashMap::new(),
+            polled: HashMap::new(),
+            handshakes: HashMap::new(),
+            host_ports: HashSet::new(),
+            next_token: FIRST_CONN_TOKEN,
+            next_host_port: FIRST_HOST_PORT,
+            control: VecDeque::new(),
+            rx_ready: VecDeque::new(),
+            buf: vec![0; MAX_PAYLOAD],
+        })
+    }
+
+    /// Serves the guest until `stop` is signalled.
+    pub fn run(mut self, mut queues: GuestQueues, stop: &EventFd) -> io::Result<()> {
+        let sources = [
+            (stop.as_raw_fd(), TOKEN_STOP),
+            (queues.notify[0].as_raw_fd(), TOKEN_RX),
+            (queues.notify[1].as_raw_fd(), TOKEN_TX),
+            (queues.notify[2].as_raw_fd(), TOKEN_EVENT),
+            (self.listener.as_raw_fd(), TOKEN_LISTENER),
+        ];
+        for (fd, token) in sources {
+            self.epoll.ctl(
+                ControlOperation::Add,
+                fd,
+                EpollEvent::new(EventSet::IN, token),
+            )?;
+        }
+        let mut events = vec![EpollEvent::default(); 64];
+        loop {
+            let timeout_ms = self.next_deadline().map_or(-1, |deadline| {
+                let left = deadline.saturating_duration_since(Instant::now());
+                (left.as_millis() + 1).min(i32::MAX as u128) as i32
+            });
+            let ready = match self.epoll.wait(timeout_ms, &mut events) {
+                Ok(n) => n,
+                Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
+                Err(err) => return Err(err),
+            };
+            let mut tx_used = false;
+            for event in &events[..ready] {
+                match event.data() {
+                    TOKEN_STOP => return Ok(()),
+                    token @ (TOKEN_RX | TOKEN_EVENT) => {
+                        let _ = queues.notify[token as usize - 1].read();
+                    }
+                    TOKEN_TX => {
+                        let _ = queues.notify[1].read();
+                        tx_used |= self.process_tx(&mut queues);
+                    }
+                    TOKEN_LISTENER => self.accept_clients(),
+                    token => self.host_event(token, event.event_set()),
+                }
+            }
+            self.expire(Instant::now());
+            let rx_used = self.fill_rx(&mut queues);
+            if tx_used || rx_used {
+                if let Err(err) = queues.interrupt.signal_used_queue() {
+                    eprintln!("runv-vmm: virtio-vsock: cannot interrupt the guest: {err}");
+                }
+            }
+        }
+    }
+
+    fn next_deadline(&self) -> Option<Instant> {
+        let handshakes = self.handshakes.values().map(|h| h.deadline);
+        let pending = self.conns.values().filter_map(|c| match c.state {
+            ConnState::AwaitingResponse(deadline) => Some(deadline),
+            _ => None,
+        });
+        handshakes.chain(pending).min()
+    }
+
+    fn take_token(&mut self) -> u64 {
+        let token = self.next_token;
+        self.next_token += 1;
+        token
+    }
+
+    fn accept_clients(&mut self) {
+        loop {
+            match self.listener.accept() {
+                Ok((stream, _)) => {
+                    if self.conns.len() + self.handshakes.len() >= MAX_CONNECTIONS {
+                        eprintln!("runv-vmm: virtio-vsock: {MAX_CONNECTIONS} connections open, refusing a client");
+                        continue;
+                    }
+                    if let Err(err) = self.watch_client(stream) {
+                        eprintln!("runv-vmm: virtio-vsock: cannot watch a client: {err}");
+                    }
+                }
+                Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => return,
+                Err(err) => {
+                    eprintln!("runv-vmm: virtio-vsock: accept failed: {err}");
+                    return;
+                }
+            }
+        }
+    }
+
+    fn watch_client(&mut self, stream: UnixStream) -> io::Result<()> {
+        stream.set_nonblocking(true)?;
+        let token = self.take_token();
+        self.epoll.ctl(
+            ControlOperation::Add,
+            stream.as_raw_fd(),
+            EpollEvent::new(EventSet::IN, token),
+        )?;
+        let handshake = Handshake::new(stream, Instant::now() + CONNECT_TIMEOUT);
+        self.handshakes.insert(token, handshake);
+        Ok(())
+    }
+
+    fn host_event(&mut self, token: u64, events: EventSet) {
+        if let Some(handshake) = self.handshakes.get_mut(&token) {
+            match handshake.advance() {
+                Ok(HandshakeStatus::Pending) => {}
+                Ok(HandshakeStatus::Connect(port)) => {
+                    if let Some(handshake) = self.drop_handshake(token) {
+                        self.connect_to_guest(token, handshake.stream, port);
+                    }
+                }
+                Err(err) => {
+                    eprintln!("runv-vmm: virtio-vsock: {err}");
+                    self.drop_handshake(token);
+                }
+            }
+            return;
+        }
+        let Some(conn) = self.conns.get_mut(&token) else {
+            return;
+        };
+        if events.contains(EventSet::OUT) && conn.flush_to_host().is_err() {
+            self.reset(token);
+            return;
+        }
+        let hangup = events.intersects(EventSet::HANG_UP | EventSet::ERROR);
+        match conn.state {
+            ConnState::AwaitingResponse(_) if hangup => {
+                self.reset(token);
+                return;
+            }
+            ConnState::AwaitingResponse(_) => {}
+            ConnState::Established => {
+                if events.contains(EventSet::ERROR) {
+                    self.reset(token);
+                    return;
+                }
+                if events.contains(EventSet::HANG_UP) {
+                    conn.host_hung_up = true;
+                    if conn.has_host_backlog() {
+                        // Nobody is left to read the guest's data.
+                        self.reset(token);
+                        return;
+                    }
+                }
+                if !conn.host_eof && !conn.queued_for_rx {
+                    conn.queued_for_rx = true;
+                    self.rx_ready.push_back(token);
+                }
+            }
+            ConnState::Draining if hangup => {
+                self.remove(token);
+                return;
+            }
+            ConnState::Draining => {}
+        }
+        self.after_change(token);
+    }
+
+    fn drop_handshake(&mut self, token: u64) -> Option<Handshake> {
+        let handshake = self.handshakes.remove(&token)?;
+        let _ = self.epoll.ctl(
+            ControlOperation::Delete,
+            handshake.stream.as_raw_fd(),
+            EpollEvent::default(),
+        );
+        Some(handshake)
+    }
+
+    /// A client's `CONNECT <port>`: asks the guest to accept.
+    fn connect_to_guest(&mut self, token: u64, stream: UnixStream, port: u32) {
+        let local_port = self.allocate_host_port();
+        let deadline = Instant::now() + CONNECT_TIMEOUT;
+        let mut conn = Connection::new(
+            stream,
+            local_port,
+            port,
+            self.guest_cid,
+            ConnState::AwaitingResponse(deadline),
+        );
+        self.control.push_back(conn.header(op::REQUEST));
+        self.host_ports.insert(local_port);
+        self.insert(token, conn);
+    }
+
+    fn allocate_host_port(&mut self) -> u32 {
+        loop {
+            let port = self.next_host_port;
+            self.next_host_port = self
+                .next_host_port
+                .checked_add(1)
+                .unwrap_or(FIRST_HOST_PORT);
+            if !self.host_ports.contains(&port) {
+                return port;
+            }
+        }
+    }
+
+    fn insert(&mut self, token: u64, conn: Connection) {
+        self.by_ports
+            .insert((conn.local_port, conn.peer_port), token);
+        self.conns.insert(token, conn);
+        self.after_change(token);
+    }
+
+    /// Ends a connection and tells the guest.
+    fn reset(&mut self, token: u64) {
+        if let Some(mut conn) = self.remove(token) {
+            self.control.push_back(conn.header(op::RST));
+        }
+    }
+
+    /// Ends a connection without telling the guest; its socket closes.
+    fn remove(&mut self, token: u64) -> Option<Connection> {
+        let conn = self.conns.remove(&token)?;
+        self.by_ports.remove(&(conn.local_port, conn.peer_port));
+        self.host_ports.remove(&conn.local_port);
+        if self.polled.remove(&token).is_some() {
+            let _ = self.epoll.ctl(
+                ControlOperation::Delete,
+                conn.stream.as_raw_fd(),
+                EpollEvent::default(),
+            );
+        }
+        Some(conn)
+    }
+
+    /// Settles a connection after anything changed: closes what is done,
+    /// reports credit, half-closes the host end, and polls what is needed.
+    fn after_change(&mut self, token: u64) {
+        let Some(conn) = self.conns.get_mut(&token) else {
+            return;
+        };
+        if conn.state == ConnState::Draining && !conn.has_host_backlog() {
+            self.remove(token);
+            return;
+        }
+        if conn.state == ConnState::Established {
+            if let Some(update) = conn.credit_update() {
+                self.control.push_back(update);
+            }
+            if conn.guest_shutdown & SHUTDOWN_SEND != 0 && !conn.has_host_backlog() {
+                let _ = conn.stream.shutdown(Shutdown::Write);
+            }
+            // A hung-up host end is no longer polled: read it to its end.
+            if conn.host_hung_up && !conn.host_eof && !conn.waiting_credit && !conn.queued_for_rx {
+                conn.queued_for_rx = true;
+                self.rx_ready.push_back(token);
+            }
+        }
+        let wanted = (!conn.host_hung_up).then(|| {
+            let mut set = EventSet::empty();
+            let reading = conn.state == ConnState::Established
+                && !conn.queued_for_rx
+                && !conn.host_eof
+                && !conn.waiting_credit
+                && conn.guest_shutdown & SHUTDOWN_RCV == 0;
+            if reading {
+                set |= EventSet::IN;
+            }
+            if conn.has_host_backlog() {
+                set |= EventSet::OUT;
+            }
+            set
+        });
+        let fd = conn.stream.as_raw_fd();
+        if let Err(err) = self.poll(token, fd, wanted) {
+            eprintln!("runv-vmm: virtio-vsock: cannot poll a connection: {err}");
+            self.reset(token);
+        }
+    }
+
+    fn poll(&mut self, token: u64, fd: RawFd, wanted: Option<EventSet>) -> io::Result<()> {
+        let current = self.polled.get(&token).copied();
+        if current == wanted {
+            return Ok(());
+        }
+        match wanted {
+            Some(set) => {
+                let operation = match current {
+                    Some(_) => ControlOperation::Modify,
+                    None => ControlOperation::Add,
+                };
+                self.epoll.ctl(operation, fd, EpollEvent::new(set, token))?;
+                self.polled.insert(token, set);
+            }
+            None => {
+                self.polled.remove(&token);
+                self.epoll
+                    .ctl(ControlOperation::Delete, fd, EpollEvent::default())?;
+            }
+        }
+        Ok(())
+    }
+
+    fn expire(&mut self, now: Instant) {
+        let late: Vec<u64> = self
+            .handshakes
+            .iter()
+            .filter(|(_, h)| h.deadline <= now)
+            .map(|(token, _)| *token)
+            .collect();
+        for token in late {
+            self.drop_handshake(token);
+        }
+        let unanswered: Vec<u64> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| matches!(c.state, ConnState::AwaitingResponse(d) if d <= now))
+            .map(|(token, _)| *token)
+            .collect();
+        for token in unanswered {
+            self.reset(token);
+        }
+    }
+
+    /// Takes every packet the guest sent; true if any buffer was used.
+    fn process_tx(&mut self, queues: &mut GuestQueues) -> bool {
+        let mut used = false;
+        while let Some(chain) = queues.tx.pop_descriptor_chain(&queues.mem) {
+            let head = chain.head_index();
+            // A chain that does not map into guest memory carries nothing.
+            if let Ok(mut reader) = chain.reader(&queues.mem) {
+                self.take_packet(&mut reader);
+            }
+            if queues.tx.add_used(&queues.mem, head, 0).is_err() {
+                eprintln!("runv-vmm: virtio-vsock: the used ring is outside guest memory");
+                break;
+            }
+            used = true;
+        }
+        used
+    }
+
+    fn take_packet(&mut self, reader: &mut Reader<'_>) {
+        let mut raw = [0u8; HEADER_LEN];
+        if reader.read_exact(&mut raw).is_err() {
+            return; // too short for a header: nothing to answer
+        }
+        let header = Header::decode(&raw);
+        let len = header.len as usize;
+        if len > MAX_PAYLOAD || reader.available_bytes() < len {
+            self.refuse(&header);
+            return;
+        }
+        let mut payload = std::mem::take(&mut self.buf);
+        if reader.read_exact(&mut payload[..len]).is_ok() {
+            self.handle_guest_packet(header, &payload[..len]);
+        } else {
+            self.refuse(&header);
+        }
+        self.buf = payload;
+    }
+
+    /// Answers a packet that cannot be served with a reset (never a reset
+    /// with a reset).
+    fn refuse(&mut self, header: &Header) {
+        if header.op != op::RST && header.src_cid == self.guest_cid {
+            self.control.push_back(header.reset_reply());
+        }
+    }
+
+    fn handle_guest_packet(&mut self, header: Header, payload: &[u8]) {
+        if header.src_cid != self.guest_cid {
+            return; // not from this guest: dropped
+        }
+        if header.dst_cid != HOST_CID || header.kind != TYPE_STREAM {
+            self.refuse(&header);
+            return;
+        }
+        let Some(&token) = self.by_ports.get(&(header.dst_port, header.src_port)) else {
+            if header.op == op::REQUEST {
+                self.connect_to_host(&header);
+            } else {
+                self.refuse(&header);
+            }
+            return;
+        };
+        let Some(conn) = self.conns.get_mut(&token) else {
+            return;
+        };
+        conn.note_peer_credit(&header);
+        if conn.waiting_credit && conn.peer_credit() > 0 {
+            conn.waiting_credit = false;
+        }
+        match (header.op, conn.state) {
+            (op::RESPONSE, ConnState::AwaitingResponse(_)) => {
+                conn.state = ConnState::Established;
+                let reply = format!("OK {}\n", conn.local_port);
+                // A fresh socket's buffer always takes these few bytes.
+                if conn.stream.write_all(reply.as_bytes()).is_err() {
+                    self.reset(token);
+                    return;
+                }
+            }
+            (op::RW, ConnState::Established) if conn.guest_shutdown & SHUTDOWN_SEND == 0 => {
+                if conn.push_from_guest(payload).is_err() || conn.flush_to_host().is_err() {
+                    self.reset(token);
+                    return;
+                }
+            }
+            (op::CREDIT_UPDATE, _) => {}
+            (op::CREDIT_REQUEST, _) => {
+                let update = conn.header(op::CREDIT_UPDATE);
+                self.control.push_back(update);
+            }
+            (op::SHUTDOWN, ConnState::Established) => {
+                conn.guest_shutdown |= header.flags & SHUTDOWN_BOTH;
+                if conn.guest_shutdown == SHUTDOWN_BOTH {
+                    // The guest closed: confirm with a reset, then hand the
+                    // host what is still buffered.
+                    let reset = conn.header(op::RST);
+                    self.control.push_back(reset);
+                    conn.state = ConnState::Draining;
+                }
+            }
+            (op::RST, _) => {
+                self.remove(token);
+                return;
+            }
+            _ => {
+                self.reset(token);
+                return;
+            }
+        }
+        self.after_change(token);
+    }
+
+    /// A guest REQUEST to host port P: connects to `<uds>_P`.
+    fn connect_to_host(&mut self, header: &Header) {
+        if self.conns.len() + self.handshakes.len() >= MAX_CONNECTIONS {
+            self.refuse(header);
+            return;
+        }
+        let mut path = self.uds_path.clone().into_os_string();
+        path.push(format!("_{}", header.dst_port));
+        let stream = match connect_nonblocking(Path::new(&path)) {
+            Ok(stream) => stream,
+            Err(_) => {
+                self.refuse(header);
+                return;
+            }
+        };
+        let mut conn = Connection::new(
+            stream,
+            header.dst_port,
+            header.src_port,
+            self.guest_cid,
+            ConnState::Established,
+        );
+        conn.note_peer_credit(header);
+        self.control.push_back(conn.header(op::RESPONSE));
+        let token = self.take_token();
+        self.insert(token, conn);
+    }
+
+    /// Fills the guest's receive buffers with control packets first, then
+    /// host data, round robin; true if any buffer was used.
+    fn fill_rx(&mut self, queues: &mut GuestQueues) -> bool {
+        let mut used = false;
+        while !(self.control.is_empty() && self.rx_ready.is_empty()) {
+            let Some(chain) = queues.rx.pop_descriptor_chain(&queues.mem) else {
+                break;
+            };
+            let head = chain.head_index();
+            let written = match chain.writer(&queues.mem) {
+                Ok(mut writer) if writer.available_bytes() >= HEADER_LEN => {
+                    self.fill_buffer(&mut writer)
+                }
+                // Unusable buffer: handed back empty.
+                _ => Some(0),
+            };
+            match written {
+                Some(len) => {
+                    if queues.rx.add_used(&queues.mem, head, len as u32).is_err() {
+                        eprintln!("runv-vmm: virtio-vsock: the used ring is outside guest memory");
+                        break;
+                    }
+                    used = true;
+                }
+                None => queues.rx.go_to_previous_position(),
+            }
+        }
+        used
+    }
+
+    /// Writes one packet into `writer`: its length, or None if the buffer
+    /// stays unused.
+    fn fill_buffer(&mut self, writer: &mut Writer<'_>) -> Option<usize> {
+        if let Some(header) = self.control.pop_front() {
+            return Some(write_packet(writer, &header, &[]));
+        }
+        let token = self.rx_ready.pop_front()?;
+        let room = writer.available_bytes() - HEADER_LEN;
+        let conn = self.conns.get_mut(&token)?;
+        conn.queued_for_rx = false;
+        if conn.state != ConnState::Established || conn.host_eof {
+            self.after_change(token);
+            return None;
+        }
+        let credit = conn.peer_credit() as usize;
+        if credit == 0 {
+            conn.waiting_credit = true;
+            let request = conn.header(op::CREDIT_REQUEST);
+            self.after_change(token);
+            return Some(write_packet(writer, &request, &[]));
+        }
+        let want = room.min(credit).min(MAX_PAYLOAD);
+        let result = conn.stream.read(&mut self.buf[..want]);
+        match result {
+            Ok(0) => {
+                conn.host_eof = true;
+                let mut shutdown = conn.header(op::SHUTDOWN);
+                shutdown.flags = if conn.host_hung_up {
+                    SHUTDOWN_BOTH
+                } else {
+                    SHUTDOWN_SEND
+                };
+                self.after_change(token);
+                Some(write_packet(writer, &shutdown, &[]))
+            }
+            Ok(n) => {
+                let mut data = conn.header(op::RW);
+                data.len = n as u32;
+                conn.sent_to_guest(n);
+                conn.queued_for_rx = true;
+                self.rx_ready.push_back(token);
+                Some(write_packet(writer, &data, &self.buf[..n]))
+            }
+            Err(err)
+                if matches!(
+                    err.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+                ) =>
+            {
+                self.after_change(token);
+                None
+            }
+            Err(_) => {
+                let mut conn = self.remove(token)?;
+                Some(write_packet(writer, &conn.header(op::RST), &[]))
+            }
+        }
+    }
+}
+
+/// Writes a packet; its length, or 0 if the buffer could not take it.
+fn write_packet(writer: &mut Writer<'_>, header: &Header, payload: &[u8]) -> usize {
+    let written = writer
+        .write_all(&header.encode())
+        .and_then(|()| writer.write_all(payload));
+    match written {
+        Ok(()) => HEADER_LEN + payload.len(),
+        Err(_) => 0,
+    }
+}
+
+/// Connects to a Unix socket without waiting for a full backlog.
+fn connect_nonblocking(path: &Path) -> io::Result<UnixStream> {
+    use std::os::unix::ffi::OsStrExt;
+    let bytes = path.as_os_str().as_bytes();
+    // SAFETY: sockaddr_un is plain data; all-zero is a valid value.
+    let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    if bytes.len() >= addr.sun_path.len() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "socket path too long",
+        ));
+    }
+    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+    for (dst, src) in addr.sun_path.iter_mut().zip(bytes) {
+        *dst = *src as libc::c_char;
+    }
+    // SAFETY: plain socket creation; the result is checked.
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_UNIX,
+            libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+            0,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` was just created and is owned by nothing else.
+    let socket = unsafe { OwnedFd::from_raw_fd(fd) };
+    // SAFETY: `addr` is a valid sockaddr_un and its size is passed with it.
+    let ret = unsafe {
+        libc::connect(
+            socket.as_raw_fd(),
+            std::ptr::addr_of!(addr).cast(),
+            std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t,
+        )
+    };
+    if ret < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(UnixStream::from(socket))
+}
+
+#[cfg(test)]
+#[path = "muxer_tests.rs"]
+mod tests;
