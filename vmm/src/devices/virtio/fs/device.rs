@@ -150,7 +150,9 @@ mod tests {
     use vmm_sys_util::eventfd::EventFd;
 
     const OPCODE_LOOKUP: u32 = 1;
+    const OPCODE_READLINK: u32 = 5;
     const OPCODE_MKNOD: u32 = 8;
+    const OPCODE_OPEN: u32 = 14;
     const OPCODE_INIT: u32 = 26;
     const REQUEST: u64 = 0x1_0000;
     const REPLY: u64 = 0x2_0000;
@@ -340,6 +342,37 @@ mod tests {
             -libc::EPERM
         );
         assert!(!rig.dir.join("sda").exists());
+    }
+
+    #[test]
+    fn a_symlink_out_of_the_share_is_never_followed_on_the_host() {
+        let mem = memory();
+        let mut rig = Rig::new(&mem, "symlink");
+        std::os::unix::fs::symlink("/etc", rig.dir.join("out")).unwrap();
+        assert_eq!(rig.send(&init_request()).error, 0);
+        assert_eq!(rig.send(&request(OPCODE_LOOKUP, 2, 1, b"out\0")).error, 0);
+        let entry: EntryOut = rig.reply();
+        assert_eq!(entry.attr.mode & libc::S_IFMT, libc::S_IFLNK);
+        // The guest gets the link's text, to resolve in its own namespace.
+        assert_eq!(
+            rig.send(&request(OPCODE_READLINK, 3, entry.nodeid, &[]))
+                .error,
+            0
+        );
+        let mut target = [0u8; 4];
+        mem.read_slice(&mut target, GuestAddress(REPLY + 16))
+            .unwrap();
+        assert_eq!(&target, b"/etc");
+        // A hostile guest kernel using the link as a directory or opening it
+        // reaches nothing on the host.
+        let header = rig.send(&request(OPCODE_LOOKUP, 4, entry.nodeid, b"passwd\0"));
+        assert_ne!(header.error, 0, "lookup through a symlink");
+        let open: Vec<u8> = [libc::O_RDONLY as u32, 0]
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect();
+        let header = rig.send(&request(OPCODE_OPEN, 5, entry.nodeid, &open));
+        assert_ne!(header.error, 0, "open of a symlink");
     }
 
     #[test]
