@@ -14,6 +14,7 @@ use crate::devices::legacy::{
     BootTimer, ConsoleSink, DebugPort, EventFdTrigger, GuestPanic, PowerOffTrigger, Serial, I8042,
 };
 use crate::devices::virtio::block::{Block, BlockError};
+use crate::devices::virtio::fs::{Fs, FsError};
 use crate::devices::virtio::mmio::{
     register_notifiers, MmioError, MmioTransport, MMIO_WINDOW_SIZE,
 };
@@ -139,6 +140,9 @@ pub enum BuildError {
     /// The vsock device.
     #[error(transparent)]
     Vsock(#[from] VsockError),
+    /// A virtio-fs share.
+    #[error(transparent)]
+    Fs(#[from] FsError),
     /// More virtio devices than IRQ lines.
     #[error("too many virtio devices for the IOAPIC's interrupt lines")]
     TooManyDevices,
@@ -365,6 +369,9 @@ fn attach_virtio_devices(
     for (index, disk) in config.disks.iter().enumerate() {
         let id = disk.id.clone().unwrap_or_else(|| format!("disk{index}"));
         devices.push(Box::new(Block::open(&disk.path, disk.readonly, &id)?));
+    }
+    for share in &config.fs {
+        devices.push(Box::new(Fs::new(&share.tag, &share.path, share.cache)?));
     }
     if config.rng {
         devices.push(Box::new(Rng::new()));

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 pub const USAGE: &str = "usage: runv-vmm --kernel PATH [--initrd PATH] [--cpus N] [--memory-mib M]
                 [--cmdline EXTRA] [--console stdout|off|PATH] [--api-sock PATH] [--rng]
                 [--disk path=FILE[,readonly][,id=S]]... [--vsock cid=N,uds=PATH]
+                [--fs tag=T,path=DIR[,cache=never|auto|always]]...
        runv-vmm --config FILE [flags that override the file's fields]
        runv-vmm --help | --version";
 
@@ -75,6 +76,10 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Command, ConfigE
                 .get_or_insert_with(Vec::new)
                 .push(value()?.parse()?),
             "--vsock" => flags.vsock = Some(value()?.parse()?),
+            "--fs" => flags
+                .fs
+                .get_or_insert_with(Vec::new)
+                .push(value()?.parse()?),
             "--config" => config_file = Some(value()?.into()),
             other => {
                 return Err(ConfigError::Usage(format!(
@@ -115,6 +120,9 @@ mod tests {
             "/a.sock",
             "--config",
             "/c.json",
+            "--fs",
+            "tag=a,path=/srv/a",
+            "--fs=tag=b,path=/srv/b,cache=never",
         ]))
         .unwrap();
         let Command::Run { config_file, flags } = cmd else {
@@ -126,6 +134,8 @@ mod tests {
         assert_eq!((flags.cpus, flags.memory_mib), (Some(2), Some(512)));
         assert_eq!(flags.console, Some(ConsoleConfig::Stdout));
         assert_eq!(flags.api_sock, Some(PathBuf::from("/a.sock")));
+        let tags: Vec<_> = flags.fs.iter().flatten().map(|f| f.tag.as_str()).collect();
+        assert_eq!(tags, ["a", "b"]);
     }
 
     #[test]

@@ -61,6 +61,9 @@ pub enum ConfigError {
     /// The vsock socket path is taken.
     #[error("vsock socket {0} already exists (another VMM, or a stale file to remove)")]
     VsockSocketInUse(PathBuf),
+    /// A virtio-fs share is not valid.
+    #[error("--fs tag={tag}: {why}")]
+    Fs { tag: String, why: String },
     /// The directory for a socket or console file does not exist.
     #[error("{what} {path}: its directory does not exist")]
     NoParentDir { what: &'static str, path: PathBuf },
@@ -187,6 +190,61 @@ impl std::str::FromStr for VsockConfig {
     }
 }
 
+/// How much the guest may cache of a virtio-fs share.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FsCache {
+    /// Nothing: every access goes to the host (the host may change files).
+    Never,
+    /// Close-to-open consistency, metadata for a second.
+    #[default]
+    Auto,
+    /// Everything, for a day (only the guest changes the files).
+    Always,
+}
+
+/// A virtio-fs share: `tag=T,path=DIR[,cache=never|auto|always]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FsConfig {
+    /// What the guest mounts (`mount -t virtiofs TAG DIR`), 1 to 36 bytes.
+    pub tag: String,
+    /// Host directory to share.
+    pub path: PathBuf,
+    /// Guest caching.
+    #[serde(default)]
+    pub cache: FsCache,
+}
+
+impl std::str::FromStr for FsConfig {
+    type Err = ConfigError;
+
+    fn from_str(value: &str) -> Result<Self, Self::Err> {
+        let usage = |why: String| {
+            ConfigError::Usage(format!(
+                "--fs {value}: {why} (tag=T,path=DIR[,cache=never|auto|always])"
+            ))
+        };
+        let (mut tag, mut path, mut cache) = (None, None, FsCache::default());
+        for option in value.split(',') {
+            match option.split_once('=') {
+                Some(("tag", t)) => tag = Some(t.to_owned()),
+                Some(("path", p)) if !p.is_empty() => path = Some(PathBuf::from(p)),
+                Some(("cache", "never")) => cache = FsCache::Never,
+                Some(("cache", "auto")) => cache = FsCache::Auto,
+                Some(("cache", "always")) => cache = FsCache::Always,
+                Some(("cache", c)) => return Err(usage(format!("unknown cache '{c}'"))),
+                _ => return Err(usage(format!("unknown option '{option}'"))),
+            }
+        }
+        Ok(FsConfig {
+            tag: tag.ok_or_else(|| usage("no tag".into()))?,
+            path: path.ok_or_else(|| usage("no path".into()))?,
+            cache,
+        })
+    }
+}
+
 /// Configuration as given: every field optional, so that a file and the
 /// command line can be layered.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -212,6 +270,8 @@ pub struct PartialConfig {
     pub disks: Option<Vec<DiskConfig>>,
     /// The vsock device.
     pub vsock: Option<VsockConfig>,
+    /// virtio-fs shares.
+    pub fs: Option<Vec<FsConfig>>,
 }
 
 impl PartialConfig {
@@ -240,6 +300,7 @@ impl PartialConfig {
             rng: top.rng.or(self.rng),
             disks: top.disks.or(self.disks),
             vsock: top.vsock.or(self.vsock),
+            fs: top.fs.or(self.fs),
         }
     }
 
@@ -259,6 +320,7 @@ impl PartialConfig {
             rng: self.rng.unwrap_or(false),
             disks: self.disks.unwrap_or_default(),
             vsock: self.vsock,
+            fs: self.fs.unwrap_or_default(),
         };
         config.validate()?;
         Ok(config)
@@ -288,6 +350,8 @@ pub struct VmConfig {
     pub disks: Vec<DiskConfig>,
     /// The vsock device.
     pub vsock: Option<VsockConfig>,
+    /// virtio-fs shares.
+    pub fs: Vec<FsConfig>,
 }
 
 fn file_size(what: &'static str, path: &Path) -> Result<u64, ConfigError> {
@@ -320,6 +384,29 @@ fn require_parent_dir(what: &'static str, path: &Path) -> Result<(), ConfigError
     }
 }
 
+/// Tags fit the config space and are unique; paths are directories.
+fn validate_fs(shares: &[FsConfig]) -> Result<(), ConfigError> {
+    for (index, share) in shares.iter().enumerate() {
+        let bad = |why: String| ConfigError::Fs {
+            tag: share.tag.clone(),
+            why,
+        };
+        let tag_len = crate::devices::virtio::fs::TAG_LEN;
+        if share.tag.is_empty() || share.tag.len() > tag_len || share.tag.contains('\0') {
+            return Err(bad(format!("the tag must be 1 to {tag_len} bytes")));
+        }
+        if shares[..index].iter().any(|s| s.tag == share.tag) {
+            return Err(bad("the tag is used twice".into()));
+        }
+        match std::fs::metadata(&share.path) {
+            Ok(meta) if meta.is_dir() => {}
+            Ok(_) => return Err(bad(format!("{} is not a directory", share.path.display()))),
+            Err(err) => return Err(bad(format!("{}: {err}", share.path.display()))),
+        }
+    }
+    Ok(())
+}
+
 impl VmConfig {
     /// Checks ranges and files, without building anything.
     pub fn validate(&self) -> Result<(), ConfigError> {
@@ -347,6 +434,7 @@ impl VmConfig {
         for disk in &self.disks {
             file_size("disk", &disk.path)?;
         }
+        validate_fs(&self.fs)?;
         if let Some(sock) = &self.api_sock {
             if sock.symlink_metadata().is_ok() {
                 return Err(ConfigError::ApiSocketInUse(sock.clone()));
@@ -498,6 +586,60 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("unknown option 'rw'"));
+    }
+
+    #[test]
+    fn fs_options_parse_and_bad_ones_are_named() {
+        let fs: FsConfig = "tag=runv,path=/srv,cache=never".parse().unwrap();
+        assert_eq!(
+            fs,
+            FsConfig {
+                tag: "runv".into(),
+                path: "/srv".into(),
+                cache: FsCache::Never
+            }
+        );
+        let err = |value: &str| value.parse::<FsConfig>().unwrap_err().to_string();
+        assert!(err("path=/srv").contains("no tag"));
+        assert!(err("tag=t").contains("no path"));
+        assert!(err("tag=t,path=/srv,cache=sometimes").contains("unknown cache 'sometimes'"));
+        assert!(err("tag=t,path=/srv,ro").contains("unknown option 'ro'"));
+        let from_file: PartialConfig =
+            serde_json::from_str(r#"{"fs": [{"tag": "t", "path": "/srv", "cache": "always"}]}"#)
+                .unwrap();
+        assert_eq!(from_file.fs.unwrap()[0].cache, FsCache::Always);
+    }
+
+    #[test]
+    fn fs_shares_are_validated() {
+        let dir = temp_dir("fs");
+        let kernel = kernel_file(&dir);
+        let with = |shares: Vec<(&str, PathBuf)>| {
+            PartialConfig {
+                kernel: Some(kernel.clone()),
+                fs: Some(
+                    shares
+                        .into_iter()
+                        .map(|(tag, path)| FsConfig {
+                            tag: tag.into(),
+                            path,
+                            cache: FsCache::Auto,
+                        })
+                        .collect(),
+                ),
+                ..Default::default()
+            }
+            .finish()
+        };
+        assert!(with(vec![("a", dir.clone()), ("b", dir.clone())]).is_ok());
+        let err = |shares| with(shares).unwrap_err().to_string();
+        assert!(err(vec![("a", kernel.clone())]).contains("is not a directory"));
+        assert!(err(vec![("a", dir.join("missing"))]).contains("--fs tag=a"));
+        assert!(err(vec![("a", dir.clone()), ("a", dir.clone())]).contains("used twice"));
+        let long = "x".repeat(37);
+        assert!(err(vec![(&long, dir.clone())]).contains("1 to 36 bytes"));
+        assert!(err(vec![("", dir.clone())]).contains("1 to 36 bytes"));
+        std::fs::remove_dir_all(dir).unwrap();
     }
 
     #[test]

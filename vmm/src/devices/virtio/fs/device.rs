@@ -1,0 +1,414 @@
+//! The virtio-fs device: a hiprio queue and one request queue, a configuration
+//! space with the tag the guest mounts, and a worker thread that serves both
+//! queues once the driver is ready.
+
+use super::backend;
+use super::worker::{Served, Worker};
+use crate::config::FsCache;
+use crate::devices::virtio::{ActivateError, ActiveQueue, VirtioDevice, VirtioInterrupt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use vm_memory::GuestMemoryMmap;
+
+/// virtio device type of a file system.
+const TYPE_FS: u32 = 26;
+/// Size of the hiprio queue and of the request queue.
+const QUEUE_SIZES: [u16; 2] = [1024, 1024];
+/// Request queues (the hiprio queue is not counted).
+const NUM_REQUEST_QUEUES: u32 = 1;
+/// Longest tag: the config space field's size.
+pub const TAG_LEN: usize = 36;
+/// Config space: tag (NUL padded), then num_request_queues (le32).
+const CONFIG_LEN: usize = TAG_LEN + 4;
+
+/// Errors while setting up a share.
+#[derive(Debug, thiserror::Error)]
+pub enum FsError {
+    /// The tag does not fit the config space or holds a NUL.
+    #[error("virtio-fs tag '{0}' must be 1 to {TAG_LEN} bytes without NUL")]
+    Tag(String),
+    /// The shared directory cannot be resolved or served.
+    #[error("cannot share directory {path}: {source}")]
+    Dir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// A virtio-fs device sharing one host directory.
+pub struct Fs {
+    root: PathBuf,
+    cache: FsCache,
+    config: [u8; CONFIG_LEN],
+    worker: Option<Worker>,
+}
+
+impl Fs {
+    /// Shares `dir` (symlinks in its own path resolved once, here) as `tag`.
+    pub fn new(tag: &str, dir: &Path, cache: FsCache) -> Result<Self, FsError> {
+        if tag.is_empty() || tag.len() > TAG_LEN || tag.contains('\0') {
+            return Err(FsError::Tag(tag.to_owned()));
+        }
+        let dir_err = |source| FsError::Dir {
+            path: dir.to_owned(),
+            source,
+        };
+        let root = std::fs::canonicalize(dir).map_err(dir_err)?;
+        if !root.is_dir() {
+            return Err(dir_err(std::io::Error::other("not a directory")));
+        }
+        // Proves the backend can start (UTF-8 path, /proc mounted) before boot.
+        backend::server(&root, cache).map_err(dir_err)?;
+        let mut config = [0u8; CONFIG_LEN];
+        config[..tag.len()].copy_from_slice(tag.as_bytes());
+        config[TAG_LEN..].copy_from_slice(&NUM_REQUEST_QUEUES.to_le_bytes());
+        Ok(Self {
+            root,
+            cache,
+            config,
+            worker: None,
+        })
+    }
+}
+
+impl VirtioDevice for Fs {
+    fn device_type(&self) -> u32 {
+        TYPE_FS
+    }
+
+    fn queue_max_sizes(&self) -> &[u16] {
+        &QUEUE_SIZES
+    }
+
+    fn avail_features(&self) -> u64 {
+        0
+    }
+
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        for (i, byte) in data.iter_mut().enumerate() {
+            *byte = usize::try_from(offset)
+                .ok()
+                .and_then(|o| self.config.get(o.checked_add(i)?))
+                .copied()
+                .unwrap_or(0);
+        }
+    }
+
+    fn write_config(&mut self, _offset: u64, _data: &[u8]) {}
+
+    /// Starts a fresh file system (a new FUSE session) on a worker thread.
+    fn activate(
+        &mut self,
+        mem: GuestMemoryMmap,
+        _acked_features: u64,
+        queues: Vec<ActiveQueue>,
+        interrupt: Arc<VirtioInterrupt>,
+    ) -> Result<(), ActivateError> {
+        if queues.len() != QUEUE_SIZES.len() {
+            return Err(ActivateError::Failed(format!(
+                "virtio-fs needs {} queues, got {}",
+                QUEUE_SIZES.len(),
+                queues.len()
+            )));
+        }
+        let server = backend::server(&self.root, self.cache)?;
+        let served = Served {
+            mem,
+            queues: queues.into_iter().map(|active| active.queue).collect(),
+            interrupt,
+            server,
+        };
+        self.worker = Some(Worker::spawn(served)?);
+        Ok(())
+    }
+
+    /// Wakes the worker; the requests are served on its thread.
+    fn process_queue(&mut self, _index: usize) {
+        if let Some(worker) = &self.worker {
+            worker.wake();
+        }
+    }
+
+    fn reset(&mut self) -> bool {
+        // Dropping the worker stops and joins its thread.
+        self.worker = None;
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::devices::virtio::test_utils::{
+        desc, VRING_DESC_F_NEXT as NEXT, VRING_DESC_F_WRITE as WRITE,
+    };
+    use fuse_backend_rs::abi::fuse_abi::{EntryOut, InitOut, OutHeader};
+    use std::time::{Duration, Instant};
+    use virtio_queue::desc::RawDescriptor;
+    use virtio_queue::mock::MockSplitQueue;
+    use vm_memory::{Bytes, GuestAddress};
+    use vmm_sys_util::eventfd::EventFd;
+
+    const OPCODE_LOOKUP: u32 = 1;
+    const OPCODE_READLINK: u32 = 5;
+    const OPCODE_MKNOD: u32 = 8;
+    const OPCODE_OPEN: u32 = 14;
+    const OPCODE_INIT: u32 = 26;
+    const REQUEST: u64 = 0x1_0000;
+    const REPLY: u64 = 0x2_0000;
+    const HEADER_LEN: usize = 40;
+
+    /// A request: fuse_in_header followed by `body`.
+    fn request(opcode: u32, unique: u64, nodeid: u64, body: &[u8]) -> Vec<u8> {
+        let mut bytes = Vec::new();
+        bytes.extend_from_slice(&((HEADER_LEN + body.len()) as u32).to_le_bytes());
+        bytes.extend_from_slice(&opcode.to_le_bytes());
+        bytes.extend_from_slice(&unique.to_le_bytes());
+        bytes.extend_from_slice(&nodeid.to_le_bytes());
+        bytes.extend_from_slice(&[0u8; 16]); // uid, gid, pid, padding
+        bytes.extend_from_slice(body);
+        bytes
+    }
+
+    fn init_request() -> Vec<u8> {
+        let body: Vec<u8> = [7u32, 31, 0, 0]
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect();
+        request(OPCODE_INIT, 1, 0, &body)
+    }
+
+    struct Rig<'a> {
+        mem: &'a GuestMemoryMmap,
+        queue: MockSplitQueue<'a, GuestMemoryMmap>,
+        fs: Fs,
+        dir: PathBuf,
+        served: u16,
+    }
+
+    impl<'a> Rig<'a> {
+        fn new(mem: &'a GuestMemoryMmap, name: &str) -> Self {
+            let dir = std::env::temp_dir().join(format!("runv-fs-{name}-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(&dir).unwrap();
+            std::fs::write(dir.join("hello"), b"hello").unwrap();
+            let hiprio = MockSplitQueue::create(mem, GuestAddress(0), 16);
+            let queue = MockSplitQueue::create(mem, GuestAddress(0x4000), 16);
+            let mut fs = Fs::new("runv", &dir, FsCache::Auto).unwrap();
+            let interrupt = Arc::new(VirtioInterrupt::new(
+                EventFd::new(libc::EFD_NONBLOCK).unwrap(),
+            ));
+            let queues = [&hiprio, &queue]
+                .iter()
+                .map(|q| ActiveQueue {
+                    queue: q.create_queue().unwrap(),
+                    notify: EventFd::new(libc::EFD_NONBLOCK).unwrap(),
+                })
+                .collect();
+            fs.activate(mem.clone(), 0, queues, interrupt).unwrap();
+            Self {
+                mem,
+                queue,
+                fs,
+                dir,
+                served: 0,
+            }
+        }
+
+        /// Runs a chain through the worker; the used length.
+        fn run(&mut self, descs: &[RawDescriptor]) -> u32 {
+            self.mem
+                .write_slice(&[0u8; 0x1000], GuestAddress(REPLY))
+                .unwrap();
+            self.queue.build_desc_chain(descs).unwrap();
+            self.fs.process_queue(1);
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while self.queue.used().idx().load() == self.served {
+                assert!(Instant::now() < deadline, "the worker did not answer");
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            let used = self
+                .queue
+                .used()
+                .ring()
+                .ref_at(self.served as usize)
+                .unwrap()
+                .load();
+            self.served += 1;
+            used.len()
+        }
+
+        /// Sends a well-formed request; the reply header.
+        fn send(&mut self, bytes: &[u8]) -> OutHeader {
+            self.mem.write_slice(bytes, GuestAddress(REQUEST)).unwrap();
+            let len = self.run(&[
+                desc(REQUEST, bytes.len() as u32, NEXT),
+                desc(REPLY, 0x1000, WRITE),
+            ]);
+            let header: OutHeader = self.mem.read_obj(GuestAddress(REPLY)).unwrap();
+            assert_eq!(header.len, len);
+            header
+        }
+
+        fn reply<T: vm_memory::ByteValued>(&self) -> T {
+            self.mem.read_obj(GuestAddress(REPLY + 16)).unwrap()
+        }
+    }
+
+    impl Drop for Rig<'_> {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+
+    fn memory() -> GuestMemoryMmap {
+        GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap()
+    }
+
+    #[test]
+    fn config_space_holds_tag_and_queue_count() {
+        let dir = std::env::temp_dir();
+        let fs = Fs::new("runv-share", &dir, FsCache::Never).unwrap();
+        let mut tag = [0xffu8; TAG_LEN];
+        fs.read_config(0, &mut tag);
+        assert_eq!(&tag[..10], b"runv-share");
+        assert!(tag[10..].iter().all(|b| *b == 0), "NUL padded");
+        let mut count = [0u8; 4];
+        fs.read_config(TAG_LEN as u64, &mut count);
+        assert_eq!(u32::from_le_bytes(count), 1);
+        let mut past = [0xffu8; 4];
+        fs.read_config(u64::MAX, &mut past);
+        assert_eq!(past, [0; 4]);
+        assert_eq!((fs.device_type(), fs.queue_max_sizes().len()), (26, 2));
+    }
+
+    #[test]
+    fn bad_tags_and_dirs_are_refused() {
+        let dir = std::env::temp_dir();
+        assert!(matches!(
+            Fs::new("", &dir, FsCache::Auto),
+            Err(FsError::Tag(_))
+        ));
+        assert!(matches!(
+            Fs::new(&"t".repeat(37), &dir, FsCache::Auto),
+            Err(FsError::Tag(_))
+        ));
+        let Err(err) = Fs::new("t", Path::new("/nonexistent/share"), FsCache::Auto) else {
+            panic!("a missing directory was accepted");
+        };
+        assert!(err.to_string().contains("/nonexistent/share"));
+    }
+
+    #[test]
+    fn init_then_lookup_of_a_file() {
+        let mem = memory();
+        let mut rig = Rig::new(&mem, "lookup");
+        let header = rig.send(&init_request());
+        assert_eq!((header.error, header.unique), (0, 1));
+        let init: InitOut = rig.reply();
+        assert_eq!(init.major, 7);
+
+        let header = rig.send(&request(OPCODE_LOOKUP, 2, 1, b"hello\0"));
+        assert_eq!((header.error, header.unique), (0, 2));
+        let entry: EntryOut = rig.reply();
+        assert_eq!(entry.attr.size, 5);
+        assert_ne!(entry.nodeid, 1);
+
+        let header = rig.send(&request(OPCODE_LOOKUP, 3, 1, b"missing\0"));
+        assert_eq!(header.error, -libc::ENOENT);
+        assert!(rig.fs.reset(), "the worker stops on reset");
+    }
+
+    #[test]
+    fn lookups_of_dot_and_dotdot_and_device_nodes_are_refused() {
+        let mem = memory();
+        let mut rig = Rig::new(&mem, "escape");
+        assert_eq!(rig.send(&init_request()).error, 0);
+        for name in [&b"..\0"[..], b".\0"] {
+            let header = rig.send(&request(OPCODE_LOOKUP, 4, 1, name));
+            assert_eq!(
+                (header.error, header.unique, header.len),
+                (-libc::EPERM, 4, 16)
+            );
+        }
+        // fuse_mknod_in: mode (block device), rdev 8:0, umask, padding; name.
+        let mut mknod: Vec<u8> = [libc::S_IFBLK | 0o600, 0x800, 0, 0]
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect();
+        mknod.extend_from_slice(b"sda\0");
+        assert_eq!(
+            rig.send(&request(OPCODE_MKNOD, 5, 1, &mknod)).error,
+            -libc::EPERM
+        );
+        assert!(!rig.dir.join("sda").exists());
+    }
+
+    #[test]
+    fn a_symlink_out_of_the_share_is_never_followed_on_the_host() {
+        let mem = memory();
+        let mut rig = Rig::new(&mem, "symlink");
+        std::os::unix::fs::symlink("/etc", rig.dir.join("out")).unwrap();
+        assert_eq!(rig.send(&init_request()).error, 0);
+        assert_eq!(rig.send(&request(OPCODE_LOOKUP, 2, 1, b"out\0")).error, 0);
+        let entry: EntryOut = rig.reply();
+        assert_eq!(entry.attr.mode & libc::S_IFMT, libc::S_IFLNK);
+        // The guest gets the link's text, to resolve in its own namespace.
+        assert_eq!(
+            rig.send(&request(OPCODE_READLINK, 3, entry.nodeid, &[]))
+                .error,
+            0
+        );
+        let mut target = [0u8; 4];
+        mem.read_slice(&mut target, GuestAddress(REPLY + 16))
+            .unwrap();
+        assert_eq!(&target, b"/etc");
+        // A hostile guest kernel using the link as a directory or opening it
+        // reaches nothing on the host.
+        let header = rig.send(&request(OPCODE_LOOKUP, 4, entry.nodeid, b"passwd\0"));
+        assert_ne!(header.error, 0, "lookup through a symlink");
+        let open: Vec<u8> = [libc::O_RDONLY as u32, 0]
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect();
+        let header = rig.send(&request(OPCODE_OPEN, 5, entry.nodeid, &open));
+        assert_ne!(header.error, 0, "open of a symlink");
+    }
+
+    #[test]
+    fn malformed_chains_get_no_reply_and_do_not_stop_the_device() {
+        let mem = memory();
+        let mut rig = Rig::new(&mem, "malformed");
+        let init = init_request();
+        mem.write_slice(&init, GuestAddress(REQUEST)).unwrap();
+        // Header cut short.
+        assert_eq!(
+            rig.run(&[desc(REQUEST, 10, NEXT), desc(REPLY, 0x1000, WRITE)]),
+            0
+        );
+        // No buffer for the reply.
+        assert_eq!(rig.run(&[desc(REQUEST, init.len() as u32, 0)]), 0);
+        // Reply buffer too small for the answer.
+        assert_eq!(
+            rig.run(&[
+                desc(REQUEST, init.len() as u32, NEXT),
+                desc(REPLY, 8, WRITE)
+            ]),
+            0
+        );
+        // Buffers outside guest memory.
+        assert_eq!(
+            rig.run(&[desc(0xfff_0000, 64, NEXT), desc(REPLY, 0x1000, WRITE)]),
+            0
+        );
+        assert_eq!(
+            rig.run(&[
+                desc(REQUEST, init.len() as u32, NEXT),
+                desc(0xff_f000, 0x2000, WRITE)
+            ]),
+            0
+        );
+        // Still serving.
+        assert_eq!(rig.send(&init).error, 0);
+    }
+}
