@@ -27,6 +27,19 @@ pub const VIRTIO_MMIO_INT_VRING: u32 = 0x01;
 /// Interrupt status: the configuration changed.
 pub const VIRTIO_MMIO_INT_CONFIG: u32 = 0x02;
 
+/// Copies the bytes of a device's configuration space `config` at `offset`
+/// into `data`; bytes past its end read as zero.
+pub fn read_config_space(config: &[u8], offset: u64, data: &mut [u8]) {
+    let start = usize::try_from(offset).unwrap_or(usize::MAX);
+    for (i, byte) in data.iter_mut().enumerate() {
+        *byte = start
+            .checked_add(i)
+            .and_then(|at| config.get(at))
+            .copied()
+            .unwrap_or(0);
+    }
+}
+
 /// A queue handed to an activated device, with the eventfd the guest's
 /// notifications for it arrive on.
 pub struct ActiveQueue {

@@ -2,7 +2,7 @@
 
 use super::request::{Request, RequestKind, MAX_DATA_LEN, SECTOR_SIZE};
 use crate::devices::virtio::{
-    ActivateError, ActiveQueue, SingleQueue, VirtioDevice, VirtioInterrupt,
+    read_config_space, ActivateError, ActiveQueue, SingleQueue, VirtioDevice, VirtioInterrupt,
 };
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
@@ -148,13 +148,7 @@ impl VirtioDevice for Block {
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
-        for (i, byte) in data.iter_mut().enumerate() {
-            *byte = usize::try_from(offset)
-                .ok()
-                .and_then(|o| self.config.get(o + i))
-                .copied()
-                .unwrap_or(0);
-        }
+        read_config_space(&self.config, offset, data);
     }
 
     fn write_config(&mut self, _offset: u64, _data: &[u8]) {}

@@ -5,7 +5,9 @@
 use super::backend;
 use super::worker::{Served, Worker};
 use crate::config::FsCache;
-use crate::devices::virtio::{ActivateError, ActiveQueue, VirtioDevice, VirtioInterrupt};
+use crate::devices::virtio::{
+    read_config_space, ActivateError, ActiveQueue, VirtioDevice, VirtioInterrupt,
+};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use vm_memory::GuestMemoryMmap;
@@ -85,13 +87,7 @@ impl VirtioDevice for Fs {
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
-        for (i, byte) in data.iter_mut().enumerate() {
-            *byte = usize::try_from(offset)
-                .ok()
-                .and_then(|o| self.config.get(o.checked_add(i)?))
-                .copied()
-                .unwrap_or(0);
-        }
+        read_config_space(&self.config, offset, data);
     }
 
     fn write_config(&mut self, _offset: u64, _data: &[u8]) {}

@@ -2,7 +2,9 @@
 //! [`Muxer`] on a thread of its own once the driver is ready.
 
 use super::muxer::{GuestQueues, Muxer};
-use crate::devices::virtio::{ActivateError, ActiveQueue, VirtioDevice, VirtioInterrupt};
+use crate::devices::virtio::{
+    read_config_space, ActivateError, ActiveQueue, VirtioDevice, VirtioInterrupt,
+};
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -71,13 +73,7 @@ impl VirtioDevice for Vsock {
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
         // struct virtio_vsock_config { le64 guest_cid; }
-        let config = self.cid.to_le_bytes();
-        for (i, byte) in data.iter_mut().enumerate() {
-            let at = usize::try_from(offset)
-                .unwrap_or(usize::MAX)
-                .saturating_add(i);
-            *byte = config.get(at).copied().unwrap_or(0);
-        }
+        read_config_space(&self.cid.to_le_bytes(), offset, data);
     }
 
     fn write_config(&mut self, _offset: u64, _data: &[u8]) {}
