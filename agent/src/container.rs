@@ -15,6 +15,7 @@ use nix::unistd::Pid;
 use oci_spec::runtime::{Process as OciProcess, Spec};
 use protocol::agent::Stdio;
 
+use crate::cgroup::Cgroup;
 use crate::error::{AgentError, Result};
 use crate::process::Process;
 use crate::reaper::Reaper;
@@ -262,6 +263,36 @@ impl Container {
         }
         let _ = fs::remove_dir_all(&self.bundle);
         Ok(())
+    }
+
+    /// The container's cgroup.
+    pub fn cgroup(&self) -> Result<Cgroup> {
+        let config = self
+            .lock_runtime()
+            .spec()
+            .map_err(AgentError::runtime(format!(
+                "read the config of {}",
+                self.id
+            )))?;
+        Cgroup::open(&self.id, &config.cgroup_path)
+    }
+
+    /// Freezes every process of the container.
+    pub fn pause(&self) -> Result<()> {
+        let mut runtime = self.lock_runtime();
+        refresh(&mut runtime)?;
+        runtime
+            .pause()
+            .map_err(AgentError::runtime(format!("pause container {}", self.id)))
+    }
+
+    /// Thaws a paused container.
+    pub fn resume(&self) -> Result<()> {
+        let mut runtime = self.lock_runtime();
+        refresh(&mut runtime)?;
+        runtime
+            .resume()
+            .map_err(AgentError::runtime(format!("resume container {}", self.id)))
     }
 
     fn lock_runtime(&self) -> MutexGuard<'_, Runtime> {

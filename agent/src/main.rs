@@ -1,6 +1,7 @@
 //! runv-agent: the init process (PID 1) of a runv guest, or, in host mode, the same
 //! container service as an ordinary process for tests.
 
+mod cgroup;
 mod container;
 mod error;
 mod host;

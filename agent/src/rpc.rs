@@ -75,6 +75,31 @@ impl AgentService {
         })
     }
 
+    fn do_list_processes(
+        &self,
+        req: api::ListProcessesRequest,
+    ) -> Result<api::ListProcessesResponse> {
+        let pids = self
+            .sandbox
+            .container(&req.container_id)?
+            .cgroup()?
+            .pids()?;
+        Ok(api::ListProcessesResponse {
+            pids,
+            ..Default::default()
+        })
+    }
+
+    fn do_update_container(&self, req: api::UpdateContainerRequest) -> Result<api::Empty> {
+        let resources: oci_spec::runtime::LinuxResources = serde_json::from_str(&req.resources)
+            .map_err(|e| AgentError::InvalidArgument(format!("resources: {e}")))?;
+        self.sandbox
+            .container(&req.container_id)?
+            .cgroup()?
+            .update(&resources)?;
+        Ok(api::Empty::new())
+    }
+
     fn do_close_stdin(&self, req: api::CloseStdinRequest) -> Result<api::Empty> {
         self.process(&req.container_id, &req.exec_id)?.close_stdin();
         Ok(api::Empty::new())
@@ -172,41 +197,55 @@ impl api::Agent for AgentService {
     fn list_processes(
         &self,
         _: &TtrpcContext,
-        _: api::ListProcessesRequest,
+        req: api::ListProcessesRequest,
     ) -> ttrpc::Result<api::ListProcessesResponse> {
-        unimplemented("ListProcesses")
+        reply(self.do_list_processes(req))
     }
 
     fn update_container(
         &self,
         _: &TtrpcContext,
-        _: api::UpdateContainerRequest,
+        req: api::UpdateContainerRequest,
     ) -> ttrpc::Result<api::Empty> {
-        unimplemented("UpdateContainer")
+        reply(self.do_update_container(req))
     }
 
     fn stats_container(
         &self,
         _: &TtrpcContext,
-        _: api::StatsContainerRequest,
+        req: api::StatsContainerRequest,
     ) -> ttrpc::Result<api::StatsContainerResponse> {
-        unimplemented("StatsContainer")
+        reply(
+            self.sandbox
+                .container(&req.container_id)
+                .and_then(|c| c.cgroup()?.stats()),
+        )
     }
 
     fn pause_container(
         &self,
         _: &TtrpcContext,
-        _: api::PauseContainerRequest,
+        req: api::PauseContainerRequest,
     ) -> ttrpc::Result<api::Empty> {
-        unimplemented("PauseContainer")
+        reply(
+            self.sandbox
+                .container(&req.container_id)
+                .and_then(|c| c.pause())
+                .map(|()| api::Empty::new()),
+        )
     }
 
     fn resume_container(
         &self,
         _: &TtrpcContext,
-        _: api::ResumeContainerRequest,
+        req: api::ResumeContainerRequest,
     ) -> ttrpc::Result<api::Empty> {
-        unimplemented("ResumeContainer")
+        reply(
+            self.sandbox
+                .container(&req.container_id)
+                .and_then(|c| c.resume())
+                .map(|()| api::Empty::new()),
+        )
     }
 
     fn tty_win_resize(

@@ -273,6 +273,8 @@ pub struct SpecOptions {
     pub readonly: bool,
     /// Bind mounts (host source, container destination).
     pub binds: Vec<(PathBuf, String)>,
+    /// OCI `linux.resources`.
+    pub resources: Option<serde_json::Value>,
 }
 
 /// An OCI spec (as `runc spec` makes it, minus the network) running `args`,
@@ -321,6 +323,7 @@ pub fn spec(cid: &str, args: &[&str], opts: &SpecOptions) -> String {
         "mounts": mounts,
         "linux": {
             "cgroupsPath": format!("/runv-tests/{cid}"),
+            "resources": opts.resources.clone().unwrap_or_else(|| serde_json::json!({})),
             "namespaces": [
                 {"type": "pid"}, {"type": "ipc"}, {"type": "uts"},
                 {"type": "mount"}, {"type": "network"}

@@ -2,14 +2,16 @@
 //! native speed. Each test starts its own agent and unpacks the test image's
 //! busybox as the container rootfs.
 
-use std::io::Write;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+use std::time::Instant;
 
 use protocol::agent::{
     CheckRequest, CreateContainerRequest, ExecProcessRequest, ListProcessesRequest,
-    RemoveContainerRequest, ServingStatus, SignalProcessRequest, StartContainerRequest, Stdio,
-    WaitProcessRequest,
+    PauseContainerRequest, RemoveContainerRequest, ResumeContainerRequest, ServingStatus,
+    SignalProcessRequest, StartContainerRequest, StatsContainerRequest, StatsContainerResponse,
+    Stdio, TtyWinResizeRequest, UpdateContainerRequest, WaitProcessRequest,
 };
 use protocol::stdio::StreamKind;
 use runv_tests::agent_host::{ctx, exec_process, spec, HostAgent, SpecOptions};
@@ -412,14 +414,23 @@ fn bad_requests_get_precise_errors_and_the_agent_keeps_serving() {
     assert!(f.agent.try_stream("dup", "", StreamKind::Stdout).is_err());
     assert!(f.agent.try_stream("ghost", "", StreamKind::Stdout).is_err());
 
-    let (code, msg) = rpc_code(c.list_processes(
+    let (code, msg) = rpc_code(c.tty_win_resize(
         ctx(),
-        &ListProcessesRequest {
+        &TtyWinResizeRequest {
             container_id: "dup".into(),
             ..Default::default()
         },
     ));
     assert_eq!(code, ttrpc::Code::UNIMPLEMENTED, "{msg}");
+    let (code, _) = rpc_code(c.update_container(
+        ctx(),
+        &UpdateContainerRequest {
+            container_id: "dup".into(),
+            resources: "{".into(),
+            ..Default::default()
+        },
+    ));
+    assert_eq!(code, ttrpc::Code::INVALID_ARGUMENT);
 
     remove(&f.agent, "dup");
     let health = c.check(ctx(), &CheckRequest::new()).expect("check");
@@ -476,4 +487,210 @@ fn nothing_is_left_behind() {
         "mounts left: {:?}",
         mounts_under(&f.rootfs)
     );
+}
+
+fn stats(agent: &HostAgent, cid: &str) -> StatsContainerResponse {
+    let req = StatsContainerRequest {
+        container_id: cid.into(),
+        ..Default::default()
+    };
+    agent.client.stats_container(ctx(), &req).expect("stats")
+}
+
+fn kill_and_remove(agent: &HostAgent, cid: &str) {
+    let req = RemoveContainerRequest {
+        container_id: cid.into(),
+        force: true,
+        ..Default::default()
+    };
+    agent
+        .client
+        .remove_container(ctx(), &req)
+        .expect("force remove");
+}
+
+/// Reads `stream` until `needle` was seen.
+fn read_until(stream: &mut std::os::unix::net::UnixStream, needle: &str) -> String {
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&seen).contains(needle) {
+        let n = stream.read(&mut buf).expect("read stream");
+        assert!(
+            n > 0,
+            "EOF before {needle:?}: {}",
+            String::from_utf8_lossy(&seen)
+        );
+        seen.extend_from_slice(&buf[..n]);
+    }
+    String::from_utf8_lossy(&seen).into_owned()
+}
+
+#[test]
+fn stats_and_process_list_show_the_running_container() {
+    let f = fixture();
+    let cid = "stats";
+    let script =
+        "i=0; while [ $i -lt 200000 ]; do i=$((i+1)); done; sleep 60 & echo busy-done; wait";
+    f.agent.create(
+        cid,
+        &f.rootfs,
+        &spec(cid, &sh(script), &SpecOptions::default()),
+        false,
+    );
+    let mut stdout = f.agent.stream(cid, "", StreamKind::Stdout);
+    let _stderr = runv_tests::agent_host::read_all(f.agent.stream(cid, "", StreamKind::Stderr));
+    let init = f.agent.start_container(cid);
+    read_until(&mut stdout, "busy-done");
+
+    let figures = stats(&f.agent, cid);
+    assert!(figures.cpu.usage_usec > 0, "{figures:?}");
+    assert!(figures.memory.usage > 0, "{figures:?}");
+    assert!(figures.pids.current >= 2, "sh and sleep: {figures:?}");
+
+    let req = ListProcessesRequest {
+        container_id: cid.into(),
+        ..Default::default()
+    };
+    let pids = f
+        .agent
+        .client
+        .list_processes(ctx(), &req)
+        .expect("list")
+        .pids;
+    assert!(
+        pids.contains(&init) && pids.len() >= 2,
+        "init {init}, pids {pids:?}"
+    );
+    kill_and_remove(&f.agent, cid);
+}
+
+#[test]
+fn pause_freezes_and_resume_thaws() {
+    let f = fixture();
+    let cid = "pause";
+    let script = "while true; do echo tick; sleep 0.02; done";
+    f.agent.create(
+        cid,
+        &f.rootfs,
+        &spec(cid, &sh(script), &SpecOptions::default()),
+        false,
+    );
+    let mut stdout = f.agent.stream(cid, "", StreamKind::Stdout);
+    let _stderr = runv_tests::agent_host::read_all(f.agent.stream(cid, "", StreamKind::Stderr));
+    f.agent.start_container(cid);
+    read_until(&mut stdout, "tick");
+
+    let c = &f.agent.client;
+    c.pause_container(
+        ctx(),
+        &PauseContainerRequest {
+            container_id: cid.into(),
+            ..Default::default()
+        },
+    )
+    .expect("pause");
+    // Drain what was written before the freeze, then expect silence.
+    stdout
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .expect("timeout");
+    let mut buf = [0u8; 4096];
+    while stdout.read(&mut buf).is_ok() {}
+    let silent = stdout.read(&mut buf);
+    assert!(silent.is_err(), "a paused container wrote {silent:?}");
+
+    c.resume_container(
+        ctx(),
+        &ResumeContainerRequest {
+            container_id: cid.into(),
+            ..Default::default()
+        },
+    )
+    .expect("resume");
+    stdout
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    read_until(&mut stdout, "tick");
+    kill_and_remove(&f.agent, cid);
+}
+
+#[test]
+fn a_memory_limit_ends_a_hog_with_137() {
+    let f = fixture();
+    let cid = "oom";
+    let limit = 32u64 << 20;
+    let opts = SpecOptions {
+        resources: Some(serde_json::json!({"memory": {"limit": limit, "swap": limit}})),
+        ..Default::default()
+    };
+    // dd fills a 64 MiB buffer: twice the limit.
+    let args = [
+        "/bin/dd",
+        "if=/dev/zero",
+        "of=/dev/null",
+        "bs=64M",
+        "count=1",
+    ];
+    f.agent
+        .create(cid, &f.rootfs, &spec(cid, &args, &opts), false);
+    let output = f.agent.collect(cid, "");
+    f.agent.start_container(cid);
+    let out = output.finish(f.agent.wait(cid, ""));
+    assert_eq!(out.status, 137, "{out:?}");
+    let figures = stats(&f.agent, cid);
+    assert_eq!(figures.memory.usage_limit, limit, "{figures:?}");
+    assert!(figures.memory_events.oom_kill >= 1, "{figures:?}");
+    remove(&f.agent, cid);
+}
+
+#[test]
+fn a_pids_limit_stops_forks() {
+    let f = fixture();
+    let cid = "pids";
+    let opts = SpecOptions {
+        resources: Some(serde_json::json!({"pids": {"limit": 4}})),
+        ..Default::default()
+    };
+    let script = "for i in 1 2 3 4 5 6 7 8; do sleep 1 & done; wait; echo done";
+    let out = f.agent.run(cid, &f.rootfs, &spec(cid, &sh(script), &opts));
+    assert!(out.stderr.contains("can't fork"), "{out:?}");
+    assert_eq!(stats(&f.agent, cid).pids.limit, 4);
+    remove(&f.agent, cid);
+}
+
+#[test]
+fn a_hundred_cycles_leave_nothing_behind() {
+    let f = fixture();
+    let started = Instant::now();
+    for i in 0..100 {
+        let cid = format!("cycle{i}");
+        let out = f.agent.run(
+            &cid,
+            &f.rootfs,
+            &spec(&cid, &["/bin/true"], &SpecOptions::default()),
+        );
+        assert_eq!(out.status, 0, "{cid}: {out:?}");
+        remove(&f.agent, &cid);
+        assert_eq!(
+            cgroup_dirs(&cid),
+            Vec::<PathBuf>::new(),
+            "cgroups of {cid} left"
+        );
+    }
+    eprintln!(
+        "100 create/start/wait/remove cycles: {:?}",
+        started.elapsed()
+    );
+    assert!(children_of(f.agent.pid()).is_empty());
+    assert!(
+        mounts_under(&f.rootfs).is_empty(),
+        "mounts left: {:?}",
+        mounts_under(&f.rootfs)
+    );
+    let state = f.agent.dir.path().join("state");
+    for sub in ["runtime", "bundles"] {
+        let left: Vec<_> = std::fs::read_dir(state.join(sub))
+            .expect("state dir")
+            .collect();
+        assert!(left.is_empty(), "{sub} left: {left:?}");
+    }
 }
