@@ -5,7 +5,7 @@ use std::{env, fs, io, path::Path};
 
 use ttrpc_codegen::{Codegen, Customize, ProtobufCustomize};
 
-const PROTOS: &[&str] = &["protos/vmm.proto"];
+const PROTOS: &[&str] = &["protos/agent.proto", "protos/vmm.proto"];
 
 fn main() -> io::Result<()> {
     for proto in PROTOS {

@@ -1,14 +1,53 @@
-//! runv-agent: the init process (PID 1) of a runv guest.
+//! runv-agent: the init process (PID 1) of a runv guest, or, in host mode, the same
+//! container service as an ordinary process for tests.
 
+mod cgroup;
+mod container;
+mod error;
+mod host;
 mod init;
+mod process;
+mod reaper;
+mod rpc;
+mod sandbox;
+mod shutdown;
+mod stdio_server;
 
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
-    if std::process::id() != 1 {
-        eprintln!("runv-agent: must run as PID 1 (the init process) of a runv guest");
-        return ExitCode::FAILURE;
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if !args.is_empty() {
+        return host_mode(&args);
     }
+    if std::process::id() != 1 {
+        eprintln!(
+            "runv-agent: must run as PID 1 of a runv guest, or in host mode: \
+             runv-agent --listen unix:///PATH --state-dir DIR"
+        );
+        return ExitCode::from(2);
+    }
+    init_mode()
+}
+
+fn host_mode(args: &[String]) -> ExitCode {
+    let parsed = match host::HostArgs::parse(args) {
+        Ok(parsed) => parsed,
+        Err(err) => {
+            eprintln!("runv-agent: {err}");
+            return ExitCode::from(2);
+        }
+    };
+    match host::run(&parsed) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("runv-agent: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_mode() -> ExitCode {
     if let Err(err) = init::mount_pseudo_filesystems() {
         eprintln!("runv-agent: {err}");
     }

@@ -1,5 +1,7 @@
 //! What the runv shim, VMM and guest agent agree on (see `ARCHITECTURE.md`).
 
+pub mod agent;
+pub mod stdio;
 pub mod vmm;
 
 /// vsock port on which the agent serves the shim's ttrpc connection.

@@ -1,0 +1,319 @@
+//! One container, made and driven by youki's libcontainer: create, start, exec,
+//! signal, remove. Holds the container's processes.
+
+use std::collections::HashMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use libcontainer::container::builder::ContainerBuilder;
+use libcontainer::container::{Container as Runtime, ContainerStatus};
+use libcontainer::syscall::syscall::SyscallType;
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use oci_spec::runtime::{Process as OciProcess, Spec};
+use protocol::agent::Stdio;
+
+use crate::cgroup::Cgroup;
+use crate::error::{AgentError, Result};
+use crate::process::Process;
+use crate::reaper::Reaper;
+
+/// How long a forced remove waits for SIGKILLed processes to be reaped.
+const KILL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Where the agent keeps container state.
+#[derive(Debug, Clone)]
+pub struct StatePaths {
+    /// libcontainer's state root (one directory per container).
+    pub runtime_root: PathBuf,
+    /// The bundles the agent writes (config.json, exec process files).
+    pub bundles: PathBuf,
+}
+
+impl StatePaths {
+    /// The layout under `state_dir`, created if missing.
+    pub fn create(state_dir: &Path) -> Result<Self> {
+        let paths = Self {
+            runtime_root: state_dir.join("runtime"),
+            bundles: state_dir.join("bundles"),
+        };
+        for dir in [&paths.runtime_root, &paths.bundles] {
+            fs::create_dir_all(dir).map_err(AgentError::io(format!("create {}", dir.display())))?;
+        }
+        Ok(paths)
+    }
+}
+
+/// A container and its processes.
+pub struct Container {
+    /// The container's id.
+    pub id: String,
+    runtime: Mutex<Runtime>,
+    init: Arc<Process>,
+    execs: Mutex<HashMap<String, Arc<Process>>>,
+    bundle: PathBuf,
+    paths: StatePaths,
+    reaper: Arc<Reaper>,
+}
+
+impl Container {
+    /// Creates the container from `spec` (root.path already absolute); its init
+    /// process waits for [`Container::start`].
+    pub fn create(
+        id: &str,
+        spec: &Spec,
+        stdio: &Stdio,
+        paths: &StatePaths,
+        reaper: &Arc<Reaper>,
+    ) -> Result<Arc<Self>> {
+        let bundle = paths.bundles.join(id);
+        write_bundle(&bundle, spec)?;
+        let created = Self::create_in(id, &bundle, stdio, paths, reaper);
+        if created.is_err() {
+            let _ = fs::remove_dir_all(&bundle);
+        }
+        created
+    }
+
+    fn create_in(
+        id: &str,
+        bundle: &Path,
+        stdio: &Stdio,
+        paths: &StatePaths,
+        reaper: &Arc<Reaper>,
+    ) -> Result<Arc<Self>> {
+        let (init, child) = Process::new("", stdio)?;
+        let runtime = {
+            let _guard = reaper.spawn_guard();
+            let built = ContainerBuilder::new(id.to_string(), SyscallType::default())
+                .with_root_path(&paths.runtime_root)
+                .map_err(AgentError::runtime("state root"))?
+                .with_stdin(child.stdin)
+                .with_stdout(child.stdout)
+                .with_stderr(child.stderr)
+                .validate_id()
+                .map_err(AgentError::runtime("container id"))?
+                .as_init(bundle)
+                .with_systemd(false)
+                .with_detach(true)
+                .build()
+                .map_err(AgentError::runtime(format!("create container {id}")));
+            reaper.child_spawned();
+            built?
+        };
+        let pid = runtime
+            .pid()
+            .ok_or_else(|| AgentError::FailedPrecondition(format!("container {id} has no pid")))?;
+        init.set_pid(pid.as_raw());
+        reaper.watch(pid.as_raw(), Arc::clone(&init));
+        Ok(Arc::new(Self {
+            id: id.to_string(),
+            runtime: Mutex::new(runtime),
+            init,
+            execs: Mutex::new(HashMap::new()),
+            bundle: bundle.to_path_buf(),
+            paths: paths.clone(),
+            reaper: Arc::clone(reaper),
+        }))
+    }
+
+    /// Runs the init process; returns its pid.
+    pub fn start(&self) -> Result<u32> {
+        let mut runtime = self.lock_runtime();
+        refresh(&mut runtime)?;
+        if runtime.status() != ContainerStatus::Created {
+            return Err(AgentError::FailedPrecondition(format!(
+                "container {} is {}, not created",
+                self.id,
+                runtime.status()
+            )));
+        }
+        let _guard = self.reaper.spawn_guard();
+        runtime
+            .start()
+            .map_err(AgentError::runtime(format!("start container {}", self.id)))?;
+        Ok(self.init.pid())
+    }
+
+    /// Starts `process` in the running container as `exec_id`; returns its pid.
+    pub fn exec(&self, exec_id: &str, process: &OciProcess, stdio: &Stdio) -> Result<u32> {
+        let mut execs = self.lock_execs();
+        if execs.contains_key(exec_id) {
+            return Err(AgentError::AlreadyExists {
+                kind: "exec",
+                id: format!("{}/{exec_id}", self.id),
+            });
+        }
+        {
+            let mut runtime = self.lock_runtime();
+            refresh(&mut runtime)?;
+            if runtime.status() != ContainerStatus::Running {
+                return Err(AgentError::FailedPrecondition(format!(
+                    "container {} is {}, not running",
+                    self.id,
+                    runtime.status()
+                )));
+            }
+        }
+        let process_file = self.bundle.join(format!("exec-{exec_id}.json"));
+        let json = serde_json::to_vec(process)
+            .map_err(|e| AgentError::InvalidArgument(format!("process: {e}")))?;
+        fs::write(&process_file, json)
+            .map_err(AgentError::io(format!("write {}", process_file.display())))?;
+
+        let (exec, child) = Process::new(exec_id, stdio)?;
+        let built = {
+            let _guard = self.reaper.spawn_guard();
+            let built = ContainerBuilder::new(self.id.clone(), SyscallType::default())
+                .with_root_path(&self.paths.runtime_root)
+                .map_err(AgentError::runtime("state root"))?
+                .with_stdin(child.stdin)
+                .with_stdout(child.stdout)
+                .with_stderr(child.stderr)
+                .as_tenant()
+                .with_process(Some(&process_file))
+                .with_detach(true)
+                .build()
+                .map_err(AgentError::runtime(format!(
+                    "exec {exec_id} in {}",
+                    self.id
+                )));
+            self.reaper.child_spawned();
+            built
+        };
+        let _ = fs::remove_file(&process_file);
+        let pid = built?.as_raw();
+        exec.set_pid(pid);
+        self.reaper.watch(pid, Arc::clone(&exec));
+        execs.insert(exec_id.to_string(), exec);
+        Ok(pid as u32)
+    }
+
+    /// The process `exec_id` (empty = init).
+    pub fn process(&self, exec_id: &str) -> Result<Arc<Process>> {
+        if exec_id.is_empty() {
+            return Ok(Arc::clone(&self.init));
+        }
+        self.lock_execs()
+            .get(exec_id)
+            .cloned()
+            .ok_or_else(|| AgentError::no_exec(&self.id, exec_id))
+    }
+
+    /// Sends `signal` to process `exec_id`, or to every process with `all`.
+    pub fn signal(&self, exec_id: &str, signal: Signal, all: bool) -> Result<()> {
+        if all {
+            let mut runtime = self.lock_runtime();
+            let _guard = self.reaper.spawn_guard();
+            return runtime
+                .kill(signal, true)
+                .map_err(AgentError::runtime(format!("signal container {}", self.id)));
+        }
+        let process = self.process(exec_id)?;
+        if process.exit_status().is_some() {
+            return Err(AgentError::NotFound {
+                kind: "running process",
+                id: format!("{}/{exec_id}", self.id),
+            });
+        }
+        kill(Pid::from_raw(process.pid() as i32), signal)
+            .map_err(|e| AgentError::io(format!("signal {}/{exec_id}", self.id))(e.into()))
+    }
+
+    /// Removes the container: refuses while a process runs unless `force`, which
+    /// kills them all first.
+    pub fn remove(&self, force: bool) -> Result<()> {
+        let processes: Vec<Arc<Process>> = std::iter::once(Arc::clone(&self.init))
+            .chain(self.lock_execs().values().cloned())
+            .collect();
+        let mut runtime = self.lock_runtime();
+        refresh(&mut runtime)?;
+        let running = matches!(
+            runtime.status(),
+            ContainerStatus::Running | ContainerStatus::Paused
+        );
+        if running && !force {
+            return Err(AgentError::FailedPrecondition(format!(
+                "container {} is {}; stop it or remove with force",
+                self.id,
+                runtime.status()
+            )));
+        }
+        if running || runtime.status() == ContainerStatus::Created {
+            let _guard = self.reaper.spawn_guard();
+            runtime
+                .kill(Signal::SIGKILL, true)
+                .map_err(AgentError::runtime(format!("kill container {}", self.id)))?;
+        }
+        for process in &processes {
+            if !process.wait_exit_timeout(KILL_TIMEOUT) {
+                return Err(AgentError::FailedPrecondition(format!(
+                    "process {}/{} survived SIGKILL for {KILL_TIMEOUT:?}",
+                    self.id, process.exec_id
+                )));
+            }
+        }
+        {
+            let _guard = self.reaper.spawn_guard();
+            runtime
+                .delete(true)
+                .map_err(AgentError::runtime(format!("delete container {}", self.id)))?;
+        }
+        let _ = fs::remove_dir_all(&self.bundle);
+        Ok(())
+    }
+
+    /// The container's cgroup.
+    pub fn cgroup(&self) -> Result<Cgroup> {
+        let config = self
+            .lock_runtime()
+            .spec()
+            .map_err(AgentError::runtime(format!(
+                "read the config of {}",
+                self.id
+            )))?;
+        Cgroup::open(&self.id, &config.cgroup_path)
+    }
+
+    /// Freezes every process of the container.
+    pub fn pause(&self) -> Result<()> {
+        let mut runtime = self.lock_runtime();
+        refresh(&mut runtime)?;
+        runtime
+            .pause()
+            .map_err(AgentError::runtime(format!("pause container {}", self.id)))
+    }
+
+    /// Thaws a paused container.
+    pub fn resume(&self) -> Result<()> {
+        let mut runtime = self.lock_runtime();
+        refresh(&mut runtime)?;
+        runtime
+            .resume()
+            .map_err(AgentError::runtime(format!("resume container {}", self.id)))
+    }
+
+    fn lock_runtime(&self) -> MutexGuard<'_, Runtime> {
+        self.runtime.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn lock_execs(&self) -> MutexGuard<'_, HashMap<String, Arc<Process>>> {
+        self.execs.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+fn refresh(runtime: &mut Runtime) -> Result<()> {
+    runtime
+        .refresh_status()
+        .map_err(AgentError::runtime("read container status"))
+}
+
+fn write_bundle(bundle: &Path, spec: &Spec) -> Result<()> {
+    fs::create_dir_all(bundle).map_err(AgentError::io(format!("create {}", bundle.display())))?;
+    let json = serde_json::to_vec_pretty(spec)
+        .map_err(|e| AgentError::InvalidArgument(format!("spec: {e}")))?;
+    let config = bundle.join("config.json");
+    fs::write(&config, json).map_err(AgentError::io(format!("write {}", config.display())))
+}

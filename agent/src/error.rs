@@ -1,0 +1,121 @@
+//! The agent's errors and the ttrpc status each one answers with.
+
+use std::io;
+
+use libcontainer::error::LibcontainerError;
+use ttrpc::Code;
+
+/// Why an agent call failed. Each variant maps to one ttrpc status code.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// The request is malformed (bad id, spec, process JSON, missing field).
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+    /// A container or exec id is taken.
+    #[error("{kind} {id:?} already exists")]
+    AlreadyExists {
+        /// "container" or "exec".
+        kind: &'static str,
+        /// The id asked for.
+        id: String,
+    },
+    /// No container or exec process has this id.
+    #[error("{kind} {id:?} not found")]
+    NotFound {
+        /// "container" or "exec".
+        kind: &'static str,
+        /// The id asked for.
+        id: String,
+    },
+    /// The object is in the wrong state for the call.
+    #[error("{0}")]
+    FailedPrecondition(String),
+    /// The call is part of the API but not implemented yet.
+    #[error("{0} is not implemented by runv-agent yet")]
+    Unimplemented(&'static str),
+    /// The container runtime (libcontainer) failed at a step.
+    #[error("{step}: {source}")]
+    Runtime {
+        /// What the agent was doing.
+        step: String,
+        /// libcontainer's error (boxed: it is large).
+        source: Box<LibcontainerError>,
+    },
+    /// A system call or file operation failed at a step.
+    #[error("{step}: {source}")]
+    Io {
+        /// What the agent was doing.
+        step: String,
+        /// The OS error.
+        source: io::Error,
+    },
+}
+
+impl AgentError {
+    /// `NotFound` for a container id.
+    pub fn no_container(id: &str) -> Self {
+        Self::NotFound {
+            kind: "container",
+            id: id.to_string(),
+        }
+    }
+
+    /// `NotFound` for an exec id of a container.
+    pub fn no_exec(container_id: &str, exec_id: &str) -> Self {
+        Self::NotFound {
+            kind: "exec",
+            id: format!("{container_id}/{exec_id}"),
+        }
+    }
+
+    /// Wraps a libcontainer error with the step that failed.
+    pub fn runtime(step: impl Into<String>) -> impl FnOnce(LibcontainerError) -> Self {
+        let step = step.into();
+        move |source| Self::Runtime {
+            step,
+            source: Box::new(source),
+        }
+    }
+
+    /// Wraps an I/O error with the step that failed.
+    pub fn io(step: impl Into<String>) -> impl FnOnce(io::Error) -> Self {
+        let step = step.into();
+        move |source| Self::Io { step, source }
+    }
+
+    /// The ttrpc status code this error answers with.
+    pub fn code(&self) -> Code {
+        match self {
+            Self::InvalidArgument(_) => Code::INVALID_ARGUMENT,
+            Self::AlreadyExists { .. } => Code::ALREADY_EXISTS,
+            Self::NotFound { .. } => Code::NOT_FOUND,
+            Self::FailedPrecondition(_) => Code::FAILED_PRECONDITION,
+            Self::Unimplemented(_) => Code::UNIMPLEMENTED,
+            Self::Runtime { source, .. } => runtime_code(source),
+            Self::Io { .. } => Code::INTERNAL,
+        }
+    }
+}
+
+/// libcontainer reports some bad input itself (an invalid spec, say).
+fn runtime_code(err: &LibcontainerError) -> Code {
+    match err {
+        LibcontainerError::InvalidID(_)
+        | LibcontainerError::MissingSpec(_)
+        | LibcontainerError::InvalidSpec(_)
+        | LibcontainerError::InvalidInput(_)
+        | LibcontainerError::Spec(_) => Code::INVALID_ARGUMENT,
+        LibcontainerError::IncorrectStatus(_) => Code::FAILED_PRECONDITION,
+        LibcontainerError::Exist => Code::ALREADY_EXISTS,
+        _ => Code::INTERNAL,
+    }
+}
+
+impl From<AgentError> for ttrpc::Error {
+    fn from(err: AgentError) -> Self {
+        ttrpc::Error::RpcStatus(ttrpc::get_status(err.code(), err.to_string()))
+    }
+}
+
+/// Result of the agent's operations.
+pub type Result<T> = std::result::Result<T, AgentError>;

@@ -1,0 +1,201 @@
+//! Host mode: the agent's service as an ordinary process on Unix sockets, for
+//! tier-3 tests (`runv-agent --listen unix:///PATH --state-dir DIR`).
+
+use std::fs;
+use std::io;
+use std::os::unix::net::UnixListener;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use crate::container::StatePaths;
+use crate::reaper::Reaper;
+use crate::rpc::AgentService;
+use crate::sandbox::Sandbox;
+use crate::{shutdown, stdio_server};
+
+/// Command line of host mode.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostArgs {
+    /// The ttrpc socket.
+    pub listen: PathBuf,
+    /// The stdio socket (default: the ttrpc socket's path + ".stdio").
+    pub stdio_listen: PathBuf,
+    /// Where container state and bundles go.
+    pub state_dir: PathBuf,
+}
+
+/// Errors of host mode.
+#[derive(Debug, thiserror::Error)]
+pub enum HostError {
+    /// The command line is wrong.
+    #[error("{0}\nusage: runv-agent --listen unix:///PATH --state-dir DIR [--stdio-listen unix:///PATH]")]
+    Usage(String),
+    /// Setting up failed.
+    #[error("{step}: {source}")]
+    Setup {
+        /// What failed.
+        step: String,
+        /// Why.
+        source: io::Error,
+    },
+    /// The ttrpc server failed.
+    #[error("ttrpc server on {path}: {source}")]
+    Server {
+        /// The socket.
+        path: String,
+        /// Why.
+        source: ttrpc::Error,
+    },
+    /// The agent's state failed.
+    #[error(transparent)]
+    Agent(#[from] crate::error::AgentError),
+}
+
+impl HostArgs {
+    /// Parses the arguments after the program name.
+    pub fn parse(args: &[String]) -> Result<Self, HostError> {
+        let (mut listen, mut stdio, mut state) = (None, None, None);
+        let mut rest = args.iter();
+        while let Some(flag) = rest.next() {
+            let slot = match flag.as_str() {
+                "--listen" => &mut listen,
+                "--stdio-listen" => &mut stdio,
+                "--state-dir" => &mut state,
+                other => return Err(HostError::Usage(format!("unknown argument {other:?}"))),
+            };
+            let value = rest
+                .next()
+                .ok_or_else(|| HostError::Usage(format!("{flag} needs a value")))?;
+            *slot = Some(value.clone());
+        }
+        let listen =
+            unix_path(&listen.ok_or_else(|| HostError::Usage("--listen is required".into()))?)?;
+        let stdio_listen = match stdio {
+            Some(addr) => unix_path(&addr)?,
+            None => {
+                let mut path = listen.clone().into_os_string();
+                path.push(".stdio");
+                PathBuf::from(path)
+            }
+        };
+        let state_dir = state
+            .map(PathBuf::from)
+            .ok_or_else(|| HostError::Usage("--state-dir is required".into()))?;
+        Ok(Self {
+            listen,
+            stdio_listen,
+            state_dir,
+        })
+    }
+}
+
+fn unix_path(addr: &str) -> Result<PathBuf, HostError> {
+    match addr.strip_prefix("unix://") {
+        Some(path) if path.starts_with('/') => Ok(PathBuf::from(path)),
+        _ => Err(HostError::Usage(format!(
+            "{addr:?} is not unix:///ABSOLUTE/PATH"
+        ))),
+    }
+}
+
+fn setup(step: impl Into<String>) -> impl FnOnce(io::Error) -> HostError {
+    let step = step.into();
+    move |source| HostError::Setup { step, source }
+}
+
+/// Serves until SIGTERM or SIGINT, then removes every container and the sockets.
+pub fn run(args: &HostArgs) -> Result<(), HostError> {
+    let stop = shutdown::install().map_err(setup("install signal handlers"))?;
+    // Orphans of container processes come to us, not to the host's init.
+    // SAFETY: PR_SET_CHILD_SUBREAPER only sets a flag of this process.
+    if unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) } != 0 {
+        return Err(setup("become a child subreaper")(io::Error::last_os_error()));
+    }
+    let reaper = Reaper::start().map_err(setup("start the reaper"))?;
+    let paths = StatePaths::create(&args.state_dir)?;
+    let sandbox = Arc::new(Sandbox::new(paths, reaper));
+
+    for path in [&args.listen, &args.stdio_listen] {
+        match fs::remove_file(path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(setup(format!("remove stale {}", path.display()))(e)),
+        }
+    }
+    let stdio = UnixListener::bind(&args.stdio_listen)
+        .map_err(setup(format!("listen on {}", args.stdio_listen.display())))?;
+    stdio_server::spawn(stdio, Arc::clone(&sandbox)).map_err(setup("start the stdio listener"))?;
+
+    let addr = format!("unix://{}", args.listen.display());
+    let service = AgentService::new(Arc::clone(&sandbox), false);
+    let server_error = |source| HostError::Server {
+        path: addr.clone(),
+        source,
+    };
+    let mut server = ttrpc::Server::new()
+        .bind(&addr)
+        .map_err(server_error)?
+        .register_service(protocol::agent::create_agent(Arc::new(service)));
+    server.start().map_err(server_error)?;
+    eprintln!(
+        "runv-agent: serving on {addr}, stdio on {}",
+        args.stdio_listen.display()
+    );
+
+    stop.wait();
+    server.shutdown();
+    let removed = sandbox.remove_all();
+    let _ = fs::remove_file(&args.stdio_listen);
+    let _ = fs::remove_file(&args.listen);
+    removed.map_err(HostError::from)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(list: &[&str]) -> Vec<String> {
+        list.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn parses_the_host_mode_command_line() {
+        let parsed = HostArgs::parse(&args(&[
+            "--listen",
+            "unix:///r/a.sock",
+            "--state-dir",
+            "/s",
+        ]))
+        .unwrap();
+        assert_eq!(parsed.listen, PathBuf::from("/r/a.sock"));
+        assert_eq!(parsed.stdio_listen, PathBuf::from("/r/a.sock.stdio"));
+        assert_eq!(parsed.state_dir, PathBuf::from("/s"));
+        let parsed = HostArgs::parse(&args(&[
+            "--state-dir",
+            "/s",
+            "--listen",
+            "unix:///a",
+            "--stdio-listen",
+            "unix:///b",
+        ]))
+        .unwrap();
+        assert_eq!(parsed.stdio_listen, PathBuf::from("/b"));
+    }
+
+    #[test]
+    fn refuses_bad_command_lines() {
+        for bad in [
+            &["--listen", "unix:///a"][..],
+            &["--state-dir", "/s"],
+            &["--listen", "/a", "--state-dir", "/s"],
+            &["--listen", "unix://rel", "--state-dir", "/s"],
+            &["--listen"],
+            &["--bogus", "x"],
+        ] {
+            assert!(
+                matches!(HostArgs::parse(&args(bad)), Err(HostError::Usage(_))),
+                "{bad:?}"
+            );
+        }
+    }
+}

@@ -1,0 +1,317 @@
+//! The ttrpc service: one short method per call, translating requests into
+//! sandbox and container operations. Calls not implemented yet answer
+//! `UNIMPLEMENTED`.
+
+use std::sync::Arc;
+use std::time::UNIX_EPOCH;
+
+use nix::sys::signal::Signal;
+use protocol::agent as api;
+use ttrpc::TtrpcContext;
+
+use crate::error::{AgentError, Result};
+use crate::sandbox::{check_id, Sandbox};
+
+/// Features GuestDetails reports.
+const FEATURES: &[&str] = &["stdio-streams", "exec", "cgroup-v1", "cgroup-v2"];
+
+/// The agent's ttrpc service.
+pub struct AgentService {
+    sandbox: Arc<Sandbox>,
+    init: bool,
+}
+
+impl AgentService {
+    /// The service over `sandbox`; `init` tells whether the agent is PID 1.
+    pub fn new(sandbox: Arc<Sandbox>, init: bool) -> Self {
+        Self { sandbox, init }
+    }
+
+    fn process(&self, container_id: &str, exec_id: &str) -> Result<Arc<crate::process::Process>> {
+        self.sandbox.container(container_id)?.process(exec_id)
+    }
+
+    fn do_start_container(
+        &self,
+        req: api::StartContainerRequest,
+    ) -> Result<api::StartContainerResponse> {
+        let pid = self.sandbox.container(&req.container_id)?.start()?;
+        Ok(api::StartContainerResponse {
+            pid,
+            ..Default::default()
+        })
+    }
+
+    fn do_exec_process(&self, req: api::ExecProcessRequest) -> Result<api::ExecProcessResponse> {
+        check_id("exec_id", &req.exec_id)?;
+        let process: oci_spec::runtime::Process = serde_json::from_str(&req.process)
+            .map_err(|e| AgentError::InvalidArgument(format!("process: {e}")))?;
+        let container = self.sandbox.container(&req.container_id)?;
+        let stdio = req.stdio.clone().unwrap_or_default();
+        let pid = container.exec(&req.exec_id, &process, &stdio)?;
+        Ok(api::ExecProcessResponse {
+            pid,
+            ..Default::default()
+        })
+    }
+
+    fn do_signal_process(&self, req: api::SignalProcessRequest) -> Result<api::Empty> {
+        let signal = signal(req.signal)?;
+        let container = self.sandbox.container(&req.container_id)?;
+        container.signal(&req.exec_id, signal, req.all)?;
+        Ok(api::Empty::new())
+    }
+
+    fn do_wait_process(&self, req: api::WaitProcessRequest) -> Result<api::WaitProcessResponse> {
+        let exit = self.process(&req.container_id, &req.exec_id)?.wait();
+        let exited_at_ns = exit
+            .at
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
+        Ok(api::WaitProcessResponse {
+            exit_status: exit.status,
+            exited_at_ns,
+            ..Default::default()
+        })
+    }
+
+    fn do_list_processes(
+        &self,
+        req: api::ListProcessesRequest,
+    ) -> Result<api::ListProcessesResponse> {
+        let pids = self
+            .sandbox
+            .container(&req.container_id)?
+            .cgroup()?
+            .pids()?;
+        Ok(api::ListProcessesResponse {
+            pids,
+            ..Default::default()
+        })
+    }
+
+    fn do_update_container(&self, req: api::UpdateContainerRequest) -> Result<api::Empty> {
+        let resources: oci_spec::runtime::LinuxResources = serde_json::from_str(&req.resources)
+            .map_err(|e| AgentError::InvalidArgument(format!("resources: {e}")))?;
+        self.sandbox
+            .container(&req.container_id)?
+            .cgroup()?
+            .update(&resources)?;
+        Ok(api::Empty::new())
+    }
+
+    fn do_close_stdin(&self, req: api::CloseStdinRequest) -> Result<api::Empty> {
+        self.process(&req.container_id, &req.exec_id)?.close_stdin();
+        Ok(api::Empty::new())
+    }
+}
+
+fn reply<T>(result: Result<T>) -> ttrpc::Result<T> {
+    result.map_err(ttrpc::Error::from)
+}
+
+fn unimplemented<T>(call: &'static str) -> ttrpc::Result<T> {
+    reply(Err(AgentError::Unimplemented(call)))
+}
+
+fn signal(number: u32) -> Result<Signal> {
+    i32::try_from(number)
+        .ok()
+        .and_then(|n| Signal::try_from(n).ok())
+        .ok_or_else(|| AgentError::InvalidArgument(format!("signal {number} is not a signal")))
+}
+
+impl api::Agent for AgentService {
+    fn create_sandbox(
+        &self,
+        _: &TtrpcContext,
+        _: api::CreateSandboxRequest,
+    ) -> ttrpc::Result<api::Empty> {
+        unimplemented("CreateSandbox")
+    }
+
+    fn destroy_sandbox(
+        &self,
+        _: &TtrpcContext,
+        _: api::DestroySandboxRequest,
+    ) -> ttrpc::Result<api::Empty> {
+        reply(self.sandbox.remove_all().map(|()| api::Empty::new()))
+    }
+
+    fn create_container(
+        &self,
+        _: &TtrpcContext,
+        req: api::CreateContainerRequest,
+    ) -> ttrpc::Result<api::Empty> {
+        reply(
+            self.sandbox
+                .create_container(&req)
+                .map(|()| api::Empty::new()),
+        )
+    }
+
+    fn start_container(
+        &self,
+        _: &TtrpcContext,
+        req: api::StartContainerRequest,
+    ) -> ttrpc::Result<api::StartContainerResponse> {
+        reply(self.do_start_container(req))
+    }
+
+    fn remove_container(
+        &self,
+        _: &TtrpcContext,
+        req: api::RemoveContainerRequest,
+    ) -> ttrpc::Result<api::Empty> {
+        reply(
+            self.sandbox
+                .remove_container(&req.container_id, req.force)
+                .map(|()| api::Empty::new()),
+        )
+    }
+
+    fn exec_process(
+        &self,
+        _: &TtrpcContext,
+        req: api::ExecProcessRequest,
+    ) -> ttrpc::Result<api::ExecProcessResponse> {
+        reply(self.do_exec_process(req))
+    }
+
+    fn signal_process(
+        &self,
+        _: &TtrpcContext,
+        req: api::SignalProcessRequest,
+    ) -> ttrpc::Result<api::Empty> {
+        reply(self.do_signal_process(req))
+    }
+
+    fn wait_process(
+        &self,
+        _: &TtrpcContext,
+        req: api::WaitProcessRequest,
+    ) -> ttrpc::Result<api::WaitProcessResponse> {
+        reply(self.do_wait_process(req))
+    }
+
+    fn list_processes(
+        &self,
+        _: &TtrpcContext,
+        req: api::ListProcessesRequest,
+    ) -> ttrpc::Result<api::ListProcessesResponse> {
+        reply(self.do_list_processes(req))
+    }
+
+    fn update_container(
+        &self,
+        _: &TtrpcContext,
+        req: api::UpdateContainerRequest,
+    ) -> ttrpc::Result<api::Empty> {
+        reply(self.do_update_container(req))
+    }
+
+    fn stats_container(
+        &self,
+        _: &TtrpcContext,
+        req: api::StatsContainerRequest,
+    ) -> ttrpc::Result<api::StatsContainerResponse> {
+        reply(
+            self.sandbox
+                .container(&req.container_id)
+                .and_then(|c| c.cgroup()?.stats()),
+        )
+    }
+
+    fn pause_container(
+        &self,
+        _: &TtrpcContext,
+        req: api::PauseContainerRequest,
+    ) -> ttrpc::Result<api::Empty> {
+        reply(
+            self.sandbox
+                .container(&req.container_id)
+                .and_then(|c| c.pause())
+                .map(|()| api::Empty::new()),
+        )
+    }
+
+    fn resume_container(
+        &self,
+        _: &TtrpcContext,
+        req: api::ResumeContainerRequest,
+    ) -> ttrpc::Result<api::Empty> {
+        reply(
+            self.sandbox
+                .container(&req.container_id)
+                .and_then(|c| c.resume())
+                .map(|()| api::Empty::new()),
+        )
+    }
+
+    fn tty_win_resize(
+        &self,
+        _: &TtrpcContext,
+        _: api::TtyWinResizeRequest,
+    ) -> ttrpc::Result<api::Empty> {
+        unimplemented("TtyWinResize")
+    }
+
+    fn close_stdin(
+        &self,
+        _: &TtrpcContext,
+        req: api::CloseStdinRequest,
+    ) -> ttrpc::Result<api::Empty> {
+        reply(self.do_close_stdin(req))
+    }
+
+    fn get_oom_event(
+        &self,
+        _: &TtrpcContext,
+        _: api::GetOOMEventRequest,
+    ) -> ttrpc::Result<api::OOMEvent> {
+        unimplemented("GetOOMEvent")
+    }
+
+    fn update_interface(
+        &self,
+        _: &TtrpcContext,
+        _: api::UpdateInterfaceRequest,
+    ) -> ttrpc::Result<api::Interface> {
+        unimplemented("UpdateInterface")
+    }
+
+    fn update_routes(
+        &self,
+        _: &TtrpcContext,
+        _: api::UpdateRoutesRequest,
+    ) -> ttrpc::Result<api::Routes> {
+        unimplemented("UpdateRoutes")
+    }
+
+    fn guest_details(
+        &self,
+        _: &TtrpcContext,
+        _: api::GuestDetailsRequest,
+    ) -> ttrpc::Result<api::GuestDetailsResponse> {
+        let kernel_release = nix::sys::utsname::uname()
+            .map(|u| u.release().to_string_lossy().into_owned())
+            .unwrap_or_default();
+        Ok(api::GuestDetailsResponse {
+            agent_version: env!("CARGO_PKG_VERSION").to_string(),
+            kernel_release,
+            init: self.init,
+            features: FEATURES.iter().map(|f| f.to_string()).collect(),
+            ..Default::default()
+        })
+    }
+
+    fn check(
+        &self,
+        _: &TtrpcContext,
+        _: api::CheckRequest,
+    ) -> ttrpc::Result<api::HealthCheckResponse> {
+        let mut response = api::HealthCheckResponse::new();
+        response.set_status(api::ServingStatus::SERVING);
+        Ok(response)
+    }
+}

@@ -1,0 +1,50 @@
+//! The stdio port: accepts stream connections, reads their header and binds each
+//! to one stream of one process (see `protocol::stdio` and protocol/README.md).
+
+use std::io;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::sync::Arc;
+
+use protocol::stdio::{write_error, StreamHeader};
+
+use crate::sandbox::Sandbox;
+
+/// Serves `listener` on a thread of its own, one short-lived thread per header.
+pub fn spawn(listener: UnixListener, sandbox: Arc<Sandbox>) -> io::Result<()> {
+    std::thread::Builder::new()
+        .name("stdio-accept".into())
+        .spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(conn) = conn else { continue };
+                let sandbox = Arc::clone(&sandbox);
+                let spawned = std::thread::Builder::new()
+                    .name("stdio-bind".into())
+                    .spawn(move || bind(conn, &sandbox));
+                if let Err(err) = spawned {
+                    eprintln!("runv-agent: cannot serve a stdio connection: {err}");
+                }
+            }
+        })
+        .map(drop)
+}
+
+/// Reads the header and hands the connection to its process, or refuses it.
+fn bind(mut conn: UnixStream, sandbox: &Sandbox) {
+    let header = match StreamHeader::read_from(&mut conn) {
+        Ok(header) => header,
+        Err(err) => {
+            let _ = write_error(&mut conn, &err.to_string());
+            return;
+        }
+    };
+    let bound = sandbox
+        .container(&header.container_id)
+        .and_then(|c| c.process(&header.exec_id))
+        .map_err(|e| e.to_string())
+        .and_then(|process| {
+            process.bind(header.kind, conn.try_clone().map_err(|e| e.to_string())?)
+        });
+    if let Err(reason) = bound {
+        let _ = write_error(&mut conn, &reason);
+    }
+}

@@ -1,0 +1,696 @@
+//! Tier 3: runv-agent in host mode, as root, with real namespaces and cgroups, at
+//! native speed. Each test starts its own agent and unpacks the test image's
+//! busybox as the container rootfs.
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use std::time::Instant;
+
+use protocol::agent::{
+    CheckRequest, CreateContainerRequest, ExecProcessRequest, ListProcessesRequest,
+    PauseContainerRequest, RemoveContainerRequest, ResumeContainerRequest, ServingStatus,
+    SignalProcessRequest, StartContainerRequest, StatsContainerRequest, StatsContainerResponse,
+    Stdio, TtyWinResizeRequest, UpdateContainerRequest, WaitProcessRequest,
+};
+use protocol::stdio::StreamKind;
+use runv_tests::agent_host::{ctx, exec_process, spec, HostAgent, SpecOptions};
+use runv_tests::host::require_root;
+use runv_tests::scratch::Scratch;
+
+/// An agent and a fresh busybox rootfs.
+struct Fixture {
+    agent: HostAgent,
+    rootfs: PathBuf,
+    _image: Scratch,
+}
+
+fn fixture() -> Fixture {
+    require_root("containers need namespaces, mounts and cgroups");
+    let image = Scratch::new("runv-agent-image");
+    let rootfs = runv_tests::agent_host::unpack_test_image(image.path());
+    Fixture {
+        agent: HostAgent::start(),
+        rootfs,
+        _image: image,
+    }
+}
+
+fn remove(agent: &HostAgent, cid: &str) {
+    let req = RemoveContainerRequest {
+        container_id: cid.into(),
+        ..Default::default()
+    };
+    agent
+        .client
+        .remove_container(ctx(), &req)
+        .unwrap_or_else(|err| panic!("remove {cid}: {err:?}"));
+}
+
+fn sh(script: &str) -> Vec<&str> {
+    vec!["/bin/sh", "-c", script]
+}
+
+fn rpc_code<T: std::fmt::Debug>(result: ttrpc::Result<T>) -> (ttrpc::Code, String) {
+    match result {
+        Err(ttrpc::Error::RpcStatus(status)) => (status.code(), status.message().to_string()),
+        other => panic!("expected an error status, got {other:?}"),
+    }
+}
+
+fn cgroup_dirs(cid: &str) -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir("/sys/fs/cgroup") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(Result::ok)
+        .map(|e| e.path().join("runv-tests").join(cid))
+        .filter(|p| p.exists())
+        .collect()
+}
+
+fn mounts_under(path: &Path) -> Vec<String> {
+    let needle = path.display().to_string();
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains(&needle))
+        .map(str::to_string)
+        .collect()
+}
+
+fn children_of(pid: u32) -> Vec<String> {
+    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn echo_is_captured_on_stdout() {
+    let f = fixture();
+    let out = f.agent.run(
+        "echo",
+        &f.rootfs,
+        &spec(
+            "echo",
+            &sh("echo hello; echo oops >&2"),
+            &SpecOptions::default(),
+        ),
+    );
+    assert_eq!(
+        (out.stdout.as_str(), out.stderr.as_str(), out.status),
+        ("hello\n", "oops\n", 0)
+    );
+    remove(&f.agent, "echo");
+}
+
+#[test]
+fn exit_code_is_reported() {
+    let f = fixture();
+    let out = f.agent.run(
+        "exit42",
+        &f.rootfs,
+        &spec("exit42", &sh("exit 42"), &SpecOptions::default()),
+    );
+    assert_eq!(out.status, 42, "{out:?}");
+    remove(&f.agent, "exit42");
+}
+
+#[test]
+fn exec_runs_in_the_running_container() {
+    let f = fixture();
+    let cid = "execd";
+    f.agent.create(
+        cid,
+        &f.rootfs,
+        &spec(
+            cid,
+            &sh("echo ready > /tmp/mark; sleep 60"),
+            &SpecOptions::default(),
+        ),
+        false,
+    );
+    let init = f.agent.collect(cid, "");
+    f.agent.start_container(cid);
+
+    let req = ExecProcessRequest {
+        container_id: cid.into(),
+        exec_id: "e1".into(),
+        process: exec_process(&sh(
+            "while [ ! -f /tmp/mark ]; do sleep 0.05; done; cat /tmp/mark; echo $$; exit 3",
+        )),
+        stdio: Some(Stdio {
+            stdout: true,
+            stderr: true,
+            ..Default::default()
+        })
+        .into(),
+        ..Default::default()
+    };
+    let pid = f.agent.client.exec_process(ctx(), &req).expect("exec").pid;
+    assert!(pid > 0);
+    let out = f.agent.collect(cid, "e1").finish(f.agent.wait(cid, "e1"));
+    assert_eq!(out.status, 3, "{out:?}");
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    assert_eq!(lines.first(), Some(&"ready"), "{out:?}");
+    assert_ne!(
+        lines.get(1),
+        Some(&"1"),
+        "exec'd process is not the container's init"
+    );
+
+    // A duplicate exec id is refused.
+    let (code, _) = rpc_code(f.agent.client.exec_process(ctx(), &req));
+    assert_eq!(code, ttrpc::Code::ALREADY_EXISTS);
+
+    let kill = SignalProcessRequest {
+        container_id: cid.into(),
+        signal: 9,
+        ..Default::default()
+    };
+    f.agent.client.signal_process(ctx(), &kill).expect("kill");
+    assert_eq!(init.finish(f.agent.wait(cid, "")).status, 137);
+    remove(&f.agent, cid);
+}
+
+#[test]
+fn sigterm_and_sigkill_end_the_process() {
+    let f = fixture();
+    for (cid, signal, script, status) in [
+        // The shell traps TERM and exits 7 itself.
+        (
+            "term",
+            15,
+            "trap 'exit 7' TERM; echo up; while true; do sleep 0.05; done",
+            7,
+        ),
+        // PID 1 in a pid namespace ignores unhandled signals except SIGKILL.
+        ("kill", 9, "echo up; while true; do sleep 0.05; done", 137),
+    ] {
+        f.agent.create(
+            cid,
+            &f.rootfs,
+            &spec(cid, &sh(script), &SpecOptions::default()),
+            false,
+        );
+        let mut stdout = f.agent.stream(cid, "", StreamKind::Stdout);
+        let stderr = runv_tests::agent_host::read_all(f.agent.stream(cid, "", StreamKind::Stderr));
+        f.agent.start_container(cid);
+        let mut up = [0u8; 3];
+        std::io::Read::read_exact(&mut stdout, &mut up).expect("read up");
+        assert_eq!(&up, b"up\n");
+        let req = SignalProcessRequest {
+            container_id: cid.into(),
+            signal,
+            ..Default::default()
+        };
+        f.agent.client.signal_process(ctx(), &req).expect("signal");
+        drop(stdout);
+        let _ = stderr.join();
+        assert_eq!(f.agent.wait(cid, ""), status, "{cid}");
+        remove(&f.agent, cid);
+    }
+}
+
+#[test]
+fn env_and_cwd_are_applied() {
+    let f = fixture();
+    let opts = SpecOptions {
+        env: vec!["GREETING=hi there".into()],
+        cwd: Some("/etc".into()),
+        ..Default::default()
+    };
+    let out = f.agent.run(
+        "envcwd",
+        &f.rootfs,
+        &spec("envcwd", &sh("echo \"$GREETING\"; pwd"), &opts),
+    );
+    assert_eq!(out.stdout, "hi there\n/etc\n", "{out:?}");
+    remove(&f.agent, "envcwd");
+}
+
+#[test]
+fn user_and_group_are_applied() {
+    let f = fixture();
+    let opts = SpecOptions {
+        user: Some((1000, 1000)),
+        ..Default::default()
+    };
+    let out = f
+        .agent
+        .run("user", &f.rootfs, &spec("user", &sh("id -u; id -g"), &opts));
+    assert_eq!(out.stdout, "1000\n1000\n", "{out:?}");
+    remove(&f.agent, "user");
+}
+
+#[test]
+fn the_container_has_its_own_pid_namespace() {
+    let f = fixture();
+    let out = f.agent.run(
+        "pidns",
+        &f.rootfs,
+        &spec("pidns", &sh("echo $$"), &SpecOptions::default()),
+    );
+    assert_eq!(out.stdout, "1\n", "{out:?}");
+    remove(&f.agent, "pidns");
+}
+
+#[test]
+fn sixteen_mib_go_through_cat_unchanged() {
+    let f = fixture();
+    let cid = "cat";
+    f.agent.create(
+        cid,
+        &f.rootfs,
+        &spec(cid, &["/bin/cat"], &SpecOptions::default()),
+        true,
+    );
+    let mut stdin = f.agent.stream(cid, "", StreamKind::Stdin);
+    let output = f.agent.collect(cid, "");
+    f.agent.start_container(cid);
+    let data: Vec<u8> = (0..16u32 << 20)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    let writer = {
+        let data = data.clone();
+        std::thread::spawn(move || {
+            stdin.write_all(&data).expect("write stdin");
+            stdin
+                .shutdown(std::net::Shutdown::Write)
+                .expect("half-close stdin");
+        })
+    };
+    let status = f.agent.wait(cid, "");
+    writer.join().expect("writer");
+    let (stdout, stderr) = output.finish_raw();
+    assert_eq!(status, 0, "stderr: {}", String::from_utf8_lossy(&stderr));
+    assert_eq!(stdout.len(), data.len());
+    // Byte for byte (a stronger check than equal sha256 sums).
+    assert!(stdout == data, "stdout differs from stdin");
+    remove(&f.agent, cid);
+}
+
+#[test]
+fn a_read_only_rootfs_refuses_writes() {
+    let f = fixture();
+    let opts = SpecOptions {
+        readonly: true,
+        ..Default::default()
+    };
+    let out = f.agent.run(
+        "ro",
+        &f.rootfs,
+        &spec(
+            "ro",
+            &sh("touch /file && echo wrote; echo ok > /tmp/t && cat /tmp/t"),
+            &opts,
+        ),
+    );
+    assert_eq!(out.stdout, "ok\n", "{out:?}");
+    assert!(out.stderr.contains("Read-only"), "{out:?}");
+    assert!(!f.rootfs.join("file").exists());
+    remove(&f.agent, "ro");
+}
+
+#[test]
+fn a_bind_mounted_volume_is_shared() {
+    let f = fixture();
+    let volume = Scratch::new("runv-agent-volume");
+    std::fs::write(volume.path().join("in"), "from host\n").expect("write volume file");
+    let opts = SpecOptions {
+        binds: vec![(volume.path().to_path_buf(), "/data".into())],
+        ..Default::default()
+    };
+    let out = f.agent.run(
+        "vol",
+        &f.rootfs,
+        &spec(
+            "vol",
+            &sh("cat /data/in; echo from container > /data/out"),
+            &opts,
+        ),
+    );
+    assert_eq!(out.stdout, "from host\n", "{out:?}");
+    assert_eq!(
+        std::fs::read_to_string(volume.path().join("out")).expect("read out"),
+        "from container\n"
+    );
+    remove(&f.agent, "vol");
+}
+
+#[test]
+fn bad_requests_get_precise_errors_and_the_agent_keeps_serving() {
+    let f = fixture();
+    let c = &f.agent.client;
+    let good = spec("dup", &sh("exit 0"), &SpecOptions::default());
+    let create = |cid: &str, spec: &str| CreateContainerRequest {
+        container_id: cid.into(),
+        oci_spec: spec.into(),
+        rootfs: f.rootfs.display().to_string(),
+        ..Default::default()
+    };
+
+    let (code, msg) = rpc_code(c.start_container(
+        ctx(),
+        &StartContainerRequest {
+            container_id: "nope".into(),
+            ..Default::default()
+        },
+    ));
+    assert_eq!(code, ttrpc::Code::NOT_FOUND, "{msg}");
+    assert!(msg.contains("nope"), "{msg}");
+    let (code, _) = rpc_code(c.wait_process(
+        ctx(),
+        &WaitProcessRequest {
+            container_id: "nope".into(),
+            ..Default::default()
+        },
+    ));
+    assert_eq!(code, ttrpc::Code::NOT_FOUND);
+    let (code, msg) = rpc_code(c.create_container(ctx(), &create("bad", "{ not json")));
+    assert_eq!(code, ttrpc::Code::INVALID_ARGUMENT, "{msg}");
+    let (code, _) = rpc_code(c.create_container(ctx(), &create("a/b", &good)));
+    assert_eq!(code, ttrpc::Code::INVALID_ARGUMENT);
+    let mut no_rootfs = create("noroot", &good);
+    no_rootfs.rootfs = "/nonexistent/rootfs".into();
+    let (code, msg) = rpc_code(c.create_container(ctx(), &no_rootfs));
+    assert_eq!(code, ttrpc::Code::INVALID_ARGUMENT, "{msg}");
+
+    c.create_container(ctx(), &create("dup", &good))
+        .expect("create dup");
+    let (code, _) = rpc_code(c.create_container(ctx(), &create("dup", &good)));
+    assert_eq!(code, ttrpc::Code::ALREADY_EXISTS);
+    let (code, _) = rpc_code(c.wait_process(
+        ctx(),
+        &WaitProcessRequest {
+            container_id: "dup".into(),
+            exec_id: "ghost".into(),
+            ..Default::default()
+        },
+    ));
+    assert_eq!(code, ttrpc::Code::NOT_FOUND);
+    let (code, _) = rpc_code(c.exec_process(
+        ctx(),
+        &ExecProcessRequest {
+            container_id: "dup".into(),
+            exec_id: "e".into(),
+            process: "[]".into(),
+            ..Default::default()
+        },
+    ));
+    assert_eq!(code, ttrpc::Code::INVALID_ARGUMENT);
+    let (code, _) = rpc_code(c.signal_process(
+        ctx(),
+        &SignalProcessRequest {
+            container_id: "dup".into(),
+            signal: 99999,
+            ..Default::default()
+        },
+    ));
+    assert_eq!(code, ttrpc::Code::INVALID_ARGUMENT);
+    // A stream that was not asked for is refused on the stdio port.
+    assert!(f.agent.try_stream("dup", "", StreamKind::Stdout).is_err());
+    assert!(f.agent.try_stream("ghost", "", StreamKind::Stdout).is_err());
+
+    let (code, msg) = rpc_code(c.tty_win_resize(
+        ctx(),
+        &TtyWinResizeRequest {
+            container_id: "dup".into(),
+            ..Default::default()
+        },
+    ));
+    assert_eq!(code, ttrpc::Code::UNIMPLEMENTED, "{msg}");
+    let (code, _) = rpc_code(c.update_container(
+        ctx(),
+        &UpdateContainerRequest {
+            container_id: "dup".into(),
+            resources: "{".into(),
+            ..Default::default()
+        },
+    ));
+    assert_eq!(code, ttrpc::Code::INVALID_ARGUMENT);
+
+    remove(&f.agent, "dup");
+    let health = c.check(ctx(), &CheckRequest::new()).expect("check");
+    assert_eq!(health.status(), ServingStatus::SERVING);
+}
+
+#[test]
+fn nothing_is_left_behind() {
+    let f = fixture();
+    for i in 0..5 {
+        let cid = format!("leak{i}");
+        let script = if i % 2 == 0 { "sleep 60" } else { "exit 0" };
+        f.agent.create(
+            &cid,
+            &f.rootfs,
+            &spec(&cid, &sh(script), &SpecOptions::default()),
+            false,
+        );
+        let out = f.agent.collect(&cid, "");
+        f.agent.start_container(&cid);
+        if i % 2 == 0 {
+            let req = RemoveContainerRequest {
+                container_id: cid.clone(),
+                force: true,
+                ..Default::default()
+            };
+            f.agent
+                .client
+                .remove_container(ctx(), &req)
+                .expect("force remove");
+            drop(out);
+        } else {
+            assert_eq!(out.finish(f.agent.wait(&cid, "")).status, 0);
+            remove(&f.agent, &cid);
+        }
+        assert_eq!(
+            cgroup_dirs(&cid),
+            Vec::<PathBuf>::new(),
+            "cgroups of {cid} left"
+        );
+    }
+    // Reaping is asynchronous: allow the reaper a moment.
+    let mut left = children_of(f.agent.pid());
+    for _ in 0..50 {
+        if left.is_empty() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+        left = children_of(f.agent.pid());
+    }
+    assert!(left.is_empty(), "processes left under the agent: {left:?}");
+    assert!(
+        mounts_under(&f.rootfs).is_empty(),
+        "mounts left: {:?}",
+        mounts_under(&f.rootfs)
+    );
+}
+
+fn stats(agent: &HostAgent, cid: &str) -> StatsContainerResponse {
+    let req = StatsContainerRequest {
+        container_id: cid.into(),
+        ..Default::default()
+    };
+    agent.client.stats_container(ctx(), &req).expect("stats")
+}
+
+fn kill_and_remove(agent: &HostAgent, cid: &str) {
+    let req = RemoveContainerRequest {
+        container_id: cid.into(),
+        force: true,
+        ..Default::default()
+    };
+    agent
+        .client
+        .remove_container(ctx(), &req)
+        .expect("force remove");
+}
+
+/// Reads `stream` until `needle` was seen.
+fn read_until(stream: &mut std::os::unix::net::UnixStream, needle: &str) -> String {
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&seen).contains(needle) {
+        let n = stream.read(&mut buf).expect("read stream");
+        assert!(
+            n > 0,
+            "EOF before {needle:?}: {}",
+            String::from_utf8_lossy(&seen)
+        );
+        seen.extend_from_slice(&buf[..n]);
+    }
+    String::from_utf8_lossy(&seen).into_owned()
+}
+
+#[test]
+fn stats_and_process_list_show_the_running_container() {
+    let f = fixture();
+    let cid = "stats";
+    let script =
+        "i=0; while [ $i -lt 200000 ]; do i=$((i+1)); done; sleep 60 & echo busy-done; wait";
+    f.agent.create(
+        cid,
+        &f.rootfs,
+        &spec(cid, &sh(script), &SpecOptions::default()),
+        false,
+    );
+    let mut stdout = f.agent.stream(cid, "", StreamKind::Stdout);
+    let _stderr = runv_tests::agent_host::read_all(f.agent.stream(cid, "", StreamKind::Stderr));
+    let init = f.agent.start_container(cid);
+    read_until(&mut stdout, "busy-done");
+
+    let figures = stats(&f.agent, cid);
+    assert!(figures.cpu.usage_usec > 0, "{figures:?}");
+    assert!(figures.memory.usage > 0, "{figures:?}");
+    assert!(figures.pids.current >= 2, "sh and sleep: {figures:?}");
+
+    let req = ListProcessesRequest {
+        container_id: cid.into(),
+        ..Default::default()
+    };
+    let pids = f
+        .agent
+        .client
+        .list_processes(ctx(), &req)
+        .expect("list")
+        .pids;
+    assert!(
+        pids.contains(&init) && pids.len() >= 2,
+        "init {init}, pids {pids:?}"
+    );
+    kill_and_remove(&f.agent, cid);
+}
+
+#[test]
+fn pause_freezes_and_resume_thaws() {
+    let f = fixture();
+    let cid = "pause";
+    let script = "while true; do echo tick; sleep 0.02; done";
+    f.agent.create(
+        cid,
+        &f.rootfs,
+        &spec(cid, &sh(script), &SpecOptions::default()),
+        false,
+    );
+    let mut stdout = f.agent.stream(cid, "", StreamKind::Stdout);
+    let _stderr = runv_tests::agent_host::read_all(f.agent.stream(cid, "", StreamKind::Stderr));
+    f.agent.start_container(cid);
+    read_until(&mut stdout, "tick");
+
+    let c = &f.agent.client;
+    c.pause_container(
+        ctx(),
+        &PauseContainerRequest {
+            container_id: cid.into(),
+            ..Default::default()
+        },
+    )
+    .expect("pause");
+    // Drain what was written before the freeze, then expect silence.
+    stdout
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .expect("timeout");
+    let mut buf = [0u8; 4096];
+    while stdout.read(&mut buf).is_ok() {}
+    let silent = stdout.read(&mut buf);
+    assert!(silent.is_err(), "a paused container wrote {silent:?}");
+
+    c.resume_container(
+        ctx(),
+        &ResumeContainerRequest {
+            container_id: cid.into(),
+            ..Default::default()
+        },
+    )
+    .expect("resume");
+    stdout
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    read_until(&mut stdout, "tick");
+    kill_and_remove(&f.agent, cid);
+}
+
+#[test]
+fn a_memory_limit_ends_a_hog_with_137() {
+    let f = fixture();
+    let cid = "oom";
+    let limit = 32u64 << 20;
+    let opts = SpecOptions {
+        resources: Some(serde_json::json!({"memory": {"limit": limit, "swap": limit}})),
+        ..Default::default()
+    };
+    // dd fills a 64 MiB buffer: twice the limit.
+    let args = [
+        "/bin/dd",
+        "if=/dev/zero",
+        "of=/dev/null",
+        "bs=64M",
+        "count=1",
+    ];
+    f.agent
+        .create(cid, &f.rootfs, &spec(cid, &args, &opts), false);
+    let output = f.agent.collect(cid, "");
+    f.agent.start_container(cid);
+    let out = output.finish(f.agent.wait(cid, ""));
+    assert_eq!(out.status, 137, "{out:?}");
+    let figures = stats(&f.agent, cid);
+    assert_eq!(figures.memory.usage_limit, limit, "{figures:?}");
+    assert!(figures.memory_events.oom_kill >= 1, "{figures:?}");
+    remove(&f.agent, cid);
+}
+
+#[test]
+fn a_pids_limit_stops_forks() {
+    let f = fixture();
+    let cid = "pids";
+    let opts = SpecOptions {
+        resources: Some(serde_json::json!({"pids": {"limit": 4}})),
+        ..Default::default()
+    };
+    let script = "for i in 1 2 3 4 5 6 7 8; do sleep 1 & done; wait; echo done";
+    let out = f.agent.run(cid, &f.rootfs, &spec(cid, &sh(script), &opts));
+    assert!(out.stderr.contains("can't fork"), "{out:?}");
+    assert_eq!(stats(&f.agent, cid).pids.limit, 4);
+    remove(&f.agent, cid);
+}
+
+#[test]
+fn a_hundred_cycles_leave_nothing_behind() {
+    let f = fixture();
+    let started = Instant::now();
+    for i in 0..100 {
+        let cid = format!("cycle{i}");
+        let out = f.agent.run(
+            &cid,
+            &f.rootfs,
+            &spec(&cid, &["/bin/true"], &SpecOptions::default()),
+        );
+        assert_eq!(out.status, 0, "{cid}: {out:?}");
+        remove(&f.agent, &cid);
+        assert_eq!(
+            cgroup_dirs(&cid),
+            Vec::<PathBuf>::new(),
+            "cgroups of {cid} left"
+        );
+    }
+    eprintln!(
+        "100 create/start/wait/remove cycles: {:?}",
+        started.elapsed()
+    );
+    assert!(children_of(f.agent.pid()).is_empty());
+    assert!(
+        mounts_under(&f.rootfs).is_empty(),
+        "mounts left: {:?}",
+        mounts_under(&f.rootfs)
+    );
+    let state = f.agent.dir.path().join("state");
+    for sub in ["runtime", "bundles"] {
+        let left: Vec<_> = std::fs::read_dir(state.join(sub))
+            .expect("state dir")
+            .collect();
+        assert!(left.is_empty(), "{sub} left: {left:?}");
+    }
+}
