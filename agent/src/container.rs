@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
 use libcontainer::container::builder::ContainerBuilder;
@@ -56,6 +56,7 @@ pub struct Container {
     bundle: PathBuf,
     paths: StatePaths,
     reaper: Arc<Reaper>,
+    cgroup: OnceLock<Cgroup>,
 }
 
 impl Container {
@@ -116,6 +117,7 @@ impl Container {
             bundle: bundle.to_path_buf(),
             paths: paths.clone(),
             reaper: Arc::clone(reaper),
+            cgroup: OnceLock::new(),
         }))
     }
 
@@ -266,7 +268,10 @@ impl Container {
     }
 
     /// The container's cgroup.
-    pub fn cgroup(&self) -> Result<Cgroup> {
+    pub fn cgroup(&self) -> Result<&Cgroup> {
+        if let Some(cgroup) = self.cgroup.get() {
+            return Ok(cgroup);
+        }
         let config = self
             .lock_runtime()
             .spec()
@@ -274,7 +279,8 @@ impl Container {
                 "read the config of {}",
                 self.id
             )))?;
-        Cgroup::open(&self.id, &config.cgroup_path)
+        let cgroup = Cgroup::open(&self.id, &config.cgroup_path)?;
+        Ok(self.cgroup.get_or_init(|| cgroup))
     }
 
     /// Freezes every process of the container.

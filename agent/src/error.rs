@@ -30,6 +30,9 @@ pub enum AgentError {
     /// The object is in the wrong state for the call.
     #[error("{0}")]
     FailedPrecondition(String),
+    /// The call's deadline passed before it could answer.
+    #[error("{0}")]
+    DeadlineExceeded(String),
     /// The call is part of the API but not implemented yet.
     #[error("{0} is not implemented by runv-agent yet")]
     Unimplemented(&'static str),
@@ -90,6 +93,7 @@ impl AgentError {
             Self::AlreadyExists { .. } => Code::ALREADY_EXISTS,
             Self::NotFound { .. } => Code::NOT_FOUND,
             Self::FailedPrecondition(_) => Code::FAILED_PRECONDITION,
+            Self::DeadlineExceeded(_) => Code::DEADLINE_EXCEEDED,
             Self::Unimplemented(_) => Code::UNIMPLEMENTED,
             Self::Runtime { source, .. } => runtime_code(source),
             Self::Io { .. } => Code::INTERNAL,

@@ -6,6 +6,7 @@ mod container;
 mod error;
 mod host;
 mod init;
+mod oom;
 mod process;
 mod reaper;
 mod rpc;

@@ -3,7 +3,7 @@
 //! `UNIMPLEMENTED`.
 
 use std::sync::Arc;
-use std::time::UNIX_EPOCH;
+use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use nix::sys::signal::Signal;
 use protocol::agent as api;
@@ -266,10 +266,23 @@ impl api::Agent for AgentService {
 
     fn get_oom_event(
         &self,
-        _: &TtrpcContext,
+        ctx: &TtrpcContext,
         _: api::GetOOMEventRequest,
     ) -> ttrpc::Result<api::OOMEvent> {
-        unimplemented("GetOOMEvent")
+        // Answer just before the caller's deadline (none: wait for ever).
+        let deadline = u64::try_from(ctx.timeout_nano)
+            .ok()
+            .filter(|&ns| ns > 0)
+            .map(|ns| Instant::now() + Duration::from_nanos(ns).mul_f64(0.9));
+        match self.sandbox.oom.next(deadline) {
+            Some(container_id) => Ok(api::OOMEvent {
+                container_id,
+                ..Default::default()
+            }),
+            None => reply(Err(AgentError::DeadlineExceeded(
+                "no OOM event before the deadline".into(),
+            ))),
+        }
     }
 
     fn update_interface(

@@ -1,15 +1,17 @@
 //! The sandbox's state: its containers by id, and the checks on requests that
 //! name them.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use oci_spec::runtime::Spec;
 use protocol::agent::CreateContainerRequest;
 
 use crate::container::{Container, StatePaths};
 use crate::error::{AgentError, Result};
+use crate::oom::OomEvents;
 use crate::reaper::Reaper;
 
 /// Longest container or exec id accepted.
@@ -18,8 +20,12 @@ const MAX_ID_LEN: usize = 128;
 /// Every container of the pod.
 pub struct Sandbox {
     containers: Mutex<HashMap<String, Arc<Container>>>,
+    /// Ids being created: taken, but not yet in `containers`.
+    creating: Mutex<HashSet<String>>,
     paths: StatePaths,
     reaper: Arc<Reaper>,
+    /// OOM kills seen in the containers' cgroups.
+    pub oom: OomEvents,
 }
 
 impl Sandbox {
@@ -27,8 +33,10 @@ impl Sandbox {
     pub fn new(paths: StatePaths, reaper: Arc<Reaper>) -> Self {
         Self {
             containers: Mutex::new(HashMap::new()),
+            creating: Mutex::new(HashSet::new()),
             paths,
             reaper,
+            oom: OomEvents::default(),
         }
     }
 
@@ -36,18 +44,26 @@ impl Sandbox {
     pub fn create_container(&self, req: &CreateContainerRequest) -> Result<()> {
         check_id("container_id", &req.container_id)?;
         let spec = load_spec(req)?;
-        // Held while creating, so that a duplicate id cannot race.
-        let mut containers = self.lock();
-        if containers.contains_key(&req.container_id) {
-            return Err(AgentError::AlreadyExists {
-                kind: "container",
-                id: req.container_id.clone(),
-            });
+        // Reserve the id, so that a duplicate cannot race; the map stays free for
+        // calls on other containers while this one is made.
+        {
+            let containers = self.lock();
+            let mut creating = self.lock_creating();
+            if containers.contains_key(&req.container_id)
+                || !creating.insert(req.container_id.clone())
+            {
+                return Err(AgentError::AlreadyExists {
+                    kind: "container",
+                    id: req.container_id.clone(),
+                });
+            }
         }
         let stdio = req.stdio.clone().unwrap_or_default();
-        let container =
-            Container::create(&req.container_id, &spec, &stdio, &self.paths, &self.reaper)?;
-        containers.insert(req.container_id.clone(), container);
+        let created =
+            Container::create(&req.container_id, &spec, &stdio, &self.paths, &self.reaper);
+        let mut containers = self.lock();
+        self.lock_creating().remove(&req.container_id);
+        containers.insert(req.container_id.clone(), created?);
         Ok(())
     }
 
@@ -62,9 +78,31 @@ impl Sandbox {
     /// Removes the container `id` (see [`Container::remove`]).
     pub fn remove_container(&self, id: &str, force: bool) -> Result<()> {
         let container = self.container(id)?;
+        // A last look at the OOM counter before the cgroup goes.
+        if let Ok(cgroup) = container.cgroup() {
+            self.oom.observe(id, cgroup.oom_kills());
+        }
         container.remove(force)?;
         self.lock().remove(id);
+        self.oom.forget(id);
         Ok(())
+    }
+
+    /// Samples every container's OOM-kill counter every `period`, on a thread.
+    pub fn start_oom_monitor(self: &Arc<Self>, period: Duration) -> std::io::Result<()> {
+        let sandbox = Arc::clone(self);
+        std::thread::Builder::new()
+            .name("oom-monitor".into())
+            .spawn(move || loop {
+                let containers: Vec<Arc<Container>> = sandbox.lock().values().cloned().collect();
+                for container in containers {
+                    if let Ok(cgroup) = container.cgroup() {
+                        sandbox.oom.observe(&container.id, cgroup.oom_kills());
+                    }
+                }
+                std::thread::sleep(period);
+            })
+            .map(drop)
     }
 
     /// Force-removes every container; reports the first failure.
@@ -77,6 +115,10 @@ impl Sandbox {
             }
         }
         first_error.map_or(Ok(()), Err)
+    }
+
+    fn lock_creating(&self) -> MutexGuard<'_, HashSet<String>> {
+        self.creating.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn lock(&self) -> MutexGuard<'_, HashMap<String, Arc<Container>>> {

@@ -8,10 +8,10 @@ use std::time::Duration;
 use std::time::Instant;
 
 use protocol::agent::{
-    CheckRequest, CreateContainerRequest, ExecProcessRequest, ListProcessesRequest,
-    PauseContainerRequest, RemoveContainerRequest, ResumeContainerRequest, ServingStatus,
-    SignalProcessRequest, StartContainerRequest, StatsContainerRequest, StatsContainerResponse,
-    Stdio, TtyWinResizeRequest, UpdateContainerRequest, WaitProcessRequest,
+    CheckRequest, CreateContainerRequest, ExecProcessRequest, GetOOMEventRequest,
+    ListProcessesRequest, PauseContainerRequest, RemoveContainerRequest, ResumeContainerRequest,
+    ServingStatus, SignalProcessRequest, StartContainerRequest, StatsContainerRequest,
+    StatsContainerResponse, Stdio, TtyWinResizeRequest, UpdateContainerRequest, WaitProcessRequest,
 };
 use protocol::stdio::StreamKind;
 use runv_tests::agent_host::{ctx, exec_process, spec, HostAgent, SpecOptions};
@@ -639,6 +639,12 @@ fn a_memory_limit_ends_a_hog_with_137() {
     let figures = stats(&f.agent, cid);
     assert_eq!(figures.memory.usage_limit, limit, "{figures:?}");
     assert!(figures.memory_events.oom_kill >= 1, "{figures:?}");
+    let event = f
+        .agent
+        .client
+        .get_oom_event(ctx(), &GetOOMEventRequest::new())
+        .expect("OOM event");
+    assert_eq!(event.container_id, cid);
     remove(&f.agent, cid);
 }
 
@@ -693,4 +699,66 @@ fn a_hundred_cycles_leave_nothing_behind() {
             .collect();
         assert!(left.is_empty(), "{sub} left: {left:?}");
     }
+}
+
+/// Benchmark, not a test (`bench/agent-start`): create+start → first output byte,
+/// the agent against `runc run` of the same bundle, median of `RUNV_BENCH_RUNS`.
+#[test]
+#[ignore = "benchmark: run through bench/agent-start"]
+fn start_latency_against_runc() {
+    let f = fixture();
+    let runs: usize = std::env::var("RUNV_BENCH_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20);
+    let bundle = f.rootfs.parent().expect("bundle dir").to_path_buf();
+    let (mut agent_times, mut runc_times) = (Vec::new(), Vec::new());
+    for i in 0..runs {
+        let cid = format!("lat{i}");
+        let config = spec(&cid, &["/bin/echo", "up"], &SpecOptions::default());
+
+        let started = Instant::now();
+        f.agent.create(&cid, &f.rootfs, &config, false);
+        let mut stdout = f.agent.stream(&cid, "", StreamKind::Stdout);
+        let stderr = runv_tests::agent_host::read_all(f.agent.stream(&cid, "", StreamKind::Stderr));
+        f.agent.start_container(&cid);
+        let mut byte = [0u8; 1];
+        stdout.read_exact(&mut byte).expect("first byte");
+        agent_times.push(started.elapsed());
+        drop(stdout);
+        let _ = stderr.join();
+        f.agent.wait(&cid, "");
+        remove(&f.agent, &cid);
+
+        let runc_id = format!("runc-lat{i}");
+        std::fs::write(
+            bundle.join("config.json"),
+            spec(&runc_id, &["/bin/echo", "up"], &SpecOptions::default()),
+        )
+        .expect("write config.json");
+        let started = Instant::now();
+        let mut child = std::process::Command::new("runc")
+            .args(["run", "--bundle"])
+            .arg(&bundle)
+            .arg(&runc_id)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("spawn runc");
+        let mut out = child.stdout.take().expect("runc stdout");
+        out.read_exact(&mut byte).expect("runc first byte");
+        runc_times.push(started.elapsed());
+        assert!(child.wait().expect("wait runc").success());
+        let _ = std::process::Command::new("runc")
+            .args(["delete", "-f", &runc_id])
+            .status();
+    }
+    agent_times.sort();
+    runc_times.sort();
+    let (agent, runc) = (agent_times[runs / 2], runc_times[runs / 2]);
+    println!(
+        "start latency (create+start → first output byte), median of {runs}: \
+         runv-agent {agent:?}, runc {runc:?}, ratio {:.2}",
+        agent.as_secs_f64() / runc.as_secs_f64()
+    );
 }
