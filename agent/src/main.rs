@@ -2,6 +2,7 @@
 //! container service as an ordinary process for tests.
 
 mod cgroup;
+mod console;
 mod container;
 mod error;
 mod host;

@@ -100,6 +100,18 @@ impl AgentService {
         Ok(api::Empty::new())
     }
 
+    fn do_tty_win_resize(&self, req: api::TtyWinResizeRequest) -> Result<api::Empty> {
+        let size = |n: u32| {
+            u16::try_from(n).map_err(|_| {
+                AgentError::InvalidArgument(format!("window size {n} is out of range"))
+            })
+        };
+        let (rows, columns) = (size(req.rows)?, size(req.columns)?);
+        self.process(&req.container_id, &req.exec_id)?
+            .resize(rows, columns)?;
+        Ok(api::Empty::new())
+    }
+
     fn do_close_stdin(&self, req: api::CloseStdinRequest) -> Result<api::Empty> {
         self.process(&req.container_id, &req.exec_id)?.close_stdin();
         Ok(api::Empty::new())
@@ -251,9 +263,9 @@ impl api::Agent for AgentService {
     fn tty_win_resize(
         &self,
         _: &TtrpcContext,
-        _: api::TtyWinResizeRequest,
+        req: api::TtyWinResizeRequest,
     ) -> ttrpc::Result<api::Empty> {
-        unimplemented("TtyWinResize")
+        reply(self.do_tty_win_resize(req))
     }
 
     fn close_stdin(

@@ -11,7 +11,8 @@ use protocol::agent::{
     CheckRequest, CreateContainerRequest, ExecProcessRequest, GetOOMEventRequest,
     ListProcessesRequest, PauseContainerRequest, RemoveContainerRequest, ResumeContainerRequest,
     ServingStatus, SignalProcessRequest, StartContainerRequest, StatsContainerRequest,
-    StatsContainerResponse, Stdio, TtyWinResizeRequest, UpdateContainerRequest, WaitProcessRequest,
+    StatsContainerResponse, Stdio, TtyWinResizeRequest, UpdateContainerRequest,
+    UpdateRoutesRequest, WaitProcessRequest,
 };
 use protocol::stdio::StreamKind;
 use runv_tests::agent_host::{ctx, exec_process, spec, HostAgent, SpecOptions};
@@ -414,13 +415,7 @@ fn bad_requests_get_precise_errors_and_the_agent_keeps_serving() {
     assert!(f.agent.try_stream("dup", "", StreamKind::Stdout).is_err());
     assert!(f.agent.try_stream("ghost", "", StreamKind::Stdout).is_err());
 
-    let (code, msg) = rpc_code(c.tty_win_resize(
-        ctx(),
-        &TtyWinResizeRequest {
-            container_id: "dup".into(),
-            ..Default::default()
-        },
-    ));
+    let (code, msg) = rpc_code(c.update_routes(ctx(), &UpdateRoutesRequest::new()));
     assert_eq!(code, ttrpc::Code::UNIMPLEMENTED, "{msg}");
     let (code, _) = rpc_code(c.update_container(
         ctx(),
@@ -761,4 +756,48 @@ fn start_latency_against_runc() {
          runv-agent {agent:?}, runc {runc:?}, ratio {:.2}",
         agent.as_secs_f64() / runc.as_secs_f64()
     );
+}
+
+#[test]
+fn a_terminal_carries_both_directions_and_resizes() {
+    let f = fixture();
+    let cid = "tty";
+    let req = CreateContainerRequest {
+        container_id: cid.into(),
+        oci_spec: spec(
+            cid,
+            &sh("stty size; read x; echo got-$x"),
+            &SpecOptions::default(),
+        ),
+        rootfs: f.rootfs.display().to_string(),
+        stdio: Some(Stdio {
+            terminal: true,
+            ..Default::default()
+        })
+        .into(),
+        ..Default::default()
+    };
+    let c = &f.agent.client;
+    c.create_container(ctx(), &req)
+        .expect("create with a terminal");
+    let resize = TtyWinResizeRequest {
+        container_id: cid.into(),
+        rows: 40,
+        columns: 100,
+        ..Default::default()
+    };
+    c.tty_win_resize(ctx(), &resize).expect("resize");
+    let mut tty = f.agent.stream(cid, "", StreamKind::Tty);
+    f.agent.start_container(cid);
+    let seen = read_until(&mut tty, "40 100");
+    tty.write_all(b"hi\n").expect("type on the terminal");
+    let mut rest = String::new();
+    tty.read_to_string(&mut rest)
+        .expect("read the terminal to EOF");
+    assert!(rest.contains("got-hi"), "{seen}{rest}");
+    assert_eq!(f.agent.wait(cid, ""), 0);
+    // Without a terminal, resizing is refused.
+    remove(&f.agent, cid);
+    let (code, _) = rpc_code(c.tty_win_resize(ctx(), &resize));
+    assert_eq!(code, ttrpc::Code::NOT_FOUND);
 }
