@@ -120,12 +120,14 @@ impl Container {
             .ok_or_else(|| AgentError::FailedPrecondition(format!("container {id} has no pid")))?;
         init.set_pid(pid.as_raw());
         reaper.watch(pid.as_raw(), Arc::clone(&init));
+        let mut runtime = runtime;
         if let Some(console) = console {
-            init.set_console(
-                console
-                    .receive_master()
-                    .map_err(AgentError::io("receive the pty master"))?,
-            )?;
+            if let Err(err) = take_console(&init, &console) {
+                // Undo the half-made container rather than leave it untracked.
+                let _guard = reaper.spawn_guard();
+                let _ = runtime.delete(true);
+                return Err(err);
+            }
         }
         Ok(Arc::new(Self {
             id: id.to_string(),
@@ -212,11 +214,11 @@ impl Container {
         exec.set_pid(pid);
         self.reaper.watch(pid, Arc::clone(&exec));
         if let Some(console) = console {
-            exec.set_console(
-                console
-                    .receive_master()
-                    .map_err(AgentError::io("receive the pty master"))?,
-            )?;
+            if let Err(err) = take_console(&exec, &console) {
+                // The process is watched by the reaper; just end it.
+                let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+                return Err(err);
+            }
         }
         execs.insert(exec_id.to_string(), exec);
         Ok(pid as u32)
@@ -337,6 +339,14 @@ impl Container {
     fn lock_execs(&self) -> MutexGuard<'_, HashMap<String, Arc<Process>>> {
         self.execs.lock().unwrap_or_else(|e| e.into_inner())
     }
+}
+
+/// Gives `process` the pty master waiting on `console`.
+fn take_console(process: &Process, console: &ConsoleSocket) -> Result<()> {
+    let master = console
+        .receive_master()
+        .map_err(AgentError::io("receive the pty master"))?;
+    process.set_console(master)
 }
 
 /// A console socket when the process gets a terminal.
