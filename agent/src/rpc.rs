@@ -137,9 +137,9 @@ impl api::Agent for AgentService {
     fn create_sandbox(
         &self,
         _: &TtrpcContext,
-        _: api::CreateSandboxRequest,
+        req: api::CreateSandboxRequest,
     ) -> ttrpc::Result<api::Empty> {
-        unimplemented("CreateSandbox")
+        reply(self.sandbox.create(&req).map(|()| api::Empty::new()))
     }
 
     fn destroy_sandbox(

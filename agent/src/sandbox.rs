@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use oci_spec::runtime::Spec;
-use protocol::agent::CreateContainerRequest;
+use protocol::agent::{CreateContainerRequest, CreateSandboxRequest};
 
 use crate::container::{Container, StatePaths};
 use crate::error::{AgentError, Result};
@@ -20,6 +20,8 @@ const MAX_ID_LEN: usize = 128;
 /// Every container of the pod.
 pub struct Sandbox {
     containers: Mutex<HashMap<String, Arc<Container>>>,
+    /// Where every rootfs and bind source must lie (CreateSandbox); None = anywhere.
+    shared_dir: Mutex<Option<PathBuf>>,
     /// Ids being created: taken, but not yet in `containers`.
     creating: Mutex<HashSet<String>>,
     paths: StatePaths,
@@ -34,16 +36,49 @@ impl Sandbox {
         Self {
             containers: Mutex::new(HashMap::new()),
             creating: Mutex::new(HashSet::new()),
+            shared_dir: Mutex::new(None),
             paths,
             reaper,
             oom: OomEvents::default(),
         }
     }
 
+    /// Sets up the sandbox. Only the shared dir is applied so far; the guest-wide
+    /// settings (hostname, DNS, hosts, mounts) are refused as not implemented.
+    pub fn create(&self, req: &CreateSandboxRequest) -> Result<()> {
+        if !req.hostname.is_empty()
+            || !req.dns.is_empty()
+            || !req.hosts.is_empty()
+            || !req.mounts.is_empty()
+        {
+            return Err(AgentError::Unimplemented(
+                "CreateSandbox with hostname, DNS, hosts or mounts",
+            ));
+        }
+        let shared_dir = match req.shared_dir.as_str() {
+            "" => None,
+            dir => Some(
+                Path::new(dir)
+                    .canonicalize()
+                    .map_err(|e| AgentError::InvalidArgument(format!("shared_dir {dir}: {e}")))?,
+            ),
+        };
+        *self.shared_dir.lock().unwrap_or_else(|e| e.into_inner()) = shared_dir;
+        Ok(())
+    }
+
     /// Creates a container from the request.
     pub fn create_container(&self, req: &CreateContainerRequest) -> Result<()> {
         check_id("container_id", &req.container_id)?;
         let spec = load_spec(req)?;
+        let shared_dir = self
+            .shared_dir
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        if let Some(shared) = shared_dir {
+            check_confined(&spec, &shared)?;
+        }
         // Reserve the id, so that a duplicate cannot race; the map stays free for
         // calls on other containers while this one is made.
         {
@@ -142,6 +177,35 @@ pub fn check_id(field: &str, id: &str) -> Result<()> {
             "{field} {id:?} must be 1-{MAX_ID_LEN} characters of [A-Za-z0-9_.-]"
         )))
     }
+}
+
+/// Checks that the rootfs and every bind-mount source resolve under `shared`.
+fn check_confined(spec: &Spec, shared: &Path) -> Result<()> {
+    let escapes = |what, path: &Path| AgentError::Escapes {
+        what,
+        path: path.display().to_string(),
+        shared: shared.display().to_string(),
+    };
+    let inside = |path: &Path| path.canonicalize().is_ok_and(|p| p.starts_with(shared));
+    if let Some(root) = spec.root() {
+        if !inside(root.path()) {
+            return Err(escapes("rootfs", root.path()));
+        }
+    }
+    for mount in spec.mounts().iter().flatten() {
+        let bind = mount.typ().as_deref() == Some("bind")
+            || mount
+                .options()
+                .iter()
+                .flatten()
+                .any(|o| o == "bind" || o == "rbind");
+        if let (true, Some(source)) = (bind, mount.source()) {
+            if !inside(source) {
+                return Err(escapes("bind mount source", source));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The request's spec with an absolute, existing root path.

@@ -8,11 +8,11 @@ use std::time::Duration;
 use std::time::Instant;
 
 use protocol::agent::{
-    CheckRequest, CreateContainerRequest, ExecProcessRequest, GetOOMEventRequest,
-    ListProcessesRequest, PauseContainerRequest, RemoveContainerRequest, ResumeContainerRequest,
-    ServingStatus, SignalProcessRequest, StartContainerRequest, StatsContainerRequest,
-    StatsContainerResponse, Stdio, TtyWinResizeRequest, UpdateContainerRequest,
-    UpdateRoutesRequest, WaitProcessRequest,
+    CheckRequest, CreateContainerRequest, CreateSandboxRequest, ExecProcessRequest,
+    GetOOMEventRequest, ListProcessesRequest, PauseContainerRequest, RemoveContainerRequest,
+    ResumeContainerRequest, ServingStatus, SignalProcessRequest, StartContainerRequest,
+    StatsContainerRequest, StatsContainerResponse, Stdio, TtyWinResizeRequest,
+    UpdateContainerRequest, UpdateRoutesRequest, WaitProcessRequest,
 };
 use protocol::stdio::StreamKind;
 use runv_tests::agent_host::{ctx, exec_process, spec, HostAgent, SpecOptions};
@@ -800,4 +800,63 @@ fn a_terminal_carries_both_directions_and_resizes() {
     remove(&f.agent, cid);
     let (code, _) = rpc_code(c.tty_win_resize(ctx(), &resize));
     assert_eq!(code, ttrpc::Code::NOT_FOUND);
+}
+
+#[test]
+fn paths_outside_the_shared_dir_are_refused() {
+    let f = fixture();
+    let c = &f.agent.client;
+    let shared = f.rootfs.parent().and_then(Path::parent).expect("image dir");
+    let mut sandbox = CreateSandboxRequest {
+        hostname: "pod".into(),
+        ..Default::default()
+    };
+    let (code, _) = rpc_code(c.create_sandbox(ctx(), &sandbox));
+    assert_eq!(code, ttrpc::Code::UNIMPLEMENTED);
+    sandbox.hostname.clear();
+    sandbox.shared_dir = shared.display().to_string();
+    c.create_sandbox(ctx(), &sandbox).expect("create sandbox");
+
+    let outside = Scratch::new("runv-agent-outside");
+    let create = |cid: &str, rootfs: &Path, opts: &SpecOptions| CreateContainerRequest {
+        container_id: cid.into(),
+        oci_spec: spec(cid, &sh("cat /data/in"), opts),
+        rootfs: rootfs.display().to_string(),
+        stdio: Some(Stdio {
+            stdout: true,
+            stderr: true,
+            ..Default::default()
+        })
+        .into(),
+        ..Default::default()
+    };
+    let (code, msg) = rpc_code(c.create_container(
+        ctx(),
+        &create("out1", outside.path(), &SpecOptions::default()),
+    ));
+    assert_eq!(code, ttrpc::Code::PERMISSION_DENIED, "{msg}");
+    // A symlink inside that leads outside escapes as well.
+    let link = shared.join("link");
+    std::os::unix::fs::symlink(outside.path(), &link).expect("symlink");
+    let opts = SpecOptions {
+        binds: vec![(link.clone(), "/data".into())],
+        ..Default::default()
+    };
+    let (code, msg) = rpc_code(c.create_container(ctx(), &create("out2", &f.rootfs, &opts)));
+    assert_eq!(code, ttrpc::Code::PERMISSION_DENIED, "{msg}");
+
+    let volume = shared.join("volume");
+    std::fs::create_dir(&volume).expect("volume dir");
+    std::fs::write(volume.join("in"), "inside\n").expect("volume file");
+    let opts = SpecOptions {
+        binds: vec![(volume, "/data".into())],
+        ..Default::default()
+    };
+    c.create_container(ctx(), &create("in", &f.rootfs, &opts))
+        .expect("create inside");
+    let output = f.agent.collect("in", "");
+    f.agent.start_container("in");
+    let out = output.finish(f.agent.wait("in", ""));
+    assert_eq!(out.stdout, "inside\n", "{out:?}");
+    remove(&f.agent, "in");
 }
