@@ -8,11 +8,11 @@ use std::time::Duration;
 use std::time::Instant;
 
 use protocol::agent::{
-    CheckRequest, CreateContainerRequest, CreateSandboxRequest, ExecProcessRequest,
-    GetOOMEventRequest, ListProcessesRequest, PauseContainerRequest, RemoveContainerRequest,
-    ResumeContainerRequest, ServingStatus, SignalProcessRequest, StartContainerRequest,
-    StatsContainerRequest, StatsContainerResponse, Stdio, TtyWinResizeRequest,
-    UpdateContainerRequest, UpdateRoutesRequest, WaitProcessRequest,
+    CheckRequest, CloseStdinRequest, CreateContainerRequest, CreateSandboxRequest,
+    ExecProcessRequest, GetOOMEventRequest, ListProcessesRequest, PauseContainerRequest,
+    RemoveContainerRequest, ResumeContainerRequest, ServingStatus, SignalProcessRequest,
+    StartContainerRequest, StatsContainerRequest, StatsContainerResponse, Stdio,
+    TtyWinResizeRequest, UpdateContainerRequest, UpdateRoutesRequest, WaitProcessRequest,
 };
 use protocol::stdio::StreamKind;
 use runv_tests::agent_host::{ctx, exec_process, spec, HostAgent, SpecOptions};
@@ -859,4 +859,37 @@ fn paths_outside_the_shared_dir_are_refused() {
     let out = output.finish(f.agent.wait("in", ""));
     assert_eq!(out.stdout, "inside\n", "{out:?}");
     remove(&f.agent, "in");
+}
+
+#[test]
+fn close_stdin_gives_eof_bound_or_not() {
+    let f = fixture();
+    let c = &f.agent.client;
+    for (cid, bind) in [("stdin-bound", true), ("stdin-unbound", false)] {
+        f.agent.create(
+            cid,
+            &f.rootfs,
+            &spec(cid, &sh("cat; echo eof"), &SpecOptions::default()),
+            true,
+        );
+        let stdin = bind.then(|| f.agent.stream(cid, "", StreamKind::Stdin));
+        let output = f.agent.collect(cid, "");
+        f.agent.start_container(cid);
+        if let Some(mut stdin) = stdin.as_ref() {
+            stdin.write_all(b"data\n").expect("write stdin");
+        }
+        let req = CloseStdinRequest {
+            container_id: cid.into(),
+            ..Default::default()
+        };
+        c.close_stdin(ctx(), &req).expect("close stdin");
+        let out = output.finish(f.agent.wait(cid, ""));
+        let expected = if bind { "data\neof\n" } else { "eof\n" };
+        assert_eq!(
+            (out.stdout.as_str(), out.status),
+            (expected, 0),
+            "{cid}: {out:?}"
+        );
+        remove(&f.agent, cid);
+    }
 }
