@@ -111,6 +111,11 @@ impl Cgroup {
         cpu
     }
 
+    /// How many processes the OOM killer killed in this cgroup.
+    pub fn oom_kills(&self) -> u64 {
+        self.memory_events().oom_kill
+    }
+
     /// memory.events (v2), or the OOM counters of memory.oom_control (v1).
     fn memory_events(&self) -> api::MemoryEvents {
         let relative = self.path.strip_prefix("/").unwrap_or(&self.path);

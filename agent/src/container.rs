@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
 use libcontainer::container::builder::ContainerBuilder;
@@ -16,6 +16,7 @@ use oci_spec::runtime::{Process as OciProcess, Spec};
 use protocol::agent::Stdio;
 
 use crate::cgroup::Cgroup;
+use crate::console::ConsoleSocket;
 use crate::error::{AgentError, Result};
 use crate::process::Process;
 use crate::reaper::Reaper;
@@ -30,6 +31,8 @@ pub struct StatePaths {
     pub runtime_root: PathBuf,
     /// The bundles the agent writes (config.json, exec process files).
     pub bundles: PathBuf,
+    /// Console sockets of processes with a terminal.
+    pub consoles: PathBuf,
 }
 
 impl StatePaths {
@@ -38,8 +41,9 @@ impl StatePaths {
         let paths = Self {
             runtime_root: state_dir.join("runtime"),
             bundles: state_dir.join("bundles"),
+            consoles: state_dir.join("consoles"),
         };
-        for dir in [&paths.runtime_root, &paths.bundles] {
+        for dir in [&paths.runtime_root, &paths.bundles, &paths.consoles] {
             fs::create_dir_all(dir).map_err(AgentError::io(format!("create {}", dir.display())))?;
         }
         Ok(paths)
@@ -56,6 +60,7 @@ pub struct Container {
     bundle: PathBuf,
     paths: StatePaths,
     reaper: Arc<Reaper>,
+    cgroup: OnceLock<Cgroup>,
 }
 
 impl Container {
@@ -69,7 +74,12 @@ impl Container {
         reaper: &Arc<Reaper>,
     ) -> Result<Arc<Self>> {
         let bundle = paths.bundles.join(id);
-        write_bundle(&bundle, spec)?;
+        let mut spec = spec.clone();
+        if let Some(mut process) = spec.process().clone() {
+            process.set_terminal(Some(stdio.terminal));
+            spec.set_process(Some(process));
+        }
+        write_bundle(&bundle, &spec)?;
         let created = Self::create_in(id, &bundle, stdio, paths, reaper);
         if created.is_err() {
             let _ = fs::remove_dir_all(&bundle);
@@ -85,11 +95,13 @@ impl Container {
         reaper: &Arc<Reaper>,
     ) -> Result<Arc<Self>> {
         let (init, child) = Process::new("", stdio)?;
+        let console = console_socket(stdio, paths)?;
         let runtime = {
             let _guard = reaper.spawn_guard();
             let built = ContainerBuilder::new(id.to_string(), SyscallType::default())
                 .with_root_path(&paths.runtime_root)
                 .map_err(AgentError::runtime("state root"))?
+                .with_console_socket(console.as_ref().map(ConsoleSocket::path))
                 .with_stdin(child.stdin)
                 .with_stdout(child.stdout)
                 .with_stderr(child.stderr)
@@ -108,6 +120,15 @@ impl Container {
             .ok_or_else(|| AgentError::FailedPrecondition(format!("container {id} has no pid")))?;
         init.set_pid(pid.as_raw());
         reaper.watch(pid.as_raw(), Arc::clone(&init));
+        let mut runtime = runtime;
+        if let Some(console) = console {
+            if let Err(err) = take_console(&init, &console) {
+                // Undo the half-made container rather than leave it untracked.
+                let _guard = reaper.spawn_guard();
+                let _ = runtime.delete(true);
+                return Err(err);
+            }
+        }
         Ok(Arc::new(Self {
             id: id.to_string(),
             runtime: Mutex::new(runtime),
@@ -116,6 +137,7 @@ impl Container {
             bundle: bundle.to_path_buf(),
             paths: paths.clone(),
             reaper: Arc::clone(reaper),
+            cgroup: OnceLock::new(),
         }))
     }
 
@@ -158,17 +180,21 @@ impl Container {
             }
         }
         let process_file = self.bundle.join(format!("exec-{exec_id}.json"));
-        let json = serde_json::to_vec(process)
+        let mut process = process.clone();
+        process.set_terminal(Some(stdio.terminal));
+        let json = serde_json::to_vec(&process)
             .map_err(|e| AgentError::InvalidArgument(format!("process: {e}")))?;
         fs::write(&process_file, json)
             .map_err(AgentError::io(format!("write {}", process_file.display())))?;
 
         let (exec, child) = Process::new(exec_id, stdio)?;
+        let console = console_socket(stdio, &self.paths)?;
         let built = {
             let _guard = self.reaper.spawn_guard();
             let built = ContainerBuilder::new(self.id.clone(), SyscallType::default())
                 .with_root_path(&self.paths.runtime_root)
                 .map_err(AgentError::runtime("state root"))?
+                .with_console_socket(console.as_ref().map(ConsoleSocket::path))
                 .with_stdin(child.stdin)
                 .with_stdout(child.stdout)
                 .with_stderr(child.stderr)
@@ -187,6 +213,13 @@ impl Container {
         let pid = built?.as_raw();
         exec.set_pid(pid);
         self.reaper.watch(pid, Arc::clone(&exec));
+        if let Some(console) = console {
+            if let Err(err) = take_console(&exec, &console) {
+                // The process is watched by the reaper; just end it.
+                let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+                return Err(err);
+            }
+        }
         execs.insert(exec_id.to_string(), exec);
         Ok(pid as u32)
     }
@@ -266,7 +299,10 @@ impl Container {
     }
 
     /// The container's cgroup.
-    pub fn cgroup(&self) -> Result<Cgroup> {
+    pub fn cgroup(&self) -> Result<&Cgroup> {
+        if let Some(cgroup) = self.cgroup.get() {
+            return Ok(cgroup);
+        }
         let config = self
             .lock_runtime()
             .spec()
@@ -274,7 +310,8 @@ impl Container {
                 "read the config of {}",
                 self.id
             )))?;
-        Cgroup::open(&self.id, &config.cgroup_path)
+        let cgroup = Cgroup::open(&self.id, &config.cgroup_path)?;
+        Ok(self.cgroup.get_or_init(|| cgroup))
     }
 
     /// Freezes every process of the container.
@@ -302,6 +339,24 @@ impl Container {
     fn lock_execs(&self) -> MutexGuard<'_, HashMap<String, Arc<Process>>> {
         self.execs.lock().unwrap_or_else(|e| e.into_inner())
     }
+}
+
+/// Gives `process` the pty master waiting on `console`.
+fn take_console(process: &Process, console: &ConsoleSocket) -> Result<()> {
+    let master = console
+        .receive_master()
+        .map_err(AgentError::io("receive the pty master"))?;
+    process.set_console(master)
+}
+
+/// A console socket when the process gets a terminal.
+fn console_socket(stdio: &Stdio, paths: &StatePaths) -> Result<Option<ConsoleSocket>> {
+    if !stdio.terminal {
+        return Ok(None);
+    }
+    ConsoleSocket::bind(&paths.consoles)
+        .map(Some)
+        .map_err(AgentError::io("listen on a console socket"))
 }
 
 fn refresh(runtime: &mut Runtime) -> Result<()> {

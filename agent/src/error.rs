@@ -27,9 +27,22 @@ pub enum AgentError {
         /// The id asked for.
         id: String,
     },
+    /// A rootfs or bind-mount source lies outside the sandbox's shared dir.
+    #[error("{what} {path} is outside the sandbox's shared dir {shared}")]
+    Escapes {
+        /// "rootfs" or "bind mount source".
+        what: &'static str,
+        /// The path asked for.
+        path: String,
+        /// The shared dir.
+        shared: String,
+    },
     /// The object is in the wrong state for the call.
     #[error("{0}")]
     FailedPrecondition(String),
+    /// The call's deadline passed before it could answer.
+    #[error("{0}")]
+    DeadlineExceeded(String),
     /// The call is part of the API but not implemented yet.
     #[error("{0} is not implemented by runv-agent yet")]
     Unimplemented(&'static str),
@@ -89,7 +102,9 @@ impl AgentError {
             Self::InvalidArgument(_) => Code::INVALID_ARGUMENT,
             Self::AlreadyExists { .. } => Code::ALREADY_EXISTS,
             Self::NotFound { .. } => Code::NOT_FOUND,
+            Self::Escapes { .. } => Code::PERMISSION_DENIED,
             Self::FailedPrecondition(_) => Code::FAILED_PRECONDITION,
+            Self::DeadlineExceeded(_) => Code::DEADLINE_EXCEEDED,
             Self::Unimplemented(_) => Code::UNIMPLEMENTED,
             Self::Runtime { source, .. } => runtime_code(source),
             Self::Io { .. } => Code::INTERNAL,

@@ -6,12 +6,16 @@ use std::io;
 use std::os::unix::net::UnixListener;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::container::StatePaths;
 use crate::reaper::Reaper;
 use crate::rpc::AgentService;
 use crate::sandbox::Sandbox;
 use crate::{shutdown, stdio_server};
+
+/// How often the containers' OOM counters are sampled.
+const OOM_SAMPLE_PERIOD: Duration = Duration::from_millis(100);
 
 /// Command line of host mode.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -114,6 +118,9 @@ pub fn run(args: &HostArgs) -> Result<(), HostError> {
     let reaper = Reaper::start().map_err(setup("start the reaper"))?;
     let paths = StatePaths::create(&args.state_dir)?;
     let sandbox = Arc::new(Sandbox::new(paths, reaper));
+    sandbox
+        .start_oom_monitor(OOM_SAMPLE_PERIOD)
+        .map_err(setup("start the OOM monitor"))?;
 
     for path in [&args.listen, &args.stdio_listen] {
         match fs::remove_file(path) {

@@ -2,10 +2,12 @@
 //! container service as an ordinary process for tests.
 
 mod cgroup;
+mod console;
 mod container;
 mod error;
 mod host;
 mod init;
+mod oom;
 mod process;
 mod reaper;
 mod rpc;
@@ -16,18 +18,20 @@ mod stdio_server;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    if !args.is_empty() {
-        return host_mode(&args);
+    // As PID 1 the arguments are whatever the kernel passed on from its command
+    // line: never read them as host-mode flags.
+    if std::process::id() == 1 {
+        return init_mode();
     }
-    if std::process::id() != 1 {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.is_empty() {
         eprintln!(
             "runv-agent: must run as PID 1 of a runv guest, or in host mode: \
              runv-agent --listen unix:///PATH --state-dir DIR"
         );
         return ExitCode::from(2);
     }
-    init_mode()
+    host_mode(&args)
 }
 
 fn host_mode(args: &[String]) -> ExitCode {

@@ -66,6 +66,10 @@ struct StdioEnds {
     stdin: Slot<File>,
     stdout: Slot<File>,
     stderr: Slot<File>,
+    /// The pty master for the `tty` stream.
+    tty: Slot<File>,
+    /// The pty master, kept for resizing.
+    master: Option<File>,
     /// The bound stdin connection, kept to end it on CloseStdin.
     stdin_conn: Option<UnixStream>,
 }
@@ -91,7 +95,14 @@ impl Process {
     /// the process itself must get.
     pub fn new(exec_id: &str, stdio: &Stdio) -> Result<(Arc<Self>, ChildStdio)> {
         if stdio.terminal {
-            return Err(AgentError::Unimplemented("a terminal (Stdio.terminal)"));
+            // The process's stdio is the pty slave; the agent gets the master later.
+            let process = Self::build(exec_id, 1, Slot::NotAsked, Slot::NotAsked, Slot::NotAsked);
+            let child = ChildStdio {
+                stdin: dev_null(false)?,
+                stdout: dev_null(true)?,
+                stderr: dev_null(true)?,
+            };
+            return Ok((process, child));
         }
         let (stdin, child_stdin) = if stdio.stdin {
             let (read, write) = pipe()?;
@@ -102,7 +113,23 @@ impl Process {
         let (stdout, child_stdout) = output(stdio.stdout)?;
         let (stderr, child_stderr) = output(stdio.stderr)?;
         let outputs_open = usize::from(stdio.stdout) + usize::from(stdio.stderr);
-        let process = Arc::new(Self {
+        let process = Self::build(exec_id, outputs_open, stdin, stdout, stderr);
+        let child = ChildStdio {
+            stdin: child_stdin,
+            stdout: child_stdout,
+            stderr: child_stderr,
+        };
+        Ok((process, child))
+    }
+
+    fn build(
+        exec_id: &str,
+        outputs_open: usize,
+        stdin: Slot<File>,
+        stdout: Slot<File>,
+        stderr: Slot<File>,
+    ) -> Arc<Self> {
+        Arc::new(Self {
             exec_id: exec_id.to_string(),
             pid: AtomicI32::new(0),
             lifecycle: Mutex::new(Lifecycle {
@@ -114,15 +141,31 @@ impl Process {
                 stdin,
                 stdout,
                 stderr,
+                tty: Slot::NotAsked,
+                master: None,
                 stdin_conn: None,
             }),
-        });
-        let child = ChildStdio {
-            stdin: child_stdin,
-            stdout: child_stdout,
-            stderr: child_stderr,
-        };
-        Ok((process, child))
+        })
+    }
+
+    /// Hands over the pty master of a process created with a terminal.
+    pub fn set_console(&self, master: File) -> Result<()> {
+        let copy = master
+            .try_clone()
+            .map_err(AgentError::io("duplicate the pty master"))?;
+        let mut ends = self.lock_ends();
+        ends.tty = Slot::Waiting(copy);
+        ends.master = Some(master);
+        Ok(())
+    }
+
+    /// Sets the terminal's window size.
+    pub fn resize(&self, rows: u16, columns: u16) -> Result<()> {
+        let ends = self.lock_ends();
+        let master = ends.master.as_ref().ok_or_else(|| {
+            AgentError::FailedPrecondition(format!("process {:?} has no terminal", self.exec_id))
+        })?;
+        crate::console::resize(master, rows, columns).map_err(AgentError::io("set the window size"))
     }
 
     /// Records the pid once the process exists.
@@ -183,7 +226,7 @@ impl Process {
             StreamKind::Stdin => &mut ends.stdin,
             StreamKind::Stdout => &mut ends.stdout,
             StreamKind::Stderr => &mut ends.stderr,
-            StreamKind::Tty => return Err("this process has no terminal".into()),
+            StreamKind::Tty => &mut ends.tty,
         };
         let pipe = match std::mem::replace(slot, Slot::Taken) {
             Slot::Waiting(pipe) => pipe,
@@ -209,6 +252,10 @@ impl Process {
         let process = Arc::clone(self);
         let copier = move || match kind {
             StreamKind::Stdin => copy_stdin(conn, pipe),
+            StreamKind::Tty => {
+                copy_tty(pipe, conn);
+                process.output_done();
+            }
             _ => {
                 copy_output(pipe, conn);
                 process.output_done();
@@ -261,6 +308,20 @@ fn copy_output(mut pipe: File, mut conn: UnixStream) {
     if io::copy(&mut pipe, &mut conn).is_err() {
         let _ = io::copy(&mut pipe, &mut io::sink());
     }
+    let _ = conn.shutdown(Shutdown::Write);
+}
+
+/// tty: both directions between the stream and the pty master. Output ends when
+/// the terminal's last user is gone (the master reads EIO); input ends with the
+/// client's half-close.
+fn copy_tty(master: File, conn: UnixStream) {
+    if let (Ok(mut master_in), Ok(mut conn_in)) = (master.try_clone(), conn.try_clone()) {
+        std::thread::spawn(move || {
+            let _ = io::copy(&mut conn_in, &mut master_in);
+        });
+    }
+    let (mut master, mut conn) = (master, conn);
+    let _ = io::copy(&mut master, &mut conn);
     let _ = conn.shutdown(Shutdown::Write);
 }
 

@@ -3,7 +3,7 @@
 //! `UNIMPLEMENTED`.
 
 use std::sync::Arc;
-use std::time::UNIX_EPOCH;
+use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use nix::sys::signal::Signal;
 use protocol::agent as api;
@@ -100,6 +100,18 @@ impl AgentService {
         Ok(api::Empty::new())
     }
 
+    fn do_tty_win_resize(&self, req: api::TtyWinResizeRequest) -> Result<api::Empty> {
+        let size = |n: u32| {
+            u16::try_from(n).map_err(|_| {
+                AgentError::InvalidArgument(format!("window size {n} is out of range"))
+            })
+        };
+        let (rows, columns) = (size(req.rows)?, size(req.columns)?);
+        self.process(&req.container_id, &req.exec_id)?
+            .resize(rows, columns)?;
+        Ok(api::Empty::new())
+    }
+
     fn do_close_stdin(&self, req: api::CloseStdinRequest) -> Result<api::Empty> {
         self.process(&req.container_id, &req.exec_id)?.close_stdin();
         Ok(api::Empty::new())
@@ -125,9 +137,9 @@ impl api::Agent for AgentService {
     fn create_sandbox(
         &self,
         _: &TtrpcContext,
-        _: api::CreateSandboxRequest,
+        req: api::CreateSandboxRequest,
     ) -> ttrpc::Result<api::Empty> {
-        unimplemented("CreateSandbox")
+        reply(self.sandbox.create(&req).map(|()| api::Empty::new()))
     }
 
     fn destroy_sandbox(
@@ -251,9 +263,9 @@ impl api::Agent for AgentService {
     fn tty_win_resize(
         &self,
         _: &TtrpcContext,
-        _: api::TtyWinResizeRequest,
+        req: api::TtyWinResizeRequest,
     ) -> ttrpc::Result<api::Empty> {
-        unimplemented("TtyWinResize")
+        reply(self.do_tty_win_resize(req))
     }
 
     fn close_stdin(
@@ -266,10 +278,23 @@ impl api::Agent for AgentService {
 
     fn get_oom_event(
         &self,
-        _: &TtrpcContext,
+        ctx: &TtrpcContext,
         _: api::GetOOMEventRequest,
     ) -> ttrpc::Result<api::OOMEvent> {
-        unimplemented("GetOOMEvent")
+        // Answer just before the caller's deadline (none: wait for ever).
+        let deadline = u64::try_from(ctx.timeout_nano)
+            .ok()
+            .filter(|&ns| ns > 0)
+            .map(|ns| Instant::now() + Duration::from_nanos(ns).mul_f64(0.9));
+        match self.sandbox.oom.next(deadline) {
+            Some(container_id) => Ok(api::OOMEvent {
+                container_id,
+                ..Default::default()
+            }),
+            None => reply(Err(AgentError::DeadlineExceeded(
+                "no OOM event before the deadline".into(),
+            ))),
+        }
     }
 
     fn update_interface(

@@ -8,10 +8,11 @@ use std::time::Duration;
 use std::time::Instant;
 
 use protocol::agent::{
-    CheckRequest, CreateContainerRequest, ExecProcessRequest, ListProcessesRequest,
-    PauseContainerRequest, RemoveContainerRequest, ResumeContainerRequest, ServingStatus,
-    SignalProcessRequest, StartContainerRequest, StatsContainerRequest, StatsContainerResponse,
-    Stdio, TtyWinResizeRequest, UpdateContainerRequest, WaitProcessRequest,
+    CheckRequest, CloseStdinRequest, CreateContainerRequest, CreateSandboxRequest,
+    ExecProcessRequest, GetOOMEventRequest, ListProcessesRequest, PauseContainerRequest,
+    RemoveContainerRequest, ResumeContainerRequest, ServingStatus, SignalProcessRequest,
+    StartContainerRequest, StatsContainerRequest, StatsContainerResponse, Stdio,
+    TtyWinResizeRequest, UpdateContainerRequest, UpdateRoutesRequest, WaitProcessRequest,
 };
 use protocol::stdio::StreamKind;
 use runv_tests::agent_host::{ctx, exec_process, spec, HostAgent, SpecOptions};
@@ -79,11 +80,21 @@ fn mounts_under(path: &Path) -> Vec<String> {
         .collect()
 }
 
+/// Processes whose parent is `pid` (forked by any of its threads).
 fn children_of(pid: u32) -> Vec<String> {
-    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
-        .unwrap_or_default()
-        .split_whitespace()
-        .map(str::to_string)
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(Result::ok)
+        .filter_map(|e| std::fs::read_to_string(e.path().join("stat")).ok())
+        .filter(|stat| {
+            // "pid (comm) state ppid ...": comm may hold spaces, so split after ')'.
+            stat.rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+                .and_then(|ppid| ppid.parse::<u32>().ok())
+                == Some(pid)
+        })
         .collect()
 }
 
@@ -414,13 +425,7 @@ fn bad_requests_get_precise_errors_and_the_agent_keeps_serving() {
     assert!(f.agent.try_stream("dup", "", StreamKind::Stdout).is_err());
     assert!(f.agent.try_stream("ghost", "", StreamKind::Stdout).is_err());
 
-    let (code, msg) = rpc_code(c.tty_win_resize(
-        ctx(),
-        &TtyWinResizeRequest {
-            container_id: "dup".into(),
-            ..Default::default()
-        },
-    ));
+    let (code, msg) = rpc_code(c.update_routes(ctx(), &UpdateRoutesRequest::new()));
     assert_eq!(code, ttrpc::Code::UNIMPLEMENTED, "{msg}");
     let (code, _) = rpc_code(c.update_container(
         ctx(),
@@ -639,6 +644,12 @@ fn a_memory_limit_ends_a_hog_with_137() {
     let figures = stats(&f.agent, cid);
     assert_eq!(figures.memory.usage_limit, limit, "{figures:?}");
     assert!(figures.memory_events.oom_kill >= 1, "{figures:?}");
+    let event = f
+        .agent
+        .client
+        .get_oom_event(ctx(), &GetOOMEventRequest::new())
+        .expect("OOM event");
+    assert_eq!(event.container_id, cid);
     remove(&f.agent, cid);
 }
 
@@ -692,5 +703,203 @@ fn a_hundred_cycles_leave_nothing_behind() {
             .expect("state dir")
             .collect();
         assert!(left.is_empty(), "{sub} left: {left:?}");
+    }
+}
+
+/// Benchmark, not a test (`bench/agent-start`): create+start → first output byte,
+/// the agent against `runc run` of the same bundle, median of `RUNV_BENCH_RUNS`.
+#[test]
+#[ignore = "benchmark: run through bench/agent-start"]
+fn start_latency_against_runc() {
+    let f = fixture();
+    let runs: usize = std::env::var("RUNV_BENCH_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20);
+    let bundle = f.rootfs.parent().expect("bundle dir").to_path_buf();
+    let (mut agent_times, mut runc_times) = (Vec::new(), Vec::new());
+    for i in 0..runs {
+        let cid = format!("lat{i}");
+        let config = spec(&cid, &["/bin/echo", "up"], &SpecOptions::default());
+
+        let started = Instant::now();
+        f.agent.create(&cid, &f.rootfs, &config, false);
+        let mut stdout = f.agent.stream(&cid, "", StreamKind::Stdout);
+        let stderr = runv_tests::agent_host::read_all(f.agent.stream(&cid, "", StreamKind::Stderr));
+        f.agent.start_container(&cid);
+        let mut byte = [0u8; 1];
+        stdout.read_exact(&mut byte).expect("first byte");
+        agent_times.push(started.elapsed());
+        drop(stdout);
+        let _ = stderr.join();
+        f.agent.wait(&cid, "");
+        remove(&f.agent, &cid);
+
+        let runc_id = format!("runc-lat{i}");
+        std::fs::write(
+            bundle.join("config.json"),
+            spec(&runc_id, &["/bin/echo", "up"], &SpecOptions::default()),
+        )
+        .expect("write config.json");
+        let started = Instant::now();
+        let mut child = std::process::Command::new("runc")
+            .args(["run", "--bundle"])
+            .arg(&bundle)
+            .arg(&runc_id)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("spawn runc");
+        let mut out = child.stdout.take().expect("runc stdout");
+        out.read_exact(&mut byte).expect("runc first byte");
+        runc_times.push(started.elapsed());
+        assert!(child.wait().expect("wait runc").success());
+        let _ = std::process::Command::new("runc")
+            .args(["delete", "-f", &runc_id])
+            .status();
+    }
+    agent_times.sort();
+    runc_times.sort();
+    let (agent, runc) = (agent_times[runs / 2], runc_times[runs / 2]);
+    println!(
+        "start latency (create+start → first output byte), median of {runs}: \
+         runv-agent {agent:?}, runc {runc:?}, ratio {:.2}",
+        agent.as_secs_f64() / runc.as_secs_f64()
+    );
+}
+
+#[test]
+fn a_terminal_carries_both_directions_and_resizes() {
+    let f = fixture();
+    let cid = "tty";
+    let req = CreateContainerRequest {
+        container_id: cid.into(),
+        oci_spec: spec(
+            cid,
+            &sh("stty size; read x; echo got-$x"),
+            &SpecOptions::default(),
+        ),
+        rootfs: f.rootfs.display().to_string(),
+        stdio: Some(Stdio {
+            terminal: true,
+            ..Default::default()
+        })
+        .into(),
+        ..Default::default()
+    };
+    let c = &f.agent.client;
+    c.create_container(ctx(), &req)
+        .expect("create with a terminal");
+    let resize = TtyWinResizeRequest {
+        container_id: cid.into(),
+        rows: 40,
+        columns: 100,
+        ..Default::default()
+    };
+    c.tty_win_resize(ctx(), &resize).expect("resize");
+    let mut tty = f.agent.stream(cid, "", StreamKind::Tty);
+    f.agent.start_container(cid);
+    let seen = read_until(&mut tty, "40 100");
+    tty.write_all(b"hi\n").expect("type on the terminal");
+    let mut rest = String::new();
+    tty.read_to_string(&mut rest)
+        .expect("read the terminal to EOF");
+    assert!(rest.contains("got-hi"), "{seen}{rest}");
+    assert_eq!(f.agent.wait(cid, ""), 0);
+    // Without a terminal, resizing is refused.
+    remove(&f.agent, cid);
+    let (code, _) = rpc_code(c.tty_win_resize(ctx(), &resize));
+    assert_eq!(code, ttrpc::Code::NOT_FOUND);
+}
+
+#[test]
+fn paths_outside_the_shared_dir_are_refused() {
+    let f = fixture();
+    let c = &f.agent.client;
+    let shared = f.rootfs.parent().and_then(Path::parent).expect("image dir");
+    let mut sandbox = CreateSandboxRequest {
+        hostname: "pod".into(),
+        ..Default::default()
+    };
+    let (code, _) = rpc_code(c.create_sandbox(ctx(), &sandbox));
+    assert_eq!(code, ttrpc::Code::UNIMPLEMENTED);
+    sandbox.hostname.clear();
+    sandbox.shared_dir = shared.display().to_string();
+    c.create_sandbox(ctx(), &sandbox).expect("create sandbox");
+
+    let outside = Scratch::new("runv-agent-outside");
+    let create = |cid: &str, rootfs: &Path, opts: &SpecOptions| CreateContainerRequest {
+        container_id: cid.into(),
+        oci_spec: spec(cid, &sh("cat /data/in"), opts),
+        rootfs: rootfs.display().to_string(),
+        stdio: Some(Stdio {
+            stdout: true,
+            stderr: true,
+            ..Default::default()
+        })
+        .into(),
+        ..Default::default()
+    };
+    let (code, msg) = rpc_code(c.create_container(
+        ctx(),
+        &create("out1", outside.path(), &SpecOptions::default()),
+    ));
+    assert_eq!(code, ttrpc::Code::PERMISSION_DENIED, "{msg}");
+    // A symlink inside that leads outside escapes as well.
+    let link = shared.join("link");
+    std::os::unix::fs::symlink(outside.path(), &link).expect("symlink");
+    let opts = SpecOptions {
+        binds: vec![(link.clone(), "/data".into())],
+        ..Default::default()
+    };
+    let (code, msg) = rpc_code(c.create_container(ctx(), &create("out2", &f.rootfs, &opts)));
+    assert_eq!(code, ttrpc::Code::PERMISSION_DENIED, "{msg}");
+
+    let volume = shared.join("volume");
+    std::fs::create_dir(&volume).expect("volume dir");
+    std::fs::write(volume.join("in"), "inside\n").expect("volume file");
+    let opts = SpecOptions {
+        binds: vec![(volume, "/data".into())],
+        ..Default::default()
+    };
+    c.create_container(ctx(), &create("in", &f.rootfs, &opts))
+        .expect("create inside");
+    let output = f.agent.collect("in", "");
+    f.agent.start_container("in");
+    let out = output.finish(f.agent.wait("in", ""));
+    assert_eq!(out.stdout, "inside\n", "{out:?}");
+    remove(&f.agent, "in");
+}
+
+#[test]
+fn close_stdin_gives_eof_bound_or_not() {
+    let f = fixture();
+    let c = &f.agent.client;
+    for (cid, bind) in [("stdin-bound", true), ("stdin-unbound", false)] {
+        f.agent.create(
+            cid,
+            &f.rootfs,
+            &spec(cid, &sh("cat; echo eof"), &SpecOptions::default()),
+            true,
+        );
+        let stdin = bind.then(|| f.agent.stream(cid, "", StreamKind::Stdin));
+        let output = f.agent.collect(cid, "");
+        f.agent.start_container(cid);
+        if let Some(mut stdin) = stdin.as_ref() {
+            stdin.write_all(b"data\n").expect("write stdin");
+        }
+        let req = CloseStdinRequest {
+            container_id: cid.into(),
+            ..Default::default()
+        };
+        c.close_stdin(ctx(), &req).expect("close stdin");
+        let out = output.finish(f.agent.wait(cid, ""));
+        let expected = if bind { "data\neof\n" } else { "eof\n" };
+        assert_eq!(
+            (out.stdout.as_str(), out.status),
+            (expected, 0),
+            "{cid}: {out:?}"
+        );
+        remove(&f.agent, cid);
     }
 }
