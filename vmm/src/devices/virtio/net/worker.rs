@@ -178,3 +178,66 @@ impl Worker {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::devices::virtio::test_utils::{desc, VRING_DESC_F_WRITE as WRITE};
+    use std::io::Write;
+    use std::os::fd::{FromRawFd, OwnedFd};
+    use virtio_queue::mock::MockSplitQueue;
+    use vm_memory::GuestAddress;
+
+    #[test]
+    fn without_receive_buffers_the_tap_is_left_alone_until_the_guest_posts_some() {
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x40_0000)]).unwrap();
+        let rx = MockSplitQueue::create(&mem, GuestAddress(0), 16);
+        let tx = MockSplitQueue::create(&mem, GuestAddress(0x8000), 16);
+        let mut fds = [0; 2];
+        // SAFETY: `fds` has room for the two descriptors socketpair writes.
+        let ret = unsafe {
+            libc::socketpair(
+                libc::AF_UNIX,
+                libc::SOCK_DGRAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+                0,
+                fds.as_mut_ptr(),
+            )
+        };
+        assert_eq!(ret, 0);
+        // SAFETY: socketpair succeeded; each fd is open and owned by nobody else.
+        let (ours, peer) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+        let mut peer = std::fs::File::from(peer);
+        let eventfd = || EventFd::new(libc::EFD_NONBLOCK).unwrap();
+        let queues = NetQueues {
+            mem: mem.clone(),
+            rx: rx.create_queue().unwrap(),
+            tx: tx.create_queue().unwrap(),
+            notify: [eventfd(), eventfd()],
+            interrupt: Arc::new(VirtioInterrupt::new(eventfd())),
+        };
+        let mut worker = Worker::new(Tap::from_raw_for_test(ours), queues);
+        let epoll = Epoll::new().unwrap();
+        worker.poll_tap(&epoll, true).unwrap();
+        peer.write_all(&[0u8; 100]).unwrap();
+        peer.write_all(&[1u8; 200]).unwrap();
+
+        assert!(!worker.receive(&epoll).unwrap(), "no buffer was used");
+        assert_eq!(worker.pending, 100, "the first frame is kept");
+        assert!(!worker.tap_polled, "the tap is not watched meanwhile");
+        assert!(!worker.receive(&epoll).unwrap(), "still nothing to fill");
+
+        rx.build_multiple_desc_chains(&[
+            desc(0x10_0000, 1526, WRITE),
+            desc(0x11_0000, 1526, WRITE),
+        ])
+        .unwrap();
+        assert!(worker.receive(&epoll).unwrap());
+        assert_eq!(rx.used().idx().load(), 2, "both frames, in order");
+        let lens: Vec<_> = (0..2)
+            .map(|i| rx.used().ring().ref_at(i).unwrap().load().len())
+            .collect();
+        assert_eq!(lens, [100, 200]);
+        assert!(worker.tap_polled, "the tap is watched again once drained");
+        assert_eq!(worker.pending, 0);
+    }
+}
