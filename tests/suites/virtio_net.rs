@@ -1,5 +1,5 @@
 //! Tier 2: runv-vmm's virtio-net on a host tap against the guest's virtio-net
-//! driver. One boot: the guest gets the MAC we chose, configures an address on
+//! driver. One boot: the guest gets the MAC we chose and the offloads, configures an address on
 //! the tap's subnet, pings the host end, fetches 4 MiB over HTTP from a host
 //! server (SHA-256 checked in the guest) and sends it back over TCP (compared
 //! byte for byte on the host). The tap is deleted at the end, also on failure.
@@ -11,7 +11,7 @@ use runv_tests::scratch::Scratch;
 use std::io::Read;
 use std::net::TcpListener;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -26,7 +26,6 @@ const BLOB_LEN: usize = 4 << 20;
 fn ip(args: &[&str]) -> bool {
     Command::new("ip")
         .args(args)
-        .stderr(Stdio::null())
         .status()
         .expect("run ip (iproute2)")
         .success()
@@ -41,6 +40,10 @@ struct TapGuard;
 
 impl TapGuard {
     fn create() -> Self {
+        if !Path::new("/dev/net/tun").exists() {
+            // The test host's kernel has tun as a module, not loaded at boot.
+            let _ = Command::new("modprobe").arg("tun").status();
+        }
         if tap_exists() {
             ip(&["link", "del", TAP]); // left by an earlier, killed run
         }
@@ -127,6 +130,7 @@ fn guest_pings_the_tap_and_moves_4_mib_each_way() {
         &format!(
             "b=/bin/busybox\n$b mount -t proc proc /proc\n$b mount -t sysfs sys /sys\n$b mkdir /tmp\n\
              echo mac=$($b cat /sys/class/net/eth0/address)\n\
+             echo features=$($b cat /sys/class/net/eth0/device/features)\n\
              $b ip link set lo up\n$b ip addr add 10.213.0.2/24 dev eth0\n$b ip link set eth0 up\n\
              $b ping -c 3 -W 10 {HOST_IP} > /tmp/ping; echo ping-status=$?; $b cat /tmp/ping\n\
              $b wget -q -O /tmp/blob http://{HOST_IP}:{HTTP_PORT}/blob; echo wget-status=$?\n\
@@ -149,6 +153,20 @@ fn guest_pings_the_tap_and_moves_4_mib_each_way() {
     println!("{transcript}");
     assert!(run.status.success(), "exit {}:\n{transcript}", run.status);
     assert!(run.saw(&format!("mac={GUEST_MAC}")), "{transcript}");
+    // Negotiated: checksum and TSO both ways (the tap takes TUNSETOFFLOAD),
+    // mergeable rx buffers, MAC, status.
+    let features = run
+        .lines
+        .iter()
+        .find_map(|line| line.split_once("features=").map(|(_, bits)| bits.trim()))
+        .unwrap_or_else(|| panic!("no feature line:\n{transcript}"));
+    for bit in [0, 1, 5, 7, 8, 11, 12, 15, 16, 32] {
+        assert_eq!(
+            features.as_bytes().get(bit),
+            Some(&b'1'),
+            "bit {bit} of {features}"
+        );
+    }
     assert!(run.saw("ping-status=0"), "{transcript}");
     assert!(run.saw("3 packets received"), "{transcript}");
     assert!(run.saw("wget-status=0"), "{transcript}");
