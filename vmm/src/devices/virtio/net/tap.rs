@@ -204,3 +204,53 @@ pub fn inherited_fd(fd: RawFd) -> Result<OwnedFd, TapError> {
     // nothing else in the VMM refers to it.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bad_names_missing_taps_and_non_tap_fds_are_refused() {
+        let err = |r: Result<Tap, TapError>| r.unwrap_err().to_string();
+        assert!(err(Tap::open("")).contains("1 to 15 bytes"));
+        assert!(err(Tap::open("abcdefghijklmnop")).contains("1 to 15 bytes"));
+        assert!(err(Tap::open("runvnotap7")).contains("tap runvnotap7: no such tap"));
+        assert!(!std::path::Path::new("/sys/class/net/runvnotap7").exists());
+        let file = File::open("/dev/null").unwrap();
+        let raw = file.as_raw_fd();
+        assert!(err(Tap::from_fd(OwnedFd::from(file))).contains(&format!("fd {raw} is not a tap")));
+        assert!(inherited_fd(-1).is_err());
+        assert!(inherited_fd(100_000).is_err(), "not open");
+    }
+
+    /// With root and /dev/net/tun: an inherited fd of a real (non-persistent,
+    /// so never leaked) tap is taken and configured.
+    #[test]
+    fn an_inherited_tap_fd_is_taken() {
+        let Ok(tun) = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/net/tun")
+        else {
+            eprintln!("skipped: no /dev/net/tun");
+            return;
+        };
+        let mut ifr = ifreq_with_name("runvut%d");
+        ifr.ifr_ifru.ifru_flags = TAP_FLAGS as libc::c_short;
+        // SAFETY: TUNSETIFF reads and writes one ifreq, which outlives the call.
+        if unsafe { libc::ioctl(tun.as_raw_fd(), libc::TUNSETIFF, &mut ifr) } < 0 {
+            eprintln!(
+                "skipped: cannot create a tap ({})",
+                io::Error::last_os_error()
+            );
+            return;
+        }
+        let tap = Tap::from_fd(OwnedFd::from(tun)).unwrap();
+        assert!(tap.name().starts_with("runvut"), "{}", tap.name());
+        tap.set_offload(TUN_OFFLOADS).unwrap();
+        let sys = std::path::Path::new("/sys/class/net").join(tap.name());
+        assert!(sys.exists());
+        drop(tap);
+        assert!(!sys.exists(), "the tap goes with its last fd");
+    }
+}
