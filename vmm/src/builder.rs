@@ -18,6 +18,7 @@ use crate::devices::virtio::fs::{Fs, FsError};
 use crate::devices::virtio::mmio::{
     register_notifiers, MmioError, MmioTransport, MMIO_WINDOW_SIZE,
 };
+use crate::devices::virtio::net::{tap, Net, NetError, Tap};
 use crate::devices::virtio::rng::Rng;
 use crate::devices::virtio::vsock::{Vsock, VsockError};
 use crate::devices::virtio::VirtioDevice;
@@ -143,6 +144,9 @@ pub enum BuildError {
     /// A virtio-fs share.
     #[error(transparent)]
     Fs(#[from] FsError),
+    /// A virtio-net card.
+    #[error(transparent)]
+    Net(#[from] NetError),
     /// More virtio devices than IRQ lines.
     #[error("too many virtio devices for the IOAPIC's interrupt lines")]
     TooManyDevices,
@@ -356,6 +360,17 @@ fn kernel_cmdline(config: &VmConfig, virtio: &[VirtioSlot]) -> Result<Cmdline, B
     Ok(cmdline)
 }
 
+/// A random locally administered unicast MAC (02:xx:xx:xx:xx:xx).
+fn random_mac() -> [u8; 6] {
+    let mut mac = [2u8, 0, 0, 0, 0, 0];
+    // SAFETY: getrandom writes at most 5 bytes into the 5-byte tail of `mac`.
+    let n = unsafe { libc::getrandom(mac[1..].as_mut_ptr().cast(), 5, 0) };
+    if n != 5 {
+        mac[2..].copy_from_slice(&std::process::id().to_be_bytes());
+    }
+    mac
+}
+
 /// The virtio devices the configuration asks for, each on its MMIO window in
 /// the gap with its own IRQ (from 5 on), notifications and interrupt wired to
 /// KVM.
@@ -378,6 +393,16 @@ fn attach_virtio_devices(
     }
     if let Some(vsock) = &config.vsock {
         devices.push(Box::new(Vsock::new(vsock.cid, &vsock.uds)?));
+    }
+    for net in &config.net {
+        let tap = match (&net.tap, net.fd) {
+            (Some(name), _) => Tap::open(name),
+            (None, Some(fd)) => tap::inherited_fd(fd).and_then(Tap::from_fd),
+            (None, None) => Err(tap::TapError::Name(String::new())),
+        }
+        .map_err(NetError::from)?;
+        let mac = net.mac_bytes().unwrap_or_else(random_mac);
+        devices.push(Box::new(Net::new(tap, mac)?));
     }
     devices
         .into_iter()

@@ -8,6 +8,7 @@ pub const USAGE: &str = "usage: runv-vmm --kernel PATH [--initrd PATH] [--cpus N
                 [--cmdline EXTRA] [--console stdout|off|PATH] [--api-sock PATH] [--rng]
                 [--disk path=FILE[,readonly][,id=S]]... [--vsock cid=N,uds=PATH]
                 [--fs tag=T,path=DIR[,cache=never|auto|always]]...
+                [--net tap=NAME|fd=N[,mac=M]]...
        runv-vmm --config FILE [flags that override the file's fields]
        runv-vmm --help | --version";
 
@@ -78,6 +79,10 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Command, ConfigE
             "--vsock" => flags.vsock = Some(value()?.parse()?),
             "--fs" => flags
                 .fs
+                .get_or_insert_with(Vec::new)
+                .push(value()?.parse()?),
+            "--net" => flags
+                .net
                 .get_or_insert_with(Vec::new)
                 .push(value()?.parse()?),
             "--config" => config_file = Some(value()?.into()),

@@ -190,6 +190,100 @@ impl std::str::FromStr for VsockConfig {
     }
 }
 
+/// A virtio-net card: `tap=NAME[,mac=M]` or `fd=N[,mac=M]` on the command
+/// line.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetConfig {
+    /// Existing tap interface to attach to.
+    #[serde(default)]
+    pub tap: Option<String>,
+    /// Inherited file descriptor of an already attached tap (with
+    /// `IFF_TAP|IFF_NO_PI|IFF_VNET_HDR`), owned by the VMM from then on.
+    #[serde(default)]
+    pub fd: Option<i32>,
+    /// The guest's MAC (`aa:bb:cc:dd:ee:ff`, unicast); a random locally
+    /// administered one if absent.
+    #[serde(default)]
+    pub mac: Option<String>,
+}
+
+impl std::str::FromStr for NetConfig {
+    type Err = ConfigError;
+
+    fn from_str(value: &str) -> Result<Self, Self::Err> {
+        let usage = |why: String| {
+            ConfigError::Usage(format!("--net {value}: {why} (tap=NAME|fd=N[,mac=M])"))
+        };
+        let mut net = NetConfig {
+            tap: None,
+            fd: None,
+            mac: None,
+        };
+        for option in value.split(',') {
+            match option.split_once('=') {
+                Some(("tap", t)) => net.tap = Some(t.to_owned()),
+                Some(("fd", n)) => {
+                    let fd = n
+                        .parse()
+                        .map_err(|_| usage(format!("fd '{n}' is not a whole number")))?;
+                    net.fd = Some(fd);
+                }
+                Some(("mac", m)) => net.mac = Some(m.to_owned()),
+                _ => return Err(usage(format!("unknown option '{option}'"))),
+            }
+        }
+        net.check().map_err(usage)?;
+        Ok(net)
+    }
+}
+
+impl NetConfig {
+    /// One of tap and fd, a valid name, fd and MAC.
+    fn check(&self) -> Result<(), String> {
+        match (&self.tap, self.fd) {
+            (Some(_), Some(_)) => return Err("give tap or fd, not both".into()),
+            (None, None) => return Err("no tap or fd".into()),
+            (Some(name), None) => {
+                let max = crate::devices::virtio::net::tap::MAX_NAME_LEN;
+                if name.is_empty() || name.len() > max || name.contains(['\0', '/']) {
+                    return Err(format!("tap name '{name}' must be 1 to {max} bytes"));
+                }
+            }
+            (None, Some(fd)) if fd < 3 => {
+                return Err(format!(
+                    "fd {fd} is not an inherited descriptor (3 or more)"
+                ))
+            }
+            (None, Some(_)) => {}
+        }
+        if let Some(mac) = &self.mac {
+            parse_mac(mac)?;
+        }
+        Ok(())
+    }
+
+    /// The MAC, or None for a random one.
+    pub fn mac_bytes(&self) -> Option<[u8; 6]> {
+        self.mac.as_deref().and_then(|m| parse_mac(m).ok())
+    }
+}
+
+/// Parses a unicast MAC address `aa:bb:cc:dd:ee:ff`.
+pub fn parse_mac(value: &str) -> Result<[u8; 6], String> {
+    let bad = || format!("mac '{value}' is not a unicast address like 02:00:00:00:00:01");
+    let mut mac = [0u8; 6];
+    let mut parts = value.split(':');
+    for byte in &mut mac {
+        let part = parts.next().filter(|p| p.len() == 2).ok_or_else(bad)?;
+        *byte = u8::from_str_radix(part, 16).map_err(|_| bad())?;
+    }
+    if parts.next().is_some() || mac[0] & 1 != 0 {
+        return Err(bad());
+    }
+    Ok(mac)
+}
+
 /// How much the guest may cache of a virtio-fs share.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -272,6 +366,8 @@ pub struct PartialConfig {
     pub vsock: Option<VsockConfig>,
     /// virtio-fs shares.
     pub fs: Option<Vec<FsConfig>>,
+    /// virtio-net cards.
+    pub net: Option<Vec<NetConfig>>,
 }
 
 impl PartialConfig {
@@ -301,6 +397,7 @@ impl PartialConfig {
             disks: top.disks.or(self.disks),
             vsock: top.vsock.or(self.vsock),
             fs: top.fs.or(self.fs),
+            net: top.net.or(self.net),
         }
     }
 
@@ -321,6 +418,7 @@ impl PartialConfig {
             disks: self.disks.unwrap_or_default(),
             vsock: self.vsock,
             fs: self.fs.unwrap_or_default(),
+            net: self.net.unwrap_or_default(),
         };
         config.validate()?;
         Ok(config)
@@ -352,6 +450,8 @@ pub struct VmConfig {
     pub vsock: Option<VsockConfig>,
     /// virtio-fs shares.
     pub fs: Vec<FsConfig>,
+    /// virtio-net cards, in order (`eth0`, `eth1`, ...).
+    pub net: Vec<NetConfig>,
 }
 
 fn file_size(what: &'static str, path: &Path) -> Result<u64, ConfigError> {
@@ -435,6 +535,10 @@ impl VmConfig {
             file_size("disk", &disk.path)?;
         }
         validate_fs(&self.fs)?;
+        for net in &self.net {
+            net.check()
+                .map_err(|why| ConfigError::Usage(format!("net: {why}")))?;
+        }
         if let Some(sock) = &self.api_sock {
             if sock.symlink_metadata().is_ok() {
                 return Err(ConfigError::ApiSocketInUse(sock.clone()));
@@ -640,6 +744,26 @@ mod tests {
         assert!(err(vec![(&long, dir.clone())]).contains("1 to 36 bytes"));
         assert!(err(vec![("", dir.clone())]).contains("1 to 36 bytes"));
         std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn net_options_parse_and_bad_ones_are_named() {
+        let net: NetConfig = "tap=runvtap0,mac=02:00:0a:d5:00:02".parse().unwrap();
+        assert_eq!(net.tap.as_deref(), Some("runvtap0"));
+        assert_eq!(net.mac_bytes(), Some([2, 0, 0x0a, 0xd5, 0, 2]));
+        let net: NetConfig = "fd=7".parse().unwrap();
+        assert_eq!((net.fd, net.mac), (Some(7), None));
+        let err = |value: &str| value.parse::<NetConfig>().unwrap_err().to_string();
+        assert!(err("mac=02:00:00:00:00:01").contains("no tap or fd"));
+        assert!(err("tap=a,fd=3").contains("not both"));
+        assert!(err("tap=").contains("1 to 15 bytes"));
+        assert!(err("tap=abcdefghijklmnop").contains("1 to 15 bytes"));
+        assert!(err("fd=1").contains("3 or more"));
+        assert!(err("fd=x").contains("not a whole number"));
+        assert!(err("tap=t,mac=01:00:00:00:00:01").contains("unicast"));
+        assert!(err("tap=t,mac=02:00:00:00:00").contains("unicast"));
+        assert!(err("tap=t,mac=02:00:00:00:00:zz").contains("unicast"));
+        assert!(err("tap=t,queues=2").contains("unknown option 'queues=2'"));
     }
 
     #[test]

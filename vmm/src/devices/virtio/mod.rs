@@ -8,6 +8,7 @@
 pub mod block;
 pub mod fs;
 pub mod mmio;
+pub mod net;
 pub mod rng;
 #[cfg(test)]
 pub mod test_utils;

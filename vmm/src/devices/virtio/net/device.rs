@@ -1,0 +1,203 @@
+//! The virtio-net device: features, configuration space (MAC, link up) and
+//! activation, which starts a [`Worker`] on a thread of its own.
+
+use super::tap::{Tap, TapError, TUN_OFFLOADS};
+use super::worker::{NetQueues, Worker};
+use crate::devices::virtio::{ActivateError, ActiveQueue, VirtioDevice, VirtioInterrupt};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::eventfd::EventFd;
+
+/// virtio device type of a network card.
+const TYPE_NET: u32 = 1;
+/// Receive and transmit queue sizes.
+const QUEUE_SIZES: [u16; 2] = [256; 2];
+
+/// Feature bits (virtio 1.2, 5.1.3).
+pub mod features {
+    /// The device takes frames with a partial checksum.
+    pub const CSUM: u32 = 0;
+    /// The driver takes frames with a partial checksum.
+    pub const GUEST_CSUM: u32 = 1;
+    /// The configuration space holds the MAC.
+    pub const MAC: u32 = 5;
+    /// The driver takes TCPv4 / TCPv6 segmentation offload frames.
+    pub const GUEST_TSO4: u32 = 7;
+    /// See `GUEST_TSO4`.
+    pub const GUEST_TSO6: u32 = 8;
+    /// The device takes TCPv4 / TCPv6 segmentation offload frames.
+    pub const HOST_TSO4: u32 = 11;
+    /// See `HOST_TSO4`.
+    pub const HOST_TSO6: u32 = 12;
+    /// Receive frames may span several buffers.
+    pub const MRG_RXBUF: u32 = 15;
+    /// The configuration space holds the link status.
+    pub const STATUS: u32 = 16;
+}
+use features::*;
+
+/// Link status bit in the configuration space.
+const LINK_UP: u16 = 1;
+
+fn bit(feature: u32) -> u64 {
+    1 << feature
+}
+
+/// Errors creating the device.
+#[derive(Debug, thiserror::Error)]
+pub enum NetError {
+    /// The tap.
+    #[error(transparent)]
+    Tap(#[from] TapError),
+    /// The stop eventfd cannot be created.
+    #[error("cannot create the virtio-net stop event: {0}")]
+    EventFd(std::io::Error),
+}
+
+/// A network card on a tap.
+pub struct Net {
+    tap: Option<Tap>,
+    mac: [u8; 6],
+    avail_features: u64,
+    stop: EventFd,
+    backend: Option<JoinHandle<()>>,
+}
+
+impl Net {
+    /// A card with address `mac` on `tap`.
+    ///
+    /// Offered: the MAC and link status, mergeable receive buffers, and
+    /// checksum and TCP segmentation offload both ways. A tap with a vnet
+    /// header takes partial checksums and TSO frames from the guest whatever
+    /// its offload setting; frames the other way carry them only if the tap
+    /// accepts `TUNSETOFFLOAD`, so the guest-side offloads are offered only
+    /// then, and switched on as the driver acks them.
+    pub fn new(tap: Tap, mac: [u8; 6]) -> Result<Self, NetError> {
+        let mut avail_features =
+            bit(MAC) | bit(STATUS) | bit(MRG_RXBUF) | bit(CSUM) | bit(HOST_TSO4) | bit(HOST_TSO6);
+        if tap.set_offload(TUN_OFFLOADS).is_ok() {
+            avail_features |= bit(GUEST_CSUM) | bit(GUEST_TSO4) | bit(GUEST_TSO6);
+        }
+        tap.set_offload(0)?;
+        Ok(Self {
+            tap: Some(tap),
+            mac,
+            avail_features,
+            stop: EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC)
+                .map_err(NetError::EventFd)?,
+            backend: None,
+        })
+    }
+
+    fn config_bytes(&self) -> [u8; 8] {
+        // struct virtio_net_config { u8 mac[6]; le16 status; ... }
+        let mut config = [0u8; 8];
+        config[..6].copy_from_slice(&self.mac);
+        config[6..].copy_from_slice(&LINK_UP.to_le_bytes());
+        config
+    }
+}
+
+/// The tap offloads (`TUN_F_*`) matching the driver's acked features.
+pub fn tap_offloads(acked: u64) -> libc::c_uint {
+    if acked & bit(GUEST_CSUM) == 0 {
+        return 0;
+    }
+    let mut flags = libc::TUN_F_CSUM;
+    if acked & bit(GUEST_TSO4) != 0 {
+        flags |= libc::TUN_F_TSO4;
+    }
+    if acked & bit(GUEST_TSO6) != 0 {
+        flags |= libc::TUN_F_TSO6;
+    }
+    flags
+}
+
+impl VirtioDevice for Net {
+    fn device_type(&self) -> u32 {
+        TYPE_NET
+    }
+
+    fn queue_max_sizes(&self) -> &[u16] {
+        &QUEUE_SIZES
+    }
+
+    fn avail_features(&self) -> u64 {
+        self.avail_features
+    }
+
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        let config = self.config_bytes();
+        for (i, byte) in data.iter_mut().enumerate() {
+            let at = usize::try_from(offset)
+                .unwrap_or(usize::MAX)
+                .saturating_add(i);
+            *byte = config.get(at).copied().unwrap_or(0);
+        }
+    }
+
+    fn write_config(&mut self, _offset: u64, _data: &[u8]) {}
+
+    fn activate(
+        &mut self,
+        mem: GuestMemoryMmap,
+        acked_features: u64,
+        queues: Vec<ActiveQueue>,
+        interrupt: Arc<VirtioInterrupt>,
+    ) -> Result<(), ActivateError> {
+        if acked_features & bit(MRG_RXBUF) == 0 {
+            // Without it every receive chain would have to hold a whole
+            // (possibly 64 KiB) frame; Linux always acks it.
+            return Err(ActivateError::Failed(
+                "virtio-net needs VIRTIO_NET_F_MRG_RXBUF".into(),
+            ));
+        }
+        let [rx, tx]: [ActiveQueue; 2] = queues
+            .try_into()
+            .map_err(|_| ActivateError::Failed("virtio-net needs 2 queues".into()))?;
+        let tap = self
+            .tap
+            .take()
+            .ok_or_else(|| ActivateError::Failed("virtio-net is already active".into()))?;
+        tap.set_offload(tap_offloads(acked_features & self.avail_features))
+            .map_err(|err| ActivateError::Failed(err.to_string()))?;
+        let worker = Worker::new(
+            tap,
+            NetQueues {
+                mem,
+                rx: rx.queue,
+                tx: tx.queue,
+                notify: [rx.notify, tx.notify],
+                interrupt,
+            },
+        );
+        let stop = self.stop.try_clone()?;
+        let thread = std::thread::Builder::new()
+            .name("virtio-net".into())
+            .spawn(move || {
+                if let Err(err) = worker.run(&stop) {
+                    eprintln!("runv-vmm: virtio-net stopped: {err}");
+                }
+            })?;
+        self.backend = Some(thread);
+        Ok(())
+    }
+
+    fn polls_own_queues(&self) -> bool {
+        true
+    }
+
+    fn process_queue(&mut self, _index: usize) {}
+}
+
+impl Drop for Net {
+    fn drop(&mut self) {
+        if let Some(thread) = self.backend.take() {
+            let _ = self.stop.write(1);
+            if thread.join().is_err() {
+                eprintln!("runv-vmm: the virtio-net thread panicked");
+            }
+        }
+    }
+}

@@ -1,0 +1,243 @@
+//! The virtio-net thread: carries frames between the guest's queues and the
+//! tap, woken by the queues' notifications, the tap and a stop event.
+
+use super::rx::{deliver, RxOutcome};
+use super::tap::Tap;
+use super::tx::{process_tx, MAX_TX_LEN};
+use crate::devices::virtio::VirtioInterrupt;
+use std::io::{self, Read};
+use std::os::fd::AsRawFd;
+use std::sync::Arc;
+use virtio_queue::Queue;
+use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
+use vmm_sys_util::eventfd::EventFd;
+
+/// Longest frame read from the tap: the header and a 64 KiB offload frame.
+pub const MAX_RX_LEN: usize = MAX_TX_LEN;
+
+const TOKEN_STOP: u64 = 0;
+const TOKEN_RX: u64 = 1;
+const TOKEN_TX: u64 = 2;
+const TOKEN_TAP: u64 = 3;
+
+/// The device's queues once the driver set them up.
+pub struct NetQueues {
+    /// Guest memory.
+    pub mem: GuestMemoryMmap,
+    /// Receive queue (tap → guest).
+    pub rx: Queue,
+    /// Transmit queue (guest → tap).
+    pub tx: Queue,
+    /// Notifications of the receive and transmit queues.
+    pub notify: [EventFd; 2],
+    /// The device's interrupt.
+    pub interrupt: Arc<VirtioInterrupt>,
+}
+
+/// Moves frames for one device.
+pub struct Worker {
+    tap: Tap,
+    queues: NetQueues,
+    /// A frame read from the tap that waits for receive buffers.
+    frame: Vec<u8>,
+    pending: usize,
+    tx_buf: Vec<u8>,
+    /// Whether the tap is in the epoll set (not while a frame waits for
+    /// buffers, so that a readable tap does not spin the loop).
+    tap_polled: bool,
+    tap_failed: bool,
+}
+
+impl Worker {
+    /// A worker for `tap` and the guest's `queues`.
+    pub fn new(tap: Tap, queues: NetQueues) -> Self {
+        Self {
+            tap,
+            queues,
+            frame: vec![0; MAX_RX_LEN],
+            pending: 0,
+            tx_buf: vec![0; MAX_TX_LEN],
+            tap_polled: false,
+            tap_failed: false,
+        }
+    }
+
+    /// Serves the guest until `stop` is signalled.
+    pub fn run(mut self, stop: &EventFd) -> io::Result<()> {
+        let epoll = Epoll::new()?;
+        let sources = [
+            (stop.as_raw_fd(), TOKEN_STOP),
+            (self.queues.notify[0].as_raw_fd(), TOKEN_RX),
+            (self.queues.notify[1].as_raw_fd(), TOKEN_TX),
+        ];
+        for (fd, token) in sources {
+            epoll.ctl(
+                ControlOperation::Add,
+                fd,
+                EpollEvent::new(EventSet::IN, token),
+            )?;
+        }
+        self.poll_tap(&epoll, true)?;
+        let mut events = vec![EpollEvent::default(); 8];
+        loop {
+            let ready = match epoll.wait(-1, &mut events) {
+                Ok(n) => n,
+                Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
+                Err(err) => return Err(err),
+            };
+            let mut used = false;
+            let mut try_rx = false;
+            for event in &events[..ready] {
+                match event.data() {
+                    TOKEN_STOP => return Ok(()),
+                    TOKEN_RX => {
+                        let _ = self.queues.notify[0].read();
+                        try_rx = true;
+                    }
+                    TOKEN_TX => {
+                        let _ = self.queues.notify[1].read();
+                        let q = &mut self.queues;
+                        used |=
+                            process_tx(&mut q.tx, &q.mem, &mut self.tap.file(), &mut self.tx_buf);
+                    }
+                    _ => try_rx = true,
+                }
+            }
+            if try_rx {
+                used |= self.receive(&epoll)?;
+            }
+            if used {
+                if let Err(err) = self.queues.interrupt.signal_used_queue() {
+                    eprintln!("runv-vmm: virtio-net: cannot interrupt the guest: {err}");
+                }
+            }
+        }
+    }
+
+    fn poll_tap(&mut self, epoll: &Epoll, on: bool) -> io::Result<()> {
+        if on == self.tap_polled || (on && self.tap_failed) {
+            return Ok(());
+        }
+        let op = if on {
+            ControlOperation::Add
+        } else {
+            ControlOperation::Delete
+        };
+        epoll.ctl(
+            op,
+            self.tap.file().as_raw_fd(),
+            EpollEvent::new(EventSet::IN, TOKEN_TAP),
+        )?;
+        self.tap_polled = on;
+        Ok(())
+    }
+
+    /// Moves frames from the tap to the guest while both have some; true if
+    /// any receive buffer was used.
+    fn receive(&mut self, epoll: &Epoll) -> io::Result<bool> {
+        let mut used = false;
+        loop {
+            if self.pending == 0 {
+                match self.tap.file().read(&mut self.frame) {
+                    Ok(n) => self.pending = n,
+                    Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
+                        self.poll_tap(epoll, true)?;
+                        return Ok(used);
+                    }
+                    Err(err) => {
+                        eprintln!(
+                            "runv-vmm: virtio-net: cannot read tap {}: {err}; receive stops",
+                            self.tap.name()
+                        );
+                        self.poll_tap(epoll, false)?;
+                        self.tap_failed = true;
+                        return Ok(used);
+                    }
+                }
+            }
+            let q = &mut self.queues;
+            match deliver(&mut q.rx, &q.mem, &self.frame[..self.pending]) {
+                RxOutcome::Delivered(_) | RxOutcome::Dropped => {
+                    self.pending = 0;
+                    used = true;
+                }
+                RxOutcome::NoBuffers => {
+                    // Keep the frame; the guest's next receive notification
+                    // brings buffers.
+                    self.poll_tap(epoll, false)?;
+                    return Ok(used);
+                }
+                RxOutcome::Broken => {
+                    return Err(io::Error::other(
+                        "the receive used ring is outside guest memory",
+                    ))
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::devices::virtio::test_utils::{desc, VRING_DESC_F_WRITE as WRITE};
+    use std::io::Write;
+    use std::os::fd::{FromRawFd, OwnedFd};
+    use virtio_queue::mock::MockSplitQueue;
+    use vm_memory::GuestAddress;
+
+    #[test]
+    fn without_receive_buffers_the_tap_is_left_alone_until_the_guest_posts_some() {
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x40_0000)]).unwrap();
+        let rx = MockSplitQueue::create(&mem, GuestAddress(0), 16);
+        let tx = MockSplitQueue::create(&mem, GuestAddress(0x8000), 16);
+        let mut fds = [0; 2];
+        // SAFETY: `fds` has room for the two descriptors socketpair writes.
+        let ret = unsafe {
+            libc::socketpair(
+                libc::AF_UNIX,
+                libc::SOCK_DGRAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+                0,
+                fds.as_mut_ptr(),
+            )
+        };
+        assert_eq!(ret, 0);
+        // SAFETY: socketpair succeeded; each fd is open and owned by nobody else.
+        let (ours, peer) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+        let mut peer = std::fs::File::from(peer);
+        let eventfd = || EventFd::new(libc::EFD_NONBLOCK).unwrap();
+        let queues = NetQueues {
+            mem: mem.clone(),
+            rx: rx.create_queue().unwrap(),
+            tx: tx.create_queue().unwrap(),
+            notify: [eventfd(), eventfd()],
+            interrupt: Arc::new(VirtioInterrupt::new(eventfd())),
+        };
+        let mut worker = Worker::new(Tap::from_raw_for_test(ours), queues);
+        let epoll = Epoll::new().unwrap();
+        worker.poll_tap(&epoll, true).unwrap();
+        peer.write_all(&[0u8; 100]).unwrap();
+        peer.write_all(&[1u8; 200]).unwrap();
+
+        assert!(!worker.receive(&epoll).unwrap(), "no buffer was used");
+        assert_eq!(worker.pending, 100, "the first frame is kept");
+        assert!(!worker.tap_polled, "the tap is not watched meanwhile");
+        assert!(!worker.receive(&epoll).unwrap(), "still nothing to fill");
+
+        rx.build_multiple_desc_chains(&[
+            desc(0x10_0000, 1526, WRITE),
+            desc(0x11_0000, 1526, WRITE),
+        ])
+        .unwrap();
+        assert!(worker.receive(&epoll).unwrap());
+        assert_eq!(rx.used().idx().load(), 2, "both frames, in order");
+        let lens: Vec<_> = (0..2)
+            .map(|i| rx.used().ring().ref_at(i).unwrap().load().len())
+            .collect();
+        assert_eq!(lens, [100, 200]);
+        assert!(worker.tap_polled, "the tap is watched again once drained");
+        assert_eq!(worker.pending, 0);
+    }
+}
