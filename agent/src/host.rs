@@ -4,7 +4,7 @@
 use std::fs;
 use std::io;
 use std::os::unix::net::UnixListener;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -102,25 +102,32 @@ fn unix_path(addr: &str) -> Result<PathBuf, HostError> {
     }
 }
 
-fn setup(step: impl Into<String>) -> impl FnOnce(io::Error) -> HostError {
+pub fn setup(step: impl Into<String>) -> impl FnOnce(io::Error) -> HostError {
     let step = step.into();
     move |source| HostError::Setup { step, source }
 }
 
-/// Serves until SIGTERM or SIGINT, then removes every container and the sockets.
-pub fn run(args: &HostArgs) -> Result<(), HostError> {
-    let stop = shutdown::install().map_err(setup("install signal handlers"))?;
+/// The sandbox state with its reaper and OOM monitor running, containers'
+/// state under `state_dir`.
+pub fn start_sandbox(state_dir: &Path) -> Result<Arc<Sandbox>, HostError> {
     // Orphans of container processes come to us, not to the host's init.
     // SAFETY: PR_SET_CHILD_SUBREAPER only sets a flag of this process.
     if unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) } != 0 {
         return Err(setup("become a child subreaper")(io::Error::last_os_error()));
     }
     let reaper = Reaper::start().map_err(setup("start the reaper"))?;
-    let paths = StatePaths::create(&args.state_dir)?;
+    let paths = StatePaths::create(state_dir)?;
     let sandbox = Arc::new(Sandbox::new(paths, reaper));
     sandbox
         .start_oom_monitor(OOM_SAMPLE_PERIOD)
         .map_err(setup("start the OOM monitor"))?;
+    Ok(sandbox)
+}
+
+/// Serves until SIGTERM or SIGINT, then removes every container and the sockets.
+pub fn run(args: &HostArgs) -> Result<(), HostError> {
+    let stop = shutdown::install().map_err(setup("install signal handlers"))?;
+    let sandbox = start_sandbox(&args.state_dir)?;
 
     for path in [&args.listen, &args.stdio_listen] {
         match fs::remove_file(path) {

@@ -5,6 +5,7 @@ mod cgroup;
 mod console;
 mod container;
 mod error;
+mod guest;
 mod host;
 mod init;
 mod oom;
@@ -52,6 +53,11 @@ fn host_mode(args: &[String]) -> ExitCode {
 }
 
 fn init_mode() -> ExitCode {
+    if !std::env::args().any(|arg| arg == init::REROOTED_ARG) {
+        // Returns only if the move failed; init then goes on in the initramfs.
+        let err = init::leave_initramfs();
+        eprintln!("runv-agent: {err}");
+    }
     if let Err(err) = init::mount_pseudo_filesystems() {
         eprintln!("runv-agent: {err}");
     }
@@ -59,6 +65,11 @@ fn init_mode() -> ExitCode {
         eprintln!("runv-agent: {err}");
     }
     println!("{}", protocol::BOOT_MARKER);
+    if guest::has_vsock_device() {
+        if let Err(err) = guest::run() {
+            eprintln!("runv-agent: {err}");
+        }
+    }
     // PID 1 must never return: powering off is the only way out.
     let err = init::power_off();
     eprintln!("runv-agent: {err}");

@@ -147,7 +147,16 @@ impl api::Agent for AgentService {
         _: &TtrpcContext,
         _: api::DestroySandboxRequest,
     ) -> ttrpc::Result<api::Empty> {
-        reply(self.sandbox.remove_all().map(|()| api::Empty::new()))
+        let removed = self.sandbox.remove_all();
+        if self.init {
+            // The VM ends with its sandbox, once this answer is on its way.
+            std::thread::spawn(|| {
+                std::thread::sleep(std::time::Duration::from_millis(100));
+                let err = crate::init::power_off();
+                eprintln!("runv-agent: {err}");
+            });
+        }
+        reply(removed.map(|()| api::Empty::new()))
     }
 
     fn create_container(

@@ -11,18 +11,25 @@ use crate::sandbox::Sandbox;
 
 /// Serves `listener` on a thread of its own, one short-lived thread per header.
 pub fn spawn(listener: UnixListener, sandbox: Arc<Sandbox>) -> io::Result<()> {
+    spawn_accepting(move || listener.accept().map(|(conn, _)| conn), sandbox)
+}
+
+/// Serves the connections `accept` returns (a Unix or a vsock listener), on a
+/// thread of its own, one short-lived thread per header.
+pub fn spawn_accepting(
+    mut accept: impl FnMut() -> io::Result<UnixStream> + Send + 'static,
+    sandbox: Arc<Sandbox>,
+) -> io::Result<()> {
     std::thread::Builder::new()
         .name("stdio-accept".into())
-        .spawn(move || {
-            for conn in listener.incoming() {
-                let Ok(conn) = conn else { continue };
-                let sandbox = Arc::clone(&sandbox);
-                let spawned = std::thread::Builder::new()
-                    .name("stdio-bind".into())
-                    .spawn(move || bind(conn, &sandbox));
-                if let Err(err) = spawned {
-                    eprintln!("runv-agent: cannot serve a stdio connection: {err}");
-                }
+        .spawn(move || loop {
+            let Ok(conn) = accept() else { continue };
+            let sandbox = Arc::clone(&sandbox);
+            let spawned = std::thread::Builder::new()
+                .name("stdio-bind".into())
+                .spawn(move || bind(conn, &sandbox));
+            if let Err(err) = spawned {
+                eprintln!("runv-agent: cannot serve a stdio connection: {err}");
             }
         })
         .map(drop)

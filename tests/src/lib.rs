@@ -5,4 +5,5 @@ pub mod agent_host;
 pub mod artefacts;
 pub mod console;
 pub mod host;
+pub mod hybrid_vsock;
 pub mod scratch;

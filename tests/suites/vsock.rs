@@ -6,6 +6,7 @@
 use runv_tests::artefacts::{busybox_initrd_with, vmm_binary, vsock_peer_binary, GuestArtefacts};
 use runv_tests::console::VmProcess;
 use runv_tests::host::{assert_no_process_left, require_kvm};
+use runv_tests::hybrid_vsock::connect;
 use runv_tests::scratch::Scratch;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::Shutdown;
@@ -19,24 +20,6 @@ use vsock_peer::{fill_pattern, pattern_digest, Digester};
 const BOOT_TIMEOUT: Duration = Duration::from_secs(180);
 const PEER_PORT: u32 = 5000;
 const BULK: u64 = 64 << 20;
-
-/// Connects through the hybrid socket to guest `port`; the stream after `OK`.
-fn connect(uds: &Path, port: u32) -> std::io::Result<UnixStream> {
-    let mut stream = UnixStream::connect(uds)?;
-    stream.set_read_timeout(Some(Duration::from_secs(120)))?;
-    writeln!(stream, "CONNECT {port}")?;
-    let mut reply = Vec::new();
-    let mut byte = [0u8; 1];
-    while byte[0] != b'\n' {
-        if stream.read(&mut byte)? == 0 {
-            return Err(std::io::ErrorKind::ConnectionRefused.into());
-        }
-        reply.push(byte[0]);
-    }
-    let reply = String::from_utf8_lossy(&reply);
-    assert!(reply.starts_with("OK "), "handshake answer {reply:?}");
-    Ok(stream)
-}
 
 /// Opens a peer connection running `command`.
 fn command(uds: &Path, command: &str) -> UnixStream {

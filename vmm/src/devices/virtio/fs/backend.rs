@@ -70,6 +70,22 @@ fn raise_fd_limit() {
     if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
         return;
     }
+    // The passthrough file system keeps one fd per inode the guest knows: a
+    // container root file system has tens of thousands. A privileged VMM may
+    // go up to the kernel's per-process maximum.
+    let ceiling = std::fs::read_to_string("/proc/sys/fs/nr_open")
+        .ok()
+        .and_then(|text| text.trim().parse::<libc::rlim_t>().ok())
+        .unwrap_or(limit.rlim_max);
+    let raised = libc::rlimit {
+        rlim_cur: ceiling.max(limit.rlim_cur),
+        rlim_max: ceiling.max(limit.rlim_max),
+    };
+    // SAFETY: `raised` is a valid rlimit; a refusal (no CAP_SYS_RESOURCE)
+    // leaves the old limit, which is then raised to its hard limit below.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+        return;
+    }
     if limit.rlim_cur < limit.rlim_max {
         limit.rlim_cur = limit.rlim_max;
         // SAFETY: `limit` is a valid rlimit; a failure leaves the old limit.

@@ -1,0 +1,136 @@
+//! Tier 2: runv-agent as PID 1 under runv-vmm. A client reaches it through the
+//! hybrid vsock socket, runs a container whose bundle the host shares by
+//! virtio-fs, reads its output over the stdio streams, and DestroySandbox
+//! powers the guest off.
+
+use protocol::agent::{
+    AgentClient, CreateContainerRequest, CreateSandboxRequest, DestroySandboxRequest,
+    StartContainerRequest, Stdio, WaitProcessRequest,
+};
+use protocol::stdio::{StreamHeader, StreamKind, AGENT_STDIO_VSOCK_PORT};
+use protocol::{AGENT_VSOCK_PORT, BOOT_MARKER};
+use runv_tests::agent_host::{ctx, read_all, spec, unpack_test_image, SpecOptions};
+use runv_tests::artefacts::{vmm_binary, GuestArtefacts};
+use runv_tests::console::VmProcess;
+use runv_tests::host::{assert_no_process_left, require_kvm};
+use runv_tests::hybrid_vsock::{connect, connect_within};
+use runv_tests::scratch::Scratch;
+use std::os::fd::IntoRawFd;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+const BOOT_TIMEOUT: Duration = Duration::from_secs(180);
+/// Where the agent mounts the shared directory in the guest.
+const GUEST_SHARED: &str = "/run/runv/shared";
+
+fn stream(uds: &Path, cid: &str, kind: StreamKind) -> std::os::unix::net::UnixStream {
+    let mut conn = connect(uds, AGENT_STDIO_VSOCK_PORT).expect("connect to the stdio port");
+    StreamHeader::new(cid, "", kind)
+        .bind(&mut conn)
+        .unwrap_or_else(|err| panic!("bind {kind} of {cid}: {err}"));
+    conn
+}
+
+#[test]
+fn agent_in_the_guest_runs_a_container_from_the_shared_directory() {
+    require_kvm();
+    let scratch = Scratch::new("runv-vm-agent");
+    let dir = scratch.path();
+    let shared = dir.join("shared");
+    unpack_test_image(&shared.join("c1"));
+    let uds = dir.join("vsock.sock");
+    let guest = GuestArtefacts::from_env();
+    let mut vmm = Command::new(vmm_binary());
+    vmm.arg("--kernel")
+        .arg(&guest.kernel)
+        .arg("--initrd")
+        .arg(&guest.initrd)
+        .args(["--cpus", "2", "--memory-mib", "256", "--console", "stdout"])
+        .arg("--vsock")
+        .arg(format!("cid=3,uds={}", uds.display()))
+        .arg("--fs")
+        .arg(format!("tag=runv,path={}", shared.display()));
+    let mut vm = VmProcess::spawn(vmm);
+    assert!(
+        vm.wait_for(BOOT_MARKER, BOOT_TIMEOUT).is_some(),
+        "the agent did not start"
+    );
+    let conn = connect_within(&uds, AGENT_VSOCK_PORT, Duration::from_secs(30))
+        .expect("the agent listens on vsock port 1024");
+    let client = AgentClient::new(ttrpc::Client::new(conn.into_raw_fd()).expect("ttrpc client"));
+
+    let sandbox = CreateSandboxRequest {
+        shared_dir: GUEST_SHARED.into(),
+        ..Default::default()
+    };
+    client
+        .create_sandbox(ctx(), &sandbox)
+        .expect("CreateSandbox with the shared directory");
+    let create = CreateContainerRequest {
+        container_id: "c1".into(),
+        oci_spec: spec(
+            "c1",
+            &[
+                "sh",
+                "-c",
+                "echo hello from the guest; echo err >&2; exit 3",
+            ],
+            &SpecOptions::default(),
+        ),
+        rootfs: format!("{GUEST_SHARED}/c1/bundle/rootfs"),
+        stdio: Some(Stdio {
+            stdout: true,
+            stderr: true,
+            ..Default::default()
+        })
+        .into(),
+        ..Default::default()
+    };
+    client
+        .create_container(ctx(), &create)
+        .expect("CreateContainer");
+    let stdout = read_all(stream(&uds, "c1", StreamKind::Stdout));
+    let stderr = read_all(stream(&uds, "c1", StreamKind::Stderr));
+    let start = StartContainerRequest {
+        container_id: "c1".into(),
+        ..Default::default()
+    };
+    client
+        .start_container(ctx(), &start)
+        .expect("StartContainer");
+    let wait = WaitProcessRequest {
+        container_id: "c1".into(),
+        ..Default::default()
+    };
+    let status = client
+        .wait_process(ctx(), &wait)
+        .expect("WaitProcess")
+        .exit_status;
+    assert_eq!(status, 3);
+    assert_eq!(stdout.join().unwrap(), b"hello from the guest\n");
+    assert_eq!(stderr.join().unwrap(), b"err\n");
+
+    // An escape from the shared directory is refused, and the agent serves on.
+    let mut escape = create.clone();
+    escape.container_id = "c2".into();
+    escape.rootfs = "/".into();
+    let refused = client.create_container(ctx(), &escape);
+    assert!(
+        refused.is_err(),
+        "a rootfs outside the shared dir was accepted"
+    );
+
+    client
+        .destroy_sandbox(ctx(), &DestroySandboxRequest::default())
+        .expect("DestroySandbox");
+    let run = vm.wait_exit(BOOT_MARKER, BOOT_TIMEOUT);
+    assert!(
+        run.status.success(),
+        "exit {}:\n{}",
+        run.status,
+        run.transcript()
+    );
+    assert!(!uds.exists(), "the vsock socket outlived the VMM");
+    assert_no_process_left("runv-vmm");
+}
