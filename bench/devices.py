@@ -37,6 +37,7 @@ import tempfile
 import time
 
 MEMORY_MIB = 512
+args_verbose = os.environ.get("BENCH_VERBOSE") == "1"
 CPUS = 2
 TIMEOUT_S = 900
 BIG_MIB = 256
@@ -197,6 +198,8 @@ def boot(cmd, name, uds=None, vsock_mib=0):
         for raw in proc.stdout:
             line = raw.decode(errors="replace")
             transcript.append(line)
+            if args_verbose:
+                progress(f"{name} console: {line.rstrip()}")
             found = re.search(r"bench-result (\S+) ([\d.]+) ([\d.]+) (\S*)", line)
             if found:
                 step, start, end, out = found.groups()
