@@ -6,6 +6,7 @@
 //! `virtio_mmio.device=` on the kernel command line.
 
 pub mod block;
+pub mod device_thread;
 pub mod fs;
 pub mod mmio;
 pub mod net;

@@ -3,11 +3,10 @@
 
 use super::tap::{Tap, TapError, TUN_OFFLOADS};
 use super::worker::{NetQueues, Worker};
+use crate::devices::virtio::device_thread::DeviceThread;
 use crate::devices::virtio::{ActivateError, ActiveQueue, VirtioDevice, VirtioInterrupt};
 use std::sync::Arc;
-use std::thread::JoinHandle;
 use vm_memory::GuestMemoryMmap;
-use vmm_sys_util::eventfd::EventFd;
 
 /// virtio device type of a network card.
 const TYPE_NET: u32 = 1;
@@ -50,9 +49,6 @@ pub enum NetError {
     /// The tap.
     #[error(transparent)]
     Tap(#[from] TapError),
-    /// The stop eventfd cannot be created.
-    #[error("cannot create the virtio-net stop event: {0}")]
-    EventFd(std::io::Error),
 }
 
 /// A network card on a tap.
@@ -60,8 +56,7 @@ pub struct Net {
     tap: Option<Tap>,
     mac: [u8; 6],
     avail_features: u64,
-    stop: EventFd,
-    backend: Option<JoinHandle<()>>,
+    backend: Option<DeviceThread>,
 }
 
 impl Net {
@@ -84,8 +79,6 @@ impl Net {
             tap: Some(tap),
             mac,
             avail_features,
-            stop: EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC)
-                .map_err(NetError::EventFd)?,
             backend: None,
         })
     }
@@ -172,14 +165,7 @@ impl VirtioDevice for Net {
                 interrupt,
             },
         );
-        let stop = self.stop.try_clone()?;
-        let thread = std::thread::Builder::new()
-            .name("virtio-net".into())
-            .spawn(move || {
-                if let Err(err) = worker.run(&stop) {
-                    eprintln!("runv-vmm: virtio-net stopped: {err}");
-                }
-            })?;
+        let thread = DeviceThread::spawn("virtio-net", move |stop| worker.run(stop))?;
         self.backend = Some(thread);
         Ok(())
     }
@@ -189,15 +175,4 @@ impl VirtioDevice for Net {
     }
 
     fn process_queue(&mut self, _index: usize) {}
-}
-
-impl Drop for Net {
-    fn drop(&mut self) {
-        if let Some(thread) = self.backend.take() {
-            let _ = self.stop.write(1);
-            if thread.join().is_err() {
-                eprintln!("runv-vmm: the virtio-net thread panicked");
-            }
-        }
-    }
 }

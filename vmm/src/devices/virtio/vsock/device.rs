@@ -2,15 +2,14 @@
 //! [`Muxer`] on a thread of its own once the driver is ready.
 
 use super::muxer::{GuestQueues, Muxer};
+use crate::devices::virtio::device_thread::DeviceThread;
 use crate::devices::virtio::{
     read_config_space, ActivateError, ActiveQueue, VirtioDevice, VirtioInterrupt,
 };
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::thread::JoinHandle;
 use vm_memory::GuestMemoryMmap;
-use vmm_sys_util::eventfd::EventFd;
 
 /// virtio device type of a socket device.
 const TYPE_VSOCK: u32 = 19;
@@ -26,9 +25,6 @@ pub enum VsockError {
         path: PathBuf,
         source: std::io::Error,
     },
-    /// The stop eventfd cannot be created.
-    #[error("cannot create the vsock stop event: {0}")]
-    EventFd(std::io::Error),
 }
 
 /// A vsock device for guest `cid`, its host side at a Unix socket.
@@ -36,8 +32,7 @@ pub struct Vsock {
     cid: u64,
     uds_path: PathBuf,
     listener: Option<UnixListener>,
-    stop: EventFd,
-    backend: Option<JoinHandle<()>>,
+    backend: Option<DeviceThread>,
 }
 
 impl Vsock {
@@ -51,8 +46,6 @@ impl Vsock {
             cid,
             uds_path: uds_path.to_owned(),
             listener: Some(listener),
-            stop: EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC)
-                .map_err(VsockError::EventFd)?,
             backend: None,
         })
     }
@@ -100,14 +93,7 @@ impl VirtioDevice for Vsock {
             notify: [rx.notify, tx.notify, event.notify],
             interrupt,
         };
-        let stop = self.stop.try_clone()?;
-        let thread = std::thread::Builder::new()
-            .name("virtio-vsock".into())
-            .spawn(move || {
-                if let Err(err) = muxer.run(queues, &stop) {
-                    eprintln!("runv-vmm: virtio-vsock stopped: {err}");
-                }
-            })?;
+        let thread = DeviceThread::spawn("virtio-vsock", move |stop| muxer.run(queues, stop))?;
         self.backend = Some(thread);
         Ok(())
     }
@@ -121,12 +107,8 @@ impl VirtioDevice for Vsock {
 
 impl Drop for Vsock {
     fn drop(&mut self) {
-        if let Some(thread) = self.backend.take() {
-            let _ = self.stop.write(1);
-            if thread.join().is_err() {
-                eprintln!("runv-vmm: the virtio-vsock thread panicked");
-            }
-        }
+        // Stops and joins the thread before its socket goes.
+        self.backend.take();
         let _ = std::fs::remove_file(&self.uds_path);
     }
 }
