@@ -154,9 +154,17 @@ impl Fixture {
         self.dir.join("vsock.sock")
     }
 
-    fn muxer(&self) -> Muxer {
+    /// A muxer on the fixture's socket and a guest driver that posted 8
+    /// receive buffers.
+    fn start(&self) -> (Muxer, Guest<'_>, GuestQueues) {
         let listener = UnixListener::bind(self.uds()).unwrap();
-        Muxer::new(GUEST_CID, &self.uds(), listener).unwrap()
+        let muxer = Muxer::new(GUEST_CID, &self.uds(), listener).unwrap();
+        let mut guest = Guest::new(&self.mem);
+        let queues = guest.queues();
+        for _ in 0..8 {
+            guest.post_rx();
+        }
+        (muxer, guest, queues)
     }
 }
 
@@ -169,12 +177,7 @@ impl Drop for Fixture {
 #[test]
 fn host_connect_is_offered_to_the_guest_and_data_flows_both_ways() {
     let f = Fixture::new("host");
-    let mut muxer = f.muxer();
-    let mut guest = Guest::new(&f.mem);
-    let mut queues = guest.queues();
-    for _ in 0..8 {
-        guest.post_rx();
-    }
+    let (mut muxer, mut guest, mut queues) = f.start();
 
     let mut client = UnixStream::connect(f.uds()).unwrap();
     muxer.accept_clients();
@@ -224,12 +227,7 @@ fn host_connect_is_offered_to_the_guest_and_data_flows_both_ways() {
 #[test]
 fn host_data_waits_for_guest_credit() {
     let f = Fixture::new("credit");
-    let mut muxer = f.muxer();
-    let mut guest = Guest::new(&f.mem);
-    let mut queues = guest.queues();
-    for _ in 0..8 {
-        guest.post_rx();
-    }
+    let (mut muxer, mut guest, mut queues) = f.start();
     let mut client = UnixStream::connect(f.uds()).unwrap();
     muxer.accept_clients();
     client.write_all(b"CONNECT 7\n").unwrap();
@@ -259,12 +257,7 @@ fn host_data_waits_for_guest_credit() {
 #[test]
 fn guest_connects_to_a_host_listener_and_is_refused_without_one() {
     let f = Fixture::new("guest");
-    let mut muxer = f.muxer();
-    let mut guest = Guest::new(&f.mem);
-    let mut queues = guest.queues();
-    for _ in 0..8 {
-        guest.post_rx();
-    }
+    let (mut muxer, mut guest, mut queues) = f.start();
     let service = UnixListener::bind(f.dir.join("vsock.sock_5000")).unwrap();
 
     guest.send(
@@ -295,12 +288,7 @@ fn guest_connects_to_a_host_listener_and_is_refused_without_one() {
 #[test]
 fn malformed_packets_are_answered_or_dropped_without_harm() {
     let f = Fixture::new("malformed");
-    let mut muxer = f.muxer();
-    let mut guest = Guest::new(&f.mem);
-    let mut queues = guest.queues();
-    for _ in 0..8 {
-        guest.post_rx();
-    }
+    let (mut muxer, mut guest, mut queues) = f.start();
     // Too short for a header; outside guest memory; device-writable only.
     chain(&guest.tx, 0, &[(TX_BUFFERS, 10, 0)]);
     chain(&guest.tx, 2, &[(0x1_0000_0000, 44, 0)]);
