@@ -3,6 +3,7 @@
 pub mod agent;
 pub mod stdio;
 pub mod vmm;
+pub mod vsock;
 
 /// vsock port on which the agent serves the shim's ttrpc connection.
 pub const AGENT_VSOCK_PORT: u32 = 1024;
