@@ -11,10 +11,6 @@ use std::sync::Arc;
 
 /// Where containers' state lives in the guest.
 pub const STATE_DIR: &str = "/run/runv-agent";
-/// Where the sandbox's shared directory (virtio-fs) is mounted in the guest.
-pub const SHARED_DIR: &str = "/run/runv/shared";
-/// virtio-fs tag of the shared directory.
-pub const SHARED_FS_TAG: &str = "runv";
 
 /// virtio device id of a socket device, as sysfs shows it.
 const VIRTIO_ID_VSOCK: &str = "0x0013";
@@ -33,7 +29,7 @@ pub fn has_vsock_device() -> bool {
 
 /// Serves the sandbox; returns only on a setup error.
 pub fn run() -> Result<(), HostError> {
-    if let Err(err) = init::mount_shared_dir(SHARED_FS_TAG, SHARED_DIR) {
+    if let Err(err) = init::mount_shared_dir(protocol::SHARED_FS_TAG, protocol::GUEST_SHARED_DIR) {
         // A VM without the share still serves (containers on other storage).
         eprintln!("runv-agent: {err}");
     }

@@ -1,12 +1,19 @@
 //! What the runv shim, VMM and guest agent agree on (see `ARCHITECTURE.md`).
 
 pub mod agent;
+pub mod hybrid_vsock;
 pub mod stdio;
 pub mod vmm;
 pub mod vsock;
 
 /// vsock port on which the agent serves the shim's ttrpc connection.
 pub const AGENT_VSOCK_PORT: u32 = 1024;
+
+/// virtio-fs tag of the pod's shared directory (`<sandbox dir>/shared` on the host).
+pub const SHARED_FS_TAG: &str = "runv";
+
+/// Where the agent mounts the shared directory in the guest.
+pub const GUEST_SHARED_DIR: &str = "/run/runv/shared";
 
 /// Line the agent writes to the console once it runs as the guest's init.
 ///

@@ -1,21 +1,71 @@
 //! `containerd-shim-runv-v2`: the containerd shim of runtime `io.pouch.runv.v2`.
+//! Each pod runs in its own runv microVM; the guest agent runs its containers.
 
+mod config;
+mod error;
+mod events;
+mod exit;
+mod metrics;
+mod mounts;
+mod options;
+mod paths;
+mod process;
+mod sandbox;
+mod service;
+mod shim;
+mod spec;
+mod stdio;
+mod vm;
+
+use containerd_shim::protos::protobuf::Message;
+use containerd_shim::protos::types::introspection::{RuntimeInfo, RuntimeVersion};
+use std::io::Write;
 use std::process::ExitCode;
+
+/// The runtime name containerd knows runv by.
+const RUNTIME_ID: &str = "io.pouch.runv.v2";
 
 fn main() -> ExitCode {
     match std::env::args().nth(1).as_deref() {
-        Some("-v") => {
+        Some("-v" | "--version" | "-version") => {
             println!(
-                "containerd-shim-runv-v2:\n  Version:  {}",
+                "containerd-shim-runv-v2:\n  Runtime: {RUNTIME_ID}\n  Version: {}",
                 env!("CARGO_PKG_VERSION")
             );
             ExitCode::SUCCESS
         }
+        // containerd 2.x asks for the runtime's description (a RuntimeInfo).
+        Some("-info" | "--info") => print_info(),
         _ => {
-            eprintln!(
-                "containerd-shim-runv-v2: the task service is not implemented yet; only -v works"
-            );
-            ExitCode::from(2)
+            containerd_shim::run::<shim::RunvShim>(RUNTIME_ID, None);
+            ExitCode::SUCCESS
+        }
+    }
+}
+
+fn print_info() -> ExitCode {
+    let info = RuntimeInfo {
+        name: RUNTIME_ID.to_string(),
+        version: Some(RuntimeVersion {
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            ..Default::default()
+        })
+        .into(),
+        ..Default::default()
+    };
+    let written = info
+        .write_to_bytes()
+        .map_err(|err| err.to_string())
+        .and_then(|bytes| {
+            std::io::stdout()
+                .write_all(&bytes)
+                .map_err(|err| err.to_string())
+        });
+    match written {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("containerd-shim-runv-v2: -info: {err}");
+            ExitCode::FAILURE
         }
     }
 }

@@ -8,7 +8,7 @@ use protocol::agent::{
     StartContainerRequest, Stdio, WaitProcessRequest,
 };
 use protocol::stdio::{StreamHeader, StreamKind, AGENT_STDIO_VSOCK_PORT};
-use protocol::{AGENT_VSOCK_PORT, BOOT_MARKER};
+use protocol::{AGENT_VSOCK_PORT, BOOT_MARKER, GUEST_SHARED_DIR};
 use runv_tests::agent_host::{ctx, read_all, spec, unpack_test_image, SpecOptions};
 use runv_tests::artefacts::{vmm_binary, GuestArtefacts};
 use runv_tests::console::VmProcess;
@@ -21,8 +21,6 @@ use std::process::Command;
 use std::time::Duration;
 
 const BOOT_TIMEOUT: Duration = Duration::from_secs(180);
-/// Where the agent mounts the shared directory in the guest.
-const GUEST_SHARED: &str = "/run/runv/shared";
 
 fn stream(uds: &Path, cid: &str, kind: StreamKind) -> std::os::unix::net::UnixStream {
     let mut conn = connect(uds, AGENT_STDIO_VSOCK_PORT).expect("connect to the stdio port");
@@ -61,7 +59,7 @@ fn agent_in_the_guest_runs_a_container_from_the_shared_directory() {
     let client = AgentClient::new(ttrpc::Client::new(conn.into_raw_fd()).expect("ttrpc client"));
 
     let sandbox = CreateSandboxRequest {
-        shared_dir: GUEST_SHARED.into(),
+        shared_dir: GUEST_SHARED_DIR.into(),
         ..Default::default()
     };
     client
@@ -78,7 +76,7 @@ fn agent_in_the_guest_runs_a_container_from_the_shared_directory() {
             ],
             &SpecOptions::default(),
         ),
-        rootfs: format!("{GUEST_SHARED}/c1/bundle/rootfs"),
+        rootfs: format!("{GUEST_SHARED_DIR}/c1/bundle/rootfs"),
         stdio: Some(Stdio {
             stdout: true,
             stderr: true,

@@ -1,0 +1,323 @@
+//! runv's configuration file (`/etc/runv/config.toml`) and the pod annotations that
+//! may override it.
+
+use serde::Deserialize;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+/// Where the configuration is read from unless the runtime option `ConfigPath`
+/// names another file.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/runv/config.toml";
+
+/// Prefix of the pod annotations that override configuration values.
+pub const ANNOTATION_PREFIX: &str = "io.pouch.runv.";
+
+/// Errors of reading or applying the configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("runv config {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML or has unknown keys or wrong types.
+    #[error("runv config {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    /// A value is out of its range.
+    #[error("runv config {path}: {message}")]
+    Invalid { path: PathBuf, message: String },
+    /// A pod annotation is unknown, not overridable or has a bad value.
+    #[error("annotation {key}={value:?}: {message}")]
+    Annotation {
+        key: String,
+        value: String,
+        message: String,
+    },
+}
+
+/// The runtime's settings: which VMM, kernel and initrd, and how big a VM is.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RunvConfig {
+    /// The `runv-vmm` binary.
+    pub vmm: PathBuf,
+    /// The guest kernel (uncompressed vmlinux).
+    pub kernel: PathBuf,
+    /// The guest initrd, with runv-agent as /init.
+    pub initrd: PathBuf,
+    /// vCPUs of a VM whose containers set no CPU limit.
+    pub default_vcpus: u32,
+    /// Guest memory (MiB) of a VM whose containers set no memory limit.
+    pub default_memory_mib: u32,
+    /// Guest memory (MiB) for the guest kernel and agent, added to the containers'
+    /// memory limits when they set some.
+    pub overhead_memory_mib: u32,
+    /// Upper bound of vCPUs one VM may get from its containers' limits.
+    pub max_vcpus: u32,
+    /// How long the guest agent may take to answer after the VMM started.
+    pub boot_timeout_secs: u64,
+    /// Log level of the shim: error, warn, info, debug or trace.
+    pub log_level: String,
+    /// Write the guest's serial console to `<sandbox dir>/console.log`.
+    pub debug_console: bool,
+    /// Keys of this file that pod annotations `io.pouch.runv.<key>` may override.
+    pub enable_annotations: Vec<String>,
+}
+
+impl Default for RunvConfig {
+    fn default() -> Self {
+        Self {
+            vmm: "/usr/local/bin/runv-vmm".into(),
+            kernel: "/usr/share/runv/vmlinux".into(),
+            initrd: "/usr/share/runv/initrd.img".into(),
+            default_vcpus: 1,
+            default_memory_mib: 256,
+            overhead_memory_mib: 128,
+            max_vcpus: 8,
+            boot_timeout_secs: 30,
+            log_level: "info".into(),
+            debug_console: false,
+            enable_annotations: vec!["default_vcpus".into(), "default_memory_mib".into()],
+        }
+    }
+}
+
+/// Keys an annotation may override, when `enable_annotations` lists them.
+const OVERRIDABLE: &[&str] = &[
+    "default_vcpus",
+    "default_memory_mib",
+    "overhead_memory_mib",
+    "boot_timeout_secs",
+    "debug_console",
+];
+
+const LOG_LEVELS: &[&str] = &["error", "warn", "info", "debug", "trace"];
+
+impl RunvConfig {
+    /// Reads and checks the configuration at `path`. A missing file at the default
+    /// path gives the built-in defaults; a missing file named explicitly is an error.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = match std::fs::read_to_string(path) {
+            Ok(text) => text,
+            Err(err)
+                if err.kind() == std::io::ErrorKind::NotFound
+                    && path == Path::new(DEFAULT_CONFIG_PATH) =>
+            {
+                return Ok(Self::default());
+            }
+            Err(source) => {
+                return Err(ConfigError::Read {
+                    path: path.into(),
+                    source,
+                })
+            }
+        };
+        let config: Self = toml::from_str(&text).map_err(|err| ConfigError::Parse {
+            path: path.into(),
+            message: err.message().to_string(),
+        })?;
+        config.validate().map_err(|message| ConfigError::Invalid {
+            path: path.into(),
+            message,
+        })?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        if !(1..=255).contains(&self.default_vcpus) {
+            return Err(format!(
+                "default_vcpus {} is not in 1..=255",
+                self.default_vcpus
+            ));
+        }
+        if self.max_vcpus < self.default_vcpus || self.max_vcpus > 255 {
+            return Err(format!(
+                "max_vcpus {} is not in default_vcpus..=255",
+                self.max_vcpus
+            ));
+        }
+        if self.default_memory_mib < 64 || self.overhead_memory_mib < 64 {
+            return Err("default_memory_mib and overhead_memory_mib must be at least 64".into());
+        }
+        if self.boot_timeout_secs == 0 {
+            return Err("boot_timeout_secs must be positive".into());
+        }
+        if !LOG_LEVELS.contains(&self.log_level.as_str()) {
+            return Err(format!(
+                "log_level {:?} is not one of {}",
+                self.log_level,
+                LOG_LEVELS.join(", ")
+            ));
+        }
+        if let Some(key) = self
+            .enable_annotations
+            .iter()
+            .find(|key| !OVERRIDABLE.contains(&key.as_str()))
+        {
+            return Err(format!(
+                "enable_annotations: {key:?} cannot be overridden (one of {})",
+                OVERRIDABLE.join(", ")
+            ));
+        }
+        Ok(())
+    }
+
+    /// This configuration with the pod's `io.pouch.runv.*` annotations applied.
+    pub fn with_annotations(
+        &self,
+        annotations: &HashMap<String, String>,
+    ) -> Result<Self, ConfigError> {
+        let mut config = self.clone();
+        let mut keys: Vec<_> = annotations
+            .iter()
+            .filter_map(|(k, v)| Some((k.strip_prefix(ANNOTATION_PREFIX)?, k, v)))
+            .collect();
+        keys.sort();
+        for (key, full_key, value) in keys {
+            let fail = |message: String| ConfigError::Annotation {
+                key: full_key.clone(),
+                value: value.clone(),
+                message,
+            };
+            if !OVERRIDABLE.contains(&key) {
+                return Err(fail(format!(
+                    "unknown runv annotation (known: {})",
+                    OVERRIDABLE.join(", ")
+                )));
+            }
+            if !config.enable_annotations.iter().any(|k| k == key) {
+                return Err(fail(format!(
+                    "{key} is not listed in the config's enable_annotations"
+                )));
+            }
+            let number = || {
+                value
+                    .parse::<u64>()
+                    .map_err(|_| fail("not a non-negative integer".into()))
+            };
+            let small = |n: u64| u32::try_from(n).map_err(|_| fail("too large".into()));
+            match key {
+                "default_vcpus" => config.default_vcpus = small(number()?)?,
+                "default_memory_mib" => config.default_memory_mib = small(number()?)?,
+                "overhead_memory_mib" => config.overhead_memory_mib = small(number()?)?,
+                "boot_timeout_secs" => config.boot_timeout_secs = number()?,
+                "debug_console" => {
+                    config.debug_console = value
+                        .parse()
+                        .map_err(|_| fail("not true or false".into()))?
+                }
+                _ => unreachable!("OVERRIDABLE lists only the keys matched here"),
+            }
+            config.validate().map_err(fail)?;
+        }
+        Ok(config)
+    }
+
+    /// Checks that the files the VM needs exist, naming the one that does not.
+    pub fn check_files(&self) -> Result<(), String> {
+        for (what, path) in [
+            ("vmm", &self.vmm),
+            ("kernel", &self.kernel),
+            ("initrd", &self.initrd),
+        ] {
+            if !path.is_file() {
+                return Err(format!(
+                    "runv config: {what} {} does not exist or is not a file",
+                    path.display()
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn load_text(text: &str) -> Result<RunvConfig, ConfigError> {
+        let mut file = tempfile::NamedTempFile::new().unwrap();
+        file.write_all(text.as_bytes()).unwrap();
+        RunvConfig::load(file.path())
+    }
+
+    #[test]
+    fn reads_every_key() {
+        let config = load_text(
+            r#"
+            vmm = "/v"
+            kernel = "/k"
+            initrd = "/i"
+            default_vcpus = 2
+            default_memory_mib = 512
+            overhead_memory_mib = 96
+            max_vcpus = 4
+            boot_timeout_secs = 9
+            log_level = "debug"
+            debug_console = true
+            enable_annotations = ["default_vcpus"]
+            "#,
+        )
+        .unwrap();
+        assert_eq!(config.kernel, PathBuf::from("/k"));
+        assert_eq!(config.default_vcpus, 2);
+        assert_eq!(config.default_memory_mib, 512);
+        assert_eq!(config.overhead_memory_mib, 96);
+        assert_eq!(config.boot_timeout_secs, 9);
+        assert!(config.debug_console);
+    }
+
+    #[test]
+    fn a_partial_file_keeps_the_defaults() {
+        let config = load_text("kernel = \"/k\"\n").unwrap();
+        assert_eq!(config.default_memory_mib, 256);
+        assert_eq!(config.vmm, RunvConfig::default().vmm);
+    }
+
+    #[test]
+    fn bad_files_name_the_problem() {
+        let unknown = load_text("kernal = \"/k\"\n").unwrap_err().to_string();
+        assert!(unknown.contains("kernal"), "{unknown}");
+        let syntax = load_text("kernel = \n").unwrap_err().to_string();
+        assert!(syntax.contains("runv config"), "{syntax}");
+        let range = load_text("default_vcpus = 0\n").unwrap_err().to_string();
+        assert!(range.contains("default_vcpus"), "{range}");
+        let level = load_text("log_level = \"loud\"\n").unwrap_err().to_string();
+        assert!(level.contains("log_level"), "{level}");
+        let missing = RunvConfig::load(Path::new("/nonexistent/runv.toml")).unwrap_err();
+        assert!(missing.to_string().contains("/nonexistent/runv.toml"));
+    }
+
+    #[test]
+    fn annotations_override_only_enabled_keys() {
+        let config = RunvConfig::default();
+        let set = |k: &str, v: &str| HashMap::from([(format!("{ANNOTATION_PREFIX}{k}"), v.into())]);
+        let bigger = config
+            .with_annotations(&set("default_memory_mib", "512"))
+            .unwrap();
+        assert_eq!(bigger.default_memory_mib, 512);
+        let err = config
+            .with_annotations(&set("default_vcpus", "many"))
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("io.pouch.runv.default_vcpus"),
+            "{err}"
+        );
+        let err = config
+            .with_annotations(&set("kernel", "/evil"))
+            .unwrap_err();
+        assert!(err.to_string().contains("unknown runv annotation"), "{err}");
+        let err = config
+            .with_annotations(&set("boot_timeout_secs", "5"))
+            .unwrap_err();
+        assert!(err.to_string().contains("enable_annotations"), "{err}");
+        let err = config
+            .with_annotations(&set("default_vcpus", "0"))
+            .unwrap_err();
+        assert!(err.to_string().contains("default_vcpus"), "{err}");
+        let other = HashMap::from([("io.kubernetes.cri.sandbox-id".into(), "x".into())]);
+        assert_eq!(config.with_annotations(&other).unwrap(), config);
+    }
+}

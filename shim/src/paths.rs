@@ -1,0 +1,127 @@
+//! The host and guest paths of one pod (see ARCHITECTURE.md, "Host paths").
+
+use protocol::GUEST_SHARED_DIR;
+use std::path::{Path, PathBuf};
+
+/// Parent of every pod's directory.
+pub const RUN_ROOT: &str = "/run/runv";
+
+/// Guest context id of every pod VM (each VM has its own vsock device).
+pub const GUEST_CID: u32 = 3;
+
+/// Checks that `id` is a container, exec or sandbox id that is safe in a path:
+/// non-empty, at most 128 bytes of `[A-Za-z0-9_.-]`, not `.` or `..`.
+pub fn check_id(kind: &str, id: &str) -> Result<(), String> {
+    let valid_chars = id
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
+    if id.is_empty() || id.len() > 128 || !valid_chars || id == "." || id == ".." {
+        return Err(format!(
+            "{kind} id {id:?} must be 1 to 128 characters of [A-Za-z0-9_.-]"
+        ));
+    }
+    Ok(())
+}
+
+/// `/run/runv/<sandbox-id>/` and the files in it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SandboxDir {
+    root: PathBuf,
+}
+
+impl SandboxDir {
+    /// The directory of sandbox `id` under [`RUN_ROOT`] (`id` must pass [`check_id`]).
+    pub fn new(id: &str) -> Self {
+        Self::under(Path::new(RUN_ROOT), id)
+    }
+
+    /// The directory of sandbox `id` under `run_root`.
+    pub fn under(run_root: &Path, id: &str) -> Self {
+        Self {
+            root: run_root.join(id),
+        }
+    }
+
+    /// The directory itself.
+    pub fn path(&self) -> &Path {
+        &self.root
+    }
+
+    /// The VMM's control socket.
+    pub fn api_sock(&self) -> PathBuf {
+        self.root.join("api.sock")
+    }
+
+    /// The VMM's hybrid vsock socket.
+    pub fn vsock_sock(&self) -> PathBuf {
+        self.root.join("vsock.sock")
+    }
+
+    /// The guest's serial console (with `debug_console`).
+    pub fn console_log(&self) -> PathBuf {
+        self.root.join("console.log")
+    }
+
+    /// The VMM's own stderr.
+    pub fn vmm_log(&self) -> PathBuf {
+        self.root.join("vmm.log")
+    }
+
+    /// The VMM's pid, for the cleanup after a dead shim.
+    pub fn vmm_pid_file(&self) -> PathBuf {
+        self.root.join("vmm.pid")
+    }
+
+    /// The directory shared with the guest by virtio-fs.
+    pub fn shared(&self) -> PathBuf {
+        self.root.join("shared")
+    }
+
+    /// The container's directory in the share (host side).
+    pub fn container(&self, container_id: &str) -> PathBuf {
+        self.shared().join(container_id)
+    }
+}
+
+/// Host-side and guest-side path of one entry of a container's share directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SharedPath {
+    /// Where the shim mounts it on the host.
+    pub host: PathBuf,
+    /// Where the guest sees it.
+    pub guest: String,
+}
+
+impl SharedPath {
+    /// Entry `name` (a relative path of plain components) of container `cid`.
+    pub fn new(dir: &SandboxDir, container_id: &str, name: &str) -> Self {
+        Self {
+            host: dir.container(container_id).join(name),
+            guest: format!("{GUEST_SHARED_DIR}/{container_id}/{name}"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_that_could_escape_are_refused() {
+        for bad in ["", ".", "..", "a/b", "a b", "x\n", &"y".repeat(129)] {
+            assert!(check_id("container", bad).is_err(), "{bad:?} accepted");
+        }
+        for good in ["c1", "a.b-c_d", &"f".repeat(64)] {
+            assert!(check_id("container", good).is_ok(), "{good:?} refused");
+        }
+    }
+
+    #[test]
+    fn shared_paths_match_on_both_sides() {
+        let dir = SandboxDir::new("pod");
+        assert_eq!(dir.vsock_sock(), Path::new("/run/runv/pod/vsock.sock"));
+        let rootfs = SharedPath::new(&dir, "c1", "rootfs");
+        assert_eq!(rootfs.host, Path::new("/run/runv/pod/shared/c1/rootfs"));
+        assert_eq!(rootfs.guest, "/run/runv/shared/c1/rootfs");
+    }
+}

@@ -1,0 +1,1022 @@
+//! The task service containerd calls: every task API v2 RPC, mapped onto the
+//! pod's VM and its agent.
+
+use crate::config::{RunvConfig, DEFAULT_CONFIG_PATH};
+use crate::error::{Result, TaskError};
+use crate::events::EventQueue;
+use crate::exit::{Exit, VM_GONE_STATUS};
+use crate::metrics;
+use crate::mounts;
+use crate::options;
+use crate::paths::{check_id, SharedPath};
+use crate::process::Process;
+use crate::sandbox::{agent_ctx, Sandbox};
+use crate::spec::{self, PodRole, VmSize};
+use crate::stdio::{self, ProcessName, StdioUris};
+use containerd_shim::protos::api::{self as api, Status};
+use containerd_shim::protos::events::task::{
+    TaskCreate, TaskDelete, TaskExecAdded, TaskExecStarted, TaskExit, TaskIO, TaskOOM, TaskPaused,
+    TaskResumed, TaskStart,
+};
+use containerd_shim::protos::topics;
+use containerd_shim::{ExitSignal, TtrpcContext};
+use log::{debug, info, warn};
+use protocol::agent::{self as agent_api, AgentClient};
+use protocol::GUEST_SHARED_DIR;
+use serde_json::Value;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+use std::time::Duration;
+
+/// How long one OOM long poll may wait in the agent.
+const OOM_POLL: Duration = Duration::from_secs(30);
+
+/// A task: a container, or the stand-in for a CRI pod's sandbox.
+struct Task {
+    bundle: String,
+    role: PodRole,
+    init: Arc<Process>,
+    execs: HashMap<String, Arc<Process>>,
+}
+
+impl Task {
+    fn process(&self, exec_id: &str) -> Result<Arc<Process>> {
+        if exec_id.is_empty() {
+            return Ok(Arc::clone(&self.init));
+        }
+        self.execs
+            .get(exec_id)
+            .cloned()
+            .ok_or_else(|| TaskError::not_found("exec", exec_id))
+    }
+
+    /// Whether a container runs in the guest for it (not for a pod sandbox).
+    fn in_guest(&self) -> bool {
+        self.role != PodRole::Sandbox
+    }
+}
+
+#[derive(Default)]
+struct Pod {
+    sandbox: Option<Arc<Sandbox>>,
+    tasks: HashMap<String, Task>,
+}
+
+struct Inner {
+    namespace: String,
+    events: EventQueue,
+    exit_signal: Arc<ExitSignal>,
+    pod: Mutex<Pod>,
+}
+
+/// The shim's task service: one per shim, so one per pod.
+pub struct Service {
+    inner: Arc<Inner>,
+}
+
+impl Service {
+    /// A service for containerd namespace `namespace`, publishing on `events`,
+    /// signalling `exit_signal` when it is shut down.
+    pub fn new(namespace: &str, events: EventQueue, exit_signal: Arc<ExitSignal>) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                namespace: namespace.to_string(),
+                events,
+                exit_signal,
+                pod: Mutex::new(Pod::default()),
+            }),
+        }
+    }
+}
+
+impl Inner {
+    fn lock(&self) -> MutexGuard<'_, Pod> {
+        self.pod.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The pod's VM, the task's process and whether it runs in the guest.
+    fn lookup(&self, id: &str, exec_id: &str) -> Result<(Arc<Sandbox>, Arc<Process>, bool)> {
+        let pod = self.lock();
+        let task = pod
+            .tasks
+            .get(id)
+            .ok_or_else(|| TaskError::not_found("task", id))?;
+        let process = task.process(exec_id)?;
+        let sandbox = pod
+            .sandbox
+            .clone()
+            .ok_or_else(|| TaskError::FailedPrecondition("the pod's VM is gone".into()))?;
+        Ok((sandbox, process, task.in_guest()))
+    }
+
+    fn vmm_pid(&self) -> u32 {
+        self.lock().sandbox.as_ref().map_or(0, |s| s.vm.pid())
+    }
+
+    fn create(self: &Arc<Self>, req: &api::CreateTaskRequest) -> Result<api::CreateTaskResponse> {
+        check_id("container", &req.id).map_err(TaskError::InvalidArgument)?;
+        if !req.checkpoint.is_empty() {
+            return Err(TaskError::Unimplemented("runv cannot restore a checkpoint"));
+        }
+        let bundle = Path::new(&req.bundle);
+        let spec = spec::read_spec(bundle).map_err(TaskError::InvalidArgument)?;
+        let annotations = spec::annotations(&spec);
+        let role = PodRole::of(&annotations).map_err(TaskError::InvalidArgument)?;
+        let uris = StdioUris {
+            stdin: req.stdin.clone(),
+            stdout: req.stdout.clone(),
+            stderr: req.stderr.clone(),
+            terminal: req.terminal,
+        };
+        let mut pod = self.lock();
+        if pod.tasks.contains_key(&req.id) {
+            return Err(TaskError::AlreadyExists(format!("task {} exists", req.id)));
+        }
+        let sandbox = match &role {
+            PodRole::Container { sandbox_id } => match &pod.sandbox {
+                Some(sandbox) if &sandbox.id == sandbox_id => Arc::clone(sandbox),
+                _ => {
+                    return Err(TaskError::FailedPrecondition(format!(
+                        "pod {sandbox_id} has no VM in this shim"
+                    )))
+                }
+            },
+            PodRole::Sandbox | PodRole::Standalone => {
+                if let Some(existing) = &pod.sandbox {
+                    return Err(TaskError::FailedPrecondition(format!(
+                        "this shim already runs pod {}",
+                        existing.id
+                    )));
+                }
+                let sandbox = Arc::new(self.boot(req, &spec, &annotations, &role)?);
+                pod.sandbox = Some(Arc::clone(&sandbox));
+                sandbox
+            }
+        };
+        let process = Arc::new(Process::new(&req.id, "", uris.clone(), None));
+        if role != PodRole::Sandbox {
+            if let Err(err) = self.create_container(&sandbox, req, &spec, &process) {
+                if role == PodRole::Standalone {
+                    pod.sandbox = None;
+                    sandbox.destroy();
+                }
+                return Err(err);
+            }
+        }
+        pod.tasks.insert(
+            req.id.clone(),
+            Task {
+                bundle: req.bundle.clone(),
+                role,
+                init: process,
+                execs: HashMap::new(),
+            },
+        );
+        let pid = sandbox.vm.pid();
+        drop(pod);
+        self.events.publish(
+            topics::TASK_CREATE_EVENT_TOPIC,
+            TaskCreate {
+                container_id: req.id.clone(),
+                bundle: req.bundle.clone(),
+                rootfs: req.rootfs.clone(),
+                io: Some(TaskIO {
+                    stdin: uris.stdin,
+                    stdout: uris.stdout,
+                    stderr: uris.stderr,
+                    terminal: uris.terminal,
+                    ..Default::default()
+                })
+                .into(),
+                pid,
+                ..Default::default()
+            },
+        );
+        Ok(api::CreateTaskResponse {
+            pid,
+            ..Default::default()
+        })
+    }
+
+    /// Boots the VM of the pod `req` starts.
+    fn boot(
+        self: &Arc<Self>,
+        req: &api::CreateTaskRequest,
+        spec: &Value,
+        annotations: &HashMap<String, String>,
+        role: &PodRole,
+    ) -> Result<Sandbox> {
+        let sandbox_id = spec::sandbox_id(&req.id, annotations);
+        check_id("sandbox", &sandbox_id).map_err(TaskError::InvalidArgument)?;
+        let config_path = options::config_path(req.options.as_ref())
+            .map_err(TaskError::InvalidArgument)?
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG_PATH));
+        let config = RunvConfig::load(&config_path)
+            .and_then(|config| config.with_annotations(annotations))
+            .map_err(|err| TaskError::InvalidArgument(err.to_string()))?;
+        if let Ok(level) = config.log_level.parse() {
+            log::set_max_level(level);
+        }
+        // A CRI sandbox says nothing of its containers' needs; a pod of one does.
+        let resources = (*role == PodRole::Standalone)
+            .then(|| spec.pointer("/linux/resources"))
+            .flatten();
+        let size = VmSize::for_pod(&config, resources);
+        let hostname = spec
+            .get("hostname")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        let weak = Arc::downgrade(self);
+        let sandbox = Sandbox::boot(&sandbox_id, config, size, hostname, move |status| {
+            if let Some(inner) = Weak::upgrade(&weak) {
+                inner.vm_exited(status);
+            }
+        })
+        .map_err(|err| TaskError::Internal(format!("pod {sandbox_id}: {err}")))?;
+        self.watch_oom(&sandbox);
+        Ok(sandbox)
+    }
+
+    /// Mounts the container's rootfs and volumes into the share and creates it in
+    /// the guest; on failure undoes both.
+    fn create_container(
+        &self,
+        sandbox: &Sandbox,
+        req: &api::CreateTaskRequest,
+        spec: &Value,
+        process: &Process,
+    ) -> Result<()> {
+        let cid = &req.id;
+        let dir = &sandbox.dir;
+        let rootfs = SharedPath::new(dir, cid, "rootfs");
+        let guest =
+            spec::guest_spec(spec, dir, cid, &rootfs).map_err(TaskError::InvalidArgument)?;
+        let bundle_rootfs = Path::new(&req.bundle).join(
+            spec.pointer("/root/path")
+                .and_then(Value::as_str)
+                .unwrap_or("rootfs"),
+        );
+        let result = (|| {
+            mounts::mount_rootfs(&req.rootfs, &bundle_rootfs, &rootfs.host)
+                .map_err(|err| TaskError::Internal(err.to_string()))?;
+            for bind in &guest.binds {
+                mounts::bind(&bind.source, &bind.target.host, bind.readonly)
+                    .map_err(|err| TaskError::InvalidArgument(err.to_string()))?;
+            }
+            let create = agent_api::CreateContainerRequest {
+                container_id: cid.clone(),
+                bundle: format!("{GUEST_SHARED_DIR}/{cid}"),
+                oci_spec: guest.spec.to_string(),
+                rootfs: rootfs.guest.clone(),
+                stdio: Some(process.uris.agent_stdio()).into(),
+                ..Default::default()
+            };
+            sandbox
+                .agent
+                .create_container(agent_ctx(), &create)
+                .map_err(TaskError::agent(format!("CreateContainer {cid}")))?;
+            let io = stdio::attach(
+                &sandbox.dir.vsock_sock(),
+                &self.name(process),
+                &process.uris,
+            );
+            match io {
+                Ok(io) => {
+                    process.set_io(io);
+                    Ok(())
+                }
+                Err(err) => {
+                    remove_in_guest(&sandbox.agent, cid);
+                    Err(TaskError::Internal(err))
+                }
+            }
+        })();
+        if result.is_err() {
+            if let Err(err) = mounts::unmount_and_remove(&dir.container(cid)) {
+                warn!("cleanup of container {cid}'s share: {err}");
+            }
+        }
+        result
+    }
+
+    fn name<'a>(&'a self, process: &'a Process) -> ProcessName<'a> {
+        ProcessName {
+            namespace: &self.namespace,
+            container_id: &process.container_id,
+            exec_id: &process.exec_id,
+        }
+    }
+
+    fn start(self: &Arc<Self>, req: &api::StartRequest) -> Result<api::StartResponse> {
+        let (sandbox, process, in_guest) = self.lookup(&req.id, &req.exec_id)?;
+        if process.status() != Status::CREATED {
+            return Err(TaskError::FailedPrecondition(format!(
+                "process {} of {} was already started",
+                process.event_id(),
+                req.id
+            )));
+        }
+        let pid = sandbox.vm.pid();
+        if !in_guest {
+            process.set_status(Status::RUNNING);
+            self.publish_start(&process, pid);
+            return Ok(api::StartResponse {
+                pid,
+                ..Default::default()
+            });
+        }
+        if req.exec_id.is_empty() {
+            let start = agent_api::StartContainerRequest {
+                container_id: req.id.clone(),
+                ..Default::default()
+            };
+            sandbox
+                .agent
+                .start_container(agent_ctx(), &start)
+                .map_err(TaskError::agent(format!("StartContainer {}", req.id)))?;
+        } else {
+            let exec = agent_api::ExecProcessRequest {
+                container_id: req.id.clone(),
+                exec_id: req.exec_id.clone(),
+                process: process.exec_spec.clone().unwrap_or_default(),
+                stdio: Some(process.uris.agent_stdio()).into(),
+                ..Default::default()
+            };
+            sandbox
+                .agent
+                .exec_process(agent_ctx(), &exec)
+                .map_err(TaskError::agent(format!(
+                    "ExecProcess {}/{}",
+                    req.id, req.exec_id
+                )))?;
+            match stdio::attach(
+                &sandbox.dir.vsock_sock(),
+                &self.name(&process),
+                &process.uris,
+            ) {
+                Ok(io) => process.set_io(io),
+                Err(err) => {
+                    let kill = agent_api::SignalProcessRequest {
+                        container_id: req.id.clone(),
+                        exec_id: req.exec_id.clone(),
+                        signal: libc::SIGKILL.unsigned_abs(),
+                        ..Default::default()
+                    };
+                    let _ = sandbox.agent.signal_process(agent_ctx(), &kill);
+                    return Err(TaskError::Internal(err));
+                }
+            }
+        }
+        process.set_status(Status::RUNNING);
+        self.publish_start(&process, pid);
+        self.watch_exit(&sandbox, &process);
+        Ok(api::StartResponse {
+            pid,
+            ..Default::default()
+        })
+    }
+
+    fn publish_start(&self, process: &Process, pid: u32) {
+        if process.exec_id.is_empty() {
+            self.events.publish(
+                topics::TASK_START_EVENT_TOPIC,
+                TaskStart {
+                    container_id: process.container_id.clone(),
+                    pid,
+                    ..Default::default()
+                },
+            );
+        } else {
+            self.events.publish(
+                topics::TASK_EXEC_STARTED_EVENT_TOPIC,
+                TaskExecStarted {
+                    container_id: process.container_id.clone(),
+                    exec_id: process.exec_id.clone(),
+                    pid,
+                    ..Default::default()
+                },
+            );
+        }
+    }
+
+    /// Waits in the agent for the process's exit, then drains its output and
+    /// publishes the exit (after its start: this runs only once started).
+    fn watch_exit(self: &Arc<Self>, sandbox: &Arc<Sandbox>, process: &Arc<Process>) {
+        let (inner, sandbox, process) =
+            (Arc::clone(self), Arc::clone(sandbox), Arc::clone(process));
+        let name = format!("wait-{}", process.event_id());
+        let spawned = std::thread::Builder::new()
+            .name(name.clone())
+            .spawn(move || {
+                let req = agent_api::WaitProcessRequest {
+                    container_id: process.container_id.clone(),
+                    exec_id: process.exec_id.clone(),
+                    ..Default::default()
+                };
+                // No deadline: a process may run for as long as it likes.
+                let exit = match sandbox
+                    .agent
+                    .wait_process(ttrpc::context::Context::default(), &req)
+                {
+                    Ok(reply) => {
+                        Exit::at_unix_nanos(reply.exit_status.unsigned_abs(), reply.exited_at_ns)
+                    }
+                    Err(err) => {
+                        if !sandbox.vm.has_exited() {
+                            warn!(
+                                "WaitProcess {}/{}: {err}",
+                                process.container_id, process.exec_id
+                            );
+                        }
+                        Exit::now(VM_GONE_STATUS)
+                    }
+                };
+                process.finish_io();
+                inner.publish_exit(&process, exit, sandbox.vm.pid());
+            });
+        if let Err(err) = spawned {
+            warn!("cannot start {name}: {err}");
+        }
+    }
+
+    fn publish_exit(&self, process: &Process, exit: Exit, pid: u32) {
+        if !process.record_exit(exit) {
+            return;
+        }
+        info!(
+            "process {}/{} exited with {}",
+            process.container_id, process.exec_id, exit.status
+        );
+        self.events.publish(
+            topics::TASK_EXIT_EVENT_TOPIC,
+            TaskExit {
+                container_id: process.container_id.clone(),
+                id: process.event_id().to_string(),
+                pid,
+                exit_status: exit.status,
+                exited_at: Some(exit.timestamp()).into(),
+                ..Default::default()
+            },
+        );
+    }
+
+    /// The VMM exited: every process still running exits with 255.
+    fn vm_exited(&self, status: i32) {
+        let (processes, pid) = {
+            let pod = self.lock();
+            let processes: Vec<Arc<Process>> = pod
+                .tasks
+                .values()
+                .flat_map(|task| std::iter::once(&task.init).chain(task.execs.values()))
+                .cloned()
+                .collect();
+            (processes, pod.sandbox.as_ref().map_or(0, |s| s.vm.pid()))
+        };
+        if processes.iter().any(|p| p.exit().is_none()) {
+            warn!("the VMM exited ({status}) under running processes");
+        }
+        for process in processes {
+            if process.status() == Status::CREATED {
+                process.record_exit(Exit::now(VM_GONE_STATUS));
+            } else {
+                process.finish_io();
+                self.publish_exit(&process, Exit::now(VM_GONE_STATUS), pid);
+            }
+        }
+    }
+
+    /// Forwards the guest's OOM kills as TaskOOM events, while the VM runs.
+    fn watch_oom(self: &Arc<Self>, sandbox: &Sandbox) {
+        let weak = Arc::downgrade(self);
+        let agent = sandbox.agent.clone();
+        let spawned = std::thread::Builder::new()
+            .name("oom".into())
+            .spawn(move || loop {
+                let reply = agent.get_oom_event(
+                    ttrpc::context::with_duration(OOM_POLL),
+                    &agent_api::GetOOMEventRequest::default(),
+                );
+                let Some(inner) = weak.upgrade() else {
+                    return;
+                };
+                let vm_gone = inner
+                    .lock()
+                    .sandbox
+                    .as_ref()
+                    .map_or(true, |s| s.vm.has_exited());
+                match reply {
+                    Ok(event) => inner.events.publish(
+                        topics::TASK_OOM_EVENT_TOPIC,
+                        TaskOOM {
+                            container_id: event.container_id,
+                            ..Default::default()
+                        },
+                    ),
+                    Err(_) if vm_gone => return,
+                    Err(ttrpc::Error::RpcStatus(status))
+                        if status.code() == ttrpc::Code::DEADLINE_EXCEEDED => {}
+                    Err(err) => {
+                        debug!("GetOOMEvent: {err}");
+                        drop(inner);
+                        std::thread::sleep(Duration::from_secs(1));
+                    }
+                }
+            });
+        if let Err(err) = spawned {
+            warn!("cannot watch OOM events: {err}");
+        }
+    }
+
+    fn delete(&self, req: &api::DeleteRequest) -> Result<api::DeleteResponse> {
+        let mut pod = self.lock();
+        let pid = pod.sandbox.as_ref().map_or(0, |s| s.vm.pid());
+        let task = pod
+            .tasks
+            .get_mut(&req.id)
+            .ok_or_else(|| TaskError::not_found("task", &req.id))?;
+        let process = task.process(&req.exec_id)?;
+        if process.is_live() {
+            return Err(TaskError::FailedPrecondition(format!(
+                "process {} of {} is still running",
+                process.event_id(),
+                req.id
+            )));
+        }
+        let exit = process.exit().unwrap_or_else(|| Exit::now(0));
+        let reply = api::DeleteResponse {
+            pid,
+            exit_status: exit.status,
+            exited_at: Some(exit.timestamp()).into(),
+            ..Default::default()
+        };
+        if !req.exec_id.is_empty() {
+            task.execs.remove(&req.exec_id);
+            return Ok(reply);
+        }
+        let in_guest = task.in_guest();
+        pod.tasks.remove(&req.id);
+        if let (true, Some(sandbox)) = (in_guest, pod.sandbox.clone()) {
+            drop(pod);
+            if !sandbox.vm.has_exited() {
+                remove_in_guest(&sandbox.agent, &req.id);
+            }
+            mounts::unmount_and_remove(&sandbox.dir.container(&req.id))
+                .map_err(|err| TaskError::Internal(err.to_string()))?;
+        } else {
+            drop(pod);
+        }
+        self.events.publish(
+            topics::TASK_DELETE_EVENT_TOPIC,
+            TaskDelete {
+                container_id: req.id.clone(),
+                pid,
+                exit_status: exit.status,
+                exited_at: Some(exit.timestamp()).into(),
+                id: req.id.clone(),
+                ..Default::default()
+            },
+        );
+        Ok(reply)
+    }
+
+    fn exec(&self, req: &api::ExecProcessRequest) -> Result<()> {
+        check_id("exec", &req.exec_id).map_err(TaskError::InvalidArgument)?;
+        let spec = req
+            .spec
+            .as_ref()
+            .map(|any| String::from_utf8_lossy(&any.value).into_owned())
+            .filter(|json| !json.is_empty())
+            .ok_or_else(|| TaskError::InvalidArgument("exec without a process spec".into()))?;
+        let mut pod = self.lock();
+        let task = pod
+            .tasks
+            .get_mut(&req.id)
+            .ok_or_else(|| TaskError::not_found("task", &req.id))?;
+        if !task.in_guest() {
+            return Err(TaskError::FailedPrecondition(
+                "a pod sandbox runs no container to exec into".into(),
+            ));
+        }
+        if !task.init.is_live() {
+            return Err(TaskError::FailedPrecondition(format!(
+                "container {} is not running",
+                req.id
+            )));
+        }
+        if task.execs.contains_key(&req.exec_id) {
+            return Err(TaskError::AlreadyExists(format!(
+                "exec {} exists in {}",
+                req.exec_id, req.id
+            )));
+        }
+        let uris = StdioUris {
+            stdin: req.stdin.clone(),
+            stdout: req.stdout.clone(),
+            stderr: req.stderr.clone(),
+            terminal: req.terminal,
+        };
+        let process = Process::new(&req.id, &req.exec_id, uris, Some(spec));
+        task.execs.insert(req.exec_id.clone(), Arc::new(process));
+        drop(pod);
+        self.events.publish(
+            topics::TASK_EXEC_ADDED_EVENT_TOPIC,
+            TaskExecAdded {
+                container_id: req.id.clone(),
+                exec_id: req.exec_id.clone(),
+                ..Default::default()
+            },
+        );
+        Ok(())
+    }
+
+    fn kill(&self, req: &api::KillRequest) -> Result<()> {
+        let (sandbox, process, in_guest) = self.lookup(&req.id, &req.exec_id)?;
+        if process.exit().is_some() {
+            return Err(TaskError::NotFound {
+                kind: "running process",
+                id: format!("{} of {} (it already finished)", process.event_id(), req.id),
+            });
+        }
+        if !in_guest {
+            // The sandbox's task stands for the VM: any signal but 0 ends it; the
+            // VM goes at Shutdown, once every task is deleted.
+            if req.signal != 0 {
+                let exit = Exit::now(128 + req.signal);
+                if process.status() == Status::CREATED {
+                    process.record_exit(exit);
+                } else {
+                    self.publish_exit(&process, exit, sandbox.vm.pid());
+                }
+            }
+            return Ok(());
+        }
+        let signal = agent_api::SignalProcessRequest {
+            container_id: req.id.clone(),
+            exec_id: req.exec_id.clone(),
+            signal: req.signal,
+            all: req.all,
+            ..Default::default()
+        };
+        sandbox
+            .agent
+            .signal_process(agent_ctx(), &signal)
+            .map_err(TaskError::agent(format!(
+                "SignalProcess {}/{}",
+                req.id, req.exec_id
+            )))?;
+        Ok(())
+    }
+
+    fn state(&self, req: &api::StateRequest) -> Result<api::StateResponse> {
+        let pod = self.lock();
+        let task = pod
+            .tasks
+            .get(&req.id)
+            .ok_or_else(|| TaskError::not_found("task", &req.id))?;
+        let process = task.process(&req.exec_id)?;
+        let exit = process.exit();
+        Ok(api::StateResponse {
+            id: req.id.clone(),
+            bundle: task.bundle.clone(),
+            pid: pod.sandbox.as_ref().map_or(0, |s| s.vm.pid()),
+            status: process.status().into(),
+            stdin: process.uris.stdin.clone(),
+            stdout: process.uris.stdout.clone(),
+            stderr: process.uris.stderr.clone(),
+            terminal: process.uris.terminal,
+            exit_status: exit.map_or(0, |e| e.status),
+            exited_at: exit.map(|e| e.timestamp()).into(),
+            exec_id: req.exec_id.clone(),
+            ..Default::default()
+        })
+    }
+
+    fn pids(&self, req: &api::PidsRequest) -> Result<api::PidsResponse> {
+        let (sandbox, _, in_guest) = self.lookup(&req.id, "")?;
+        let pids = if in_guest {
+            let list = agent_api::ListProcessesRequest {
+                container_id: req.id.clone(),
+                ..Default::default()
+            };
+            sandbox
+                .agent
+                .list_processes(agent_ctx(), &list)
+                .map_err(TaskError::agent(format!("ListProcesses {}", req.id)))?
+                .pids
+        } else {
+            vec![sandbox.vm.pid()]
+        };
+        Ok(api::PidsResponse {
+            processes: pids
+                .into_iter()
+                .map(|pid| api::ProcessInfo {
+                    pid,
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        })
+    }
+
+    fn pause_or_resume(&self, id: &str, pause: bool) -> Result<()> {
+        let (sandbox, process, in_guest) = self.lookup(id, "")?;
+        if !in_guest {
+            return Err(TaskError::FailedPrecondition(
+                "pause or resume the pod's containers, not its sandbox".into(),
+            ));
+        }
+        let container_id = id.to_string();
+        if pause {
+            let req = agent_api::PauseContainerRequest {
+                container_id,
+                ..Default::default()
+            };
+            sandbox
+                .agent
+                .pause_container(agent_ctx(), &req)
+                .map_err(TaskError::agent(format!("PauseContainer {id}")))?;
+            process.set_status(Status::PAUSED);
+            self.events.publish(
+                topics::TASK_PAUSED_EVENT_TOPIC,
+                TaskPaused {
+                    container_id: id.to_string(),
+                    ..Default::default()
+                },
+            );
+        } else {
+            let req = agent_api::ResumeContainerRequest {
+                container_id,
+                ..Default::default()
+            };
+            sandbox
+                .agent
+                .resume_container(agent_ctx(), &req)
+                .map_err(TaskError::agent(format!("ResumeContainer {id}")))?;
+            process.set_status(Status::RUNNING);
+            self.events.publish(
+                topics::TASK_RESUMED_EVENT_TOPIC,
+                TaskResumed {
+                    container_id: id.to_string(),
+                    ..Default::default()
+                },
+            );
+        }
+        Ok(())
+    }
+
+    fn resize_pty(&self, req: &api::ResizePtyRequest) -> Result<()> {
+        let (sandbox, _, in_guest) = self.lookup(&req.id, &req.exec_id)?;
+        if !in_guest {
+            return Err(TaskError::FailedPrecondition(
+                "a pod sandbox has no terminal".into(),
+            ));
+        }
+        let resize = agent_api::TtyWinResizeRequest {
+            container_id: req.id.clone(),
+            exec_id: req.exec_id.clone(),
+            rows: req.height,
+            columns: req.width,
+            ..Default::default()
+        };
+        sandbox
+            .agent
+            .tty_win_resize(agent_ctx(), &resize)
+            .map_err(TaskError::agent(format!(
+                "TtyWinResize {}/{}",
+                req.id, req.exec_id
+            )))?;
+        Ok(())
+    }
+
+    fn close_io(&self, req: &api::CloseIORequest) -> Result<()> {
+        let (_, process, _) = self.lookup(&req.id, &req.exec_id)?;
+        if req.stdin {
+            process.close_stdin();
+        }
+        Ok(())
+    }
+
+    fn update(&self, req: &api::UpdateTaskRequest) -> Result<()> {
+        let (sandbox, _, in_guest) = self.lookup(&req.id, "")?;
+        if !in_guest {
+            return Err(TaskError::FailedPrecondition(
+                "a pod sandbox has no resources of its own to update".into(),
+            ));
+        }
+        // containerd sends the OCI LinuxResources as JSON in the Any.
+        let resources = req
+            .resources
+            .as_ref()
+            .map(|any| String::from_utf8_lossy(&any.value).into_owned())
+            .filter(|json| !json.is_empty())
+            .ok_or_else(|| TaskError::InvalidArgument("update without resources".into()))?;
+        let update = agent_api::UpdateContainerRequest {
+            container_id: req.id.clone(),
+            resources,
+            ..Default::default()
+        };
+        sandbox
+            .agent
+            .update_container(agent_ctx(), &update)
+            .map_err(TaskError::agent(format!("UpdateContainer {}", req.id)))?;
+        Ok(())
+    }
+
+    fn wait(&self, req: &api::WaitRequest) -> Result<api::WaitResponse> {
+        let (_, process, _) = self.lookup(&req.id, &req.exec_id)?;
+        let exit = process.wait();
+        Ok(api::WaitResponse {
+            exit_status: exit.status,
+            exited_at: Some(exit.timestamp()).into(),
+            ..Default::default()
+        })
+    }
+
+    fn stats(&self, req: &api::StatsRequest) -> Result<api::StatsResponse> {
+        let (sandbox, _, in_guest) = self.lookup(&req.id, "")?;
+        if !in_guest {
+            return Err(TaskError::FailedPrecondition(
+                "a pod sandbox has no cgroup of its own".into(),
+            ));
+        }
+        let stats = agent_api::StatsContainerRequest {
+            container_id: req.id.clone(),
+            ..Default::default()
+        };
+        let reply = sandbox
+            .agent
+            .stats_container(agent_ctx(), &stats)
+            .map_err(TaskError::agent(format!("StatsContainer {}", req.id)))?;
+        let any = metrics::to_any(&reply).map_err(TaskError::Internal)?;
+        Ok(api::StatsResponse {
+            stats: Some(any).into(),
+            ..Default::default()
+        })
+    }
+
+    fn shutdown(&self) {
+        let sandbox = {
+            let mut pod = self.lock();
+            if !pod.tasks.is_empty() {
+                debug!(
+                    "shutdown asked with {} tasks left: staying",
+                    pod.tasks.len()
+                );
+                return;
+            }
+            pod.sandbox.take()
+        };
+        if let Some(sandbox) = sandbox {
+            sandbox.destroy();
+        }
+        self.exit_signal.signal();
+    }
+}
+
+/// Removes container `cid` in the guest, killing what still runs in it.
+fn remove_in_guest(agent: &AgentClient, cid: &str) {
+    let req = agent_api::RemoveContainerRequest {
+        container_id: cid.to_string(),
+        force: true,
+        ..Default::default()
+    };
+    if let Err(err) = agent.remove_container(agent_ctx(), &req) {
+        warn!("RemoveContainer {cid}: {err}");
+    }
+}
+
+impl containerd_shim::Task for Service {
+    fn create(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::CreateTaskRequest,
+    ) -> ttrpc::Result<api::CreateTaskResponse> {
+        info!("create {} (bundle {})", req.id, req.bundle);
+        Ok(self.inner.create(&req)?)
+    }
+
+    fn start(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::StartRequest,
+    ) -> ttrpc::Result<api::StartResponse> {
+        info!("start {} {}", req.id, req.exec_id);
+        Ok(self.inner.start(&req)?)
+    }
+
+    fn delete(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::DeleteRequest,
+    ) -> ttrpc::Result<api::DeleteResponse> {
+        info!("delete {} {}", req.id, req.exec_id);
+        Ok(self.inner.delete(&req)?)
+    }
+
+    fn exec(&self, _ctx: &TtrpcContext, req: api::ExecProcessRequest) -> ttrpc::Result<api::Empty> {
+        info!("exec {} {}", req.id, req.exec_id);
+        self.inner.exec(&req)?;
+        Ok(api::Empty::default())
+    }
+
+    fn kill(&self, _ctx: &TtrpcContext, req: api::KillRequest) -> ttrpc::Result<api::Empty> {
+        info!(
+            "kill {} {} signal {} all {}",
+            req.id, req.exec_id, req.signal, req.all
+        );
+        self.inner.kill(&req)?;
+        Ok(api::Empty::default())
+    }
+
+    fn state(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::StateRequest,
+    ) -> ttrpc::Result<api::StateResponse> {
+        Ok(self.inner.state(&req)?)
+    }
+
+    fn pids(&self, _ctx: &TtrpcContext, req: api::PidsRequest) -> ttrpc::Result<api::PidsResponse> {
+        Ok(self.inner.pids(&req)?)
+    }
+
+    fn pause(&self, _ctx: &TtrpcContext, req: api::PauseRequest) -> ttrpc::Result<api::Empty> {
+        info!("pause {}", req.id);
+        self.inner.pause_or_resume(&req.id, true)?;
+        Ok(api::Empty::default())
+    }
+
+    fn resume(&self, _ctx: &TtrpcContext, req: api::ResumeRequest) -> ttrpc::Result<api::Empty> {
+        info!("resume {}", req.id);
+        self.inner.pause_or_resume(&req.id, false)?;
+        Ok(api::Empty::default())
+    }
+
+    fn checkpoint(
+        &self,
+        _ctx: &TtrpcContext,
+        _req: api::CheckpointTaskRequest,
+    ) -> ttrpc::Result<api::Empty> {
+        Err(TaskError::Unimplemented("runv does not checkpoint VMs (yet)").into())
+    }
+
+    fn resize_pty(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::ResizePtyRequest,
+    ) -> ttrpc::Result<api::Empty> {
+        self.inner.resize_pty(&req)?;
+        Ok(api::Empty::default())
+    }
+
+    fn close_io(&self, _ctx: &TtrpcContext, req: api::CloseIORequest) -> ttrpc::Result<api::Empty> {
+        self.inner.close_io(&req)?;
+        Ok(api::Empty::default())
+    }
+
+    fn update(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::UpdateTaskRequest,
+    ) -> ttrpc::Result<api::Empty> {
+        info!("update {}", req.id);
+        self.inner.update(&req)?;
+        Ok(api::Empty::default())
+    }
+
+    fn wait(&self, _ctx: &TtrpcContext, req: api::WaitRequest) -> ttrpc::Result<api::WaitResponse> {
+        Ok(self.inner.wait(&req)?)
+    }
+
+    fn stats(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::StatsRequest,
+    ) -> ttrpc::Result<api::StatsResponse> {
+        Ok(self.inner.stats(&req)?)
+    }
+
+    fn connect(
+        &self,
+        _ctx: &TtrpcContext,
+        _req: api::ConnectRequest,
+    ) -> ttrpc::Result<api::ConnectResponse> {
+        Ok(api::ConnectResponse {
+            shim_pid: std::process::id(),
+            task_pid: self.inner.vmm_pid(),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            ..Default::default()
+        })
+    }
+
+    fn shutdown(
+        &self,
+        _ctx: &TtrpcContext,
+        _req: api::ShutdownRequest,
+    ) -> ttrpc::Result<api::Empty> {
+        info!("shutdown");
+        self.inner.shutdown();
+        Ok(api::Empty::default())
+    }
+}

@@ -1,0 +1,122 @@
+//! The shim's life as containerd drives it: `start` (find or spawn the pod's
+//! shim), the long-running server, and `delete` (clean up after a dead shim).
+
+use crate::events::EventQueue;
+use crate::exit::timestamp;
+use crate::paths::{check_id, SandboxDir};
+use crate::sandbox;
+use crate::service::Service;
+use crate::spec;
+use containerd_shim::protos::api::DeleteResponse;
+use containerd_shim::publisher::RemotePublisher;
+use containerd_shim::synchronous::util::write_address;
+use containerd_shim::{spawn, Config, Error, ExitSignal, Flags, StartOpts};
+use log::{info, warn};
+use std::path::Path;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, SystemTime};
+
+/// How long the shim waits for its last events to reach containerd before it exits.
+const EVENT_FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Exit status containerd records for a task whose shim died (SIGKILL).
+const DEAD_SHIM_STATUS: u32 = 128 + 9;
+
+/// The runv shim.
+pub struct RunvShim {
+    id: String,
+    namespace: String,
+    exit: Arc<ExitSignal>,
+    events: OnceLock<EventQueue>,
+}
+
+/// The pod a task belongs to, from the bundle in `dir` (containerd runs `start`
+/// and `delete` in the bundle directory).
+fn pod_of(task_id: &str, bundle: &Path) -> String {
+    match spec::read_spec(bundle) {
+        Ok(spec) => spec::sandbox_id(task_id, &spec::annotations(&spec)),
+        Err(_) => task_id.to_string(),
+    }
+}
+
+impl containerd_shim::Shim for RunvShim {
+    type T = Service;
+
+    fn new(_runtime_id: &str, args: &Flags, _config: &mut Config) -> Self {
+        Self {
+            id: args.id.clone(),
+            namespace: args.namespace.clone(),
+            exit: Arc::new(ExitSignal::default()),
+            events: OnceLock::new(),
+        }
+    }
+
+    fn start_shim(&mut self, opts: StartOpts) -> containerd_shim::Result<String> {
+        // One shim per pod: every container of the pod gets the same socket, and
+        // a second start finds the pod's shim already serving there.
+        let pod = pod_of(&opts.id, Path::new("."));
+        let (_pid, address) = spawn(opts, &pod, Vec::new())?;
+        write_address(&address)?;
+        Ok(address)
+    }
+
+    fn delete_shim(&mut self) -> containerd_shim::Result<DeleteResponse> {
+        let pod = pod_of(&self.id, Path::new("."));
+        check_id("sandbox", &pod).map_err(Error::InvalidArgument)?;
+        let dir = SandboxDir::new(&pod);
+        if served_by_live_shim(&dir) {
+            // Only this container's part of a pod whose shim still runs.
+            info!(
+                "delete {}: pod {pod} lives on; removing the container's share",
+                self.id
+            );
+            if check_id("container", &self.id).is_ok() {
+                if let Err(err) = crate::mounts::unmount_and_remove(&dir.container(&self.id)) {
+                    warn!("delete {}: {err}", self.id);
+                }
+            }
+        } else {
+            info!("delete {}: cleaning pod {pod} after its shim", self.id);
+            sandbox::cleanup(&dir);
+        }
+        Ok(DeleteResponse {
+            pid: 0,
+            exit_status: DEAD_SHIM_STATUS,
+            exited_at: Some(timestamp(SystemTime::now())).into(),
+            ..Default::default()
+        })
+    }
+
+    fn wait(&mut self) {
+        self.exit.wait();
+        if let Some(events) = self.events.get() {
+            events.flush(EVENT_FLUSH_TIMEOUT);
+        }
+    }
+
+    fn create_task_service(&self, publisher: RemotePublisher) -> Service {
+        let events = EventQueue::start(publisher, self.namespace.clone());
+        let _ = self.events.set(events.clone());
+        Service::new(&self.namespace, events, Arc::clone(&self.exit))
+    }
+}
+
+/// Whether the pod's VMM still has a live runv shim as its parent.
+fn served_by_live_shim(dir: &SandboxDir) -> bool {
+    let Ok(pid) = std::fs::read_to_string(dir.vmm_pid_file()) else {
+        return false;
+    };
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{}/stat", pid.trim())) else {
+        return false;
+    };
+    // Fields after the command name: state, ppid, ...
+    let Some(ppid) = stat
+        .rsplit_once(')')
+        .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+    else {
+        return false;
+    };
+    std::fs::read_to_string(format!("/proc/{ppid}/comm"))
+        .map(|comm| comm.trim_end().starts_with("containerd-shim"))
+        .unwrap_or(false)
+}

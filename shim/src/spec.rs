@@ -1,0 +1,366 @@
+//! Reading a bundle's OCI spec, and turning it into the spec the guest agent runs:
+//! rootfs and bind sources moved into the pod's share, host-only parts dropped.
+
+use crate::config::RunvConfig;
+use crate::paths::{SandboxDir, SharedPath};
+use serde_json::{Map, Value};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+/// CRI annotation: `sandbox` for a pod's sandbox, `container` for the others.
+pub const CONTAINER_TYPE_ANNOTATION: &str = "io.kubernetes.cri.container-type";
+/// CRI annotation: the id of the pod sandbox a container belongs to.
+pub const SANDBOX_ID_ANNOTATION: &str = "io.kubernetes.cri.sandbox-id";
+
+const MIB: u64 = 1 << 20;
+
+/// Namespaces a pod's containers share in the guest: a spec that asks to join
+/// the pod's (host) namespace by path joins the guest's own instead.
+const POD_NAMESPACES: &[&str] = &["network", "ipc", "uts"];
+
+/// Reads `<bundle>/config.json`.
+pub fn read_spec(bundle: &Path) -> Result<Value, String> {
+    let path = bundle.join("config.json");
+    let text =
+        std::fs::read_to_string(&path).map_err(|err| format!("{}: {err}", path.display()))?;
+    let spec: Value =
+        serde_json::from_str(&text).map_err(|err| format!("{}: {err}", path.display()))?;
+    if !spec.is_object() {
+        return Err(format!("{}: not a JSON object", path.display()));
+    }
+    Ok(spec)
+}
+
+/// The spec's annotations (non-string values are ignored).
+pub fn annotations(spec: &Value) -> HashMap<String, String> {
+    spec.get("annotations")
+        .and_then(Value::as_object)
+        .map(|map| {
+            map.iter()
+                .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string())))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// What a task is to its pod.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PodRole {
+    /// A CRI pod sandbox: its task stands for the VM, no container runs for it.
+    Sandbox,
+    /// A CRI container of pod `sandbox_id`, in that pod's VM.
+    Container { sandbox_id: String },
+    /// A container without a pod (`ctr run`): a pod of one.
+    Standalone,
+}
+
+impl PodRole {
+    /// The role the annotations give task `id`.
+    pub fn of(annotations: &HashMap<String, String>) -> Result<Self, String> {
+        match annotations.get(CONTAINER_TYPE_ANNOTATION).map(String::as_str) {
+            None => Ok(Self::Standalone),
+            Some("sandbox") => Ok(Self::Sandbox),
+            Some("container") => match annotations.get(SANDBOX_ID_ANNOTATION) {
+                Some(id) if !id.is_empty() => Ok(Self::Container {
+                    sandbox_id: id.clone(),
+                }),
+                _ => Err(format!(
+                    "annotation {CONTAINER_TYPE_ANNOTATION}=container without {SANDBOX_ID_ANNOTATION}"
+                )),
+            },
+            Some(other) => Err(format!(
+                "annotation {CONTAINER_TYPE_ANNOTATION}={other:?}: expected sandbox or container"
+            )),
+        }
+    }
+}
+
+/// The pod (and so the shim and VM) task `task_id` belongs to.
+pub fn sandbox_id(task_id: &str, annotations: &HashMap<String, String>) -> String {
+    match annotations.get(SANDBOX_ID_ANNOTATION) {
+        Some(id) if !id.is_empty() => id.clone(),
+        _ => task_id.to_string(),
+    }
+}
+
+/// vCPUs and memory of a VM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VmSize {
+    pub vcpus: u32,
+    pub memory_mib: u32,
+}
+
+impl VmSize {
+    /// The size for a pod whose container sets `resources` (OCI
+    /// `linux.resources`; none for a CRI sandbox): the container's memory limit
+    /// plus the guest's overhead, and enough vCPUs for its CPU quota; the
+    /// configured defaults where it sets no limit.
+    pub fn for_pod(config: &RunvConfig, resources: Option<&Value>) -> Self {
+        let limit = resources
+            .and_then(|r| r.pointer("/memory/limit"))
+            .and_then(Value::as_i64)
+            .filter(|limit| *limit > 0)
+            .map(|limit| u64::try_from(limit).unwrap_or(0).div_ceil(MIB));
+        let memory_mib = match limit {
+            Some(mib) => u32::try_from(mib)
+                .unwrap_or(u32::MAX)
+                .saturating_add(config.overhead_memory_mib),
+            None => config.default_memory_mib,
+        };
+        let quota = resources
+            .and_then(|r| r.pointer("/cpu/quota"))
+            .and_then(Value::as_i64)
+            .filter(|q| *q > 0);
+        let period = resources
+            .and_then(|r| r.pointer("/cpu/period"))
+            .and_then(Value::as_u64)
+            .filter(|p| *p > 0);
+        let host_cpus = std::thread::available_parallelism()
+            .map(|n| u32::try_from(n.get()).unwrap_or(1))
+            .unwrap_or(1);
+        let cpus = match (quota, period) {
+            (Some(quota), Some(period)) => {
+                let needed = u64::try_from(quota).unwrap_or(0).div_ceil(period);
+                u32::try_from(needed).unwrap_or(u32::MAX)
+            }
+            _ => config.default_vcpus,
+        };
+        let vcpus = cpus
+            .max(config.default_vcpus)
+            .min(config.max_vcpus)
+            .min(host_cpus.max(1));
+        Self { vcpus, memory_mib }
+    }
+}
+
+/// A host path the shim bind-mounts into the share for the guest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShareBind {
+    /// The host file or directory.
+    pub source: PathBuf,
+    /// Where it goes in the share.
+    pub target: SharedPath,
+    /// Read-only in the share too.
+    pub readonly: bool,
+}
+
+/// The spec the agent gets, and the binds the share needs for it.
+#[derive(Debug, Clone)]
+pub struct GuestSpec {
+    /// The rewritten spec.
+    pub spec: Value,
+    /// Host paths to bind into the share first.
+    pub binds: Vec<ShareBind>,
+}
+
+/// Rewrites `spec` of container `cid` for the guest: its root becomes
+/// `rootfs.guest`, bind sources move into the share, host hooks go, and joins of
+/// the pod's host namespaces become the guest's own.
+pub fn guest_spec(
+    spec: &Value,
+    dir: &SandboxDir,
+    cid: &str,
+    rootfs: &SharedPath,
+) -> Result<GuestSpec, String> {
+    let mut spec = spec.clone();
+    let top = spec
+        .as_object_mut()
+        .ok_or_else(|| "the OCI spec is not a JSON object".to_string())?;
+    let readonly = top
+        .get("root")
+        .and_then(|r| r.get("readonly"))
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
+    let mut root = Map::new();
+    root.insert("path".into(), rootfs.guest.clone().into());
+    root.insert("readonly".into(), readonly.into());
+    top.insert("root".into(), Value::Object(root));
+    top.remove("hooks");
+
+    let mut binds = Vec::new();
+    if let Some(mounts) = top.get_mut("mounts").and_then(Value::as_array_mut) {
+        for (index, mount) in mounts.iter_mut().enumerate() {
+            if let Some(bind) = share_bind(mount, dir, cid, index)? {
+                mount["source"] = bind.target.guest.clone().into();
+                binds.push(bind);
+            }
+        }
+    }
+    if let Some(linux) = top.get_mut("linux").and_then(Value::as_object_mut) {
+        if let Some(namespaces) = linux.get_mut("namespaces").and_then(Value::as_array_mut) {
+            namespaces.retain(|ns| {
+                let kind = ns.get("type").and_then(Value::as_str).unwrap_or_default();
+                !(ns.get("path").is_some() && POD_NAMESPACES.contains(&kind))
+            });
+            for ns in namespaces.iter_mut().filter_map(Value::as_object_mut) {
+                ns.remove("path");
+            }
+        }
+        let systemd_style = linux
+            .get("cgroupsPath")
+            .and_then(Value::as_str)
+            .is_some_and(|p| p.contains(':'));
+        if systemd_style {
+            linux.insert("cgroupsPath".into(), format!("/runv/{cid}").into());
+        }
+    }
+    Ok(GuestSpec { spec, binds })
+}
+
+/// The share bind for mount number `index` of the spec, if it is a bind mount.
+fn share_bind(
+    mount: &Value,
+    dir: &SandboxDir,
+    cid: &str,
+    index: usize,
+) -> Result<Option<ShareBind>, String> {
+    let options: Vec<&str> = mount
+        .get("options")
+        .and_then(Value::as_array)
+        .map(|o| o.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    let is_bind = mount.get("type").and_then(Value::as_str) == Some("bind")
+        || options.iter().any(|o| *o == "bind" || *o == "rbind");
+    if !is_bind {
+        return Ok(None);
+    }
+    let destination = mount
+        .get("destination")
+        .and_then(Value::as_str)
+        .unwrap_or("?");
+    let source = mount
+        .get("source")
+        .and_then(Value::as_str)
+        .filter(|s| Path::new(s).is_absolute())
+        .ok_or_else(|| {
+            format!("bind mount on {destination}: the source must be an absolute host path")
+        })?;
+    Ok(Some(ShareBind {
+        source: source.into(),
+        target: SharedPath::new(dir, cid, &format!("mounts/{index}")),
+        readonly: options.contains(&"ro"),
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn config() -> RunvConfig {
+        RunvConfig {
+            default_vcpus: 1,
+            default_memory_mib: 256,
+            overhead_memory_mib: 128,
+            max_vcpus: 1,
+            ..RunvConfig::default()
+        }
+    }
+
+    #[test]
+    fn roles_follow_the_cri_annotations() {
+        let ann = |pairs: &[(&str, &str)]| -> HashMap<String, String> {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        assert_eq!(PodRole::of(&ann(&[])).unwrap(), PodRole::Standalone);
+        assert_eq!(
+            PodRole::of(&ann(&[(CONTAINER_TYPE_ANNOTATION, "sandbox")])).unwrap(),
+            PodRole::Sandbox
+        );
+        let member = ann(&[
+            (CONTAINER_TYPE_ANNOTATION, "container"),
+            (SANDBOX_ID_ANNOTATION, "pod1"),
+        ]);
+        assert_eq!(
+            PodRole::of(&member).unwrap(),
+            PodRole::Container {
+                sandbox_id: "pod1".into()
+            }
+        );
+        assert_eq!(sandbox_id("c1", &member), "pod1");
+        assert_eq!(sandbox_id("c1", &ann(&[])), "c1");
+        assert!(PodRole::of(&ann(&[(CONTAINER_TYPE_ANNOTATION, "container")])).is_err());
+        assert!(PodRole::of(&ann(&[(CONTAINER_TYPE_ANNOTATION, "vm")])).is_err());
+    }
+
+    #[test]
+    fn vm_size_follows_the_limits() {
+        let config = config();
+        assert_eq!(
+            VmSize::for_pod(&config, None),
+            VmSize {
+                vcpus: 1,
+                memory_mib: 256
+            }
+        );
+        let limited =
+            json!({"memory": {"limit": 32 * MIB + 1}, "cpu": {"quota": 150000, "period": 100000}});
+        let size = VmSize::for_pod(&config, Some(&limited));
+        assert_eq!(size.memory_mib, 128 + 33);
+        assert_eq!(size.vcpus, 1, "capped by max_vcpus");
+    }
+
+    #[test]
+    fn guest_spec_moves_root_and_binds_into_the_share() {
+        let dir = SandboxDir::new("pod");
+        let rootfs = SharedPath::new(&dir, "c1", "rootfs");
+        let spec = json!({
+            "root": {"path": "rootfs", "readonly": true},
+            "hooks": {"prestart": [{"path": "/usr/bin/evil"}]},
+            "mounts": [
+                {"destination": "/proc", "type": "proc", "source": "proc"},
+                {"destination": "/data", "type": "bind", "source": "/srv/data", "options": ["rbind", "ro"]},
+                {"destination": "/etc/hosts", "source": "/var/lib/x/hosts", "options": ["bind"]}
+            ],
+            "linux": {
+                "cgroupsPath": "kubepods-besteffort.slice:cri-containerd:c1",
+                "namespaces": [
+                    {"type": "pid"},
+                    {"type": "network", "path": "/var/run/netns/cni-1"},
+                    {"type": "ipc", "path": "/proc/42/ns/ipc"},
+                    {"type": "mount"}
+                ]
+            }
+        });
+        let out = guest_spec(&spec, &dir, "c1", &rootfs).unwrap();
+        assert_eq!(
+            out.spec["root"],
+            json!({"path": "/run/runv/shared/c1/rootfs", "readonly": true})
+        );
+        assert!(out.spec.get("hooks").is_none());
+        assert_eq!(out.spec["mounts"][0]["source"], "proc");
+        assert_eq!(
+            out.spec["mounts"][1]["source"],
+            "/run/runv/shared/c1/mounts/1"
+        );
+        assert_eq!(
+            out.spec["mounts"][2]["source"],
+            "/run/runv/shared/c1/mounts/2"
+        );
+        assert_eq!(out.binds.len(), 2);
+        assert_eq!(out.binds[0].source, PathBuf::from("/srv/data"));
+        assert!(out.binds[0].readonly);
+        assert_eq!(
+            out.binds[1].target.host,
+            PathBuf::from("/run/runv/pod/shared/c1/mounts/2")
+        );
+        assert_eq!(
+            out.spec["linux"]["namespaces"],
+            json!([{"type": "pid"}, {"type": "mount"}])
+        );
+        assert_eq!(out.spec["linux"]["cgroupsPath"], "/runv/c1");
+    }
+
+    #[test]
+    fn a_relative_bind_source_is_refused() {
+        let dir = SandboxDir::new("pod");
+        let rootfs = SharedPath::new(&dir, "c1", "rootfs");
+        let spec =
+            json!({"mounts": [{"destination": "/d", "type": "bind", "source": "../../etc"}]});
+        let err = guest_spec(&spec, &dir, "c1", &rootfs).unwrap_err();
+        assert!(err.contains("/d"), "{err}");
+    }
+}

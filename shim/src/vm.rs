@@ -1,0 +1,179 @@
+//! The pod's VMM process: started with the VM's whole configuration on its
+//! command line, watched until it exits, killed when the pod goes.
+
+use crate::config::RunvConfig;
+use crate::exit::ExitCell;
+use crate::paths::{SandboxDir, GUEST_CID};
+use crate::spec::VmSize;
+use containerd_shim::monitor::{monitor_subscribe, Subject, Topic};
+use log::{info, warn};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use protocol::SHARED_FS_TAG;
+use std::fs::{self, File};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// A running (or exited) VMM.
+pub struct Vm {
+    pid: i32,
+    exit: Arc<ExitCell>,
+}
+
+impl Vm {
+    /// Starts `config.vmm` for sandbox `dir` with `size`; `on_exit` runs once, on
+    /// a thread, when the VMM exits.
+    ///
+    /// The shim's reaper (containerd-shim's SIGCHLD handler) reaps every child, so
+    /// the VMM's exit is learnt from its monitor, subscribed before the spawn.
+    pub fn launch(
+        config: &RunvConfig,
+        dir: &SandboxDir,
+        size: VmSize,
+        on_exit: impl FnOnce(i32) + Send + 'static,
+    ) -> Result<Self, String> {
+        let subscription = monitor_subscribe(Topic::Pid)
+            .map_err(|err| format!("cannot watch the VMM's exit: {err}"))?;
+        let log = File::create(dir.vmm_log())
+            .map_err(|err| format!("{}: {err}", dir.vmm_log().display()))?;
+        let console = if config.debug_console {
+            dir.console_log().display().to_string()
+        } else {
+            "off".to_string()
+        };
+        let mut command = Command::new(&config.vmm);
+        command
+            .arg("--kernel")
+            .arg(&config.kernel)
+            .arg("--initrd")
+            .arg(&config.initrd)
+            .arg("--cpus")
+            .arg(size.vcpus.to_string())
+            .arg("--memory-mib")
+            .arg(size.memory_mib.to_string())
+            .arg("--console")
+            .arg(console)
+            .arg("--api-sock")
+            .arg(dir.api_sock())
+            .arg("--vsock")
+            .arg(format!(
+                "cid={GUEST_CID},uds={}",
+                dir.vsock_sock().display()
+            ))
+            .arg("--fs")
+            .arg(format!(
+                "tag={SHARED_FS_TAG},path={}",
+                dir.shared().display()
+            ))
+            .arg("--rng")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log);
+        let child = command
+            .spawn()
+            .map_err(|err| format!("cannot start the VMM {}: {err}", config.vmm.display()))?;
+        let pid = i32::try_from(child.id()).map_err(|_| "VMM pid out of range".to_string())?;
+        // The reaper owns the child's exit status; dropping `child` does not wait.
+        drop(child);
+        fs::write(dir.vmm_pid_file(), pid.to_string())
+            .map_err(|err| format!("{}: {err}", dir.vmm_pid_file().display()))?;
+        info!(
+            "VMM {pid} started: {} vCPUs, {} MiB",
+            size.vcpus, size.memory_mib
+        );
+        let exit = Arc::new(ExitCell::default());
+        let watched = Arc::clone(&exit);
+        std::thread::Builder::new()
+            .name("vmm-exit".into())
+            .spawn(move || {
+                for event in subscription.rx.iter() {
+                    if matches!(event.subject, Subject::Pid(exited) if exited == pid) {
+                        info!("VMM {pid} exited with {}", event.exit_code);
+                        let status = u32::try_from(event.exit_code).unwrap_or(255);
+                        watched.set(crate::exit::Exit::now(status));
+                        on_exit(event.exit_code);
+                        return;
+                    }
+                }
+            })
+            .map_err(|err| format!("cannot start the VMM watcher: {err}"))?;
+        Ok(Self { pid, exit })
+    }
+
+    /// The VMM's host pid.
+    pub fn pid(&self) -> u32 {
+        self.pid.unsigned_abs()
+    }
+
+    /// Whether the VMM has exited.
+    pub fn has_exited(&self) -> bool {
+        self.exit.get().is_some()
+    }
+
+    /// Waits at most `timeout` for the VMM to exit; true if it did.
+    pub fn wait_exit(&self, timeout: Duration) -> bool {
+        self.exit.wait_for(timeout).is_some()
+    }
+
+    /// Kills the VMM and waits for its exit.
+    pub fn kill(&self) {
+        if self.has_exited() {
+            return;
+        }
+        if let Err(err) = kill(Pid::from_raw(self.pid), Signal::SIGKILL) {
+            warn!("kill VMM {}: {err}", self.pid);
+        }
+        if !self.wait_exit(Duration::from_secs(10)) {
+            warn!("VMM {} did not exit 10 s after SIGKILL", self.pid);
+        }
+    }
+}
+
+/// Kills the VMM a dead shim left in `dir` (pid file), if that pid is still a
+/// VMM of this sandbox.
+pub fn kill_orphan(dir: &SandboxDir) {
+    let Ok(text) = fs::read_to_string(dir.vmm_pid_file()) else {
+        return;
+    };
+    let Ok(pid) = text.trim().parse::<i32>() else {
+        return;
+    };
+    if !is_vmm_of(pid, dir.path()) {
+        return;
+    }
+    info!("killing VMM {pid} left by a dead shim");
+    if let Err(err) = kill(Pid::from_raw(pid), Signal::SIGKILL) {
+        warn!("kill VMM {pid}: {err}");
+        return;
+    }
+    // Not our child: wait for it to go by polling /proc.
+    for _ in 0..100 {
+        if !Path::new(&format!("/proc/{pid}")).exists() || is_zombie(pid) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    warn!("VMM {pid} still exists 5 s after SIGKILL");
+}
+
+/// Whether `pid`'s command line names `sandbox_dir` (so a recycled pid is spared).
+fn is_vmm_of(pid: i32, sandbox_dir: &Path) -> bool {
+    let Ok(cmdline) = fs::read(format!("/proc/{pid}/cmdline")) else {
+        return false;
+    };
+    let needle = sandbox_dir.as_os_str().as_encoded_bytes();
+    cmdline
+        .split(|b| *b == 0)
+        .any(|arg| arg.windows(needle.len()).any(|w| w == needle))
+}
+
+fn is_zombie(pid: i32) -> bool {
+    fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|stat| {
+            stat.rsplit_once(')')
+                .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'))
+        })
+        .unwrap_or(false)
+}
