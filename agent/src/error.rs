@@ -11,10 +11,10 @@ pub enum AgentError {
     /// The request is malformed (bad id, spec, process JSON, missing field).
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
-    /// A container or exec id is taken.
+    /// A container or exec id is taken, or the sandbox was already created.
     #[error("{kind} {id:?} already exists")]
     AlreadyExists {
-        /// "container" or "exec".
+        /// "container", "exec" or "sandbox".
         kind: &'static str,
         /// The id asked for.
         id: String,

@@ -8,6 +8,7 @@ mod error;
 mod guest;
 mod host;
 mod init;
+mod mount;
 mod oom;
 mod process;
 mod reaper;

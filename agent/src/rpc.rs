@@ -147,7 +147,7 @@ impl api::Agent for AgentService {
         _: &TtrpcContext,
         _: api::DestroySandboxRequest,
     ) -> ttrpc::Result<api::Empty> {
-        let removed = self.sandbox.remove_all();
+        let removed = self.sandbox.destroy();
         if self.init {
             // The VM ends with its sandbox, once this answer is on its way.
             std::thread::spawn(|| {

@@ -80,6 +80,11 @@ impl HostAgent {
         }
     }
 
+    /// The state dir the agent was given.
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+
     /// The agent's pid.
     pub fn pid(&self) -> u32 {
         self.child.id()

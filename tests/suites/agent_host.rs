@@ -9,10 +9,10 @@ use std::time::Instant;
 
 use protocol::agent::{
     CheckRequest, CloseStdinRequest, CreateContainerRequest, CreateSandboxRequest,
-    ExecProcessRequest, GetOOMEventRequest, ListProcessesRequest, PauseContainerRequest,
-    RemoveContainerRequest, ResumeContainerRequest, ServingStatus, SignalProcessRequest,
-    StartContainerRequest, StatsContainerRequest, StatsContainerResponse, Stdio,
-    TtyWinResizeRequest, UpdateContainerRequest, UpdateRoutesRequest, WaitProcessRequest,
+    DestroySandboxRequest, ExecProcessRequest, GetOOMEventRequest, ListProcessesRequest, Mount,
+    PauseContainerRequest, RemoveContainerRequest, ResumeContainerRequest, ServingStatus,
+    SignalProcessRequest, StartContainerRequest, StatsContainerRequest, StatsContainerResponse,
+    Stdio, TtyWinResizeRequest, UpdateContainerRequest, UpdateRoutesRequest, WaitProcessRequest,
 };
 use protocol::stdio::StreamKind;
 use runv_tests::agent_host::{ctx, exec_process, spec, HostAgent, SpecOptions};
@@ -817,14 +817,10 @@ fn paths_outside_the_shared_dir_are_refused() {
     let f = fixture();
     let c = &f.agent.client;
     let shared = f.rootfs.parent().and_then(Path::parent).expect("image dir");
-    let mut sandbox = CreateSandboxRequest {
-        hostname: "pod".into(),
+    let sandbox = CreateSandboxRequest {
+        shared_dir: shared.display().to_string(),
         ..Default::default()
     };
-    let (code, _) = rpc_code(c.create_sandbox(ctx(), &sandbox));
-    assert_eq!(code, ttrpc::Code::UNIMPLEMENTED);
-    sandbox.hostname.clear();
-    sandbox.shared_dir = shared.display().to_string();
     c.create_sandbox(ctx(), &sandbox).expect("create sandbox");
 
     let outside = Scratch::new("runv-agent-outside");
@@ -902,4 +898,229 @@ fn close_stdin_gives_eof_bound_or_not() {
         );
         remove(&f.agent, cid);
     }
+}
+
+fn host_hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname").expect("read the host's hostname")
+}
+
+#[test]
+fn the_sandbox_gives_containers_hosts_dns_and_hostname() {
+    let f = fixture();
+    let c = &f.agent.client;
+    let hostname_before = host_hostname();
+    let sandbox = CreateSandboxRequest {
+        sandbox_id: "pod1".into(),
+        hostname: "pod-one".into(),
+        dns: vec!["nameserver 192.0.2.53".into(), "search example.test".into()],
+        hosts: "127.0.0.1 localhost\n192.0.2.7 db.example.test db".into(),
+        ..Default::default()
+    };
+    c.create_sandbox(ctx(), &sandbox).expect("create sandbox");
+    // Host mode keeps the files in the state dir and leaves the host's name alone.
+    assert_eq!(host_hostname(), hostname_before);
+    let files = f.agent.state_dir().join("sandbox");
+    assert_eq!(
+        std::fs::read_to_string(files.join("hostname")).expect("hostname file"),
+        "pod-one\n"
+    );
+
+    let script = "cat /etc/hosts /etc/resolv.conf /etc/hostname; \
+                  if echo x > /etc/hosts; then echo writable; fi";
+    let out = f.agent.run(
+        "etc",
+        &f.rootfs,
+        &spec("etc", &sh(script), &SpecOptions::default()),
+    );
+    assert_eq!(
+        (out.stdout.as_str(), out.status),
+        (
+            "127.0.0.1 localhost\n192.0.2.7 db.example.test db\n\
+             nameserver 192.0.2.53\nsearch example.test\n\
+             pod-one\n",
+            0
+        ),
+        "{out:?}"
+    );
+    remove(&f.agent, "etc");
+
+    // A spec that mounts its own /etc/hosts (as CRI's do) keeps it.
+    let volume = Scratch::new("runv-agent-hosts");
+    let own_hosts = volume.path().join("hosts");
+    std::fs::write(&own_hosts, "10.0.0.1 own\n").expect("write own hosts");
+    let opts = SpecOptions {
+        binds: vec![(own_hosts, "/etc/hosts".into())],
+        ..Default::default()
+    };
+    let out = f.agent.run(
+        "own",
+        &f.rootfs,
+        &spec("own", &sh("cat /etc/hosts /etc/hostname"), &opts),
+    );
+    assert_eq!(out.stdout, "10.0.0.1 own\npod-one\n", "{out:?}");
+    remove(&f.agent, "own");
+
+    let (code, msg) = rpc_code(c.create_sandbox(ctx(), &sandbox));
+    assert_eq!(code, ttrpc::Code::ALREADY_EXISTS, "{msg}");
+}
+
+#[test]
+fn bad_sandbox_requests_are_refused_and_change_nothing() {
+    let f = fixture();
+    let c = &f.agent.client;
+    let tmpfs = |target: &str, fstype: &str| Mount {
+        target: target.into(),
+        fstype: fstype.into(),
+        ..Default::default()
+    };
+    let root = f.agent.state_dir().join("sandbox").join("mounts");
+    for (what, bad, code) in [
+        (
+            "hostname",
+            CreateSandboxRequest {
+                hostname: "a/b".into(),
+                ..Default::default()
+            },
+            ttrpc::Code::INVALID_ARGUMENT,
+        ),
+        (
+            "dns line",
+            CreateSandboxRequest {
+                dns: vec!["nameserver 192.0.2.1\nnameserver 192.0.2.2".into()],
+                ..Default::default()
+            },
+            ttrpc::Code::INVALID_ARGUMENT,
+        ),
+        (
+            "relative target",
+            CreateSandboxRequest {
+                mounts: vec![tmpfs("run/x", "tmpfs")],
+                ..Default::default()
+            },
+            ttrpc::Code::INVALID_ARGUMENT,
+        ),
+        (
+            "target with ..",
+            CreateSandboxRequest {
+                mounts: vec![tmpfs("/run/../../etc", "tmpfs")],
+                ..Default::default()
+            },
+            ttrpc::Code::INVALID_ARGUMENT,
+        ),
+        (
+            "no type",
+            CreateSandboxRequest {
+                mounts: vec![tmpfs("/run/x", "")],
+                ..Default::default()
+            },
+            ttrpc::Code::INVALID_ARGUMENT,
+        ),
+        (
+            // The first mount is made, the second fails: the first is undone.
+            "unknown file system",
+            CreateSandboxRequest {
+                mounts: vec![tmpfs("/run/x", "tmpfs"), tmpfs("/run/y", "runv-nosuchfs")],
+                ..Default::default()
+            },
+            ttrpc::Code::INTERNAL,
+        ),
+    ] {
+        let (got, msg) = rpc_code(c.create_sandbox(ctx(), &bad));
+        assert_eq!(got, code, "{what}: {msg}");
+        assert!(
+            mounts_under(&root).is_empty(),
+            "{what}: {:?}",
+            mounts_under(&root)
+        );
+    }
+    // None of them counted as the sandbox's creation.
+    c.create_sandbox(ctx(), &CreateSandboxRequest::new())
+        .expect("create sandbox after refusals");
+}
+
+#[test]
+fn sandbox_mounts_are_made_and_undone() {
+    let f = fixture();
+    let c = &f.agent.client;
+    let volume = Scratch::new("runv-agent-sandbox-volume");
+    std::fs::write(volume.path().join("in"), "shared\n").expect("write volume file");
+    let sandbox = CreateSandboxRequest {
+        mounts: vec![
+            Mount {
+                target: "/run/shm".into(),
+                fstype: "tmpfs".into(),
+                options: vec!["nosuid".into(), "nodev".into(), "size=1m".into()],
+                ..Default::default()
+            },
+            Mount {
+                source: volume.path().display().to_string(),
+                target: "/data".into(),
+                fstype: "bind".into(),
+                options: vec!["ro".into()],
+                ..Default::default()
+            },
+        ],
+        ..Default::default()
+    };
+    c.create_sandbox(ctx(), &sandbox).expect("create sandbox");
+    // Host mode places the targets under the state dir.
+    let root = f.agent.state_dir().join("sandbox").join("mounts");
+    let shm = mountinfo_line(&root.join("run/shm")).expect("tmpfs mounted");
+    assert!(
+        shm.contains(" - tmpfs ") && shm.contains("nosuid") && shm.contains("nodev"),
+        "{shm}"
+    );
+    let data = mountinfo_line(&root.join("data")).expect("bind mounted");
+    assert!(
+        data.split(' ').nth(5).is_some_and(|o| o.starts_with("ro")),
+        "{data}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(root.join("data/in")).expect("read through the bind"),
+        "shared\n"
+    );
+    assert!(
+        std::fs::write(root.join("data/out"), "x").is_err(),
+        "the bind is writable"
+    );
+
+    // Containers reach them through their own binds.
+    let opts = SpecOptions {
+        binds: vec![(root.join("data"), "/data".into())],
+        ..Default::default()
+    };
+    let out = f
+        .agent
+        .run("use", &f.rootfs, &spec("use", &sh("cat /data/in"), &opts));
+    assert_eq!(out.stdout, "shared\n", "{out:?}");
+
+    // DestroySandbox removes the containers and undoes the mounts; the
+    // sandbox can be made again.
+    c.destroy_sandbox(ctx(), &DestroySandboxRequest::new())
+        .expect("destroy sandbox");
+    assert!(mounts_under(&root).is_empty(), "{:?}", mounts_under(&root));
+    let (code, _) = rpc_code(c.start_container(
+        ctx(),
+        &StartContainerRequest {
+            container_id: "use".into(),
+            ..Default::default()
+        },
+    ));
+    assert_eq!(code, ttrpc::Code::NOT_FOUND);
+    c.create_sandbox(ctx(), &sandbox)
+        .expect("create sandbox again");
+    assert!(mountinfo_line(&root.join("run/shm")).is_some());
+    // Stopping the agent undoes them too.
+    drop(f);
+    assert!(mounts_under(&root).is_empty(), "{:?}", mounts_under(&root));
+}
+
+/// The mountinfo line of the mount on exactly `path`.
+fn mountinfo_line(path: &Path) -> Option<String> {
+    let wanted = path.display().to_string();
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.split(' ').nth(4) == Some(wanted.as_str()))
+        .map(str::to_string)
 }
