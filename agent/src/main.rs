@@ -9,6 +9,8 @@ mod guest;
 mod host;
 mod init;
 mod mount;
+mod netlink;
+mod network;
 mod oom;
 mod process;
 mod reaper;
