@@ -11,18 +11,18 @@ pub enum AgentError {
     /// The request is malformed (bad id, spec, process JSON, missing field).
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
-    /// A container or exec id is taken.
+    /// A container or exec id is taken, or the sandbox was already created.
     #[error("{kind} {id:?} already exists")]
     AlreadyExists {
-        /// "container" or "exec".
+        /// "container", "exec" or "sandbox".
         kind: &'static str,
         /// The id asked for.
         id: String,
     },
-    /// No container or exec process has this id.
+    /// No container, exec process or network interface has this id.
     #[error("{kind} {id:?} not found")]
     NotFound {
-        /// "container" or "exec".
+        /// "container", "exec", "interface", ...
         kind: &'static str,
         /// The id asked for.
         id: String,
@@ -43,9 +43,6 @@ pub enum AgentError {
     /// The call's deadline passed before it could answer.
     #[error("{0}")]
     DeadlineExceeded(String),
-    /// The call is part of the API but not implemented yet.
-    #[error("{0} is not implemented by runv-agent yet")]
-    Unimplemented(&'static str),
     /// The container runtime (libcontainer) failed at a step.
     #[error("{step}: {source}")]
     Runtime {
@@ -60,6 +57,14 @@ pub enum AgentError {
         /// What the agent was doing.
         step: String,
         /// The OS error.
+        source: io::Error,
+    },
+    /// The kernel refused an rtnetlink request (or the socket failed).
+    #[error("{step}: {source}")]
+    Netlink {
+        /// What the agent was asking for.
+        step: String,
+        /// The kernel's errno, or the socket's error.
         source: io::Error,
     },
 }
@@ -96,6 +101,12 @@ impl AgentError {
         move |source| Self::Io { step, source }
     }
 
+    /// Wraps an rtnetlink error with the request that failed.
+    pub fn netlink(step: impl Into<String>) -> impl FnOnce(io::Error) -> Self {
+        let step = step.into();
+        move |source| Self::Netlink { step, source }
+    }
+
     /// The ttrpc status code this error answers with.
     pub fn code(&self) -> Code {
         match self {
@@ -105,9 +116,9 @@ impl AgentError {
             Self::Escapes { .. } => Code::PERMISSION_DENIED,
             Self::FailedPrecondition(_) => Code::FAILED_PRECONDITION,
             Self::DeadlineExceeded(_) => Code::DEADLINE_EXCEEDED,
-            Self::Unimplemented(_) => Code::UNIMPLEMENTED,
             Self::Runtime { source, .. } => runtime_code(source),
             Self::Io { .. } => Code::INTERNAL,
+            Self::Netlink { source, .. } => netlink_code(source),
         }
     }
 }
@@ -122,6 +133,25 @@ fn runtime_code(err: &LibcontainerError) -> Code {
         | LibcontainerError::Spec(_) => Code::INVALID_ARGUMENT,
         LibcontainerError::IncorrectStatus(_) => Code::FAILED_PRECONDITION,
         LibcontainerError::Exist => Code::ALREADY_EXISTS,
+        _ => Code::INTERNAL,
+    }
+}
+
+/// The kernel judges some network requests itself (an MTU out of range, a
+/// gateway not on any link): its errno tells whose fault it was.
+fn netlink_code(err: &io::Error) -> Code {
+    match err.raw_os_error() {
+        Some(
+            libc::EINVAL
+            | libc::ERANGE
+            | libc::EADDRNOTAVAIL
+            | libc::ENETUNREACH
+            | libc::EAFNOSUPPORT
+            | libc::EOPNOTSUPP,
+        ) => Code::INVALID_ARGUMENT,
+        Some(libc::ENODEV | libc::ESRCH) => Code::NOT_FOUND,
+        Some(libc::EEXIST) => Code::ALREADY_EXISTS,
+        Some(libc::EPERM | libc::EACCES) => Code::PERMISSION_DENIED,
         _ => Code::INTERNAL,
     }
 }

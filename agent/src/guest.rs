@@ -5,6 +5,7 @@
 
 use crate::host::{self, HostError};
 use crate::rpc::AgentService;
+use crate::sandbox::SandboxHome;
 use crate::{init, stdio_server};
 use std::path::Path;
 use std::sync::Arc;
@@ -36,7 +37,7 @@ pub fn run() -> Result<(), HostError> {
     if let Err(err) = init::bring_up_loopback() {
         eprintln!("runv-agent: {err}");
     }
-    let sandbox = host::start_sandbox(Path::new(STATE_DIR))?;
+    let sandbox = host::start_sandbox(Path::new(STATE_DIR), SandboxHome::guest())?;
     let stdio = protocol::vsock::listen(protocol::stdio::AGENT_STDIO_VSOCK_PORT)
         .map_err(host::setup("listen on the stdio vsock port"))?;
     stdio_server::spawn_accepting(

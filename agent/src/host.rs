@@ -11,7 +11,7 @@ use std::time::Duration;
 use crate::container::StatePaths;
 use crate::reaper::Reaper;
 use crate::rpc::AgentService;
-use crate::sandbox::Sandbox;
+use crate::sandbox::{Sandbox, SandboxHome};
 use crate::{shutdown, stdio_server};
 
 /// How often the containers' OOM counters are sampled.
@@ -108,8 +108,8 @@ pub fn setup(step: impl Into<String>) -> impl FnOnce(io::Error) -> HostError {
 }
 
 /// The sandbox state with its reaper and OOM monitor running, containers'
-/// state under `state_dir`.
-pub fn start_sandbox(state_dir: &Path) -> Result<Arc<Sandbox>, HostError> {
+/// state under `state_dir`, the sandbox's own settings in `home`.
+pub fn start_sandbox(state_dir: &Path, home: SandboxHome) -> Result<Arc<Sandbox>, HostError> {
     // Orphans of container processes come to us, not to the host's init.
     // SAFETY: PR_SET_CHILD_SUBREAPER only sets a flag of this process.
     if unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) } != 0 {
@@ -117,17 +117,18 @@ pub fn start_sandbox(state_dir: &Path) -> Result<Arc<Sandbox>, HostError> {
     }
     let reaper = Reaper::start().map_err(setup("start the reaper"))?;
     let paths = StatePaths::create(state_dir)?;
-    let sandbox = Arc::new(Sandbox::new(paths, reaper));
+    let sandbox = Arc::new(Sandbox::new(paths, home, reaper));
     sandbox
         .start_oom_monitor(OOM_SAMPLE_PERIOD)
         .map_err(setup("start the OOM monitor"))?;
     Ok(sandbox)
 }
 
-/// Serves until SIGTERM or SIGINT, then removes every container and the sockets.
+/// Serves until SIGTERM or SIGINT, then removes every container, the sandbox
+/// mounts and the sockets.
 pub fn run(args: &HostArgs) -> Result<(), HostError> {
     let stop = shutdown::install().map_err(setup("install signal handlers"))?;
-    let sandbox = start_sandbox(&args.state_dir)?;
+    let sandbox = start_sandbox(&args.state_dir, SandboxHome::host(&args.state_dir))?;
 
     for path in [&args.listen, &args.stdio_listen] {
         match fs::remove_file(path) {
@@ -158,7 +159,7 @@ pub fn run(args: &HostArgs) -> Result<(), HostError> {
 
     stop.wait();
     server.shutdown();
-    let removed = sandbox.remove_all();
+    let removed = sandbox.destroy();
     let _ = fs::remove_file(&args.stdio_listen);
     let _ = fs::remove_file(&args.listen);
     removed.map_err(HostError::from)

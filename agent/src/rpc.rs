@@ -1,6 +1,5 @@
 //! The ttrpc service: one short method per call, translating requests into
-//! sandbox and container operations. Calls not implemented yet answer
-//! `UNIMPLEMENTED`.
+//! sandbox, container and network operations.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant, UNIX_EPOCH};
@@ -10,10 +9,18 @@ use protocol::agent as api;
 use ttrpc::TtrpcContext;
 
 use crate::error::{AgentError, Result};
+use crate::network;
 use crate::sandbox::{check_id, Sandbox};
 
 /// Features GuestDetails reports.
-const FEATURES: &[&str] = &["stdio-streams", "exec", "cgroup-v1", "cgroup-v2"];
+const FEATURES: &[&str] = &[
+    "stdio-streams",
+    "exec",
+    "cgroup-v1",
+    "cgroup-v2",
+    "sandbox-setup",
+    "network",
+];
 
 /// The agent's ttrpc service.
 pub struct AgentService {
@@ -112,6 +119,34 @@ impl AgentService {
         Ok(api::Empty::new())
     }
 
+    fn do_update_interface(&self, req: api::UpdateInterfaceRequest) -> Result<api::Interface> {
+        self.check_network_is_ours()?;
+        let iface = req
+            .interface
+            .as_ref()
+            .ok_or_else(|| AgentError::InvalidArgument("no interface given".into()))?;
+        network::update_interface(iface)
+    }
+
+    fn do_update_routes(&self, req: api::UpdateRoutesRequest) -> Result<api::Routes> {
+        self.check_network_is_ours()?;
+        let routes = req.routes.as_ref().map_or(&[][..], |r| &r.routes[..]);
+        Ok(api::Routes {
+            routes: network::update_routes(routes)?,
+            ..Default::default()
+        })
+    }
+
+    /// The guest's network is the agent's; in host mode only a network
+    /// namespace of its own is.
+    fn check_network_is_ours(&self) -> Result<()> {
+        if self.init {
+            Ok(())
+        } else {
+            network::check_own_netns()
+        }
+    }
+
     fn do_close_stdin(&self, req: api::CloseStdinRequest) -> Result<api::Empty> {
         self.process(&req.container_id, &req.exec_id)?.close_stdin();
         Ok(api::Empty::new())
@@ -120,10 +155,6 @@ impl AgentService {
 
 fn reply<T>(result: Result<T>) -> ttrpc::Result<T> {
     result.map_err(ttrpc::Error::from)
-}
-
-fn unimplemented<T>(call: &'static str) -> ttrpc::Result<T> {
-    reply(Err(AgentError::Unimplemented(call)))
 }
 
 fn signal(number: u32) -> Result<Signal> {
@@ -147,7 +178,7 @@ impl api::Agent for AgentService {
         _: &TtrpcContext,
         _: api::DestroySandboxRequest,
     ) -> ttrpc::Result<api::Empty> {
-        let removed = self.sandbox.remove_all();
+        let removed = self.sandbox.destroy();
         if self.init {
             // The VM ends with its sandbox, once this answer is on its way.
             std::thread::spawn(|| {
@@ -309,17 +340,17 @@ impl api::Agent for AgentService {
     fn update_interface(
         &self,
         _: &TtrpcContext,
-        _: api::UpdateInterfaceRequest,
+        req: api::UpdateInterfaceRequest,
     ) -> ttrpc::Result<api::Interface> {
-        unimplemented("UpdateInterface")
+        reply(self.do_update_interface(req))
     }
 
     fn update_routes(
         &self,
         _: &TtrpcContext,
-        _: api::UpdateRoutesRequest,
+        req: api::UpdateRoutesRequest,
     ) -> ttrpc::Result<api::Routes> {
-        unimplemented("UpdateRoutes")
+        reply(self.do_update_routes(req))
     }
 
     fn guest_details(

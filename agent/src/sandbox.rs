@@ -1,59 +1,123 @@
-//! The sandbox's state: its containers by id, and the checks on requests that
-//! name them.
+//! The sandbox's state: what CreateSandbox set up (hostname, DNS, hosts,
+//! sandbox-wide mounts, the shared dir), its containers by id, and the checks
+//! on requests that name them.
 
 use std::collections::{HashMap, HashSet};
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use oci_spec::runtime::Spec;
+use oci_spec::runtime::{Mount as OciMount, MountBuilder, Spec};
 use protocol::agent::{CreateContainerRequest, CreateSandboxRequest};
 
 use crate::container::{Container, StatePaths};
 use crate::error::{AgentError, Result};
+use crate::mount::{self, MountPlan};
 use crate::oom::OomEvents;
 use crate::reaper::Reaper;
 
 /// Longest container or exec id accepted.
 const MAX_ID_LEN: usize = 128;
+/// Longest hostname the kernel takes (HOST_NAME_MAX).
+const MAX_HOSTNAME_LEN: usize = 64;
+/// Where the sandbox's hosts, resolv.conf and hostname files live in the guest.
+pub const GUEST_SANDBOX_DIR: &str = "/run/runv/sandbox";
 
-/// Every container of the pod.
+/// Where CreateSandbox's guest-wide settings take effect. As the guest's PID 1
+/// the agent owns the guest: it sets the hostname and mounts on the given
+/// targets. In host mode (tests) the host is not the sandbox's: the files and
+/// the mounts go under the state dir, and the hostname is only written to the
+/// hostname file, never set.
+#[derive(Debug, Clone)]
+pub struct SandboxHome {
+    /// Holds the hosts, resolv.conf and hostname files containers get.
+    pub files: PathBuf,
+    /// Sandbox mount targets are taken relative to this (`/` in the guest).
+    pub mount_root: PathBuf,
+    /// Whether CreateSandbox sets the kernel's hostname (sethostname).
+    pub set_hostname: bool,
+}
+
+impl SandboxHome {
+    /// The guest, as its PID 1.
+    pub fn guest() -> Self {
+        Self {
+            files: PathBuf::from(GUEST_SANDBOX_DIR),
+            mount_root: PathBuf::from("/"),
+            set_hostname: true,
+        }
+    }
+
+    /// Host mode: `<state_dir>/sandbox`, mounts under `<state_dir>/sandbox/mounts`.
+    pub fn host(state_dir: &Path) -> Self {
+        let files = state_dir.join("sandbox");
+        Self {
+            mount_root: files.join("mounts"),
+            files,
+            set_hostname: false,
+        }
+    }
+}
+
+/// What CreateSandbox set up.
+#[derive(Debug, Default)]
+struct Setup {
+    /// Where every rootfs and bind source must lie; None = anywhere.
+    shared_dir: Option<PathBuf>,
+    /// Files every container gets unless its spec mounts something there:
+    /// (destination in the container, sandbox file).
+    etc_files: Vec<(&'static str, PathBuf)>,
+    /// The sandbox mounts' targets, in the order they were mounted.
+    mounts: Vec<PathBuf>,
+}
+
+/// The sandbox: its setup and every container of the pod.
 pub struct Sandbox {
     containers: Mutex<HashMap<String, Arc<Container>>>,
-    /// Where every rootfs and bind source must lie (CreateSandbox); None = anywhere.
-    shared_dir: Mutex<Option<PathBuf>>,
+    /// None until CreateSandbox succeeded.
+    setup: Mutex<Option<Setup>>,
     /// Ids being created: taken, but not yet in `containers`.
     creating: Mutex<HashSet<String>>,
     paths: StatePaths,
+    home: SandboxHome,
     reaper: Arc<Reaper>,
     /// OOM kills seen in the containers' cgroups.
     pub oom: OomEvents,
 }
 
 impl Sandbox {
-    /// An empty sandbox keeping its state under `paths`.
-    pub fn new(paths: StatePaths, reaper: Arc<Reaper>) -> Self {
+    /// An empty sandbox keeping container state under `paths` and its own
+    /// settings in `home`.
+    pub fn new(paths: StatePaths, home: SandboxHome, reaper: Arc<Reaper>) -> Self {
         Self {
             containers: Mutex::new(HashMap::new()),
             creating: Mutex::new(HashSet::new()),
-            shared_dir: Mutex::new(None),
+            setup: Mutex::new(None),
             paths,
+            home,
             reaper,
             oom: OomEvents::default(),
         }
     }
 
-    /// Sets up the sandbox. Only the shared dir is applied so far; the guest-wide
-    /// settings (hostname, DNS, hosts, mounts) are refused as not implemented.
+    /// Sets up the sandbox once: checks the whole request, then writes the
+    /// hosts, resolv.conf and hostname files, sets the hostname (guest only)
+    /// and performs the sandbox mounts. A second call, until DestroySandbox,
+    /// is `ALREADY_EXISTS`; a failed one changes nothing that stays mounted
+    /// and may be retried.
     pub fn create(&self, req: &CreateSandboxRequest) -> Result<()> {
-        if !req.hostname.is_empty()
-            || !req.dns.is_empty()
-            || !req.hosts.is_empty()
-            || !req.mounts.is_empty()
-        {
-            return Err(AgentError::Unimplemented(
-                "CreateSandbox with hostname, DNS, hosts or mounts",
-            ));
+        let mut setup = self.lock_setup();
+        if setup.is_some() {
+            return Err(AgentError::AlreadyExists {
+                kind: "sandbox",
+                id: req.sandbox_id.clone(),
+            });
+        }
+        if !req.sandbox_id.is_empty() {
+            check_id("sandbox_id", &req.sandbox_id)?;
         }
         let shared_dir = match req.shared_dir.as_str() {
             "" => None,
@@ -63,21 +127,62 @@ impl Sandbox {
                     .map_err(|e| AgentError::InvalidArgument(format!("shared_dir {dir}: {e}")))?,
             ),
         };
-        *self.shared_dir.lock().unwrap_or_else(|e| e.into_inner()) = shared_dir;
+        if !req.hostname.is_empty() {
+            check_hostname(&req.hostname)?;
+        }
+        let files = etc_files(req)?;
+        let plans = req
+            .mounts
+            .iter()
+            .map(|m| MountPlan::new(m, &self.home.mount_root))
+            .collect::<Result<Vec<_>>>()?;
+
+        let mut etc = Vec::new();
+        if !files.is_empty() {
+            let dir = &self.home.files;
+            fs::create_dir_all(dir).map_err(AgentError::io(format!("create {}", dir.display())))?;
+        }
+        for (destination, name, content) in files {
+            let path = self.home.files.join(name);
+            write_file(&path, &content)?;
+            etc.push((destination, path));
+        }
+        if self.home.set_hostname && !req.hostname.is_empty() {
+            nix::unistd::sethostname(&req.hostname).map_err(|e| {
+                AgentError::io(format!("set the hostname to {}", req.hostname))(e.into())
+            })?;
+        }
+        let mounts = mount::mount_all(&plans)?;
+        *setup = Some(Setup {
+            shared_dir,
+            etc_files: etc,
+            mounts,
+        });
         Ok(())
+    }
+
+    /// Removes every container, then undoes the sandbox mounts; CreateSandbox
+    /// may be called again afterwards. Reports the first failure.
+    pub fn destroy(&self) -> Result<()> {
+        let removed = self.remove_all();
+        if let Some(setup) = self.lock_setup().take() {
+            mount::unmount_all(&setup.mounts);
+        }
+        removed
     }
 
     /// Creates a container from the request.
     pub fn create_container(&self, req: &CreateContainerRequest) -> Result<()> {
         check_id("container_id", &req.container_id)?;
-        let spec = load_spec(req)?;
-        let shared_dir = self
-            .shared_dir
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
-        if let Some(shared) = shared_dir {
-            check_confined(&spec, &shared)?;
+        let mut spec = load_spec(req)?;
+        {
+            let setup = self.lock_setup();
+            if let Some(shared) = setup.as_ref().and_then(|s| s.shared_dir.as_ref()) {
+                check_confined(&spec, shared)?;
+            }
+            if let Some(setup) = setup.as_ref() {
+                add_etc_mounts(&mut spec, &setup.etc_files)?;
+            }
         }
         // Reserve the id, so that a duplicate cannot race; the map stays free for
         // calls on other containers while this one is made.
@@ -152,6 +257,10 @@ impl Sandbox {
         first_error.map_or(Ok(()), Err)
     }
 
+    fn lock_setup(&self) -> MutexGuard<'_, Option<Setup>> {
+        self.setup.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     fn lock_creating(&self) -> MutexGuard<'_, HashSet<String>> {
         self.creating.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -177,6 +286,95 @@ pub fn check_id(field: &str, id: &str) -> Result<()> {
             "{field} {id:?} must be 1-{MAX_ID_LEN} characters of [A-Za-z0-9_.-]"
         )))
     }
+}
+
+/// Checks a hostname: 1-64 characters of `[A-Za-z0-9.-]`, not starting with
+/// `-` or `.`.
+fn check_hostname(hostname: &str) -> Result<()> {
+    let valid = hostname.len() <= MAX_HOSTNAME_LEN
+        && !hostname.starts_with(['-', '.'])
+        && hostname
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-'));
+    if valid {
+        Ok(())
+    } else {
+        Err(AgentError::InvalidArgument(format!(
+            "hostname {hostname:?} must be 1-{MAX_HOSTNAME_LEN} characters of [A-Za-z0-9.-]"
+        )))
+    }
+}
+
+/// The files the request asks for: (container destination, file name,
+/// content). A field left empty gives no file, and no mount.
+fn etc_files(req: &CreateSandboxRequest) -> Result<Vec<(&'static str, &'static str, String)>> {
+    let mut files = Vec::new();
+    if !req.hosts.is_empty() {
+        if req.hosts.contains('\0') {
+            return Err(AgentError::InvalidArgument(
+                "hosts contains a NUL byte".into(),
+            ));
+        }
+        let mut hosts = req.hosts.clone();
+        if !hosts.ends_with('\n') {
+            hosts.push('\n');
+        }
+        files.push(("/etc/hosts", "hosts", hosts));
+    }
+    if !req.dns.is_empty() {
+        if let Some(line) = req.dns.iter().find(|l| l.contains(['\n', '\0'])) {
+            return Err(AgentError::InvalidArgument(format!(
+                "dns line {line:?} holds a newline or NUL byte"
+            )));
+        }
+        files.push(("/etc/resolv.conf", "resolv.conf", req.dns.join("\n") + "\n"));
+    }
+    if !req.hostname.is_empty() {
+        files.push(("/etc/hostname", "hostname", format!("{}\n", req.hostname)));
+    }
+    Ok(files)
+}
+
+/// Writes `content` to `path`, mode 0644 whatever the umask.
+fn write_file(path: &Path, content: &str) -> Result<()> {
+    let step = || format!("write {}", path.display());
+    let mut file = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o644)
+        .open(path)
+        .map_err(AgentError::io(step()))?;
+    file.write_all(content.as_bytes())
+        .map_err(AgentError::io(step()))
+}
+
+/// Adds a read-only bind of each sandbox file whose destination the spec does
+/// not mount itself (CRI usually does, with the shim rewriting the sources).
+fn add_etc_mounts(spec: &mut Spec, files: &[(&'static str, PathBuf)]) -> Result<()> {
+    let mut mounts = spec.mounts().clone().unwrap_or_default();
+    for (destination, source) in files {
+        if mounts
+            .iter()
+            .any(|m| m.destination() == Path::new(destination))
+        {
+            continue;
+        }
+        let mount: OciMount = MountBuilder::default()
+            .destination(*destination)
+            .typ("bind")
+            .source(source)
+            .options(
+                ["rbind", "ro", "nosuid", "nodev", "noexec"]
+                    .map(String::from)
+                    .to_vec(),
+            )
+            .build()
+            .map_err(|e| AgentError::InvalidArgument(format!("mount of {destination}: {e}")))?;
+        mounts.push(mount);
+    }
+    spec.set_mounts(Some(mounts));
+    Ok(())
 }
 
 /// Checks that the rootfs and every bind-mount source resolve under `shared`.
@@ -275,6 +473,84 @@ mod tests {
         ] {
             assert!(check_id("id", bad).is_err(), "{bad:?} accepted");
         }
+    }
+
+    #[test]
+    fn hostnames_are_checked() {
+        for good in ["pod", "pod-1.example.test", &"h".repeat(MAX_HOSTNAME_LEN)] {
+            assert!(check_hostname(good).is_ok(), "{good:?} refused");
+        }
+        for bad in [
+            "a/b",
+            "a b",
+            "-pod",
+            ".pod",
+            "pod_1",
+            &"h".repeat(MAX_HOSTNAME_LEN + 1),
+        ] {
+            assert!(check_hostname(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn sandbox_files_are_made_from_the_request() {
+        let req = CreateSandboxRequest {
+            hostname: "pod".into(),
+            dns: vec!["nameserver 192.0.2.1".into(), "options ndots:5".into()],
+            hosts: "127.0.0.1 localhost".into(),
+            ..Default::default()
+        };
+        let files = etc_files(&req).expect("files");
+        assert_eq!(
+            files,
+            [
+                ("/etc/hosts", "hosts", "127.0.0.1 localhost\n".to_string()),
+                (
+                    "/etc/resolv.conf",
+                    "resolv.conf",
+                    "nameserver 192.0.2.1\noptions ndots:5\n".to_string()
+                ),
+                ("/etc/hostname", "hostname", "pod\n".to_string()),
+            ]
+        );
+        assert!(etc_files(&CreateSandboxRequest::new())
+            .expect("none")
+            .is_empty());
+    }
+
+    #[test]
+    fn a_spec_mount_on_a_sandbox_file_wins() {
+        let mut spec: Spec = serde_json::from_str(
+            r#"{"ociVersion": "1.0.2", "mounts": [
+                {"destination": "/etc/hosts/", "type": "bind", "source": "/own/hosts"}
+            ]}"#,
+        )
+        .expect("spec");
+        let files = [
+            ("/etc/hosts", PathBuf::from("/sandbox/hosts")),
+            ("/etc/resolv.conf", PathBuf::from("/sandbox/resolv.conf")),
+        ];
+        add_etc_mounts(&mut spec, &files).expect("add mounts");
+        let mounts = spec.mounts().clone().unwrap_or_default();
+        let sources: Vec<_> = mounts
+            .iter()
+            .map(|m| (m.destination().clone(), m.source().clone()))
+            .collect();
+        assert_eq!(
+            sources,
+            [
+                (
+                    PathBuf::from("/etc/hosts/"),
+                    Some(PathBuf::from("/own/hosts"))
+                ),
+                (
+                    PathBuf::from("/etc/resolv.conf"),
+                    Some(PathBuf::from("/sandbox/resolv.conf"))
+                ),
+            ]
+        );
+        let options = mounts[1].options().clone().unwrap_or_default();
+        assert!(options.iter().any(|o| o == "ro"), "{options:?}");
     }
 
     #[test]

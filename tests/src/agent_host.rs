@@ -49,10 +49,43 @@ pub struct HostAgent {
 impl HostAgent {
     /// Starts the agent and connects to it.
     pub fn start() -> Self {
+        Self::start_with(Command::new(agent_binary()))
+    }
+
+    /// Starts the agent in a network namespace of its own (`unshare -n`, which
+    /// execs it: the child is the agent), gone when the agent exits. The only
+    /// way a test may let the agent change a network.
+    pub fn start_in_netns() -> Self {
+        let mut command = Command::new("unshare");
+        command.arg("--net").arg("--").arg(agent_binary());
+        Self::start_with(command)
+    }
+
+    /// Runs `args` in the agent's network namespace (`nsenter -n`); its stdout.
+    pub fn in_netns(&self, args: &[&str]) -> String {
+        let output = Command::new("nsenter")
+            .args(["-t", &self.pid().to_string(), "-n", "--"])
+            .args(args)
+            .output()
+            .unwrap_or_else(|e| panic!("nsenter {args:?}: {e}"));
+        assert!(
+            output.status.success(),
+            "{args:?} in the agent's netns: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+
+    /// The state dir the agent was given.
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+
+    fn start_with(mut command: Command) -> Self {
         let dir = Scratch::new("runv-agent-host");
         let sock = dir.path().join("agent.sock");
         let addr = format!("unix://{}", sock.display());
-        let child = Command::new(agent_binary())
+        let child = command
             .args(["--listen", &addr, "--state-dir"])
             .arg(dir.path().join("state"))
             .spawn()

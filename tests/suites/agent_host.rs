@@ -9,10 +9,12 @@ use std::time::Instant;
 
 use protocol::agent::{
     CheckRequest, CloseStdinRequest, CreateContainerRequest, CreateSandboxRequest,
-    ExecProcessRequest, GetOOMEventRequest, ListProcessesRequest, PauseContainerRequest,
-    RemoveContainerRequest, ResumeContainerRequest, ServingStatus, SignalProcessRequest,
+    DestroySandboxRequest, ExecProcessRequest, GetOOMEventRequest, Interface, IpAddress,
+    ListProcessesRequest, Mount, PauseContainerRequest, RemoveContainerRequest,
+    ResumeContainerRequest, Route, Routes, ServingStatus, SignalProcessRequest,
     StartContainerRequest, StatsContainerRequest, StatsContainerResponse, Stdio,
-    TtyWinResizeRequest, UpdateContainerRequest, UpdateRoutesRequest, WaitProcessRequest,
+    TtyWinResizeRequest, UpdateContainerRequest, UpdateInterfaceRequest, UpdateRoutesRequest,
+    WaitProcessRequest,
 };
 use protocol::stdio::StreamKind;
 use runv_tests::agent_host::{ctx, exec_process, spec, HostAgent, SpecOptions};
@@ -425,8 +427,12 @@ fn bad_requests_get_precise_errors_and_the_agent_keeps_serving() {
     assert!(f.agent.try_stream("dup", "", StreamKind::Stdout).is_err());
     assert!(f.agent.try_stream("ghost", "", StreamKind::Stdout).is_err());
 
+    // An agent in the host's network namespace changes nothing there (the
+    // interface does not exist either, in case the guard ever failed).
+    let (code, msg) = rpc_code(c.update_interface(ctx(), &interface_request("runv-none0", &[])));
+    assert_eq!(code, ttrpc::Code::FAILED_PRECONDITION, "{msg}");
     let (code, msg) = rpc_code(c.update_routes(ctx(), &UpdateRoutesRequest::new()));
-    assert_eq!(code, ttrpc::Code::UNIMPLEMENTED, "{msg}");
+    assert_eq!(code, ttrpc::Code::FAILED_PRECONDITION, "{msg}");
     let (code, _) = rpc_code(c.update_container(
         ctx(),
         &UpdateContainerRequest {
@@ -817,14 +823,10 @@ fn paths_outside_the_shared_dir_are_refused() {
     let f = fixture();
     let c = &f.agent.client;
     let shared = f.rootfs.parent().and_then(Path::parent).expect("image dir");
-    let mut sandbox = CreateSandboxRequest {
-        hostname: "pod".into(),
+    let sandbox = CreateSandboxRequest {
+        shared_dir: shared.display().to_string(),
         ..Default::default()
     };
-    let (code, _) = rpc_code(c.create_sandbox(ctx(), &sandbox));
-    assert_eq!(code, ttrpc::Code::UNIMPLEMENTED);
-    sandbox.hostname.clear();
-    sandbox.shared_dir = shared.display().to_string();
     c.create_sandbox(ctx(), &sandbox).expect("create sandbox");
 
     let outside = Scratch::new("runv-agent-outside");
@@ -902,4 +904,511 @@ fn close_stdin_gives_eof_bound_or_not() {
         );
         remove(&f.agent, cid);
     }
+}
+
+fn host_hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname").expect("read the host's hostname")
+}
+
+#[test]
+fn the_sandbox_gives_containers_hosts_dns_and_hostname() {
+    let f = fixture();
+    let c = &f.agent.client;
+    let hostname_before = host_hostname();
+    let sandbox = CreateSandboxRequest {
+        sandbox_id: "pod1".into(),
+        hostname: "pod-one".into(),
+        dns: vec!["nameserver 192.0.2.53".into(), "search example.test".into()],
+        hosts: "127.0.0.1 localhost\n192.0.2.7 db.example.test db".into(),
+        ..Default::default()
+    };
+    c.create_sandbox(ctx(), &sandbox).expect("create sandbox");
+    // Host mode keeps the files in the state dir and leaves the host's name alone.
+    assert_eq!(host_hostname(), hostname_before);
+    let files = f.agent.state_dir().join("sandbox");
+    assert_eq!(
+        std::fs::read_to_string(files.join("hostname")).expect("hostname file"),
+        "pod-one\n"
+    );
+
+    let script = "cat /etc/hosts /etc/resolv.conf /etc/hostname; \
+                  if echo x > /etc/hosts; then echo writable; fi";
+    let out = f.agent.run(
+        "etc",
+        &f.rootfs,
+        &spec("etc", &sh(script), &SpecOptions::default()),
+    );
+    assert_eq!(
+        (out.stdout.as_str(), out.status),
+        (
+            "127.0.0.1 localhost\n192.0.2.7 db.example.test db\n\
+             nameserver 192.0.2.53\nsearch example.test\n\
+             pod-one\n",
+            0
+        ),
+        "{out:?}"
+    );
+    remove(&f.agent, "etc");
+
+    // A spec that mounts its own /etc/hosts (as CRI's do) keeps it.
+    let volume = Scratch::new("runv-agent-hosts");
+    let own_hosts = volume.path().join("hosts");
+    std::fs::write(&own_hosts, "10.0.0.1 own\n").expect("write own hosts");
+    let opts = SpecOptions {
+        binds: vec![(own_hosts, "/etc/hosts".into())],
+        ..Default::default()
+    };
+    let out = f.agent.run(
+        "own",
+        &f.rootfs,
+        &spec("own", &sh("cat /etc/hosts /etc/hostname"), &opts),
+    );
+    assert_eq!(out.stdout, "10.0.0.1 own\npod-one\n", "{out:?}");
+    remove(&f.agent, "own");
+
+    let (code, msg) = rpc_code(c.create_sandbox(ctx(), &sandbox));
+    assert_eq!(code, ttrpc::Code::ALREADY_EXISTS, "{msg}");
+}
+
+#[test]
+fn bad_sandbox_requests_are_refused_and_change_nothing() {
+    let f = fixture();
+    let c = &f.agent.client;
+    let tmpfs = |target: &str, fstype: &str| Mount {
+        target: target.into(),
+        fstype: fstype.into(),
+        ..Default::default()
+    };
+    let root = f.agent.state_dir().join("sandbox").join("mounts");
+    for (what, bad, code) in [
+        (
+            "hostname",
+            CreateSandboxRequest {
+                hostname: "a/b".into(),
+                ..Default::default()
+            },
+            ttrpc::Code::INVALID_ARGUMENT,
+        ),
+        (
+            "dns line",
+            CreateSandboxRequest {
+                dns: vec!["nameserver 192.0.2.1\nnameserver 192.0.2.2".into()],
+                ..Default::default()
+            },
+            ttrpc::Code::INVALID_ARGUMENT,
+        ),
+        (
+            "relative target",
+            CreateSandboxRequest {
+                mounts: vec![tmpfs("run/x", "tmpfs")],
+                ..Default::default()
+            },
+            ttrpc::Code::INVALID_ARGUMENT,
+        ),
+        (
+            "target with ..",
+            CreateSandboxRequest {
+                mounts: vec![tmpfs("/run/../../etc", "tmpfs")],
+                ..Default::default()
+            },
+            ttrpc::Code::INVALID_ARGUMENT,
+        ),
+        (
+            "no type",
+            CreateSandboxRequest {
+                mounts: vec![tmpfs("/run/x", "")],
+                ..Default::default()
+            },
+            ttrpc::Code::INVALID_ARGUMENT,
+        ),
+        (
+            // The first mount is made, the second fails: the first is undone.
+            "unknown file system",
+            CreateSandboxRequest {
+                mounts: vec![tmpfs("/run/x", "tmpfs"), tmpfs("/run/y", "runv-nosuchfs")],
+                ..Default::default()
+            },
+            ttrpc::Code::INTERNAL,
+        ),
+    ] {
+        let (got, msg) = rpc_code(c.create_sandbox(ctx(), &bad));
+        assert_eq!(got, code, "{what}: {msg}");
+        assert!(
+            mounts_under(&root).is_empty(),
+            "{what}: {:?}",
+            mounts_under(&root)
+        );
+    }
+    // None of them counted as the sandbox's creation.
+    c.create_sandbox(ctx(), &CreateSandboxRequest::new())
+        .expect("create sandbox after refusals");
+}
+
+#[test]
+fn sandbox_mounts_are_made_and_undone() {
+    let f = fixture();
+    let c = &f.agent.client;
+    let volume = Scratch::new("runv-agent-sandbox-volume");
+    std::fs::write(volume.path().join("in"), "shared\n").expect("write volume file");
+    let sandbox = CreateSandboxRequest {
+        mounts: vec![
+            Mount {
+                target: "/run/shm".into(),
+                fstype: "tmpfs".into(),
+                options: vec!["nosuid".into(), "nodev".into(), "size=1m".into()],
+                ..Default::default()
+            },
+            Mount {
+                source: volume.path().display().to_string(),
+                target: "/data".into(),
+                fstype: "bind".into(),
+                options: vec!["ro".into()],
+                ..Default::default()
+            },
+        ],
+        ..Default::default()
+    };
+    c.create_sandbox(ctx(), &sandbox).expect("create sandbox");
+    // Host mode places the targets under the state dir.
+    let root = f.agent.state_dir().join("sandbox").join("mounts");
+    let shm = mountinfo_line(&root.join("run/shm")).expect("tmpfs mounted");
+    assert!(
+        shm.contains(" - tmpfs ") && shm.contains("nosuid") && shm.contains("nodev"),
+        "{shm}"
+    );
+    let data = mountinfo_line(&root.join("data")).expect("bind mounted");
+    assert!(
+        data.split(' ').nth(5).is_some_and(|o| o.starts_with("ro")),
+        "{data}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(root.join("data/in")).expect("read through the bind"),
+        "shared\n"
+    );
+    assert!(
+        std::fs::write(root.join("data/out"), "x").is_err(),
+        "the bind is writable"
+    );
+
+    // Containers reach them through their own binds.
+    let opts = SpecOptions {
+        binds: vec![(root.join("data"), "/data".into())],
+        ..Default::default()
+    };
+    let out = f
+        .agent
+        .run("use", &f.rootfs, &spec("use", &sh("cat /data/in"), &opts));
+    assert_eq!(out.stdout, "shared\n", "{out:?}");
+
+    // DestroySandbox removes the containers and undoes the mounts; the
+    // sandbox can be made again.
+    c.destroy_sandbox(ctx(), &DestroySandboxRequest::new())
+        .expect("destroy sandbox");
+    assert!(mounts_under(&root).is_empty(), "{:?}", mounts_under(&root));
+    let (code, _) = rpc_code(c.start_container(
+        ctx(),
+        &StartContainerRequest {
+            container_id: "use".into(),
+            ..Default::default()
+        },
+    ));
+    assert_eq!(code, ttrpc::Code::NOT_FOUND);
+    c.create_sandbox(ctx(), &sandbox)
+        .expect("create sandbox again");
+    assert!(mountinfo_line(&root.join("run/shm")).is_some());
+    // Stopping the agent undoes them too.
+    drop(f);
+    assert!(mounts_under(&root).is_empty(), "{:?}", mounts_under(&root));
+}
+
+/// The mountinfo line of the mount on exactly `path`.
+fn mountinfo_line(path: &Path) -> Option<String> {
+    let wanted = path.display().to_string();
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.split(' ').nth(4) == Some(wanted.as_str()))
+        .map(str::to_string)
+}
+
+fn ip(address: &str, prefix_len: u32) -> IpAddress {
+    IpAddress {
+        address: address.into(),
+        prefix_len,
+        ..Default::default()
+    }
+}
+
+fn interface_request(name: &str, addresses: &[IpAddress]) -> UpdateInterfaceRequest {
+    UpdateInterfaceRequest {
+        interface: Some(Interface {
+            name: name.into(),
+            addresses: addresses.to_vec(),
+            ..Default::default()
+        })
+        .into(),
+        ..Default::default()
+    }
+}
+
+fn route(dest: &str, gateway: &str, device: &str, scope: u32) -> Route {
+    Route {
+        dest: dest.into(),
+        gateway: gateway.into(),
+        device: device.into(),
+        scope,
+        ..Default::default()
+    }
+}
+
+fn routes_request(routes: Vec<Route>) -> UpdateRoutesRequest {
+    UpdateRoutesRequest {
+        routes: Some(Routes {
+            routes,
+            ..Default::default()
+        })
+        .into(),
+        ..Default::default()
+    }
+}
+
+/// The addresses of `device` ("10.88.0.3/24", ...), without their changing
+/// flags (an IPv6 address is "tentative" for a while).
+fn inet_addresses(agent: &HostAgent, device: &str) -> Vec<String> {
+    let listing = agent.in_netns(&["ip", "-o", "addr", "show", "dev", device]);
+    let mut addresses: Vec<String> = listing
+        .lines()
+        .filter_map(|line| {
+            let mut words = line.split_whitespace();
+            words.find(|w| *w == "inet" || *w == "inet6")?;
+            words.next().map(str::to_string)
+        })
+        .collect();
+    addresses.sort();
+    addresses
+}
+
+/// The flags of `ip -o link show` output: "<BROADCAST,UP,...>".
+fn link_flags(line: &str) -> Vec<String> {
+    line.split_once('<')
+        .and_then(|(_, rest)| rest.split_once('>'))
+        .map(|(flags, _)| flags.split(',').map(str::to_string).collect())
+        .unwrap_or_default()
+}
+
+#[test]
+fn interfaces_and_routes_are_set_in_the_agents_own_netns() {
+    require_root("network namespaces");
+    // The agent runs in a network namespace of its own, holding a veth pair:
+    // nothing here touches the host's interfaces.
+    let agent = HostAgent::start_in_netns();
+    let c = &agent.client;
+    agent.in_netns(&[
+        "ip", "link", "add", "eth-t0", "type", "veth", "peer", "name", "eth-t1",
+    ]);
+    agent.in_netns(&["ip", "link", "set", "eth-t1", "up"]);
+
+    let mut req = interface_request("eth-t0", &[ip("10.88.0.2", 24), ip("fd00:88::2", 64)]);
+    if let Some(iface) = req.interface.as_mut() {
+        iface.hw_addr = "02:00:00:00:00:0a".into();
+        iface.mtu = 1400;
+    }
+    let reply = c.update_interface(ctx(), &req).expect("update interface");
+    assert_eq!(
+        (reply.hw_addr.as_str(), reply.mtu),
+        ("02:00:00:00:00:0a", 1400)
+    );
+    let has = |reply: &Interface, address: &str, prefix_len: u32| {
+        reply
+            .addresses
+            .iter()
+            .any(|a| a.address == address && a.prefix_len == prefix_len)
+    };
+    assert!(
+        has(&reply, "10.88.0.2", 24) && has(&reply, "fd00:88::2", 64),
+        "{reply:?}"
+    );
+    let link = agent.in_netns(&["ip", "-o", "link", "show", "dev", "eth-t0"]);
+    assert!(
+        link.contains("mtu 1400")
+            && link.contains("link/ether 02:00:00:00:00:0a")
+            && link_flags(&link).iter().any(|f| f == "UP"),
+        "{link}"
+    );
+    let addresses = agent.in_netns(&["ip", "-o", "addr", "show", "dev", "eth-t0"]);
+    assert!(
+        addresses.contains("inet 10.88.0.2/24 brd 10.88.0.255")
+            && addresses.contains("inet6 fd00:88::2/64"),
+        "{addresses}"
+    );
+
+    // The addresses given replace those there were; a new MAC on the link
+    // that is up now (taken down for the change, then up again).
+    let mut req = interface_request("eth-t0", &[ip("10.88.0.3", 24), ip("fd00:88::3", 64)]);
+    if let Some(iface) = req.interface.as_mut() {
+        iface.hw_addr = "02:00:00:00:00:0b".into();
+    }
+    let reply = c.update_interface(ctx(), &req).expect("replace addresses");
+    assert!(!has(&reply, "10.88.0.2", 24), "{reply:?}");
+    assert_eq!(
+        (reply.hw_addr.as_str(), reply.mtu),
+        ("02:00:00:00:00:0b", 1400)
+    );
+    let link = agent.in_netns(&["ip", "-o", "link", "show", "dev", "eth-t0"]);
+    assert!(link_flags(&link).iter().any(|f| f == "UP"), "{link}");
+    let addresses = agent.in_netns(&["ip", "-o", "addr", "show", "dev", "eth-t0"]);
+    assert!(
+        addresses.contains("inet 10.88.0.3/24")
+            && addresses.contains("inet6 fd00:88::3/64")
+            && !addresses.contains("10.88.0.2/")
+            && !addresses.contains("fd00:88::2/"),
+        "{addresses}"
+    );
+
+    let mut via_gateway_from = route("192.0.2.0/24", "10.88.0.254", "eth-t0", 0);
+    via_gateway_from.source = "10.88.0.3".into();
+    let reply = c
+        .update_routes(
+            ctx(),
+            &routes_request(vec![
+                route("", "10.88.0.1", "eth-t0", 0),
+                via_gateway_from,
+                route("10.99.0.0/16", "", "eth-t0", 253),
+                route("", "fd00:88::1", "eth-t0", 0),
+            ]),
+        )
+        .expect("update routes");
+    let v4 = agent.in_netns(&["ip", "route", "show"]);
+    for expected in [
+        "default via 10.88.0.1 dev eth-t0",
+        "10.99.0.0/16 dev eth-t0 scope link",
+        "192.0.2.0/24 via 10.88.0.254 dev eth-t0 src 10.88.0.3",
+        "10.88.0.0/24 dev eth-t0 proto kernel",
+    ] {
+        assert!(v4.contains(expected), "{expected:?} not in\n{v4}");
+    }
+    let v6 = agent.in_netns(&["ip", "-6", "route", "show"]);
+    assert!(v6.contains("default via fd00:88::1 dev eth-t0"), "{v6}");
+    let listed = |reply: &Routes, dest: &str, gateway: &str| {
+        reply
+            .routes
+            .iter()
+            .any(|r| r.dest == dest && r.gateway == gateway && r.device == "eth-t0")
+    };
+    assert!(
+        listed(&reply, "", "10.88.0.1")
+            && listed(&reply, "10.99.0.0/16", "")
+            && listed(&reply, "10.88.0.0/24", ""),
+        "{reply:?}"
+    );
+    assert!(
+        reply
+            .routes
+            .iter()
+            .any(|r| r.dest == "10.99.0.0/16" && r.scope == 253),
+        "{reply:?}"
+    );
+
+    // The routes given replace the old ones of the interface; the kernel's
+    // prefix routes stay.
+    let reply = c
+        .update_routes(
+            ctx(),
+            &routes_request(vec![route("", "10.88.0.254", "eth-t0", 0)]),
+        )
+        .expect("replace routes");
+    let v4 = agent.in_netns(&["ip", "route", "show"]);
+    assert!(
+        v4.contains("default via 10.88.0.254 dev eth-t0")
+            && v4.contains("10.88.0.0/24 dev eth-t0 proto kernel")
+            && !v4.contains("10.88.0.1 ")
+            && !v4.contains("10.99.0.0")
+            && !v4.contains("192.0.2.0"),
+        "{v4}"
+    );
+    let v6 = agent.in_netns(&["ip", "-6", "route", "show"]);
+    assert!(!v6.contains("default"), "{v6}");
+    assert!(listed(&reply, "", "10.88.0.254"), "{reply:?}");
+
+    // Bad requests: each refused with its code, none changes anything.
+    let network = || {
+        (
+            inet_addresses(&agent, "eth-t0"),
+            agent.in_netns(&["ip", "route", "show"]),
+            agent.in_netns(&["ip", "-o", "link", "show", "dev", "eth-t0"]),
+        )
+    };
+    let before = network();
+    let mut no_interface = UpdateInterfaceRequest::new();
+    no_interface.interface = protobuf::MessageField::none();
+    let mut bad_mac = interface_request("eth-t0", &[ip("10.88.0.3", 24)]);
+    let mut bad_mtu = bad_mac.clone();
+    if let Some(iface) = bad_mac.interface.as_mut() {
+        iface.hw_addr = "zz:00:00:00:00:01".into();
+    }
+    if let Some(iface) = bad_mtu.interface.as_mut() {
+        iface.mtu = 10;
+    }
+    for (what, req, code) in [
+        ("no interface", no_interface, ttrpc::Code::INVALID_ARGUMENT),
+        (
+            "no name",
+            interface_request("", &[]),
+            ttrpc::Code::INVALID_ARGUMENT,
+        ),
+        (
+            "unknown interface",
+            interface_request("nope0", &[]),
+            ttrpc::Code::NOT_FOUND,
+        ),
+        (
+            "bad address",
+            interface_request("eth-t0", &[ip("10.88.0.300", 24)]),
+            ttrpc::Code::INVALID_ARGUMENT,
+        ),
+        (
+            "bad prefix",
+            interface_request("eth-t0", &[ip("10.88.0.4", 33)]),
+            ttrpc::Code::INVALID_ARGUMENT,
+        ),
+        ("bad MAC", bad_mac, ttrpc::Code::INVALID_ARGUMENT),
+        ("MTU too small", bad_mtu, ttrpc::Code::INVALID_ARGUMENT),
+    ] {
+        let (got, msg) = rpc_code(c.update_interface(ctx(), &req));
+        assert_eq!(got, code, "{what}: {msg}");
+    }
+    let mut mixed = route("10.77.0.0/16", "fd00:88::1", "eth-t0", 0);
+    mixed.source = "10.88.0.3".into();
+    for (what, routes, code) in [
+        (
+            "unknown device",
+            vec![route("", "10.88.0.1", "nope0", 0)],
+            ttrpc::Code::NOT_FOUND,
+        ),
+        (
+            "no device",
+            vec![route("", "10.88.0.1", "", 0)],
+            ttrpc::Code::INVALID_ARGUMENT,
+        ),
+        (
+            "host bits in the destination",
+            vec![route("10.77.0.1/16", "", "eth-t0", 253)],
+            ttrpc::Code::INVALID_ARGUMENT,
+        ),
+        (
+            "bad gateway",
+            vec![route("", "bogus", "eth-t0", 0)],
+            ttrpc::Code::INVALID_ARGUMENT,
+        ),
+        ("mixed families", vec![mixed], ttrpc::Code::INVALID_ARGUMENT),
+        (
+            "unreachable gateway",
+            vec![route("", "172.31.0.1", "eth-t0", 0)],
+            ttrpc::Code::INVALID_ARGUMENT,
+        ),
+    ] {
+        let (got, msg) = rpc_code(c.update_routes(ctx(), &routes_request(routes)));
+        assert_eq!(got, code, "{what}: {msg}");
+    }
+    assert_eq!(before, network(), "a refused request changed the network");
 }
