@@ -29,7 +29,7 @@ if [ -z "$agent" ]; then
     (cd "$tree" && RUSTFLAGS="-C target-feature=+crt-static -C strip=symbols" \
         cargo build --quiet --release --locked --target "$target" -p runv-agent) >&2 \
         || die "cargo build of runv-agent failed"
-    agent=$tree/target/$target/release/runv-agent
+    agent=${CARGO_TARGET_DIR:-$tree/target}/$target/release/runv-agent
 fi
 [ -x "$agent" ] || die "no agent binary at $agent"
 if ! file -b "$agent" | grep -qE 'statically linked|static-pie linked'; then

@@ -12,7 +12,7 @@ target=x86_64-unknown-linux-gnu
 (cd "$tree" && RUSTFLAGS="-C target-feature=+crt-static -C strip=symbols" \
     cargo build --quiet --release --locked --target "$target" -p runv-vsock-peer) >&2 \
     || { echo "test peer: cargo build failed" >&2; exit 1; }
-peer=$tree/target/$target/release/vsock-peer
+peer=${CARGO_TARGET_DIR:-$tree/target}/$target/release/vsock-peer
 file -b "$peer" | grep -qE 'statically linked|static-pie linked' \
     || { echo "test peer: $peer is not statically linked" >&2; exit 1; }
 echo "$peer"
