@@ -25,7 +25,7 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
 use crate::cri::Cri;
-use crate::host::{mounts_under, pids_matching, processes_matching};
+use crate::host::{mounts_under, pids_matching, pids_named};
 use crate::scratch::Scratch;
 
 /// The test image (`images/build-test-image.sh`), imported in every instance.
@@ -242,7 +242,11 @@ impl Containerd {
         let address = self.socket.display().to_string();
         pids_matching("containerd-shim")
             .into_iter()
-            .filter(|(_, cmdline)| cmdline.contains(&address))
+            .filter(|(_, cmdline)| {
+                let program = cmdline.split(' ').next().unwrap_or_default();
+                let name = Path::new(program).file_name().unwrap_or_default();
+                name.to_string_lossy().starts_with("containerd-shim") && cmdline.contains(&address)
+            })
             .collect()
     }
 
@@ -380,8 +384,8 @@ pub fn assert_clean() {
     let leftovers = || {
         let mut left: Vec<String> = ["runv-vmm", "containerd-shim-runv-v2"]
             .iter()
-            .flat_map(|name| processes_matching(name))
-            .map(|cmdline| format!("process: {cmdline}"))
+            .flat_map(|name| pids_named(name))
+            .map(|(pid, cmdline)| format!("process {pid}: {cmdline}"))
             .collect();
         left.extend(
             mounts_under(run_dir)

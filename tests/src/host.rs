@@ -51,6 +51,18 @@ pub fn pids_matching(needle: &str) -> Vec<(i32, String)> {
         .collect()
 }
 
+/// Pid and command line of the live processes whose program (the base name of
+/// `argv[0]`) is `name`.
+pub fn pids_named(name: &str) -> Vec<(i32, String)> {
+    pids_matching(name)
+        .into_iter()
+        .filter(|(_, cmdline)| {
+            let program = cmdline.split(' ').next().unwrap_or_default();
+            Path::new(program).file_name() == Some(std::ffi::OsStr::new(name))
+        })
+        .collect()
+}
+
 /// Mount points (from `/proc/self/mountinfo`, unescaped) at or below `dir`,
 /// in mount order.
 pub fn mounts_under(dir: &Path) -> Vec<PathBuf> {
