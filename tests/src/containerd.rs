@@ -83,6 +83,7 @@ impl Containerd {
             &RunvConfig::from_env().to_toml(),
         );
 
+        prewarm_binaries();
         let log =
             fs::File::create(dir.path().join("containerd.log")).expect("create containerd.log");
         let child = Command::new("containerd")
@@ -577,6 +578,37 @@ fn bridge_name() -> String {
     static NEXT: AtomicUsize = AtomicUsize::new(0);
     let n = NEXT.fetch_add(1, Ordering::Relaxed);
     format!("rvt{}x{n}", std::process::id())
+}
+
+/// Reads the programs containerd will run (once per process, on a thread of its
+/// own) while containerd starts. In the KVM test host they come over 9p: a cold
+/// Go binary takes seconds to load, and would be loaded one by one on demand.
+fn prewarm_binaries() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let mut paths: Vec<PathBuf> = [
+            "/usr/bin/ctr",
+            "/usr/sbin/runc",
+            "/usr/bin/containerd-shim-runc-v2",
+            "/usr/lib/cni/bridge",
+            "/usr/lib/cni/host-local",
+            "/usr/lib/cni/loopback",
+        ]
+        .iter()
+        .map(PathBuf::from)
+        .collect();
+        paths.extend(
+            ["RUNV_SHIM", "RUNV_VMM"]
+                .iter()
+                .filter_map(std::env::var_os)
+                .map(PathBuf::from),
+        );
+        std::thread::spawn(move || {
+            for path in paths {
+                let _ = fs::read(path);
+            }
+        });
+    });
 }
 
 /// `PATH` with `RUNV_SHIM`'s directory first, where containerd finds
