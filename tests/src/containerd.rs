@@ -195,18 +195,34 @@ impl Containerd {
     }
 
     /// [`Containerd::ctr_output`] with `stdin` fed to ctr's standard input, for
-    /// `ctr run` of task `task` or `ctr tasks exec` in it. ctr's end of stdin is
-    /// closed only once the task runs one more process than before the call: ctr
-    /// 1.6 loses an EOF that comes before its task (or exec) is set up, and the
-    /// process would never see the end of its input.
+    /// `ctr run` of task `task` or `ctr tasks exec` in it (namespace `default`).
+    ///
+    /// ctr 1.6 loses an EOF on its stdin that comes before its task (or exec) is
+    /// set up, and the process then never sees the end of its input. So ctr's
+    /// stdin is closed only once that happened: for `ctr run`, once the task
+    /// runs; for an exec, once `ctr tasks ps` shows one more process than before
+    /// the call (or, for a runtime that lists none, after 30 s).
     pub fn ctr_stdin(&self, task: &str, args: &[&str], stdin: &[u8]) -> Output {
-        let baseline = task_processes(&self.socket, "default", task);
-        let (socket, task) = (self.socket.clone(), task.to_owned());
+        let socket = self.socket.clone();
+        let task = task.to_owned();
+        let close_when: Box<dyn Fn() -> bool + Send> = if task_status(&socket, &task).is_none() {
+            Box::new(move || task_status(&socket, &task).as_deref() == Some("RUNNING"))
+        } else {
+            let baseline = task_processes(&socket, &task);
+            let fallback = Instant::now() + Duration::from_secs(30);
+            Box::new(move || task_processes(&socket, &task) > baseline || Instant::now() > fallback)
+        };
         let feed = Feed {
             data: stdin.to_vec(),
-            close_when: Box::new(move || task_processes(&socket, "default", &task) > baseline),
+            close_when,
         };
         self.run_ctr("default", args, Some(feed))
+    }
+
+    /// The STATUS of task `id` in namespace `default` (`RUNNING`, `PAUSED`,
+    /// `STOPPED`, ...), or None if there is no such task.
+    pub fn task_status(&self, id: &str) -> Option<String> {
+        task_status(&self.socket, id)
     }
 
     /// Panics (naming `args`, with ctr's output and containerd's log) unless
@@ -253,11 +269,24 @@ impl Containerd {
 
     /// Task ids in `namespace`.
     pub fn tasks(&self, namespace: &str) -> Vec<String> {
-        let output = self.run_ctr(namespace, &["tasks", "ls", "-q"], None);
-        String::from_utf8_lossy(&output.stdout)
-            .lines()
-            .map(str::to_owned)
-            .collect()
+        self.try_tasks(namespace).unwrap_or_else(|| {
+            panic!(
+                "ctr tasks ls failed in namespace {namespace}\n{}",
+                self.log_tail()
+            )
+        })
+    }
+
+    /// [`Containerd::tasks`], or None if ctr fails or takes more than 30 s.
+    fn try_tasks(&self, namespace: &str) -> Option<Vec<String>> {
+        let mut command = self.ctr_command(namespace);
+        command.args(["tasks", "ls", "-q"]);
+        let output = run_with_deadline(command, None, Duration::from_secs(30)).ok()?;
+        let list = String::from_utf8_lossy(&output.stdout);
+        output
+            .status
+            .success()
+            .then(|| list.lines().map(str::to_owned).collect())
     }
 
     /// [`assert_clean`], plus: no task in `default` or `k8s.io`, no shim of this
@@ -335,7 +364,7 @@ impl Containerd {
         };
         if let Ok(None) = child.try_wait() {
             for namespace in [CRI_NAMESPACE, "default"] {
-                for task in self.tasks(namespace) {
+                for task in self.try_tasks(namespace).unwrap_or_default() {
                     eprintln!(
                         "containerd fixture: removing task {namespace}/{task} left by the test"
                     );
@@ -626,12 +655,12 @@ fn search_path() -> std::ffi::OsString {
 }
 
 /// How many processes task `task` of `namespace` runs (0 if there is no such task).
-fn task_processes(socket: &Path, namespace: &str, task: &str) -> usize {
+fn task_processes(socket: &Path, task: &str) -> usize {
     let mut command = Command::new("ctr");
     command
         .arg("--address")
         .arg(socket)
-        .args(["--namespace", namespace, "tasks", "ps", task]);
+        .args(["tasks", "ps", task]);
     match run_with_deadline(command, None, Duration::from_secs(30)) {
         // A header line, then one line per process.
         Ok(output) if output.status.success() => String::from_utf8_lossy(&output.stdout)
@@ -640,6 +669,22 @@ fn task_processes(socket: &Path, namespace: &str, task: &str) -> usize {
             .saturating_sub(1),
         _ => 0,
     }
+}
+
+/// The STATUS column of task `id` of namespace `default` in `ctr tasks ls`.
+fn task_status(socket: &Path, id: &str) -> Option<String> {
+    let mut command = Command::new("ctr");
+    command.arg("--address").arg(socket).args(["tasks", "ls"]);
+    let output = run_with_deadline(command, None, Duration::from_secs(30)).ok()?;
+    let list = String::from_utf8_lossy(&output.stdout);
+    // TASK PID STATUS, after a header line.
+    list.lines().skip(1).find_map(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        match fields.as_slice() {
+            [task, _, status] if *task == id => Some(status.to_string()),
+            _ => None,
+        }
+    })
 }
 
 fn test_image_tarball() -> PathBuf {

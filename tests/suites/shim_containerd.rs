@@ -86,24 +86,15 @@ fn pattern(len: usize) -> Vec<u8> {
         .collect()
 }
 
-/// The STATUS column of task `id` in `ctr tasks ls` (None: no such task).
-fn task_status(containerd: &Containerd, id: &str) -> Option<String> {
-    let list = containerd.ctr(&["tasks", "ls"]);
-    list.lines().skip(1).find_map(|line| {
-        let fields: Vec<&str> = line.split_whitespace().collect();
-        (fields.first() == Some(&id)).then(|| fields.last().unwrap_or(&"").to_string())
-    })
-}
-
 /// Waits up to `timeout` for task `id` to reach `status`.
 fn wait_task_status(containerd: &Containerd, id: &str, status: &str, timeout: Duration) {
     let reached = wait_until(timeout, || {
-        task_status(containerd, id).as_deref() == Some(status)
+        containerd.task_status(id).as_deref() == Some(status)
     });
     assert!(
         reached,
         "task {id} did not become {status} within {timeout:?} (now {:?})\n{}",
-        task_status(containerd, id),
+        containerd.task_status(id),
         containerd.log_tail()
     );
 }
@@ -318,7 +309,7 @@ fn ctr_task_exec_ps_pause_metrics_kill() {
         trapped,
         "SIGTERM did not reach the container's trap: {last:?}"
     );
-    assert_eq!(task_status(&containerd, "k1").as_deref(), Some("RUNNING"));
+    assert_eq!(containerd.task_status("k1").as_deref(), Some("RUNNING"));
     containerd.ctr(&["tasks", "kill", "--signal", "SIGKILL", "k1"]);
     wait_task_status(&containerd, "k1", "STOPPED", Duration::from_secs(30));
     // `ctr task rm` reports a non-zero exit status as a warning (and exits 0).
