@@ -1,0 +1,831 @@
+//! Tier 4: a real containerd (Debian's 1.6) started for one test or suite, with its
+//! own root, state, sockets and config, the test image imported, `ctr` run against
+//! it, and the leak checks the suites make after every test.
+//!
+//! Layout of one instance, all in a scratch directory:
+//!
+//! ```text
+//! root/               containerd's root: a fresh tmpfs (overlayfs needs a real upper
+//!                     file system; the KVM test host's / is 9p with overlays)
+//! state/              containerd's state (task bundles, rootfs mounts, pod netns)
+//! containerd.sock     gRPC (ctr, CRI); containerd.sock.ttrpc: ttrpc (shims)
+//! config.toml         version 2; runtime `runv` = io.pouch.runv.v2, runc the default
+//! runv.toml           runv's config, given to the shim as ConfigPath
+//! cni/                a bridge + host-local conflist (the CRI needs eth0 in a pod)
+//! containerd.log      containerd's stdout and stderr
+//! ```
+
+use std::fs;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+use crate::cri::Cri;
+use crate::host::{mounts_under, pids_matching, pids_named};
+use crate::scratch::Scratch;
+
+/// The test image (`images/build-test-image.sh`), imported in every instance.
+pub const TEST_IMAGE: &str = "docker.io/runv/test:latest";
+/// The CRI's sandbox image: the test image's root running `sleep infinity`.
+pub const PAUSE_IMAGE: &str = "docker.io/runv/pause:latest";
+/// runv's runtime type (`ctr run --runtime`).
+pub const RUNV_RUNTIME: &str = "io.pouch.runv.v2";
+/// The CRI runtime handler that runs pods in runv.
+pub const RUNV_HANDLER: &str = "runv";
+/// The namespace the CRI works in.
+pub const CRI_NAMESPACE: &str = "k8s.io";
+/// Deadline of one `ctr` command.
+pub const CTR_TIMEOUT: Duration = Duration::from_secs(300);
+/// Where the shim keeps one directory per pod (`/run/runv/<sandbox-id>/`).
+pub const RUNV_RUN_DIR: &str = "/run/runv";
+
+/// A containerd of its own for a test or suite; stopped and cleaned up on drop.
+pub struct Containerd {
+    child: Option<Child>,
+    socket: PathBuf,
+    bridge: String,
+    dir: Scratch,
+}
+
+impl Containerd {
+    /// Starts containerd, waits for its CRI, and imports the test image into the
+    /// namespaces `default` and `k8s.io`. The shim `containerd-shim-runv-v2` is
+    /// found through `RUNV_SHIM`'s directory (if set), ahead of `PATH`.
+    pub fn start() -> Self {
+        crate::host::require_root("containerd runs as root and mounts its snapshots");
+        let dir = Scratch::new("runv-containerd");
+        let socket = dir.path().join("containerd.sock");
+        let bridge = bridge_name();
+        let root = dir.path().join("root");
+        fs::create_dir_all(&root).expect("create containerd's root");
+        nix::mount::mount(
+            Some("tmpfs"),
+            &root,
+            Some("tmpfs"),
+            nix::mount::MsFlags::empty(),
+            Some("mode=0711"),
+        )
+        .unwrap_or_else(|err| panic!("mount a tmpfs on {}: {err}", root.display()));
+        write(
+            &dir.path().join("config.toml"),
+            &config_toml(dir.path(), &socket),
+        );
+        write(
+            &dir.path().join("cni/10-runv-test.conflist"),
+            &cni_conflist(dir.path(), &bridge),
+        );
+        write(
+            &dir.path().join("runv.toml"),
+            &RunvConfig::from_env().to_toml(),
+        );
+
+        prewarm_binaries();
+        let log =
+            fs::File::create(dir.path().join("containerd.log")).expect("create containerd.log");
+        let child = Command::new("containerd")
+            .arg("--config")
+            .arg(dir.path().join("config.toml"))
+            .env("PATH", search_path())
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("dup containerd.log"))
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|err| panic!("start containerd (scripts/setup installs it): {err}"));
+        let mut containerd = Self {
+            child: Some(child),
+            socket,
+            bridge,
+            dir,
+        };
+        let started = Instant::now();
+        containerd.wait_ready();
+        let ready = started.elapsed();
+        let tarball = test_image_tarball().display().to_string();
+        std::thread::scope(|scope| {
+            for namespace in ["default", CRI_NAMESPACE] {
+                let (containerd, tarball) = (&containerd, &tarball);
+                scope.spawn(move || containerd.ctr_in(namespace, &["images", "import", tarball]));
+            }
+        });
+        let cri = containerd.cri();
+        let seen = wait_until(Duration::from_secs(30), || {
+            cri.image_present(TEST_IMAGE) && cri.image_present(PAUSE_IMAGE)
+        });
+        assert!(
+            seen,
+            "the CRI did not see the imported images\n{}",
+            containerd.log_tail()
+        );
+        eprintln!(
+            "containerd fixture: answering after {:.1} s, images imported after {:.1} s",
+            ready.as_secs_f64(),
+            started.elapsed().as_secs_f64()
+        );
+        containerd
+    }
+
+    /// The scratch directory of this instance.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// containerd's gRPC socket.
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    /// runv's config file (`runtimes.runv.options.ConfigPath`, and what
+    /// `ctr run --runtime-config-path` should name).
+    pub fn runv_config_path(&self) -> PathBuf {
+        self.dir().join("runv.toml")
+    }
+
+    /// Replaces runv's config file with `text` (read by the next shim that starts).
+    pub fn write_runv_config(&self, text: &str) {
+        write(&self.runv_config_path(), text);
+    }
+
+    /// A CRI client on this containerd.
+    pub fn cri(&self) -> Cri {
+        Cri::connect(&self.socket)
+    }
+
+    /// The last 60 lines of containerd's log, for failure messages.
+    pub fn log_tail(&self) -> String {
+        let log = fs::read_to_string(self.dir().join("containerd.log")).unwrap_or_default();
+        let lines: Vec<&str> = log.lines().collect();
+        let tail = lines[lines.len().saturating_sub(60)..].join("\n");
+        format!(
+            "--- containerd.log (last {} lines)\n{tail}",
+            lines.len().min(60)
+        )
+    }
+
+    /// `ctr --address <socket> --namespace <namespace>`, for a caller that runs it itself.
+    pub fn ctr_command(&self, namespace: &str) -> Command {
+        let mut command = Command::new("ctr");
+        command
+            .arg("--address")
+            .arg(&self.socket)
+            .args(["--namespace", namespace]);
+        command
+    }
+
+    /// Runs `ctr ARGS` in namespace `default`; its stdout. Panics (with stderr and
+    /// containerd's log) unless it exits 0.
+    pub fn ctr(&self, args: &[&str]) -> String {
+        self.ctr_in("default", args)
+    }
+
+    /// [`Containerd::ctr`] in `namespace`.
+    pub fn ctr_in(&self, namespace: &str, args: &[&str]) -> String {
+        let output = self.run_ctr(namespace, args, None);
+        self.expect_success(args, &output);
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+
+    /// Runs `ctr ARGS` in namespace `default` whatever its exit status (`ctr run`
+    /// exits with the task's status); panics only if it cannot run or times out.
+    pub fn ctr_output(&self, args: &[&str]) -> Output {
+        self.run_ctr("default", args, None)
+    }
+
+    /// [`Containerd::ctr_output`] with `stdin` fed to ctr's standard input, for
+    /// `ctr run` of task `task` or `ctr tasks exec` in it (namespace `default`).
+    ///
+    /// ctr 1.6 loses an EOF on its stdin that comes before its task (or exec) is
+    /// set up, and the process then never sees the end of its input. So ctr's
+    /// stdin is closed only once that happened: for `ctr run`, once the task
+    /// runs; for an exec, once `ctr tasks ps` shows one more process than before
+    /// the call (or, for a runtime that lists none, after 30 s).
+    pub fn ctr_stdin(&self, task: &str, args: &[&str], stdin: &[u8]) -> Output {
+        let socket = self.socket.clone();
+        let task = task.to_owned();
+        let close_when: Box<dyn Fn() -> bool + Send> = if task_status(&socket, &task).is_none() {
+            Box::new(move || task_status(&socket, &task).as_deref() == Some("RUNNING"))
+        } else {
+            let baseline = task_processes(&socket, &task);
+            let fallback = Instant::now() + Duration::from_secs(30);
+            Box::new(move || task_processes(&socket, &task) > baseline || Instant::now() > fallback)
+        };
+        let feed = Feed {
+            data: stdin.to_vec(),
+            close_when,
+        };
+        self.run_ctr("default", args, Some(feed))
+    }
+
+    /// The STATUS of task `id` in namespace `default` (`RUNNING`, `PAUSED`,
+    /// `STOPPED`, ...), or None if there is no such task.
+    pub fn task_status(&self, id: &str) -> Option<String> {
+        task_status(&self.socket, id)
+    }
+
+    /// Panics (naming `args`, with ctr's output and containerd's log) unless
+    /// `output` is a success.
+    pub fn expect_success(&self, args: &[&str], output: &Output) {
+        assert!(
+            output.status.success(),
+            "ctr {} failed ({}):\n--- stdout\n{}\n--- stderr\n{}\n{}",
+            args.join(" "),
+            output.status,
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr),
+            self.log_tail()
+        );
+    }
+
+    fn run_ctr(&self, namespace: &str, args: &[&str], stdin: Option<Feed>) -> Output {
+        let mut command = self.ctr_command(namespace);
+        command.args(args);
+        match run_with_deadline(command, stdin, CTR_TIMEOUT) {
+            Ok(output) => output,
+            Err(output) => panic!(
+                "ctr {} did not finish within {CTR_TIMEOUT:?} (killed):\n--- stdout\n{}\n--- stderr\n{}\n{}",
+                args.join(" "),
+                String::from_utf8_lossy(&output.stdout),
+                String::from_utf8_lossy(&output.stderr),
+                self.log_tail()
+            ),
+        }
+    }
+
+    /// Pids and command lines of this instance's live shims.
+    pub fn shims(&self) -> Vec<(i32, String)> {
+        let address = self.socket.display().to_string();
+        pids_matching("containerd-shim")
+            .into_iter()
+            .filter(|(_, cmdline)| {
+                let program = cmdline.split(' ').next().unwrap_or_default();
+                let name = Path::new(program).file_name().unwrap_or_default();
+                name.to_string_lossy().starts_with("containerd-shim") && cmdline.contains(&address)
+            })
+            .collect()
+    }
+
+    /// Task ids in `namespace`.
+    pub fn tasks(&self, namespace: &str) -> Vec<String> {
+        self.try_tasks(namespace).unwrap_or_else(|| {
+            panic!(
+                "ctr tasks ls failed in namespace {namespace}\n{}",
+                self.log_tail()
+            )
+        })
+    }
+
+    /// [`Containerd::tasks`], or None if ctr fails or takes more than 30 s.
+    fn try_tasks(&self, namespace: &str) -> Option<Vec<String>> {
+        let mut command = self.ctr_command(namespace);
+        command.args(["tasks", "ls", "-q"]);
+        let output = run_with_deadline(command, None, Duration::from_secs(30)).ok()?;
+        let list = String::from_utf8_lossy(&output.stdout);
+        output
+            .status
+            .success()
+            .then(|| list.lines().map(str::to_owned).collect())
+    }
+
+    /// [`assert_clean`], plus: no task in `default` or `k8s.io`, no shim of this
+    /// instance, no mount left in its state dir. Waits up to 10 s for shims
+    /// and mounts to go.
+    pub fn assert_clean(&self) {
+        for namespace in ["default", CRI_NAMESPACE] {
+            let tasks = self.tasks(namespace);
+            assert!(
+                tasks.is_empty(),
+                "tasks left in namespace {namespace}: {tasks:?}"
+            );
+        }
+        let state = self.dir().join("state");
+        let settled = wait_until(Duration::from_secs(10), || {
+            self.shims().is_empty() && mounts_under(&state).is_empty()
+        });
+        assert!(
+            settled,
+            "containerd left behind: shims {:?}, mounts {:?}\n{}",
+            self.shims(),
+            mounts_under(&state),
+            self.log_tail()
+        );
+        assert_clean();
+    }
+
+    /// Waits for the CRI to answer on the socket (which the CRI plugin, required
+    /// by the config, answers last).
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let version = loop {
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|child| child.try_wait().ok().flatten())
+            {
+                panic!(
+                    "containerd exited during start-up ({status})\n{}",
+                    self.log_tail()
+                );
+            }
+            let answer = self
+                .socket
+                .exists()
+                .then(|| Cri::try_connect(&self.socket).ok())
+                .flatten();
+            match answer.map(|cri| cri.try_version()) {
+                Some(Ok(version)) => break version,
+                Some(Err(status)) if Instant::now() >= deadline => {
+                    panic!(
+                        "containerd's CRI does not answer: {status}\n{}",
+                        self.log_tail()
+                    )
+                }
+                _ => {}
+            }
+            assert!(
+                Instant::now() < deadline,
+                "containerd did not answer within 60 s\n{}",
+                self.log_tail()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        assert_eq!(
+            version.runtime_api_version, "v1",
+            "containerd's CRI: {version:?}"
+        );
+    }
+
+    /// Removes what the test left (tasks, with a warning on stderr), then stops containerd.
+    fn stop(&mut self) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        if let Ok(None) = child.try_wait() {
+            for namespace in [CRI_NAMESPACE, "default"] {
+                for task in self.try_tasks(namespace).unwrap_or_default() {
+                    eprintln!(
+                        "containerd fixture: removing task {namespace}/{task} left by the test"
+                    );
+                    let mut command = self.ctr_command(namespace);
+                    command.args(["--timeout", "60s", "tasks", "rm", "-f", &task]);
+                    let _ = run_with_deadline(command, None, Duration::from_secs(90));
+                }
+            }
+        }
+        let pid = Pid::from_raw(child.id() as i32);
+        let _ = kill(pid, Signal::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline && matches!(child.try_wait(), Ok(None)) {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
+
+impl Drop for Containerd {
+    fn drop(&mut self) {
+        self.stop();
+        for (pid, cmdline) in self.shims() {
+            eprintln!("containerd fixture: killing shim {pid} ({cmdline}) and its descendants");
+            kill_tree(pid);
+        }
+        let mut mounts = mounts_under(self.dir.path());
+        mounts.reverse();
+        for point in mounts {
+            if nix::mount::umount(&point).is_err() {
+                let _ = nix::mount::umount2(&point, nix::mount::MntFlags::MNT_DETACH);
+            }
+        }
+        let _ = Command::new("ip")
+            .args(["link", "delete", &self.bridge])
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+/// Panics if runv left something behind: a `runv-vmm` or `containerd-shim-runv-v2`
+/// process, a mount under `/run/runv`, or an entry in `/run/runv` (the shim's
+/// per-pod directories). Waits up to 10 s for exiting processes to go.
+pub fn assert_clean() {
+    let run_dir = Path::new(RUNV_RUN_DIR);
+    let leftovers = || {
+        let mut left: Vec<String> = ["runv-vmm", "containerd-shim-runv-v2"]
+            .iter()
+            .flat_map(|name| pids_named(name))
+            .map(|(pid, cmdline)| format!("process {pid}: {cmdline}"))
+            .collect();
+        left.extend(
+            mounts_under(run_dir)
+                .iter()
+                .map(|point| format!("mount: {}", point.display())),
+        );
+        if let Ok(entries) = fs::read_dir(run_dir) {
+            left.extend(
+                entries
+                    .filter_map(Result::ok)
+                    .map(|e| format!("entry: {}", e.path().display())),
+            );
+        }
+        left
+    };
+    if !wait_until(Duration::from_secs(10), || leftovers().is_empty()) {
+        panic!("runv left behind:\n{}", leftovers().join("\n"));
+    }
+}
+
+/// runv's config file for the shim, with the keys the shim reads.
+#[derive(Debug, Clone)]
+pub struct RunvConfig {
+    /// `runv-vmm` binary.
+    pub vmm: PathBuf,
+    /// Guest kernel.
+    pub kernel: PathBuf,
+    /// Guest initrd (the agent).
+    pub initrd: PathBuf,
+    /// vCPUs of a pod's VM unless annotations say otherwise.
+    pub default_vcpus: u32,
+    /// Memory of a pod's VM unless annotations say otherwise.
+    pub default_memory_mib: u32,
+    /// How long the shim waits for the agent.
+    pub boot_timeout_secs: u32,
+    /// The shim's log level.
+    pub log_level: String,
+}
+
+impl RunvConfig {
+    /// The artefacts under test (`RUNV_VMM`, `RUNV_KERNEL`, `RUNV_INITRD`; empty
+    /// paths where unset: the runc-only harness check needs none), 1 vCPU, 256 MiB.
+    pub fn from_env() -> Self {
+        let env_path = |var| std::env::var_os(var).map(PathBuf::from).unwrap_or_default();
+        Self {
+            vmm: env_path("RUNV_VMM"),
+            kernel: env_path("RUNV_KERNEL"),
+            initrd: env_path("RUNV_INITRD"),
+            default_vcpus: 1,
+            default_memory_mib: 256,
+            boot_timeout_secs: 120,
+            log_level: "debug".into(),
+        }
+    }
+
+    /// The config as TOML.
+    pub fn to_toml(&self) -> String {
+        format!(
+            "vmm = {}\nkernel = {}\ninitrd = {}\ndefault_vcpus = {}\ndefault_memory_mib = {}\n\
+             boot_timeout_secs = {}\nlog_level = {}\n",
+            toml_string(&self.vmm.display().to_string()),
+            toml_string(&self.kernel.display().to_string()),
+            toml_string(&self.initrd.display().to_string()),
+            self.default_vcpus,
+            self.default_memory_mib,
+            self.boot_timeout_secs,
+            toml_string(&self.log_level),
+        )
+    }
+}
+
+/// Panics unless the runv artefacts a shim test needs are set and exist:
+/// `RUNV_SHIM`, `RUNV_VMM`, `RUNV_KERNEL`, `RUNV_INITRD`.
+pub fn require_runv() {
+    for (var, builder) in [
+        (
+            "RUNV_SHIM",
+            "cargo build --release (target/release/containerd-shim-runv-v2)",
+        ),
+        (
+            "RUNV_VMM",
+            "cargo build --release (target/release/runv-vmm)",
+        ),
+        ("RUNV_KERNEL", "guest-kernel/build.sh"),
+        ("RUNV_INITRD", "images/build-initrd.sh"),
+    ] {
+        let path = std::env::var_os(var).map(PathBuf::from).unwrap_or_else(|| {
+            panic!(
+                "{var} is not set: run through scripts/test, or set it to the output of {builder}"
+            )
+        });
+        assert!(path.is_file(), "{var}={} is not a file", path.display());
+    }
+}
+
+/// A TOML basic string (a JSON string literal is one).
+fn toml_string(text: &str) -> String {
+    serde_json::to_string(text).expect("a string serialises")
+}
+
+fn config_toml(dir: &Path, socket: &Path) -> String {
+    let cri = r#"plugins."io.containerd.grpc.v1.cri""#;
+    let runtimes = format!("{cri}.containerd.runtimes");
+    let path = |p: PathBuf| toml_string(&p.display().to_string());
+    format!(
+        r#"version = 2
+root = {root}
+state = {state}
+# Without its CRI, containerd should not start at all (the failure is then in its log).
+required_plugins = ["io.containerd.grpc.v1.cri"]
+# Nothing we do not use: start-up stays fast and touches no host path. (The tasks
+# service needs the legacy io.containerd.runtime.v1.linux plugin loaded.)
+disabled_plugins = [
+  "io.containerd.snapshotter.v1.aufs",
+  "io.containerd.snapshotter.v1.btrfs",
+  "io.containerd.snapshotter.v1.zfs",
+  "io.containerd.snapshotter.v1.devmapper",
+  "io.containerd.internal.v1.opt",
+  "io.containerd.tracing.processor.v1.otlp",
+  "io.containerd.internal.v1.tracing",
+]
+
+[grpc]
+  address = {grpc}
+
+[ttrpc]
+  address = {ttrpc}
+
+[debug]
+  level = "info"
+
+[{cri}]
+  sandbox_image = "{PAUSE_IMAGE}"
+  disable_apparmor = true
+  netns_mounts_under_state_dir = true
+
+[{cri}.cni]
+  bin_dir = "/usr/lib/cni"
+  conf_dir = {cni}
+
+[{cri}.containerd]
+  default_runtime_name = "runc"
+  snapshotter = "overlayfs"
+
+[{runtimes}.runc]
+  runtime_type = "io.containerd.runc.v2"
+
+[{runtimes}.runv]
+  runtime_type = "{RUNV_RUNTIME}"
+  pod_annotations = ["io.pouch.runv.*"]
+  container_annotations = ["io.pouch.runv.*"]
+
+[{runtimes}.runv.options]
+  ConfigPath = {runv}
+"#,
+        root = path(dir.join("root")),
+        state = path(dir.join("state")),
+        grpc = path(socket.to_path_buf()),
+        ttrpc = path(dir.join("containerd.sock.ttrpc")),
+        cni = path(dir.join("cni")),
+        runv = path(dir.join("runv.toml")),
+    )
+}
+
+/// A bridge with host-local addresses and no gateway or masquerading: pods get
+/// an eth0 with an address and reach nothing.
+fn cni_conflist(dir: &Path, bridge: &str) -> String {
+    serde_json::json!({
+        "cniVersion": "1.0.0",
+        "name": "runv-test",
+        "plugins": [{
+            "type": "bridge",
+            "bridge": bridge,
+            "isGateway": false,
+            "ipMasq": false,
+            "ipam": {
+                "type": "host-local",
+                "ranges": [[{ "subnet": "10.233.0.0/24" }]],
+                "dataDir": dir.join("cni-ipam"),
+            },
+        }],
+    })
+    .to_string()
+}
+
+/// A bridge name unique to this process and instance (at most 15 bytes).
+fn bridge_name() -> String {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    format!("rvt{}x{n}", std::process::id())
+}
+
+/// Reads the programs containerd will run (once per process, on a thread of its
+/// own) while containerd starts. In the KVM test host they come over 9p: a cold
+/// Go binary takes seconds to load, and would be loaded one by one on demand.
+fn prewarm_binaries() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let mut paths: Vec<PathBuf> = [
+            "/usr/bin/ctr",
+            "/usr/sbin/runc",
+            "/usr/bin/containerd-shim-runc-v2",
+            "/usr/lib/cni/bridge",
+            "/usr/lib/cni/host-local",
+            "/usr/lib/cni/loopback",
+        ]
+        .iter()
+        .map(PathBuf::from)
+        .collect();
+        paths.extend(
+            ["RUNV_SHIM", "RUNV_VMM"]
+                .iter()
+                .filter_map(std::env::var_os)
+                .map(PathBuf::from),
+        );
+        std::thread::spawn(move || {
+            for path in paths {
+                let _ = fs::read(path);
+            }
+        });
+    });
+}
+
+/// `PATH` with `RUNV_SHIM`'s directory first, where containerd finds
+/// `containerd-shim-runv-v2`.
+fn search_path() -> std::ffi::OsString {
+    let mut dirs: Vec<PathBuf> = Vec::new();
+    if let Some(shim) = std::env::var_os("RUNV_SHIM").map(PathBuf::from) {
+        if let Some(parent) = shim.parent() {
+            dirs.push(parent.to_path_buf());
+        }
+    }
+    let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/sbin:/usr/bin:/sbin:/bin".into());
+    dirs.extend(std::env::split_paths(&path));
+    std::env::join_paths(dirs).expect("PATH entries hold no ':'")
+}
+
+/// How many processes task `task` of `namespace` runs (0 if there is no such task).
+fn task_processes(socket: &Path, task: &str) -> usize {
+    let mut command = Command::new("ctr");
+    command
+        .arg("--address")
+        .arg(socket)
+        .args(["tasks", "ps", task]);
+    match run_with_deadline(command, None, Duration::from_secs(30)) {
+        // A header line, then one line per process.
+        Ok(output) if output.status.success() => String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .count()
+            .saturating_sub(1),
+        _ => 0,
+    }
+}
+
+/// The STATUS column of task `id` of namespace `default` in `ctr tasks ls`.
+fn task_status(socket: &Path, id: &str) -> Option<String> {
+    let mut command = Command::new("ctr");
+    command.arg("--address").arg(socket).args(["tasks", "ls"]);
+    let output = run_with_deadline(command, None, Duration::from_secs(30)).ok()?;
+    let list = String::from_utf8_lossy(&output.stdout);
+    // TASK PID STATUS, after a header line.
+    list.lines().skip(1).find_map(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        match fields.as_slice() {
+            [task, _, status] if *task == id => Some(status.to_string()),
+            _ => None,
+        }
+    })
+}
+
+fn test_image_tarball() -> PathBuf {
+    let path = std::env::var_os("RUNV_TEST_IMAGE").map(PathBuf::from).unwrap_or_else(|| {
+        panic!("RUNV_TEST_IMAGE is not set: run through scripts/test or set it to the output of images/build-test-image.sh")
+    });
+    assert!(
+        path.is_file(),
+        "RUNV_TEST_IMAGE={} is not a file",
+        path.display()
+    );
+    path
+}
+
+fn write(path: &Path, text: &str) {
+    if let Some(parent) = path.parent() {
+        fs::create_dir_all(parent)
+            .unwrap_or_else(|err| panic!("create {}: {err}", parent.display()));
+    }
+    fs::write(path, text).unwrap_or_else(|err| panic!("write {}: {err}", path.display()));
+}
+
+/// Polls `done` every 50 ms until it holds (true) or `timeout` passes (false).
+pub fn wait_until(timeout: Duration, mut done: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if done() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// What to write to a command's standard input, and when to close it.
+pub struct Feed {
+    /// Written first, in full (unless the reader goes away).
+    pub data: Vec<u8>,
+    /// Polled after the data is written: stdin is closed once this holds, or
+    /// once the command has exited.
+    pub close_when: Box<dyn Fn() -> bool + Send>,
+}
+
+/// Runs `command` with `stdin` (or none) and its output captured; `Err` with what
+/// it printed if it ran past `timeout` and was killed.
+pub fn run_with_deadline(
+    mut command: Command,
+    stdin: Option<Feed>,
+    timeout: Duration,
+) -> Result<Output, Output> {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    let mut child = command
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|err| panic!("cannot run {command:?}: {err}"));
+    let exited = Arc::new(AtomicBool::new(false));
+    let writer = stdin.map(|feed| {
+        let mut pipe = child.stdin.take().expect("stdin is piped");
+        let exited = exited.clone();
+        std::thread::spawn(move || {
+            // A reader that stops early closes the pipe: the write error is its business.
+            let _ = pipe.write_all(&feed.data);
+            while !exited.load(Ordering::Relaxed) && !(feed.close_when)() {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        })
+    });
+    let reader = |mut pipe: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut data = Vec::new();
+            let _ = pipe.read_to_end(&mut data);
+            data
+        })
+    };
+    let stdout = reader(Box::new(child.stdout.take().expect("stdout is piped")));
+    let stderr = reader(Box::new(child.stderr.take().expect("stderr is piped")));
+    let deadline = Instant::now() + timeout;
+    let (status, timed_out): (ExitStatus, bool) = loop {
+        if let Some(status) = child.try_wait().expect("wait for a child") {
+            break (status, false);
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            break (child.wait().expect("wait for a killed child"), true);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    exited.store(true, Ordering::Relaxed);
+    if let Some(writer) = writer {
+        let _ = writer.join();
+    }
+    let output = Output {
+        status,
+        stdout: stdout.join().unwrap_or_default(),
+        stderr: stderr.join().unwrap_or_default(),
+    };
+    if timed_out {
+        Err(output)
+    } else {
+        Ok(output)
+    }
+}
+
+/// SIGKILLs `pid` and every process descending from it (children first found,
+/// then killed together so none is re-parented out of reach).
+fn kill_tree(pid: i32) {
+    let mut tree = vec![pid];
+    let mut i = 0;
+    while i < tree.len() {
+        let parent = tree[i];
+        tree.extend(children_of(parent));
+        i += 1;
+    }
+    for pid in tree {
+        let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+    }
+}
+
+fn children_of(parent: i32) -> Vec<i32> {
+    let Ok(entries) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(Result::ok)
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            // pid (comm) state ppid ...: comm may hold spaces, so split after its ')'.
+            let ppid = stat
+                .rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().nth(1));
+            ppid.and_then(|p| p.parse::<i32>().ok()) == Some(parent)
+        })
+        .collect()
+}
