@@ -131,7 +131,6 @@ fn finish(containerd: Containerd) {
 /// One VM: output on stdout and stderr, exit status 42, env and cwd, and 1 MiB
 /// through stdin and back out of `cat`, byte for byte.
 #[test]
-#[ignore = "needs the shim (#6)"]
 fn ctr_run_output_status_env_cwd_stdin() {
     let runtime = Runtime::under_test();
     let containerd = Containerd::start();
@@ -180,7 +179,6 @@ fn ctr_run_output_status_env_cwd_stdin() {
 
 /// One VM with a terminal (`ctr run -t`, ctr itself on a pty made by `script`).
 #[test]
-#[ignore = "needs the shim (#6)"]
 fn ctr_run_tty() {
     let runtime = Runtime::under_test();
     let containerd = Containerd::start();
@@ -215,7 +213,6 @@ fn ctr_run_tty() {
 /// One VM running in the background: ctr task exec (as root and as user 1000),
 /// ps, pause and resume, metrics, kill with SIGTERM (trapped) and SIGKILL.
 #[test]
-#[ignore = "needs the shim (#6)"]
 fn ctr_task_exec_ps_pause_metrics_kill() {
     let runtime = Runtime::under_test();
     let containerd = Containerd::start();
@@ -326,7 +323,6 @@ fn ctr_task_exec_ps_pause_metrics_kill() {
 /// in the same VM, ContainerStats, UpdateContainerResources, StopPodSandbox,
 /// RemovePodSandbox.
 #[test]
-#[ignore = "needs the shim (#6)"]
 fn cri_pod_with_two_containers() {
     let runtime = Runtime::under_test();
     let containerd = Containerd::start();
@@ -437,7 +433,6 @@ fn cri_pod_with_two_containers() {
 /// SIGKILL of runv-vmm under a running `ctr run --rm`: the task exits, ctr
 /// returns, and the shim cleans up.
 #[test]
-#[ignore = "needs the shim (#6)"]
 fn fault_vmm_killed() {
     let runtime = Runtime::under_test();
     if runtime != Runtime::Runv {
@@ -480,7 +475,6 @@ fn fault_vmm_killed() {
 /// SIGKILL of the shim: `ctr task rm -f` and `ctr c rm` still clean everything
 /// (containerd runs the shim's `delete` for a dead shim).
 #[test]
-#[ignore = "needs the shim (#6)"]
 fn fault_shim_killed() {
     let runtime = Runtime::under_test();
     if runtime != Runtime::Runv {
@@ -512,7 +506,6 @@ fn fault_shim_killed() {
 /// nothing: a malformed config.toml, a missing kernel, a bad annotation value
 /// (through ctr and through the CRI). No VM boots.
 #[test]
-#[ignore = "needs the shim (#6)"]
 fn bad_input_is_refused_by_name() {
     let runtime = Runtime::under_test();
     if runtime != Runtime::Runv {
