@@ -6,7 +6,7 @@ use log::{debug, warn};
 use protocol::agent::Stdio;
 use protocol::stdio::{StreamHeader, StreamKind, AGENT_STDIO_VSOCK_PORT};
 use std::fs::{File, OpenOptions};
-use std::io::{self, Read};
+use std::io::{self, Read, Write};
 use std::net::Shutdown;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
@@ -69,6 +69,9 @@ pub struct StdinCopy {
     stream: UnixStream,
     /// The FIFO, to free a copy still waiting in open(2) for a writer.
     fifo: PathBuf,
+    /// Write end of the copy's stop pipe: closing it wakes a copy blocked on a
+    /// FIFO whose writer (the client) keeps it open, as `ctr run -t` does.
+    stop: OwnedFd,
 }
 
 /// Where an output stream's bytes go on the host.
@@ -156,6 +159,7 @@ impl StdinCopy {
     }
 
     fn stop(self) {
+        drop(self.stop);
         let _ = self.stream.shutdown(Shutdown::Write);
         if !self.thread.is_finished() {
             // A copy still in open(2) waits for a writer: be that writer, briefly.
@@ -190,12 +194,14 @@ fn spawn_stdin(fifo: &str, stream: UnixStream) -> Result<StdinCopy, String> {
         .map_err(|e| format!("clone the stdin stream: {e}"))?;
     let path = PathBuf::from(fifo);
     let opened = path.clone();
+    let (stop_read, stop) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+        .map_err(|e| format!("stdin stop pipe: {e}"))?;
     let thread = std::thread::Builder::new()
         .name("stdin".into())
         .spawn(move || {
             match File::open(&opened) {
                 Ok(mut fifo) => {
-                    if let Err(err) = io::copy(&mut fifo, &mut writer) {
+                    if let Err(err) = copy_until_stopped(&mut fifo, &mut writer, &stop_read) {
                         debug!("stdin copy ended: {err}");
                     }
                 }
@@ -208,7 +214,49 @@ fn spawn_stdin(fifo: &str, stream: UnixStream) -> Result<StdinCopy, String> {
         thread,
         stream,
         fifo: path,
+        stop,
     })
+}
+
+/// Copies `from` to `to` until `from` reaches EOF or `stop` becomes readable
+/// (its write end was closed).
+fn copy_until_stopped(from: &mut File, to: &mut impl Write, stop: &OwnedFd) -> io::Result<()> {
+    let mut buf = vec![0u8; 64 << 10];
+    loop {
+        let mut fds = [
+            libc::pollfd {
+                fd: from.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: stop.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+        ];
+        // SAFETY: `fds` is an array of two valid pollfds that outlives the call.
+        let ready = unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
+        if ready < 0 {
+            let err = io::Error::last_os_error();
+            if err.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(err);
+        }
+        if fds[1].revents != 0 {
+            return Ok(());
+        }
+        if fds[0].revents == 0 {
+            continue;
+        }
+        match from.read(&mut buf) {
+            Ok(0) => return Ok(()),
+            Ok(n) => to.write_all(&buf[..n])?,
+            Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+            Err(err) => return Err(err),
+        }
+    }
 }
 
 fn spawn_output(what: &str, mut from: UnixStream, sink: Sink) -> Result<JoinHandle<()>, String> {
@@ -344,7 +392,6 @@ fn start_logging_binary(uri: &str, name: &ProcessName) -> Result<(File, File), S
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io::Write;
 
     #[test]
     fn agent_streams_follow_the_uris() {
@@ -363,6 +410,26 @@ mod tests {
         };
         let stdio = tty.agent_stdio();
         assert!(stdio.terminal && stdio.stdin && !stdio.stdout && !stdio.stderr);
+    }
+
+    #[test]
+    fn a_stdin_copy_stops_while_its_writer_keeps_the_fifo_open() {
+        let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap();
+        let (stop_read, stop) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap();
+        let mut writer = File::from(write);
+        writer.write_all(b"typed").unwrap();
+        let copy = std::thread::spawn(move || {
+            let mut copied = Vec::new();
+            copy_until_stopped(&mut File::from(read), &mut copied, &stop_read).map(|()| copied)
+        });
+        let deadline = std::time::Instant::now() + Duration::from_millis(200);
+        while std::time::Instant::now() < deadline {
+            assert!(!copy.is_finished(), "the copy ended with its writer open");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        drop(stop);
+        assert_eq!(copy.join().unwrap().unwrap(), b"typed");
+        drop(writer);
     }
 
     #[test]
