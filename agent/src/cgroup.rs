@@ -74,6 +74,11 @@ impl Cgroup {
 
     /// The cgroup's figures, in the shape of containerd's cgroups v2 metrics.
     pub fn stats(&self) -> Result<api::StatsContainerResponse> {
+        if self.unified {
+            let mut response = unified_stats(&self.unified_dir());
+            response.memory_events = Some(self.memory_events()).into();
+            return Ok(response);
+        }
         let stats = self
             .manager
             .stats()
@@ -111,6 +116,12 @@ impl Cgroup {
         cpu
     }
 
+    /// The cgroup's directory on a unified (v2) hierarchy.
+    fn unified_dir(&self) -> PathBuf {
+        let relative = self.path.strip_prefix("/").unwrap_or(&self.path);
+        Path::new(CGROUP_ROOT).join(relative)
+    }
+
     /// How many processes the OOM killer killed in this cgroup.
     pub fn oom_kills(&self) -> u64 {
         self.memory_events().oom_kill
@@ -121,7 +132,7 @@ impl Cgroup {
         let relative = self.path.strip_prefix("/").unwrap_or(&self.path);
         let mut events = api::MemoryEvents::new();
         if self.unified {
-            let table = read_keyed(&Path::new(CGROUP_ROOT).join(relative).join("memory.events"));
+            let table = read_keyed(&self.unified_dir().join("memory.events"));
             events.low = table("low");
             events.high = table("high");
             events.max = table("max");
@@ -161,6 +172,59 @@ fn memory(stats: &Stats) -> api::MemoryStats {
     }
 }
 
+/// The figures of the v2 cgroup in `dir`, read from its interface files.
+///
+/// libcgroups' v2 stats also require the pressure, hugetlb and swap files, which
+/// a guest kernel without PSI, HUGETLBFS or SWAP lacks; a missing file or key
+/// here reads as 0 instead.
+fn unified_stats(dir: &Path) -> api::StatsContainerResponse {
+    let cpu_stat = read_keyed(&dir.join("cpu.stat"));
+    let memory_stat = read_keyed(&dir.join("memory.stat"));
+    let value = |file: &str| read_single(&dir.join(file));
+    let mut response = api::StatsContainerResponse::new();
+    response.cpu = Some(api::CpuStats {
+        usage_usec: cpu_stat("usage_usec"),
+        user_usec: cpu_stat("user_usec"),
+        system_usec: cpu_stat("system_usec"),
+        nr_periods: cpu_stat("nr_periods"),
+        nr_throttled: cpu_stat("nr_throttled"),
+        throttled_usec: cpu_stat("throttled_usec"),
+        ..Default::default()
+    })
+    .into();
+    response.memory = Some(api::MemoryStats {
+        usage: value("memory.current"),
+        usage_limit: value("memory.max"),
+        swap_usage: value("memory.swap.current"),
+        swap_limit: value("memory.swap.max"),
+        anon: memory_stat("anon"),
+        file: memory_stat("file"),
+        kernel_stack: memory_stat("kernel_stack"),
+        slab: memory_stat("slab"),
+        sock: memory_stat("sock"),
+        shmem: memory_stat("shmem"),
+        pgfault: memory_stat("pgfault"),
+        pgmajfault: memory_stat("pgmajfault"),
+        ..Default::default()
+    })
+    .into();
+    response.pids = Some(api::PidsStats {
+        current: value("pids.current"),
+        limit: value("pids.max"),
+        ..Default::default()
+    })
+    .into();
+    response
+}
+
+/// A one-value cgroup file: its number, or 0 for `max`, a missing file or junk.
+fn read_single(path: &Path) -> u64 {
+    fs::read_to_string(path)
+        .ok()
+        .and_then(|text| text.trim().parse().ok())
+        .unwrap_or(0)
+}
+
 /// A "key value" per line file as a lookup (0 for a missing key or file).
 fn read_keyed(path: &Path) -> impl Fn(&str) -> u64 {
     let text = fs::read_to_string(path).unwrap_or_default();
@@ -175,4 +239,48 @@ fn read_keyed(path: &Path) -> impl Fn(&str) -> u64 {
 
 fn cgroup_error(step: &str, err: &dyn std::fmt::Display) -> AgentError {
     AgentError::io(step)(std::io::Error::other(err.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unified_stats_read_the_v2_files_and_take_missing_ones_as_zero() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = [
+            ("cpu.stat", "usage_usec 1500\nuser_usec 1000\nsystem_usec 500\nnr_periods 4\nnr_throttled 1\nthrottled_usec 20\n"),
+            ("memory.current", "4096\n"),
+            ("memory.max", "max\n"),
+            ("memory.stat", "anon 1024\nfile 2048\npgfault 7\n"),
+            ("pids.current", "3\n"),
+            ("pids.max", "64\n"),
+        ];
+        for (name, text) in files {
+            fs::write(dir.path().join(name), text).unwrap();
+        }
+        let stats = unified_stats(dir.path());
+        let (cpu, memory, pids) = (
+            stats.cpu.unwrap(),
+            stats.memory.unwrap(),
+            stats.pids.unwrap(),
+        );
+        assert_eq!(
+            (cpu.usage_usec, cpu.user_usec, cpu.system_usec),
+            (1500, 1000, 500)
+        );
+        assert_eq!(
+            (cpu.nr_periods, cpu.nr_throttled, cpu.throttled_usec),
+            (4, 1, 20)
+        );
+        assert_eq!(
+            (memory.usage, memory.usage_limit, memory.swap_usage),
+            (4096, 0, 0)
+        );
+        assert_eq!(
+            (memory.anon, memory.file, memory.pgfault, memory.slab),
+            (1024, 2048, 7, 0)
+        );
+        assert_eq!((pids.current, pids.limit), (3, 64));
+    }
 }
