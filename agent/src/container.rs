@@ -162,7 +162,12 @@ impl Container {
     /// Starts `process` in the running container as `exec_id`; returns its pid.
     pub fn exec(&self, exec_id: &str, process: &OciProcess, stdio: &Stdio) -> Result<u32> {
         let mut execs = self.lock_execs();
-        if execs.contains_key(exec_id) {
+        // An exec id names one live process: once its process has exited (and
+        // containerd deleted it), the id may be used again, as with runc.
+        let live = execs
+            .get(exec_id)
+            .is_some_and(|old| old.exit_status().is_none());
+        if live {
             return Err(AgentError::AlreadyExists {
                 kind: "exec",
                 id: format!("{}/{exec_id}", self.id),

@@ -14,7 +14,7 @@ use nix::fcntl::OFlag;
 use nix::sys::signal::Signal;
 use nix::unistd::pipe2;
 use protocol::agent::Stdio;
-use protocol::stdio::StreamKind;
+use protocol::stdio::{copy_plain, StreamKind};
 
 use crate::error::{AgentError, Result};
 
@@ -298,14 +298,14 @@ impl Process {
 
 /// stdin: stream → pipe until the client half-closes; then the process reads EOF.
 fn copy_stdin(mut conn: UnixStream, mut pipe: File) {
-    let _ = io::copy(&mut conn, &mut pipe);
+    let _ = copy_plain(&mut conn, &mut pipe);
 }
 
 /// stdout/stderr: pipe → stream until every writer is gone; then the client reads
 /// EOF. A client that went away is drained into nothing, so the process never
 /// blocks on a full pipe.
 fn copy_output(mut pipe: File, mut conn: UnixStream) {
-    if io::copy(&mut pipe, &mut conn).is_err() {
+    if copy_plain(&mut pipe, &mut conn).is_err() {
         let _ = io::copy(&mut pipe, &mut io::sink());
     }
     let _ = conn.shutdown(Shutdown::Write);
@@ -317,11 +317,11 @@ fn copy_output(mut pipe: File, mut conn: UnixStream) {
 fn copy_tty(master: File, conn: UnixStream) {
     if let (Ok(mut master_in), Ok(mut conn_in)) = (master.try_clone(), conn.try_clone()) {
         std::thread::spawn(move || {
-            let _ = io::copy(&mut conn_in, &mut master_in);
+            let _ = copy_plain(&mut conn_in, &mut master_in);
         });
     }
     let (mut master, mut conn) = (master, conn);
-    let _ = io::copy(&mut master, &mut conn);
+    let _ = copy_plain(&mut master, &mut conn);
     let _ = conn.shutdown(Shutdown::Write);
 }
 

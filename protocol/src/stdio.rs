@@ -145,6 +145,31 @@ impl StreamHeader {
     }
 }
 
+/// Copies `from` to `to` until EOF with plain read(2) and write(2) calls; the
+/// bytes copied.
+///
+/// `std::io::copy` splices when one side is a pipe or FIFO, and a splice between
+/// a socket and a pipe holds the pipe's lock while it waits on the socket: the
+/// pipe's other user (a FIFO reader closing it, a process writing its output)
+/// then sleeps uninterruptibly, unkillable, until the socket moves.
+pub fn copy_plain(from: &mut impl Read, to: &mut impl Write) -> io::Result<u64> {
+    let mut buf = vec![0u8; COPY_BUFFER];
+    let mut copied = 0u64;
+    loop {
+        let n = match from.read(&mut buf) {
+            Ok(0) => return Ok(copied),
+            Ok(n) => n,
+            Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
+            Err(err) => return Err(err),
+        };
+        to.write_all(&buf[..n])?;
+        copied += n as u64;
+    }
+}
+
+/// Buffer of one [`copy_plain`].
+const COPY_BUFFER: usize = 64 << 10;
+
 /// Agent side: accepts a binding.
 pub fn write_ok(writer: &mut impl Write) -> io::Result<()> {
     writer.write_all(b"ok\n")

@@ -264,7 +264,7 @@ fn spawn_output(what: &str, mut from: UnixStream, sink: Sink) -> Result<JoinHand
         .name(what.into())
         .spawn(move || match sink.open() {
             Ok(mut to) => {
-                if let Err(err) = io::copy(&mut from, &mut to) {
+                if let Err(err) = protocol::stdio::copy_plain(&mut from, &mut to) {
                     debug!("output copy ended: {err}");
                     // Keep draining so the process never blocks on a full stream.
                     let _ = io::copy(&mut from, &mut io::sink());

@@ -174,9 +174,14 @@ fn exec_runs_in_the_running_container() {
         "exec'd process is not the container's init"
     );
 
-    // A duplicate exec id is refused.
-    let (code, _) = rpc_code(f.agent.client.exec_process(ctx(), &req));
-    assert_eq!(code, ttrpc::Code::ALREADY_EXISTS);
+    // The id of an exec that has exited may be used again (containerd frees it
+    // when it deletes the exec, and then may reuse it).
+    f.agent
+        .client
+        .exec_process(ctx(), &req)
+        .expect("exec with the id of an exited exec");
+    let again = f.agent.collect(cid, "e1").finish(f.agent.wait(cid, "e1"));
+    assert_eq!(again.status, 3, "{again:?}");
 
     let kill = SignalProcessRequest {
         container_id: cid.into(),
