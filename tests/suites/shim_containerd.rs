@@ -566,6 +566,135 @@ fn bad_input_is_refused_by_name() {
     finish(containerd);
 }
 
+/// Benchmark (bench/start-latency), not a test: `ctr run --rm <image> x echo` with
+/// runc and with runv alternating (`RUNV_BENCH_RUNS`, default 10, each), medians
+/// and their ratio; host memory per idle pod (PSS of shim + VMM, without and with
+/// the guest's RAM) over `RUNV_BENCH_PODS` (default 10) pods; that many pods
+/// started at once: all succeed, total time.
+#[test]
+#[ignore = "benchmark: run through bench/start-latency"]
+fn start_latency_memory_and_concurrency_against_runc() {
+    let runv = Runtime::under_test();
+    assert_eq!(
+        runv,
+        Runtime::Runv,
+        "the benchmark measures runv against runc"
+    );
+    let env_count = |var: &str| -> usize {
+        std::env::var(var)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(10)
+    };
+    let (runs, pods) = (env_count("RUNV_BENCH_RUNS"), env_count("RUNV_BENCH_PODS"));
+    let containerd = Containerd::start();
+    let timed_echo = |runtime: Runtime, id: &str| -> Duration {
+        let args = runtime.run_args(&containerd, &["--rm", TEST_IMAGE, id, "echo", "x"]);
+        let started = Instant::now();
+        let out = containerd.ctr(&strs(&args));
+        let took = started.elapsed();
+        assert_eq!(out, "x\n", "{runtime:?} {id}");
+        took
+    };
+    let (mut runc_times, mut runv_times) = (Vec::new(), Vec::new());
+    for i in 0..runs {
+        runc_times.push(timed_echo(Runtime::Runc, &format!("lat-runc-{i}")));
+        runv_times.push(timed_echo(Runtime::Runv, &format!("lat-runv-{i}")));
+    }
+    runc_times.sort();
+    runv_times.sort();
+    let (runc, runv_median) = (runc_times[runs / 2], runv_times[runs / 2]);
+    println!(
+        "start latency (ctr run --rm, echo), median of {runs}: runv {:.2} s, runc {:.2} s, \
+         ratio runv/runc {:.2}",
+        runv_median.as_secs_f64(),
+        runc.as_secs_f64(),
+        runv_median.as_secs_f64() / runc.as_secs_f64()
+    );
+
+    let ids: Vec<String> = (0..pods).map(|i| format!("idle-{i}")).collect();
+    for id in &ids {
+        let args = runv.run_args(&containerd, &["-d", TEST_IMAGE, id, "sleep", "100000"]);
+        containerd.ctr(&strs(&args));
+    }
+    for id in &ids {
+        wait_task_status(&containerd, id, "RUNNING", Duration::from_secs(120));
+    }
+    let guest_kib = u64::from(RunvConfig::from_env().default_memory_mib) * 1024;
+    let (mut without_guest, mut with_guest) = (0u64, 0u64);
+    let shims = containerd.shims();
+    let vmms = vmm_pids();
+    assert_eq!(
+        (shims.len(), vmms.len()),
+        (pods, pods),
+        "one shim and one VMM per pod"
+    );
+    for pid in shims.iter().map(|(pid, _)| *pid).chain(vmms) {
+        let (total, guest) = pss_kib(pid, guest_kib);
+        with_guest += total;
+        without_guest += total - guest;
+    }
+    println!(
+        "host memory per idle pod (PSS of shim + VMM, {pods} pods): {:.1} MiB without the \
+         guest's RAM, {:.1} MiB with it ({} MiB guests)",
+        without_guest as f64 / 1024.0 / pods as f64,
+        with_guest as f64 / 1024.0 / pods as f64,
+        guest_kib / 1024
+    );
+    for id in &ids {
+        containerd.ctr(&["tasks", "rm", "-f", id]);
+        containerd.ctr(&["containers", "rm", id]);
+    }
+
+    let started = Instant::now();
+    std::thread::scope(|scope| {
+        let runs: Vec<_> = (0..pods)
+            .map(|i| {
+                let args = runv.run_args(
+                    &containerd,
+                    &["--rm", TEST_IMAGE, &format!("many-{i}"), "echo", "x"],
+                );
+                let containerd = &containerd;
+                scope.spawn(move || containerd.ctr(&strs(&args)))
+            })
+            .collect();
+        for run in runs {
+            assert_eq!(run.join().expect("a concurrent ctr run"), "x\n");
+        }
+    });
+    println!(
+        "{pods} runv pods started at once: all succeeded in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    finish(containerd);
+}
+
+/// PSS of process `pid` and the part of it in mappings of `guest_kib` (the guest's
+/// RAM), in KiB, from /proc/<pid>/smaps.
+fn pss_kib(pid: i32, guest_kib: u64) -> (u64, u64) {
+    let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap_or_default();
+    let field = |line: &str, name: &str| -> Option<u64> {
+        line.strip_prefix(name)?
+            .trim()
+            .trim_end_matches("kB")
+            .trim()
+            .parse()
+            .ok()
+    };
+    let (mut total, mut guest, mut in_guest) = (0, 0, false);
+    for line in smaps.lines() {
+        if let Some(size) = field(line, "Size:") {
+            in_guest = size == guest_kib;
+        } else if let Some(pss) = field(line, "Pss:") {
+            total += pss;
+            if in_guest {
+                guest += pss;
+            }
+        }
+    }
+    (total, guest)
+}
+
 /// Waits for `child` (stdout and stderr piped) to exit within `timeout`; its
 /// output, or `Err` with it after killing it.
 fn wait_output(mut child: std::process::Child, timeout: Duration) -> Result<Output, Output> {
