@@ -221,40 +221,40 @@ fn spawn_stdin(fifo: &str, stream: UnixStream) -> Result<StdinCopy, String> {
 /// Copies `from` to `to` until `from` reaches EOF or `stop` becomes readable
 /// (its write end was closed).
 fn copy_until_stopped(from: &mut File, to: &mut impl Write, stop: &OwnedFd) -> io::Result<()> {
-    let mut buf = vec![0u8; 64 << 10];
-    loop {
-        let mut fds = [
-            libc::pollfd {
-                fd: from.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            },
-            libc::pollfd {
-                fd: stop.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            },
-        ];
-        // SAFETY: `fds` is an array of two valid pollfds that outlives the call.
-        let ready = unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
-        if ready < 0 {
-            let err = io::Error::last_os_error();
-            if err.kind() == io::ErrorKind::Interrupted {
-                continue;
+    protocol::stdio::copy_plain(&mut StoppableRead { from, stop }, to).map(drop)
+}
+
+/// A reader that reads EOF once `stop` becomes readable.
+struct StoppableRead<'a> {
+    from: &'a mut File,
+    stop: &'a OwnedFd,
+}
+
+impl Read for StoppableRead<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        loop {
+            let mut fds = [
+                libc::pollfd {
+                    fd: self.from.as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                },
+                libc::pollfd {
+                    fd: self.stop.as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                },
+            ];
+            // SAFETY: `fds` is an array of two valid pollfds that outlives the call.
+            if unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) } < 0 {
+                return Err(io::Error::last_os_error());
             }
-            return Err(err);
-        }
-        if fds[1].revents != 0 {
-            return Ok(());
-        }
-        if fds[0].revents == 0 {
-            continue;
-        }
-        match from.read(&mut buf) {
-            Ok(0) => return Ok(()),
-            Ok(n) => to.write_all(&buf[..n])?,
-            Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
-            Err(err) => return Err(err),
+            if fds[1].revents != 0 {
+                return Ok(0);
+            }
+            if fds[0].revents != 0 {
+                return self.from.read(buf);
+            }
         }
     }
 }
