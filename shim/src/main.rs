@@ -9,6 +9,7 @@ mod metrics;
 mod mounts;
 mod options;
 mod paths;
+mod pod_files;
 mod process;
 mod sandbox;
 mod service;

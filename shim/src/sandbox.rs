@@ -4,6 +4,7 @@
 use crate::config::RunvConfig;
 use crate::mounts;
 use crate::paths::SandboxDir;
+use crate::pod_files::PodFiles;
 use crate::spec::VmSize;
 use crate::vm::{self, Vm};
 use log::{info, warn};
@@ -40,14 +41,15 @@ pub struct Sandbox {
 }
 
 impl Sandbox {
-    /// Boots the VM of pod `id` and prepares its sandbox in the guest. On any
+    /// Boots the VM of pod `id` and prepares its sandbox in the guest (hostname,
+    /// hosts and resolv.conf from `files`). On any
     /// failure nothing is left: no VMM, no directory. `on_vm_exit` runs when the
     /// VMM exits (also after a failed boot).
     pub fn boot(
         id: &str,
         config: RunvConfig,
         size: VmSize,
-        hostname: &str,
+        files: &PodFiles,
         on_vm_exit: impl FnOnce(i32) + Send + 'static,
     ) -> Result<Self, String> {
         config.check_files()?;
@@ -72,7 +74,7 @@ impl Sandbox {
             }
         };
         let agent = match connect_agent(&dir, &vm, &config).and_then(|agent| {
-            prepare_guest(&agent, id, hostname)?;
+            prepare_guest(&agent, id, files)?;
             Ok(agent)
         }) {
             Ok(agent) => agent,
@@ -154,10 +156,12 @@ fn connect_agent(dir: &SandboxDir, vm: &Vm, config: &RunvConfig) -> Result<Agent
     Ok(agent)
 }
 
-fn prepare_guest(agent: &AgentClient, id: &str, hostname: &str) -> Result<(), String> {
+fn prepare_guest(agent: &AgentClient, id: &str, files: &PodFiles) -> Result<(), String> {
     let req = CreateSandboxRequest {
         sandbox_id: id.to_string(),
-        hostname: hostname.to_string(),
+        hostname: files.hostname.clone(),
+        hosts: files.hosts.clone(),
+        dns: files.dns.clone(),
         shared_dir: GUEST_SHARED_DIR.to_string(),
         ..Default::default()
     };

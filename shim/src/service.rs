@@ -9,6 +9,7 @@ use crate::metrics;
 use crate::mounts;
 use crate::options;
 use crate::paths::{check_id, SharedPath};
+use crate::pod_files::PodFiles;
 use crate::process::Process;
 use crate::sandbox::{agent_ctx, Sandbox};
 use crate::spec::{self, PodRole, VmSize};
@@ -223,12 +224,9 @@ impl Inner {
             .then(|| spec.pointer("/linux/resources"))
             .flatten();
         let size = VmSize::for_pod(&config, resources);
-        let hostname = spec
-            .get("hostname")
-            .and_then(Value::as_str)
-            .unwrap_or_default();
+        let files = PodFiles::of(spec).map_err(TaskError::InvalidArgument)?;
         let weak = Arc::downgrade(self);
-        let sandbox = Sandbox::boot(&sandbox_id, config, size, hostname, move |status| {
+        let sandbox = Sandbox::boot(&sandbox_id, config, size, &files, move |status| {
             if let Some(inner) = Weak::upgrade(&weak) {
                 inner.vm_exited(status);
             }
