@@ -12,12 +12,13 @@ use libcontainer::container::{Container as Runtime, ContainerStatus};
 use libcontainer::syscall::syscall::SyscallType;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
-use oci_spec::runtime::{Process as OciProcess, Spec};
+use oci_spec::runtime::{LinuxSeccomp, Process as OciProcess, Spec};
 use protocol::agent::Stdio;
 
 use crate::cgroup::Cgroup;
 use crate::console::ConsoleSocket;
 use crate::error::{AgentError, Result};
+use crate::exec_seccomp::ExecSeccomp;
 use crate::process::Process;
 use crate::reaper::Reaper;
 
@@ -61,6 +62,8 @@ pub struct Container {
     paths: StatePaths,
     reaper: Arc<Reaper>,
     cgroup: OnceLock<Cgroup>,
+    /// The spec's seccomp profile, which execs get too.
+    seccomp: Option<LinuxSeccomp>,
 }
 
 impl Container {
@@ -80,7 +83,8 @@ impl Container {
             spec.set_process(Some(process));
         }
         write_bundle(&bundle, &spec)?;
-        let created = Self::create_in(id, &bundle, stdio, paths, reaper);
+        let seccomp = spec.linux().as_ref().and_then(|l| l.seccomp().clone());
+        let created = Self::create_in(id, &bundle, stdio, paths, reaper, seccomp);
         if created.is_err() {
             let _ = fs::remove_dir_all(&bundle);
         }
@@ -93,6 +97,7 @@ impl Container {
         stdio: &Stdio,
         paths: &StatePaths,
         reaper: &Arc<Reaper>,
+        seccomp: Option<LinuxSeccomp>,
     ) -> Result<Arc<Self>> {
         let (init, child) = Process::new("", stdio)?;
         let console = console_socket(stdio, paths)?;
@@ -138,6 +143,7 @@ impl Container {
             paths: paths.clone(),
             reaper: Arc::clone(reaper),
             cgroup: OnceLock::new(),
+            seccomp,
         }))
     }
 
@@ -203,6 +209,7 @@ impl Container {
                 .with_stdin(child.stdin)
                 .with_stdout(child.stdout)
                 .with_stderr(child.stderr)
+                .with_executor(ExecSeccomp::new(self.seccomp.clone()))
                 .as_tenant()
                 .with_process(Some(&process_file))
                 .with_detach(true)

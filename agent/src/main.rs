@@ -5,6 +5,7 @@ mod cgroup;
 mod console;
 mod container;
 mod error;
+mod exec_seccomp;
 mod guest;
 mod host;
 mod init;

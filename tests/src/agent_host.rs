@@ -308,6 +308,8 @@ pub struct SpecOptions {
     pub binds: Vec<(PathBuf, String)>,
     /// OCI `linux.resources`.
     pub resources: Option<serde_json::Value>,
+    /// OCI `linux.seccomp`.
+    pub seccomp: Option<serde_json::Value>,
 }
 
 /// An OCI spec (as `runc spec` makes it, minus the network) running `args`,
@@ -339,7 +341,7 @@ pub fn spec(cid: &str, args: &[&str], opts: &SpecOptions) -> String {
             }));
         }
     }
-    serde_json::json!({
+    let mut spec = serde_json::json!({
         "ociVersion": "1.0.2",
         "process": {
             "terminal": false,
@@ -364,8 +366,11 @@ pub fn spec(cid: &str, args: &[&str], opts: &SpecOptions) -> String {
             "maskedPaths": ["/proc/kcore", "/proc/keys", "/proc/timer_list", "/sys/firmware"],
             "readonlyPaths": ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"]
         }
-    })
-    .to_string()
+    });
+    if let Some(seccomp) = &opts.seccomp {
+        spec["linux"]["seccomp"] = seccomp.clone();
+    }
+    spec.to_string()
 }
 
 /// An OCI `process` JSON for ExecProcess running `args` as root.

@@ -332,6 +332,81 @@ fn a_read_only_rootfs_refuses_writes() {
     remove(&f.agent, "ro");
 }
 
+/// A profile that allows everything but mkdir, which fails with EPERM.
+fn no_mkdir_profile() -> serde_json::Value {
+    serde_json::json!({
+        "defaultAction": "SCMP_ACT_ALLOW",
+        "architectures": ["SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_X32"],
+        "syscalls": [
+            {"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO", "errnoRet": 1}
+        ]
+    })
+}
+
+#[test]
+fn a_seccomp_profile_filters_the_container_and_its_execs() {
+    let f = fixture();
+    let opts = SpecOptions {
+        seccomp: Some(no_mkdir_profile()),
+        ..Default::default()
+    };
+    let script = "mkdir /tmp/d; echo mkdir=$?; touch /tmp/f && echo touched";
+    let out = f
+        .agent
+        .run("sc", &f.rootfs, &spec("sc", &sh(script), &opts));
+    assert_eq!(out.stdout, "mkdir=1\ntouched\n", "{out:?}");
+    assert!(out.stderr.contains("Operation not permitted"), "{out:?}");
+    remove(&f.agent, "sc");
+
+    // An exec joins the container's filter too.
+    f.agent.create(
+        "sc2",
+        &f.rootfs,
+        &spec("sc2", &["sleep", "1000"], &opts),
+        false,
+    );
+    f.agent.start_container("sc2");
+    let req = ExecProcessRequest {
+        container_id: "sc2".into(),
+        exec_id: "mk".into(),
+        process: exec_process(&sh("mkdir /tmp/e; echo mkdir=$?")),
+        stdio: Some(Stdio {
+            stdout: true,
+            stderr: true,
+            ..Default::default()
+        })
+        .into(),
+        ..Default::default()
+    };
+    f.agent
+        .client
+        .exec_process(ctx(), &req)
+        .expect("exec under the profile");
+    let out = f
+        .agent
+        .collect("sc2", "mk")
+        .finish(f.agent.wait("sc2", "mk"));
+    assert_eq!(out.stdout, "mkdir=1\n", "{out:?}");
+    kill_and_remove(&f.agent, "sc2");
+
+    // A profile that names an action seccomp does not have is refused by name.
+    let mut bad = no_mkdir_profile();
+    bad["syscalls"][0]["action"] = "SCMP_ACT_SOMETIMES".into();
+    let bad_opts = SpecOptions {
+        seccomp: Some(bad),
+        ..Default::default()
+    };
+    let req = CreateContainerRequest {
+        container_id: "sc3".into(),
+        oci_spec: spec("sc3", &sh("exit 0"), &bad_opts),
+        rootfs: f.rootfs.display().to_string(),
+        ..Default::default()
+    };
+    let (code, msg) = rpc_code(f.agent.client.create_container(ctx(), &req));
+    assert_eq!(code, ttrpc::Code::INVALID_ARGUMENT, "{msg}");
+    assert!(msg.contains("SCMP_ACT_SOMETIMES"), "{msg}");
+}
+
 #[test]
 fn a_bind_mounted_volume_is_shared() {
     let f = fixture();

@@ -14,13 +14,14 @@
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use k8s_cri::v1::LinuxContainerResources;
+use k8s_cri::v1::{DnsConfig, LinuxContainerResources};
 use runv_tests::containerd::{
     assert_clean, require_runv, run_with_deadline, wait_until, Containerd, RunvConfig,
     RUNV_HANDLER, RUNV_RUNTIME, TEST_IMAGE,
 };
 use runv_tests::cri::{container_config, envs, pod_config, pod_config_annotated};
 use runv_tests::host::{pids_named, processes_matching, require_kvm};
+use runv_tests::scratch::Scratch;
 
 /// A runv config value that pod annotations may override (the shim's
 /// `enable_annotations` default includes it).
@@ -128,18 +129,30 @@ fn finish(containerd: Containerd) {
     assert_clean();
 }
 
-/// One VM: output on stdout and stderr, exit status 42, env and cwd, and 1 MiB
-/// through stdin and back out of `cat`, byte for byte.
+/// One VM: output on stdout and stderr, exit status 42, env and cwd, 1 MiB
+/// through stdin and back out of `cat`, byte for byte, and a seccomp profile.
 #[test]
-fn ctr_run_output_status_env_cwd_stdin() {
+fn ctr_run_output_status_env_cwd_stdin_seccomp() {
     let runtime = Runtime::under_test();
     let containerd = Containerd::start();
     let input = pattern(1 << 20);
-    let script = "echo to-stderr >&2; cat; echo \"$GREETING\"; pwd; exit 42";
+    // A seccomp profile that refuses mkdir: the guest's agent applies it.
+    let profile_dir = Scratch::new("runv-seccomp");
+    let profile = profile_dir.path().join("no-mkdir.json");
+    let no_mkdir = r#"{"defaultAction": "SCMP_ACT_ALLOW",
+        "architectures": ["SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_X32"],
+        "syscalls": [{"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO", "errnoRet": 1}]}"#;
+    std::fs::write(&profile, no_mkdir).expect("write the seccomp profile");
+    let profile = profile.display().to_string();
+    let script = "echo to-stderr >&2; cat; echo \"$GREETING\"; pwd; \
+                  mkdir /tmp/d 2>/dev/null; echo mkdir=$?; exit 42";
     let args = runtime.run_args(
         &containerd,
         &[
             "--rm",
+            "--seccomp",
+            "--seccomp-profile",
+            &profile,
             "--env",
             "GREETING=hello",
             "--cwd",
@@ -173,7 +186,7 @@ fn ctr_run_output_status_env_cwd_stdin() {
         echoed == input.as_slice(),
         "the 1 MiB through cat came back changed"
     );
-    assert_eq!(text(rest), "hello\n/tmp\n");
+    assert_eq!(text(rest), "hello\n/tmp\nmkdir=1\n");
     finish(containerd);
 }
 
@@ -320,14 +333,19 @@ fn ctr_task_exec_ps_pause_metrics_kill() {
 }
 
 /// One pod (one VM) with two containers, through the CRI: ExecSync in both, both
-/// in the same VM, ContainerStats, UpdateContainerResources, StopPodSandbox,
-/// RemovePodSandbox.
+/// in the same VM with the pod's hostname and DNS, ContainerStats,
+/// UpdateContainerResources, StopPodSandbox, RemovePodSandbox.
 #[test]
 fn cri_pod_with_two_containers() {
     let runtime = Runtime::under_test();
     let containerd = Containerd::start();
     let cri = containerd.cri();
-    let pod = pod_config("two");
+    let mut pod = pod_config("two");
+    pod.dns_config = Some(DnsConfig {
+        servers: vec!["192.0.2.53".into()],
+        searches: vec!["pods.example.test".into()],
+        options: vec!["ndots:2".into()],
+    });
     let pod_id = cri.run_pod_sandbox(&pod, runtime.handler());
     let mut ids = Vec::new();
     for name in ["first", "second"] {
@@ -355,7 +373,8 @@ fn cri_pod_with_two_containers() {
             &[
                 "sh",
                 "-c",
-                "echo $NAME; cat /proc/sys/kernel/random/boot_id; exit 4",
+                "echo $NAME; cat /proc/sys/kernel/random/boot_id; hostname; \
+                 grep -v '^#' /etc/resolv.conf; exit 4",
             ],
             60,
         );
@@ -364,6 +383,18 @@ fn cri_pod_with_two_containers() {
         let mut lines = out.lines();
         assert_eq!(lines.next(), Some(name), "{out}");
         boot_ids.push(lines.next().unwrap_or_default().to_owned());
+        assert_eq!(lines.next(), Some("two"), "the pod's hostname: {out}");
+        let resolv: Vec<&str> = lines.collect();
+        for expected in [
+            "nameserver 192.0.2.53",
+            "search pods.example.test",
+            "options ndots:2",
+        ] {
+            assert!(
+                resolv.contains(&expected),
+                "the pod's resolv.conf lacks {expected:?}: {out}"
+            );
+        }
     }
     assert_eq!(
         boot_ids[0], boot_ids[1],
