@@ -58,8 +58,12 @@ impl Process {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Its state as containerd names it.
+    /// Its state as containerd names it: STOPPED as soon as its exit is
+    /// recorded, so a client woken by [`Process::wait`] never reads it running.
     pub fn status(&self) -> Status {
+        if self.exit.get().is_some() {
+            return Status::STOPPED;
+        }
         self.lock().status
     }
 
@@ -119,5 +123,32 @@ impl Process {
             self.status(),
             Status::RUNNING | Status::PAUSED | Status::PAUSING
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    #[test]
+    fn a_woken_waiter_reads_the_process_stopped() {
+        for _ in 0..200 {
+            let process = Arc::new(Process::new("c", "", StdioUris::default(), None));
+            process.set_status(Status::RUNNING);
+            let waiter = {
+                let process = Arc::clone(&process);
+                std::thread::spawn(move || {
+                    let exit = process.wait();
+                    (exit.status, process.status())
+                })
+            };
+            assert!(process.record_exit(Exit::now(137)));
+            assert!(!process.record_exit(Exit::now(1)), "recorded once");
+            let seen = waiter.join().expect("waiter");
+            assert_eq!(seen, (137, Status::STOPPED));
+            process.set_status(Status::RUNNING);
+            assert_eq!(process.status(), Status::STOPPED, "an exit is final");
+        }
     }
 }

@@ -61,6 +61,14 @@ impl Runtime {
         all
     }
 
+    /// A short name for ids.
+    fn name(self) -> &'static str {
+        match self {
+            Runtime::Runv => "runv",
+            Runtime::Runc => "runc",
+        }
+    }
+
     /// The CRI runtime handler.
     fn handler(self) -> &'static str {
         match self {
@@ -643,39 +651,21 @@ fn start_latency_memory_and_concurrency_against_runc() {
         runv_median.as_secs_f64() / runc.as_secs_f64()
     );
 
-    let ids: Vec<String> = (0..pods).map(|i| format!("idle-{i}")).collect();
-    for id in &ids {
-        let args = runv.run_args(&containerd, &["-d", TEST_IMAGE, id, "sleep", "100000"]);
-        containerd.ctr(&strs(&args));
-    }
-    for id in &ids {
-        wait_task_status(&containerd, id, "RUNNING", Duration::from_secs(120));
-    }
     let guest_kib = u64::from(RunvConfig::from_env().default_memory_mib) * 1024;
-    let (mut without_guest, mut with_guest) = (0u64, 0u64);
-    let shims = containerd.shims();
-    let vmms = vmm_pids();
-    assert_eq!(
-        (shims.len(), vmms.len()),
-        (pods, pods),
-        "one shim and one VMM per pod"
-    );
-    for pid in shims.iter().map(|(pid, _)| *pid).chain(vmms) {
-        let (total, guest) = pss_kib(pid, guest_kib);
-        with_guest += total;
-        without_guest += total - guest;
-    }
+    let (runv_host, runv_total) = idle_pods_pss(&containerd, runv, pods, guest_kib);
+    let (runc_total, _) = idle_pods_pss(&containerd, Runtime::Runc, pods, guest_kib);
+    let mib = |kib: u64| kib as f64 / 1024.0 / pods as f64;
     println!(
-        "host memory per idle pod (PSS of shim + VMM, {pods} pods): {:.1} MiB without the \
-         guest's RAM, {:.1} MiB with it ({} MiB guests)",
-        without_guest as f64 / 1024.0 / pods as f64,
-        with_guest as f64 / 1024.0 / pods as f64,
-        guest_kib / 1024
+        "host memory per idle pod (PSS, {pods} pods): runv {:.1} MiB for shim + VMM, {:.1} MiB \
+         with the guest's RAM ({} MiB guests); runc {:.1} MiB for shim + container; ratio \
+         runv/runc {:.2} without the guest's RAM, {:.2} with it",
+        mib(runv_host),
+        mib(runv_total),
+        guest_kib / 1024,
+        mib(runc_total),
+        runv_host as f64 / runc_total.max(1) as f64,
+        runv_total as f64 / runc_total.max(1) as f64
     );
-    for id in &ids {
-        containerd.ctr(&["tasks", "rm", "-f", id]);
-        containerd.ctr(&["containers", "rm", id]);
-    }
 
     let started = Instant::now();
     std::thread::scope(|scope| {
@@ -698,6 +688,77 @@ fn start_latency_memory_and_concurrency_against_runc() {
         started.elapsed().as_secs_f64()
     );
     finish(containerd);
+}
+
+/// Starts `pods` idle `runtime` containers (`sleep`), measures the PSS of their
+/// shims and everything under them (runv: the VMMs; runc: the containers), then
+/// removes them: (total without mappings of `guest_kib`, total) in KiB.
+fn idle_pods_pss(
+    containerd: &Containerd,
+    runtime: Runtime,
+    pods: usize,
+    guest_kib: u64,
+) -> (u64, u64) {
+    let ids: Vec<String> = (0..pods)
+        .map(|i| format!("idle-{}-{i}", runtime.name()))
+        .collect();
+    for id in &ids {
+        let args = runtime.run_args(containerd, &["-d", TEST_IMAGE, id, "sleep", "100000"]);
+        containerd.ctr(&strs(&args));
+    }
+    for id in &ids {
+        wait_task_status(containerd, id, "RUNNING", Duration::from_secs(120));
+    }
+    let shims: Vec<i32> = containerd.shims().iter().map(|(pid, _)| *pid).collect();
+    assert_eq!(shims.len(), pods, "one shim per {runtime:?} pod");
+    let measured = with_descendants(&shims);
+    if runtime == Runtime::Runv {
+        assert_eq!(vmm_pids().len(), pods, "one VMM per pod");
+    }
+    let (mut without_guest, mut total) = (0, 0);
+    for pid in measured {
+        let (all, guest) = pss_kib(pid, guest_kib);
+        total += all;
+        without_guest += all - guest;
+    }
+    for id in &ids {
+        containerd.ctr(&["tasks", "rm", "-f", id]);
+        containerd.ctr(&["containers", "rm", id]);
+    }
+    (without_guest, total)
+}
+
+/// `roots` and every live process below them.
+fn with_descendants(roots: &[i32]) -> Vec<i32> {
+    let parent_of = |pid: i32| -> Option<i32> {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("PPid:"))?
+            .trim()
+            .parse()
+            .ok()
+    };
+    let all: Vec<i32> = std::fs::read_dir("/proc")
+        .map(|entries| {
+            entries
+                .filter_map(Result::ok)
+                .filter_map(|e| e.file_name().to_str()?.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut found = roots.to_vec();
+    loop {
+        let before = found.len();
+        for &pid in &all {
+            if !found.contains(&pid) && parent_of(pid).is_some_and(|p| found.contains(&p)) {
+                found.push(pid);
+            }
+        }
+        if found.len() == before {
+            return found;
+        }
+    }
 }
 
 /// PSS of process `pid` and the part of it in mappings of `guest_kib` (the guest's
