@@ -1,6 +1,7 @@
 //! A container's cgroup through libcgroups: its pids, figures and resource
 //! updates, on cgroup v2 (the guest) and v1 or hybrid (tier-3 hosts).
 
+use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 
@@ -8,7 +9,7 @@ use libcgroups::common::{
     create_cgroup_manager, get_cgroup_setup, AnyCgroupManager, CgroupConfig, CgroupManager,
     CgroupSetup, ControllerOpt,
 };
-use libcgroups::stats::Stats;
+use libcgroups::stats::{BlkioStats, Stats};
 use oci_spec::runtime::LinuxResources;
 use protocol::agent as api;
 
@@ -93,6 +94,7 @@ impl Cgroup {
         response.cpu = Some(self.cpu(&stats)).into();
         response.memory = Some(memory(&stats)).into();
         response.memory_events = Some(self.memory_events()).into();
+        response.io = blkio(&stats.blkio);
         Ok(response)
     }
 
@@ -214,7 +216,71 @@ fn unified_stats(dir: &Path) -> api::StatsContainerResponse {
         ..Default::default()
     })
     .into();
+    response.io = read_io_stat(&dir.join("io.stat"));
     response
+}
+
+/// io.stat (v2): one `MAJ:MIN rbytes=N wbytes=N rios=N wios=N dbytes=N dios=N`
+/// line per device. A missing file reads as no device; a line without a
+/// device number is skipped, a missing or malformed key reads as 0.
+fn read_io_stat(path: &Path) -> Vec<api::IoEntry> {
+    fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(io_stat_line)
+        .collect()
+}
+
+fn io_stat_line(line: &str) -> Option<api::IoEntry> {
+    let mut fields = line.split_whitespace();
+    let (major, minor) = fields.next()?.split_once(':')?;
+    let mut entry = api::IoEntry {
+        major: major.parse().ok()?,
+        minor: minor.parse().ok()?,
+        ..Default::default()
+    };
+    for (key, value) in fields.filter_map(|field| field.split_once('=')) {
+        let slot = match key {
+            "rbytes" => &mut entry.rbytes,
+            "wbytes" => &mut entry.wbytes,
+            "rios" => &mut entry.rios,
+            "wios" => &mut entry.wios,
+            _ => continue,
+        };
+        *slot = value.parse().unwrap_or(0);
+    }
+    Some(entry)
+}
+
+/// v1 blkio figures per device, in io.stat's terms: the `Read` and `Write`
+/// lines of blkio.throttle.io_service_bytes (bytes) and io_serviced (I/Os),
+/// summed per device (ordered by device number).
+fn blkio(stats: &BlkioStats) -> Vec<api::IoEntry> {
+    let mut devices = BTreeMap::new();
+    for (list, bytes) in [(&stats.service_bytes, true), (&stats.serviced, false)] {
+        for stat in list {
+            let read = match stat.op_type.as_deref() {
+                Some("Read") => true,
+                Some("Write") => false,
+                _ => continue,
+            };
+            let entry = devices
+                .entry((stat.major, stat.minor))
+                .or_insert_with(|| api::IoEntry {
+                    major: stat.major,
+                    minor: stat.minor,
+                    ..Default::default()
+                });
+            let slot = match (bytes, read) {
+                (true, true) => &mut entry.rbytes,
+                (true, false) => &mut entry.wbytes,
+                (false, true) => &mut entry.rios,
+                (false, false) => &mut entry.wios,
+            };
+            *slot = slot.saturating_add(stat.value);
+        }
+    }
+    devices.into_values().collect()
 }
 
 /// A one-value cgroup file: its number, or 0 for `max`, a missing file or junk.
@@ -282,5 +348,76 @@ mod tests {
             (1024, 2048, 7, 0)
         );
         assert_eq!((pids.current, pids.limit), (3, 64));
+        assert!(stats.io.is_empty(), "no io.stat: {:?}", stats.io);
+    }
+
+    fn io(major: u64, minor: u64, figures: [u64; 4]) -> api::IoEntry {
+        let [rbytes, wbytes, rios, wios] = figures;
+        api::IoEntry {
+            major,
+            minor,
+            rbytes,
+            wbytes,
+            rios,
+            wios,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn io_stat_is_read_per_device_and_junk_is_skipped() {
+        let dir = tempfile::tempdir().unwrap();
+        let sample = "254:0 rbytes=8388608 wbytes=16777216 rios=8 wios=16 dbytes=0 dios=0\n\
+                      253:16 rbytes=512 wbytes=0 rios=1 wios=0 dbytes=4096 dios=1 cost.usage=3\n\
+                      junk line\n\
+                      \n\
+                      8:x rbytes=1\n\
+                      7:1 rbytes=oops wbytes=4096 flag\n";
+        fs::write(dir.path().join("io.stat"), sample).unwrap();
+        let stats = unified_stats(dir.path());
+        assert_eq!(
+            stats.io,
+            [
+                io(254, 0, [8 << 20, 16 << 20, 8, 16]),
+                io(253, 16, [512, 0, 1, 0]),
+                io(7, 1, [0, 4096, 0, 0]),
+            ]
+        );
+        assert!(read_io_stat(&dir.path().join("missing")).is_empty());
+    }
+
+    #[test]
+    fn v1_blkio_sums_reads_and_writes_per_device() {
+        use libcgroups::stats::BlkioDeviceStat;
+        let stat = |major, minor, op: &str, value| BlkioDeviceStat {
+            major,
+            minor,
+            op_type: Some(op.to_string()),
+            value,
+        };
+        let stats = BlkioStats {
+            service_bytes: vec![
+                stat(254, 0, "Read", 4096),
+                stat(254, 0, "Write", 8 << 20),
+                stat(254, 0, "Sync", 1),
+                stat(254, 0, "Total", 2),
+                stat(8, 0, "Write", 512),
+                stat(254, 0, "Write", 4096),
+            ],
+            serviced: vec![
+                stat(254, 0, "Read", 1),
+                stat(254, 0, "Write", 8),
+                stat(8, 0, "Write", 1),
+                stat(8, 0, "Total", 1),
+            ],
+            ..Default::default()
+        };
+        assert_eq!(
+            blkio(&stats),
+            [
+                io(8, 0, [0, 512, 0, 1]),
+                io(254, 0, [4096, (8 << 20) + 4096, 1, 8])
+            ]
+        );
     }
 }
