@@ -1,6 +1,10 @@
-//! virtio-blk on a raw image file: read, write, flush and get-id.
+//! virtio-blk on a raw image file: read, write, flush and get-id, with up to
+//! `seg_max` data buffers per request.
 
+mod config;
 mod device;
 mod request;
 
 pub use device::{Block, BlockError};
+#[cfg(test)]
+mod tests;

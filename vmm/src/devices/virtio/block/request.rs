@@ -1,36 +1,26 @@
-//! Parsing a virtio-blk descriptor chain into a typed request; every address
-//! and length is checked before any I/O happens.
+//! Parsing a virtio-blk descriptor chain into a typed request; every count,
+//! length and direction is checked before any I/O happens (guest addresses are
+//! checked when the data moves).
 
+use super::device::QUEUE_SIZE;
 use virtio_queue::desc::split::Descriptor;
 use virtio_queue::DescriptorChain;
 use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryMmap};
 
 /// Bytes per virtio-blk sector.
 pub const SECTOR_SIZE: u64 = 512;
+/// Most data buffers in one request (`seg_max`): a header, these and the status
+/// byte fill a queue, as in QEMU.
+pub const SEG_MAX: u32 = QUEUE_SIZE as u32 - 2;
+/// Most data bytes in one request, all buffers together.
+pub const MAX_DATA_LEN: u64 = 64 << 20;
 /// Length of the request header (type, reserved, sector).
 const HEADER_LEN: u32 = 16;
-/// Most bytes one data descriptor may carry.
-pub const MAX_DATA_LEN: u32 = 4 << 20;
 
 const VIRTIO_BLK_T_IN: u32 = 0;
 const VIRTIO_BLK_T_OUT: u32 = 1;
 const VIRTIO_BLK_T_FLUSH: u32 = 4;
 const VIRTIO_BLK_T_GET_ID: u32 = 8;
-
-/// What a request asks for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RequestKind {
-    /// Read sectors into the data buffers.
-    In,
-    /// Write the data buffers to sectors.
-    Out,
-    /// Flush written data to stable storage.
-    Flush,
-    /// Write the device id string into the data buffer.
-    GetId,
-    /// Anything else: answered with "unsupported".
-    Unsupported,
-}
 
 /// One data buffer of a request, in guest memory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,34 +31,96 @@ pub struct DataBuffer {
     pub len: u32,
 }
 
-/// A parsed request.
+/// A valid request.
 #[derive(Debug, PartialEq, Eq)]
-pub struct Request {
-    /// The operation.
-    pub kind: RequestKind,
-    /// First sector.
-    pub sector: u64,
-    /// Data buffers, in order.
-    pub data: Vec<DataBuffer>,
-    /// Where the status byte goes.
-    pub status: GuestAddress,
+pub enum Request {
+    /// Read sectors from `sector` on into the buffers, in order.
+    In {
+        sector: u64,
+        buffers: Vec<DataBuffer>,
+    },
+    /// Write the buffers, in order, to sectors from `sector` on.
+    Out {
+        sector: u64,
+        buffers: Vec<DataBuffer>,
+    },
+    /// Flush written data to stable storage.
+    Flush,
+    /// Write the device id string into the buffer.
+    GetId { buffer: DataBuffer },
 }
 
-/// Why a chain is not a valid request.
+/// A chain with a header and a status byte: where the status goes, and the
+/// request or why it is refused.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Parsed {
+    /// Where the status byte goes.
+    pub status: GuestAddress,
+    /// The request, or why it is refused (answered with an error status).
+    pub request: Result<Request, RequestError>,
+}
+
+/// A chain without a readable header and a writable status byte: it is
+/// completed with nothing written.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("descriptor chain without a readable header and a writable status byte")]
+pub struct Malformed;
+
+/// Why a request is refused.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum RequestError {
-    /// The chain is too short or the header is not device-readable.
-    #[error("malformed descriptor chain")]
-    Malformed,
     /// The header cannot be read from guest memory.
     #[error("request header outside guest memory")]
     Header,
+    /// The request type is not one the device knows.
+    #[error("unsupported request type {0}")]
+    Unsupported(u32),
     /// A data buffer has the wrong direction for the request.
     #[error("data buffer with the wrong direction")]
     Direction,
-    /// A data buffer is too long.
-    #[error("data buffer longer than {MAX_DATA_LEN} bytes")]
+    /// More data buffers than `seg_max`.
+    #[error("more than {SEG_MAX} data buffers")]
+    TooManySegments,
+    /// The buffers hold more than a request may carry.
+    #[error("more than {MAX_DATA_LEN} data bytes")]
     TooLong,
+    /// GET_ID without a buffer for the id.
+    #[error("GET_ID without a buffer")]
+    NoBuffer,
+}
+
+/// The descriptors of a chain: the first, the last and, in order, at most
+/// [`SEG_MAX`] between them, with how many more there were.
+struct Split {
+    header: Descriptor,
+    data: Vec<Descriptor>,
+    excess: usize,
+    status: Descriptor,
+}
+
+fn split(chain: DescriptorChain<&GuestMemoryMmap>) -> Option<Split> {
+    let mut descs = chain.into_iter();
+    let header = descs.next()?;
+    let mut data = Vec::new();
+    let mut excess = 0;
+    let mut last = None;
+    // The chain ends by itself (virtio-queue bounds it by the descriptor table);
+    // only SEG_MAX data descriptors are kept, the rest only counted.
+    for desc in descs {
+        if let Some(previous) = last.replace(desc) {
+            if data.len() < SEG_MAX as usize {
+                data.push(previous);
+            } else {
+                excess += 1;
+            }
+        }
+    }
+    Some(Split {
+        header,
+        data,
+        excess,
+        status: last?,
+    })
 }
 
 impl Request {
@@ -76,17 +128,28 @@ impl Request {
     pub fn parse(
         chain: DescriptorChain<&GuestMemoryMmap>,
         mem: &GuestMemoryMmap,
-    ) -> Result<Self, RequestError> {
-        let descs: Vec<Descriptor> = chain.collect();
-        let (header, rest) = descs.split_first().ok_or(RequestError::Malformed)?;
-        let (status, data) = rest.split_last().ok_or(RequestError::Malformed)?;
+    ) -> Result<Parsed, Malformed> {
+        let split = split(chain).ok_or(Malformed)?;
+        let (header, status) = (split.header, split.status);
         if header.is_write_only()
             || header.len() < HEADER_LEN
             || !status.is_write_only()
             || status.len() < 1
         {
-            return Err(RequestError::Malformed);
+            return Err(Malformed);
         }
+        Ok(Parsed {
+            status: status.addr(),
+            request: Self::from_parts(mem, header, &split.data, split.excess),
+        })
+    }
+
+    fn from_parts(
+        mem: &GuestMemoryMmap,
+        header: Descriptor,
+        data: &[Descriptor],
+        excess: usize,
+    ) -> Result<Self, RequestError> {
         let request_type: u32 = mem
             .read_obj(header.addr())
             .map_err(|_| RequestError::Header)?;
@@ -94,41 +157,44 @@ impl Request {
         let sector: u64 = mem
             .read_obj(sector_addr)
             .map_err(|_| RequestError::Header)?;
-        let kind = match request_type {
-            VIRTIO_BLK_T_IN => RequestKind::In,
-            VIRTIO_BLK_T_OUT => RequestKind::Out,
-            VIRTIO_BLK_T_FLUSH => RequestKind::Flush,
-            VIRTIO_BLK_T_GET_ID => RequestKind::GetId,
-            _ => RequestKind::Unsupported,
-        };
-        let device_writes = matches!(kind, RequestKind::In | RequestKind::GetId);
-        let mut buffers = Vec::with_capacity(data.len());
-        for desc in data {
-            if matches!(
-                kind,
-                RequestKind::In | RequestKind::Out | RequestKind::GetId
-            ) && desc.is_write_only() != device_writes
-            {
-                return Err(RequestError::Direction);
-            }
-            if desc.len() > MAX_DATA_LEN {
-                return Err(RequestError::TooLong);
-            }
-            buffers.push(DataBuffer {
-                addr: desc.addr(),
-                len: desc.len(),
-            });
+        if excess > 0 {
+            return Err(RequestError::TooManySegments);
         }
-        Ok(Request {
-            kind,
-            sector,
-            data: buffers,
-            status: status.addr(),
-        })
-    }
-
-    /// Total data length.
-    pub fn data_len(&self) -> u64 {
-        self.data.iter().map(|b| u64::from(b.len)).sum()
+        let total: u64 = data.iter().map(|d| u64::from(d.len())).sum();
+        if total > MAX_DATA_LEN {
+            return Err(RequestError::TooLong);
+        }
+        let buffers = |device_writes: bool| {
+            data.iter()
+                .map(|desc| {
+                    if desc.is_write_only() == device_writes {
+                        Ok(DataBuffer {
+                            addr: desc.addr(),
+                            len: desc.len(),
+                        })
+                    } else {
+                        Err(RequestError::Direction)
+                    }
+                })
+                .collect::<Result<Vec<_>, _>>()
+        };
+        match request_type {
+            VIRTIO_BLK_T_IN => Ok(Request::In {
+                sector,
+                buffers: buffers(true)?,
+            }),
+            VIRTIO_BLK_T_OUT => Ok(Request::Out {
+                sector,
+                buffers: buffers(false)?,
+            }),
+            VIRTIO_BLK_T_FLUSH => Ok(Request::Flush),
+            VIRTIO_BLK_T_GET_ID => {
+                let buffer = buffers(true)?.first().copied();
+                Ok(Request::GetId {
+                    buffer: buffer.ok_or(RequestError::NoBuffer)?,
+                })
+            }
+            other => Err(RequestError::Unsupported(other)),
+        }
     }
 }

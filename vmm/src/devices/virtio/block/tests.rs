@@ -1,0 +1,279 @@
+//! virtio-blk on mock queues: requests as a driver builds them, good and bad.
+
+use super::device::{Block, STATUS_IOERR, STATUS_OK, STATUS_UNSUPP, VIRTIO_BLK_F_RO};
+use super::request::{MAX_DATA_LEN, SEG_MAX};
+use crate::devices::virtio::test_utils::{
+    activate_on, desc, VRING_DESC_F_NEXT as NEXT, VRING_DESC_F_WRITE as WRITE,
+};
+use crate::devices::virtio::VirtioDevice;
+use std::path::PathBuf;
+use virtio_queue::desc::RawDescriptor;
+use virtio_queue::mock::MockSplitQueue;
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+
+const T_IN: u32 = 0;
+const T_OUT: u32 = 1;
+const T_GET_ID: u32 = 8;
+const HEADER: u64 = 0x8000;
+const STATUS: u64 = 0xa000;
+/// Bytes of the test image: 128 sectors.
+const IMAGE_LEN: u32 = 64 << 10;
+/// The end of guest memory's first region; a second one follows it.
+const REGION_END: u64 = 0x10_0000;
+
+/// The byte the test image holds at `offset` before any write.
+fn pattern(offset: u32) -> u8 {
+    (offset % 251) as u8
+}
+
+struct Fixture {
+    mem: GuestMemoryMmap,
+    image: PathBuf,
+}
+
+impl Fixture {
+    fn new(name: &str) -> Self {
+        let image = std::env::temp_dir().join(format!("runv-blk-{name}-{}", std::process::id()));
+        let content: Vec<u8> = (0..IMAGE_LEN).map(pattern).collect();
+        std::fs::write(&image, content).unwrap();
+        // Two adjacent regions, so that a buffer can straddle them.
+        let mem = GuestMemoryMmap::from_ranges(&[
+            (GuestAddress(0), REGION_END as usize),
+            (GuestAddress(REGION_END), 0x1_0000),
+        ])
+        .unwrap();
+        Self { mem, image }
+    }
+
+    fn header(&self, kind: u32, sector: u64) {
+        self.mem.write_obj(kind, GuestAddress(HEADER)).unwrap();
+        self.mem
+            .write_obj(sector, GuestAddress(HEADER + 8))
+            .unwrap();
+    }
+
+    /// Runs one chain on a queue of `size`; the status byte and the used length.
+    fn run_on(&self, block: &mut Block, descs: &[RawDescriptor], size: u16) -> (u8, u32) {
+        self.mem.write_obj(0xffu8, GuestAddress(STATUS)).unwrap();
+        let queue = MockSplitQueue::create(&self.mem, GuestAddress(0), size);
+        queue.build_desc_chain(descs).unwrap();
+        activate_on(block, &self.mem, &queue);
+        block.process_queue(0);
+        let used = queue.used().ring().ref_at(0).unwrap().load();
+        (self.mem.read_obj(GuestAddress(STATUS)).unwrap(), used.len())
+    }
+
+    fn run(&self, block: &mut Block, descs: &[RawDescriptor]) -> (u8, u32) {
+        self.run_on(block, descs, 16)
+    }
+
+    fn image(&self) -> Vec<u8> {
+        std::fs::read(&self.image).unwrap()
+    }
+}
+
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.image);
+    }
+}
+
+/// A chain of the header, `data` and the status byte.
+fn chain(data: &[RawDescriptor]) -> Vec<RawDescriptor> {
+    let mut descs = vec![desc(HEADER, 16, NEXT)];
+    descs.extend_from_slice(data);
+    descs.push(desc(STATUS, 1, WRITE));
+    descs
+}
+
+fn io_chain(data_flags: u16) -> Vec<RawDescriptor> {
+    chain(&[desc(0x9000, 512, data_flags | NEXT)])
+}
+
+#[test]
+fn reads_and_writes_sectors() {
+    let f = Fixture::new("rw");
+    let mut block = Block::open(&f.image, false, "disk0").unwrap();
+    f.header(T_IN, 2);
+    assert_eq!(f.run(&mut block, &io_chain(WRITE)), (STATUS_OK, 513));
+    let mut got = [0u8; 512];
+    f.mem.read_slice(&mut got, GuestAddress(0x9000)).unwrap();
+    let expected: Vec<u8> = (1024..1536).map(pattern).collect();
+    assert_eq!(&got[..], &expected[..]);
+
+    f.mem
+        .write_slice(&[0xab; 512], GuestAddress(0x9000))
+        .unwrap();
+    f.header(T_OUT, 1);
+    assert_eq!(f.run(&mut block, &io_chain(0)), (STATUS_OK, 1));
+    assert_eq!(&f.image()[512..1024], &[0xab; 512][..]);
+}
+
+/// Buffers of a multi-segment request: scattered, out of address order, of
+/// odd sizes, one straddling the two memory regions.
+const SEGMENTS: [(u64, u32); 4] = [
+    (0x2_0000, 4096),
+    (0x1_0000, 512),
+    (REGION_END - 0x600, 0x1000),
+    (0x3_0000, 1536),
+];
+
+#[test]
+fn multi_segment_read_and_write() {
+    let f = Fixture::new("multi");
+    let mut block = Block::open(&f.image, false, "multi").unwrap();
+    let total: u32 = SEGMENTS.iter().map(|s| s.1).sum();
+    let data = |flags| -> Vec<RawDescriptor> {
+        SEGMENTS
+            .iter()
+            .map(|&(addr, len)| desc(addr, len, flags | NEXT))
+            .collect()
+    };
+
+    f.header(T_IN, 3);
+    assert_eq!(
+        f.run(&mut block, &chain(&data(WRITE))),
+        (STATUS_OK, total + 1)
+    );
+    let mut offset = 3 * 512;
+    for (addr, len) in SEGMENTS {
+        let mut got = vec![0u8; len as usize];
+        f.mem.read_slice(&mut got, GuestAddress(addr)).unwrap();
+        let expected: Vec<u8> = (offset..offset + len).map(pattern).collect();
+        assert!(got == expected, "buffer at {addr:#x}");
+        offset += len;
+    }
+
+    for (i, (addr, len)) in SEGMENTS.iter().enumerate() {
+        f.mem
+            .write_slice(&vec![i as u8 + 1; *len as usize], GuestAddress(*addr))
+            .unwrap();
+    }
+    f.header(T_OUT, 40);
+    assert_eq!(f.run(&mut block, &chain(&data(0))), (STATUS_OK, 1));
+    let image = f.image();
+    let mut offset = 40 * 512;
+    for (i, (_, len)) in SEGMENTS.iter().enumerate() {
+        let written = &image[offset..offset + *len as usize];
+        assert!(written.iter().all(|&b| b == i as u8 + 1), "segment {i}");
+        offset += *len as usize;
+    }
+    assert_eq!(
+        image[offset],
+        pattern(offset as u32),
+        "nothing past the end"
+    );
+}
+
+#[test]
+fn seg_max_buffers_pass_and_one_more_is_refused() {
+    let f = Fixture::new("segmax");
+    let mut block = Block::open(&f.image, false, "segs").unwrap();
+    f.header(T_IN, 0);
+    let buffers = |n: u32| -> Vec<RawDescriptor> {
+        (0..n)
+            .map(|i| desc(0x1_0000 + u64::from(i) * 8, 8, WRITE | NEXT))
+            .collect()
+    };
+    let at_most = chain(&buffers(SEG_MAX));
+    assert_eq!(
+        f.run_on(&mut block, &at_most, 512),
+        (STATUS_OK, SEG_MAX * 8 + 1)
+    );
+    let too_many = chain(&buffers(SEG_MAX + 1));
+    assert_eq!(f.run_on(&mut block, &too_many, 512), (STATUS_IOERR, 1));
+}
+
+#[test]
+fn oversized_buffers_are_refused_before_any_io() {
+    let f = Fixture::new("oversized");
+    let mut block = Block::open(&f.image, false, "big").unwrap();
+    f.header(T_IN, 0);
+    let one = chain(&[desc(0x1_0000, MAX_DATA_LEN as u32 + 1, WRITE | NEXT)]);
+    assert_eq!(f.run(&mut block, &one), (STATUS_IOERR, 1));
+    let half = (MAX_DATA_LEN / 2) as u32 + 512;
+    let two = chain(&[
+        desc(0x1_0000, half, WRITE | NEXT),
+        desc(0x2_0000, half, WRITE | NEXT),
+    ]);
+    assert_eq!(f.run(&mut block, &two), (STATUS_IOERR, 1));
+    f.header(T_OUT, 0);
+    let unmapped = chain(&[desc(0x4000_0000, 512, NEXT)]);
+    assert_eq!(
+        f.run(&mut block, &unmapped),
+        (STATUS_IOERR, 1),
+        "buffer outside guest memory"
+    );
+    assert_eq!(
+        &f.image()[..512],
+        &(0..512).map(pattern).collect::<Vec<_>>()[..]
+    );
+}
+
+#[test]
+fn out_of_range_readonly_and_unknown_requests_fail_cleanly() {
+    let f = Fixture::new("bad");
+    let mut ro = Block::open(&f.image, true, "ro").unwrap();
+    assert_ne!(ro.avail_features() & VIRTIO_BLK_F_RO, 0);
+    f.header(T_OUT, 0);
+    assert_eq!(
+        f.run(&mut ro, &io_chain(0)).0,
+        STATUS_IOERR,
+        "write to a read-only disk"
+    );
+    f.header(T_IN, u64::from(IMAGE_LEN / 512));
+    assert_eq!(
+        f.run(&mut ro, &io_chain(WRITE)).0,
+        STATUS_IOERR,
+        "read past the end"
+    );
+    f.header(T_IN, u64::MAX);
+    assert_eq!(
+        f.run(&mut ro, &io_chain(WRITE)).0,
+        STATUS_IOERR,
+        "sector overflow"
+    );
+    f.header(11, 0);
+    assert_eq!(f.run(&mut ro, &io_chain(0)).0, STATUS_UNSUPP);
+    f.header(T_IN, 0);
+    assert_eq!(
+        f.run(&mut ro, &io_chain(0)),
+        (STATUS_IOERR, 1),
+        "read into a device-readable buffer"
+    );
+    let no_status = [desc(HEADER, 16, NEXT), desc(0x9000, 512, 0)];
+    f.mem.write_obj(0xffu8, GuestAddress(STATUS)).unwrap();
+    assert_eq!(
+        f.run(&mut ro, &no_status).1,
+        0,
+        "a chain without a status byte is completed with nothing written"
+    );
+}
+
+#[test]
+fn get_id_and_config_space() {
+    let f = Fixture::new("id");
+    let mut block = Block::open(&f.image, false, "runv-disk").unwrap();
+    let mut config = [0u8; 24];
+    block.read_config(0, &mut config);
+    let u32_at = |at: usize| u32::from_le_bytes(config[at..at + 4].try_into().unwrap());
+    assert_eq!(
+        u64::from_le_bytes(config[..8].try_into().unwrap()),
+        u64::from(IMAGE_LEN / 512),
+        "capacity"
+    );
+    assert_eq!(u32_at(12), SEG_MAX, "seg_max");
+    assert_eq!(u32_at(20), 512, "blk_size");
+    let features = block.avail_features();
+    assert_eq!(
+        features & (1 << 2 | 1 << 6),
+        1 << 2 | 1 << 6,
+        "SEG_MAX, BLK_SIZE"
+    );
+
+    f.header(T_GET_ID, 0);
+    assert_eq!(f.run(&mut block, &io_chain(WRITE)), (STATUS_OK, 21));
+    let mut id = [0u8; 9];
+    f.mem.read_slice(&mut id, GuestAddress(0x9000)).unwrap();
+    assert_eq!(&id, b"runv-disk");
+}
