@@ -124,32 +124,64 @@ impl Cgroup {
         Path::new(CGROUP_ROOT).join(relative)
     }
 
-    /// How many processes the OOM killer killed in this cgroup.
-    pub fn oom_kills(&self) -> u64 {
-        self.memory_events().oom_kill
+    /// Where the cgroup's OOM kills show, for the OOM monitor.
+    pub fn oom_source(&self) -> OomSource {
+        if self.unified {
+            return OomSource::Events(self.unified_dir().join("memory.events"));
+        }
+        let relative = self.path.strip_prefix("/").unwrap_or(&self.path);
+        let dir = Path::new(CGROUP_ROOT).join("memory").join(relative);
+        OomSource::OomControl {
+            oom_control: dir.join("memory.oom_control"),
+            event_control: dir.join("cgroup.event_control"),
+        }
     }
 
     /// memory.events (v2), or the OOM counters of memory.oom_control (v1).
     fn memory_events(&self) -> api::MemoryEvents {
-        let relative = self.path.strip_prefix("/").unwrap_or(&self.path);
         let mut events = api::MemoryEvents::new();
-        if self.unified {
-            let table = read_keyed(&self.unified_dir().join("memory.events"));
-            events.low = table("low");
-            events.high = table("high");
-            events.max = table("max");
-            events.oom = table("oom");
-            events.oom_kill = table("oom_kill");
-        } else {
-            let file = Path::new(CGROUP_ROOT)
-                .join("memory")
-                .join(relative)
-                .join("memory.oom_control");
-            let table = read_keyed(&file);
-            events.oom_kill = table("oom_kill");
-            events.oom = events.oom_kill;
+        match self.oom_source() {
+            OomSource::Events(file) => {
+                let table = read_keyed(&file);
+                events.low = table("low");
+                events.high = table("high");
+                events.max = table("max");
+                events.oom = table("oom");
+                events.oom_kill = table("oom_kill");
+            }
+            OomSource::OomControl { oom_control, .. } => {
+                events.oom_kill = read_keyed(&oom_control)("oom_kill");
+                events.oom = events.oom_kill;
+            }
         }
         events
+    }
+}
+
+/// The files through which the kernel tells of a cgroup's OOM kills.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OomSource {
+    /// v2: memory.events, which the kernel reports modified (inotify
+    /// `IN_MODIFY`) whenever one of its counts changes.
+    Events(PathBuf),
+    /// v1: memory.oom_control, whose OOMs an eventfd registered through
+    /// cgroup.event_control is told of (as the OOM begins, before the kill).
+    OomControl {
+        /// memory.oom_control, with the `oom_kill` count.
+        oom_control: PathBuf,
+        /// cgroup.event_control, where `<eventfd> <oom_control fd>` registers.
+        event_control: PathBuf,
+    },
+}
+
+impl OomSource {
+    /// How many processes the OOM killer killed in the cgroup (0 if unreadable).
+    pub fn oom_kills(&self) -> u64 {
+        let file = match self {
+            Self::Events(file) => file,
+            Self::OomControl { oom_control, .. } => oom_control,
+        };
+        read_keyed(file)("oom_kill")
     }
 }
 

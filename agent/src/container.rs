@@ -268,8 +268,9 @@ impl Container {
     }
 
     /// Removes the container: refuses while a process runs unless `force`, which
-    /// kills them all first.
-    pub fn remove(&self, force: bool) -> Result<()> {
+    /// kills them all first. `processes_gone` runs once every process was
+    /// reaped, before the cgroup and the state are deleted.
+    pub fn remove(&self, force: bool, processes_gone: impl FnOnce()) -> Result<()> {
         let processes: Vec<Arc<Process>> = std::iter::once(Arc::clone(&self.init))
             .chain(self.lock_execs().values().cloned())
             .collect();
@@ -300,6 +301,7 @@ impl Container {
                 )));
             }
         }
+        processes_gone();
         {
             let _guard = self.reaper.spawn_guard();
             runtime

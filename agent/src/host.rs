@@ -6,16 +6,13 @@ use std::io;
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
 
 use crate::container::StatePaths;
+use crate::oom::OomMonitor;
 use crate::reaper::Reaper;
 use crate::rpc::AgentService;
 use crate::sandbox::{Sandbox, SandboxHome};
 use crate::{shutdown, stdio_server};
-
-/// How often the containers' OOM counters are sampled.
-const OOM_SAMPLE_PERIOD: Duration = Duration::from_millis(100);
 
 /// Command line of host mode.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -116,12 +113,9 @@ pub fn start_sandbox(state_dir: &Path, home: SandboxHome) -> Result<Arc<Sandbox>
         return Err(setup("become a child subreaper")(io::Error::last_os_error()));
     }
     let reaper = Reaper::start().map_err(setup("start the reaper"))?;
+    let oom = OomMonitor::start().map_err(setup("start the OOM monitor"))?;
     let paths = StatePaths::create(state_dir)?;
-    let sandbox = Arc::new(Sandbox::new(paths, home, reaper));
-    sandbox
-        .start_oom_monitor(OOM_SAMPLE_PERIOD)
-        .map_err(setup("start the OOM monitor"))?;
-    Ok(sandbox)
+    Ok(Arc::new(Sandbox::new(paths, home, reaper, oom)))
 }
 
 /// Serves until SIGTERM or SIGINT, then removes every container, the sandbox

@@ -326,7 +326,7 @@ impl api::Agent for AgentService {
             .ok()
             .filter(|&ns| ns > 0)
             .map(|ns| Instant::now() + Duration::from_nanos(ns).mul_f64(0.9));
-        match self.sandbox.oom.next(deadline) {
+        match self.sandbox.oom.events.next(deadline) {
             Some(container_id) => Ok(api::OOMEvent {
                 container_id,
                 ..Default::default()

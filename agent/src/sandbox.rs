@@ -8,7 +8,6 @@ use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
 
 use oci_spec::runtime::{Mount as OciMount, MountBuilder, Spec};
 use protocol::agent::{CreateContainerRequest, CreateSandboxRequest};
@@ -16,7 +15,7 @@ use protocol::agent::{CreateContainerRequest, CreateSandboxRequest};
 use crate::container::{Container, StatePaths};
 use crate::error::{AgentError, Result};
 use crate::mount::{self, MountPlan};
-use crate::oom::OomEvents;
+use crate::oom::OomMonitor;
 use crate::reaper::Reaper;
 
 /// Longest container or exec id accepted.
@@ -84,14 +83,19 @@ pub struct Sandbox {
     paths: StatePaths,
     home: SandboxHome,
     reaper: Arc<Reaper>,
-    /// OOM kills seen in the containers' cgroups.
-    pub oom: OomEvents,
+    /// Watches the containers' cgroups for OOM kills.
+    pub oom: Arc<OomMonitor>,
 }
 
 impl Sandbox {
     /// An empty sandbox keeping container state under `paths` and its own
-    /// settings in `home`.
-    pub fn new(paths: StatePaths, home: SandboxHome, reaper: Arc<Reaper>) -> Self {
+    /// settings in `home`, its containers' OOM kills watched by `oom`.
+    pub fn new(
+        paths: StatePaths,
+        home: SandboxHome,
+        reaper: Arc<Reaper>,
+        oom: Arc<OomMonitor>,
+    ) -> Self {
         Self {
             containers: Mutex::new(HashMap::new()),
             creating: Mutex::new(HashSet::new()),
@@ -99,7 +103,7 @@ impl Sandbox {
             paths,
             home,
             reaper,
-            oom: OomEvents::default(),
+            oom,
         }
     }
 
@@ -201,6 +205,10 @@ impl Sandbox {
         let stdio = req.stdio.clone().unwrap_or_default();
         let created =
             Container::create(&req.container_id, &spec, &stdio, &self.paths, &self.reaper);
+        if let Ok(container) = &created {
+            // While the id is still reserved: a remove cannot come first.
+            self.watch_oom(container);
+        }
         let mut containers = self.lock();
         self.lock_creating().remove(&req.container_id);
         containers.insert(req.container_id.clone(), created?);
@@ -215,34 +223,26 @@ impl Sandbox {
             .ok_or_else(|| AgentError::no_container(id))
     }
 
-    /// Removes the container `id` (see [`Container::remove`]).
+    /// Removes the container `id` (see [`Container::remove`]); its OOM watch
+    /// ends once its processes are gone, before its cgroup is.
     pub fn remove_container(&self, id: &str, force: bool) -> Result<()> {
         let container = self.container(id)?;
-        // A last look at the OOM counter before the cgroup goes.
-        if let Ok(cgroup) = container.cgroup() {
-            self.oom.observe(id, cgroup.oom_kills());
-        }
-        container.remove(force)?;
+        container.remove(force, || self.oom.unwatch(id))?;
         self.lock().remove(id);
-        self.oom.forget(id);
         Ok(())
     }
 
-    /// Samples every container's OOM-kill counter every `period`, on a thread.
-    pub fn start_oom_monitor(self: &Arc<Self>, period: Duration) -> std::io::Result<()> {
-        let sandbox = Arc::clone(self);
-        std::thread::Builder::new()
-            .name("oom-monitor".into())
-            .spawn(move || loop {
-                let containers: Vec<Arc<Container>> = sandbox.lock().values().cloned().collect();
-                for container in containers {
-                    if let Ok(cgroup) = container.cgroup() {
-                        sandbox.oom.observe(&container.id, cgroup.oom_kills());
-                    }
-                }
-                std::thread::sleep(period);
-            })
-            .map(drop)
+    /// Has the OOM monitor watch the container's cgroup. A container without
+    /// one still runs; it only gets no OOM events.
+    fn watch_oom(&self, container: &Container) {
+        let watched = container.cgroup().and_then(|cgroup| {
+            self.oom
+                .watch(&container.id, cgroup.oom_source())
+                .map_err(AgentError::io("watch the cgroup for OOM kills"))
+        });
+        if let Err(err) = watched {
+            eprintln!("runv-agent: container {}: {err}", container.id);
+        }
     }
 
     /// Force-removes every container; reports the first failure.

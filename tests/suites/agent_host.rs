@@ -82,6 +82,18 @@ fn mounts_under(path: &Path) -> Vec<String> {
         .collect()
 }
 
+/// What the open fds of process `pid` point to.
+fn open_fds(pid: u32) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(Result::ok)
+        .filter_map(|e| std::fs::read_link(e.path()).ok())
+        .map(|target| target.display().to_string())
+        .collect()
+}
+
 /// Processes whose parent is `pid` (forked by any of its threads).
 fn children_of(pid: u32) -> Vec<String> {
     let Ok(entries) = std::fs::read_dir("/proc") else {
@@ -798,6 +810,14 @@ fn a_memory_limit_ends_a_hog_with_137() {
         .expect("OOM event");
     assert_eq!(event.container_id, cid);
     remove(&f.agent, cid);
+    // One kill, one event: not again when the removal takes its last look.
+    let short = ttrpc::context::with_duration(Duration::from_millis(500));
+    let (code, _) = rpc_code(
+        f.agent
+            .client
+            .get_oom_event(short, &GetOOMEventRequest::new()),
+    );
+    assert_eq!(code, ttrpc::Code::DEADLINE_EXCEEDED);
 }
 
 #[test]
@@ -819,6 +839,7 @@ fn a_pids_limit_stops_forks() {
 fn a_hundred_cycles_leave_nothing_behind() {
     let f = fixture();
     let started = Instant::now();
+    let mut fds_after_first = 0;
     for i in 0..100 {
         let cid = format!("cycle{i}");
         let out = f.agent.run(
@@ -833,11 +854,27 @@ fn a_hundred_cycles_leave_nothing_behind() {
             Vec::<PathBuf>::new(),
             "cgroups of {cid} left"
         );
+        if i == 0 {
+            fds_after_first = open_fds(f.agent.pid()).len();
+        }
     }
     eprintln!(
         "100 create/start/wait/remove cycles: {:?}",
         started.elapsed()
     );
+    let fds = open_fds(f.agent.pid());
+    assert!(
+        fds.len() <= fds_after_first,
+        "the agent held {fds_after_first} fds after the first cycle, now {fds:?}"
+    );
+    // A cgroup's removal is no OOM (v1 signals the OOM eventfd when it goes).
+    let short = ttrpc::context::with_duration(Duration::from_millis(500));
+    let (code, _) = rpc_code(
+        f.agent
+            .client
+            .get_oom_event(short, &GetOOMEventRequest::new()),
+    );
+    assert_eq!(code, ttrpc::Code::DEADLINE_EXCEEDED);
     assert!(children_of(f.agent.pid()).is_empty());
     assert!(
         mounts_under(&f.rootfs).is_empty(),
