@@ -210,11 +210,12 @@ impl MmioTransport {
                 .iter()
                 .zip(&self.queue_notify)
                 .map(|(queue, notify)| {
-                    Ok(ActiveQueue {
-                        queue: Queue::try_from(queue.state())
+                    Ok(ActiveQueue::new(
+                        Queue::try_from(queue.state())
                             .map_err(|err| format!("queue state: {err:?}"))?,
-                        notify: notify.try_clone().map_err(|err| err.to_string())?,
-                    })
+                        notify.try_clone().map_err(|err| err.to_string())?,
+                        self.acked_features,
+                    ))
                 })
                 .collect::<Result<Vec<_>, String>>()
         });
@@ -377,7 +378,7 @@ pub fn register_notifiers(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::devices::virtio::ActivateError;
+    use crate::devices::virtio::{ActivateError, VIRTIO_RING_F_EVENT_IDX};
     use std::sync::Mutex;
     use virtio_queue::mock::MockSplitQueue;
     use vm_memory::GuestAddress;
@@ -385,7 +386,8 @@ mod tests {
     /// A unit-test double: records what the transport hands it.
     struct DummyDevice {
         config: [u8; 8],
-        activated: Arc<Mutex<Option<(u64, usize)>>>,
+        features: u64,
+        activated: Activation,
         resettable: bool,
     }
 
@@ -397,7 +399,7 @@ mod tests {
             &[16, 16]
         }
         fn avail_features(&self) -> u64 {
-            1 << 3
+            self.features
         }
         fn read_config(&self, offset: u64, data: &mut [u8]) {
             for (i, byte) in data.iter_mut().enumerate() {
@@ -416,7 +418,8 @@ mod tests {
             queues: Vec<ActiveQueue>,
             _interrupt: Arc<VirtioInterrupt>,
         ) -> Result<(), ActivateError> {
-            *self.activated.lock().unwrap() = Some((acked, queues.len()));
+            let event_idx = queues.iter().all(|q| q.queue.event_idx_enabled());
+            *self.activated.lock().unwrap() = Some((acked, queues.len(), event_idx));
             Ok(())
         }
         fn process_queue(&mut self, _index: usize) {}
@@ -425,13 +428,19 @@ mod tests {
         }
     }
 
-    type Activation = Arc<Mutex<Option<(u64, usize)>>>;
+    /// Acked features, queue count, event index on in every queue.
+    type Activation = Arc<Mutex<Option<(u64, usize, bool)>>>;
 
     fn transport() -> (MmioTransport, Activation, GuestMemoryMmap) {
+        transport_offering(1 << 3)
+    }
+
+    fn transport_offering(features: u64) -> (MmioTransport, Activation, GuestMemoryMmap) {
         let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap();
         let activated = Arc::new(Mutex::new(None));
         let device = DummyDevice {
             config: *b"runvcfg!",
+            features,
             activated: activated.clone(),
             resettable: true,
         };
@@ -453,10 +462,14 @@ mod tests {
     }
 
     fn negotiate(t: &mut MmioTransport, features_hi: u32) {
+        negotiate_features(t, 1 << 3, features_hi);
+    }
+
+    fn negotiate_features(t: &mut MmioTransport, features_lo: u32, features_hi: u32) {
         write(t, REG_STATUS, STATUS_ACKNOWLEDGE);
         write(t, REG_STATUS, STATUS_ACKNOWLEDGE | STATUS_DRIVER);
         write(t, REG_DRIVER_FEATURES_SEL, 0);
-        write(t, REG_DRIVER_FEATURES, 1 << 3);
+        write(t, REG_DRIVER_FEATURES, features_lo);
         write(t, REG_DRIVER_FEATURES_SEL, 1);
         write(t, REG_DRIVER_FEATURES, features_hi);
         write(
@@ -514,7 +527,10 @@ mod tests {
             REG_STATUS,
             STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK | STATUS_DRIVER_OK,
         );
-        assert_eq!(*activated.lock().unwrap(), Some(((1 << 32) | (1 << 3), 2)));
+        assert_eq!(
+            *activated.lock().unwrap(),
+            Some(((1 << 32) | (1 << 3), 2, false))
+        );
 
         write(&mut t, REG_QUEUE_NOTIFY, 1);
         assert_eq!(t.queue_notify_fds()[1].read().unwrap(), 1);
@@ -527,6 +543,34 @@ mod tests {
         assert_eq!(read(&mut t, REG_STATUS), 0);
         write(&mut t, REG_QUEUE_SEL, 0);
         assert_eq!(read(&mut t, REG_QUEUE_READY), 0, "reset clears the queues");
+    }
+
+    #[test]
+    fn acked_event_idx_reaches_the_queues_only_if_offered() {
+        let event_idx = 1 << VIRTIO_RING_F_EVENT_IDX;
+        for (offered, acked, expected) in [
+            (event_idx, event_idx, true),
+            (event_idx, 0, false),
+            (0, event_idx, false), // not offered: FEATURES_OK refused
+        ] {
+            let (mut t, activated, mem) = transport_offering((1 << 3) | offered);
+            negotiate_features(&mut t, (1 << 3) | acked as u32, 1);
+            let q0 = MockSplitQueue::create(&mem, GuestAddress(0x1000), 16);
+            let q1 = MockSplitQueue::create(&mem, GuestAddress(0x4000), 16);
+            set_up_queue(&mut t, 0, &q0);
+            set_up_queue(&mut t, 1, &q1);
+            write(
+                &mut t,
+                REG_STATUS,
+                STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK | STATUS_DRIVER_OK,
+            );
+            let got = activated.lock().unwrap().map(|(_, _, on)| on);
+            assert_eq!(
+                got.unwrap_or(false),
+                expected,
+                "offered {offered:#x}, acked {acked:#x}"
+            );
+        }
     }
 
     #[test]

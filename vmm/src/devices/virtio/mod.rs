@@ -18,12 +18,17 @@ pub mod vsock;
 use std::io;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
-use virtio_queue::Queue;
+use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
 /// Feature bit every modern (virtio 1.x) device offers.
 pub const VIRTIO_F_VERSION_1: u32 = 32;
+/// Feature bit: notification suppression through `used_event` / `avail_event`
+/// (virtio 1.1, 2.6.7 and 2.6.10). A device offers it only if it serves its
+/// queues with `disable_notification` / `enable_notification` and interrupts
+/// only when `needs_notification` says so.
+pub const VIRTIO_RING_F_EVENT_IDX: u32 = 29;
 /// Interrupt status: a used ring changed.
 pub const VIRTIO_MMIO_INT_VRING: u32 = 0x01;
 /// Interrupt status: the configuration changed.
@@ -49,6 +54,15 @@ pub struct ActiveQueue {
     pub queue: Queue,
     /// Signalled when the driver notifies the queue.
     pub notify: EventFd,
+}
+
+impl ActiveQueue {
+    /// A queue for a device that runs with `acked_features`: ring features the
+    /// driver acked (event index) are switched on in the queue.
+    pub fn new(mut queue: Queue, notify: EventFd, acked_features: u64) -> Self {
+        queue.set_event_idx(acked_features & (1 << VIRTIO_RING_F_EVENT_IDX) != 0);
+        Self { queue, notify }
+    }
 }
 
 /// Errors a device can report on activation.
@@ -142,6 +156,20 @@ impl SingleQueue {
     pub fn signal_used(&self, device: &str) {
         if let Err(err) = self.interrupt.signal_used_queue() {
             eprintln!("runv-vmm: {device}: cannot interrupt the guest: {err}");
+        }
+    }
+
+    /// Tells the guest that requests completed, unless the driver suppressed
+    /// the interrupt (its `used_event`, with `VIRTIO_RING_F_EVENT_IDX`).
+    pub fn signal_used_if_needed(&mut self, device: &str) {
+        match self.queue.needs_notification(&self.mem) {
+            Ok(false) => {}
+            Ok(true) => self.signal_used(device),
+            Err(err) => {
+                // The driver's ring is unreadable: interrupt rather than stall it.
+                eprintln!("runv-vmm: {device}: cannot read the used event: {err}");
+                self.signal_used(device);
+            }
         }
     }
 }

@@ -23,15 +23,32 @@ pub fn activate_on(
     mem: &GuestMemoryMmap,
     queue: &MockSplitQueue<'_, GuestMemoryMmap>,
 ) -> Arc<VirtioInterrupt> {
+    activate_with(device, mem, queue, 0)
+}
+
+/// Activates `device` on `queue` as the transport does when the driver acked
+/// `acked_features`, and returns its interrupt.
+pub fn activate_with(
+    device: &mut dyn VirtioDevice,
+    mem: &GuestMemoryMmap,
+    queue: &MockSplitQueue<'_, GuestMemoryMmap>,
+    acked_features: u64,
+) -> Arc<VirtioInterrupt> {
     let interrupt = Arc::new(VirtioInterrupt::new(
         EventFd::new(libc::EFD_NONBLOCK).unwrap(),
     ));
-    let active = ActiveQueue {
-        queue: queue.create_queue().unwrap(),
-        notify: EventFd::new(libc::EFD_NONBLOCK).unwrap(),
-    };
+    let active = ActiveQueue::new(
+        queue.create_queue().unwrap(),
+        EventFd::new(libc::EFD_NONBLOCK).unwrap(),
+        acked_features,
+    );
     device
-        .activate(mem.clone(), 0, vec![active], interrupt.clone())
+        .activate(mem.clone(), acked_features, vec![active], interrupt.clone())
         .unwrap();
     interrupt
+}
+
+/// Whether `interrupt` was raised since the last call (reads its irqfd).
+pub fn interrupted(interrupt: &VirtioInterrupt) -> bool {
+    interrupt.irq().read().is_ok()
 }

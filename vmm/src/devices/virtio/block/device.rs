@@ -4,6 +4,7 @@ use super::config::{BlockConfig, CONFIG_LEN};
 use super::request::{DataBuffer, Parsed, Request, RequestError, SECTOR_SIZE, SEG_MAX};
 use crate::devices::virtio::{
     read_config_space, ActivateError, ActiveQueue, SingleQueue, VirtioDevice, VirtioInterrupt,
+    VIRTIO_RING_F_EVENT_IDX,
 };
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
@@ -154,6 +155,41 @@ impl Block {
         Ok(to_guest)
     }
 
+    /// Serves every request the driver made available, with its notifications
+    /// off meanwhile; true if any was completed.
+    fn serve(&self, active: &mut SingleQueue) -> bool {
+        let mut served = false;
+        loop {
+            if let Err(err) = active.queue.disable_notification(&active.mem) {
+                eprintln!("runv-vmm: virtio-blk: cannot suppress notifications: {err}");
+                return served;
+            }
+            while let Some(chain) = active.queue.pop_descriptor_chain(&active.mem) {
+                let head = chain.head_index();
+                // A chain without header and status is completed with nothing written.
+                let len = match Request::parse(chain, &active.mem) {
+                    Ok(parsed) => self.complete(&active.mem, parsed),
+                    Err(_) => 0,
+                };
+                if active.queue.add_used(&active.mem, head, len).is_err() {
+                    eprintln!("runv-vmm: virtio-blk: the used ring is outside guest memory");
+                    return served;
+                }
+                served = true;
+            }
+            // A request made available after the last pop, before notifications
+            // were back on, would not be notified: serve it now.
+            match active.queue.enable_notification(&active.mem) {
+                Ok(true) => continue,
+                Ok(false) => return served,
+                Err(err) => {
+                    eprintln!("runv-vmm: virtio-blk: cannot re-enable notifications: {err}");
+                    return served;
+                }
+            }
+        }
+    }
+
     /// Answers one parsed chain: its status byte, and the length the used
     /// ring reports (data written to the guest plus the status byte).
     fn complete(&self, mem: &GuestMemoryMmap, parsed: Parsed) -> u32 {
@@ -180,6 +216,7 @@ impl VirtioDevice for Block {
     fn avail_features(&self) -> u64 {
         VIRTIO_BLK_F_FLUSH
             | VIRTIO_BLK_F_SEG_MAX
+            | 1 << VIRTIO_RING_F_EVENT_IDX
             | VIRTIO_BLK_F_BLK_SIZE
             | if self.readonly { VIRTIO_BLK_F_RO } else { 0 }
     }
@@ -205,22 +242,8 @@ impl VirtioDevice for Block {
         let Some(mut active) = self.active.take() else {
             return;
         };
-        let mut served = false;
-        while let Some(chain) = active.queue.pop_descriptor_chain(&active.mem) {
-            let head = chain.head_index();
-            // A chain without header and status is completed with nothing written.
-            let len = match Request::parse(chain, &active.mem) {
-                Ok(parsed) => self.complete(&active.mem, parsed),
-                Err(_) => 0,
-            };
-            if active.queue.add_used(&active.mem, head, len).is_err() {
-                eprintln!("runv-vmm: virtio-blk: the used ring is outside guest memory");
-                break;
-            }
-            served = true;
-        }
-        if served {
-            active.signal_used("virtio-blk");
+        if self.serve(&mut active) {
+            active.signal_used_if_needed("virtio-blk");
         }
         self.active = Some(active);
     }
