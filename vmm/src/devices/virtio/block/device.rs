@@ -1,14 +1,13 @@
 //! The virtio-blk device: one request queue served from a raw image file.
 
 use super::config::{BlockConfig, CONFIG_LEN};
-use super::request::{DataBuffer, Parsed, Request, RequestError, SECTOR_SIZE, SEG_MAX};
+use super::disk::{BlockError, Disk};
+use super::request::{Parsed, Request, RequestError, SEG_MAX};
 use crate::devices::virtio::{
     read_config_space, ActivateError, ActiveQueue, SingleQueue, VirtioDevice, VirtioInterrupt,
     VIRTIO_RING_F_EVENT_IDX,
 };
-use std::fs::{File, OpenOptions};
-use std::os::unix::fs::FileExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use virtio_queue::QueueT;
 use vm_memory::{Bytes, GuestMemoryMmap};
@@ -33,22 +32,9 @@ pub(super) const STATUS_OK: u8 = 0;
 pub(super) const STATUS_IOERR: u8 = 1;
 pub(super) const STATUS_UNSUPP: u8 = 2;
 
-/// Errors while opening a disk.
-#[derive(Debug, thiserror::Error)]
-pub enum BlockError {
-    /// The image cannot be opened.
-    #[error("cannot open disk {path}: {source}")]
-    Open {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-}
-
 /// A raw-file block device.
 pub struct Block {
-    file: File,
-    capacity_bytes: u64,
-    readonly: bool,
+    disk: Disk,
     id: [u8; ID_LEN],
     config: [u8; CONFIG_LEN],
     active: Option<SingleQueue>,
@@ -62,33 +48,30 @@ fn refused_status(error: &RequestError) -> u8 {
     }
 }
 
+/// The status byte for a finished operation.
+fn status<T, E>(result: &Result<T, E>) -> u8 {
+    match result {
+        Ok(_) => STATUS_OK,
+        Err(_) => STATUS_IOERR,
+    }
+}
+
 impl Block {
     /// Opens `path` (read-only if asked); `id` is what GET_ID returns.
     pub fn open(path: &Path, readonly: bool, id: &str) -> Result<Self, BlockError> {
-        let open_err = |source| BlockError::Open {
-            path: path.to_owned(),
-            source,
-        };
-        let file = OpenOptions::new()
-            .read(true)
-            .write(!readonly)
-            .open(path)
-            .map_err(open_err)?;
-        let capacity = file.metadata().map_err(open_err)?.len() / SECTOR_SIZE;
+        let disk = Disk::open(path, readonly)?;
         let mut id_bytes = [0u8; ID_LEN];
         for (slot, byte) in id_bytes.iter_mut().zip(id.bytes()) {
             *slot = byte;
         }
         let config = BlockConfig {
-            capacity,
+            capacity: disk.capacity(),
             seg_max: SEG_MAX,
             blk_size: BLK_SIZE,
             ..BlockConfig::default()
         };
         Ok(Self {
-            file,
-            capacity_bytes: capacity * SECTOR_SIZE,
-            readonly,
+            disk,
             id: id_bytes,
             config: config.to_bytes(),
             active: None,
@@ -98,27 +81,14 @@ impl Block {
     /// Performs `request`; returns the status and the bytes written to the guest.
     fn execute(&self, mem: &GuestMemoryMmap, request: &Request) -> (u8, u32) {
         match request {
-            Request::In { sector, buffers } | Request::Out { sector, buffers } => {
-                let write = matches!(request, Request::Out { .. });
-                let Some(offset) = sector.checked_mul(SECTOR_SIZE) else {
-                    return (STATUS_IOERR, 0);
-                };
-                let len: u64 = buffers.iter().map(|b| u64::from(b.len)).sum();
-                let in_range = offset
-                    .checked_add(len)
-                    .is_some_and(|end| end <= self.capacity_bytes);
-                if !in_range || (write && self.readonly) {
-                    return (STATUS_IOERR, 0);
-                }
-                match self.transfer(mem, buffers, write, offset) {
-                    Ok(written) => (STATUS_OK, written),
-                    Err(_) => (STATUS_IOERR, 0),
-                }
+            Request::In { sector, buffers } => {
+                let result = self.disk.read(mem, *sector, buffers);
+                (status(&result), result.unwrap_or(0))
             }
-            Request::Flush => match self.file.sync_data() {
-                Ok(()) => (STATUS_OK, 0),
-                Err(_) => (STATUS_IOERR, 0),
-            },
+            Request::Out { sector, buffers } => {
+                (status(&self.disk.write(mem, *sector, buffers)), 0)
+            }
+            Request::Flush => (status(&self.disk.flush()), 0),
             Request::GetId { buffer } => {
                 let len = (buffer.len as usize).min(ID_LEN);
                 match mem.write_slice(&self.id[..len], buffer.addr) {
@@ -127,32 +97,6 @@ impl Block {
                 }
             }
         }
-    }
-
-    fn transfer(
-        &self,
-        mem: &GuestMemoryMmap,
-        buffers: &[DataBuffer],
-        write: bool,
-        mut offset: u64,
-    ) -> std::io::Result<u32> {
-        let mut buf = Vec::new();
-        let mut to_guest = 0u32;
-        for data in buffers {
-            buf.resize(data.len as usize, 0);
-            if !write {
-                self.file.read_exact_at(&mut buf, offset)?;
-                mem.write_slice(&buf, data.addr)
-                    .map_err(std::io::Error::other)?;
-                to_guest += data.len;
-            } else {
-                mem.read_slice(&mut buf, data.addr)
-                    .map_err(std::io::Error::other)?;
-                self.file.write_all_at(&buf, offset)?;
-            }
-            offset += u64::from(data.len);
-        }
-        Ok(to_guest)
     }
 
     /// Serves every request the driver made available, with its notifications
@@ -218,7 +162,11 @@ impl VirtioDevice for Block {
             | VIRTIO_BLK_F_SEG_MAX
             | 1 << VIRTIO_RING_F_EVENT_IDX
             | VIRTIO_BLK_F_BLK_SIZE
-            | if self.readonly { VIRTIO_BLK_F_RO } else { 0 }
+            | if self.disk.readonly() {
+                VIRTIO_BLK_F_RO
+            } else {
+                0
+            }
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {

@@ -3,8 +3,10 @@
 
 mod config;
 mod device;
+mod disk;
 mod request;
 
-pub use device::{Block, BlockError};
+pub use device::Block;
+pub use disk::BlockError;
 #[cfg(test)]
 mod tests;

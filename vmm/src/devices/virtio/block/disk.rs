@@ -1,0 +1,272 @@
+//! The raw image file behind a virtio-blk device: data moves between the file
+//! and guest memory directly (preadv/pwritev on the guest's pages, no bounce
+//! buffer), after every range is checked against the disk and guest memory.
+
+use super::request::{DataBuffer, SECTOR_SIZE};
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use vm_memory::bitmap::Bitmap;
+use vm_memory::{GuestMemory, GuestMemoryError, GuestMemoryMmap, VolatileSlice};
+
+/// Most iovecs one preadv/pwritev takes (Linux's `UIO_MAXIOV`).
+const IOV_MAX: usize = 1024;
+
+/// Errors while opening a disk.
+#[derive(Debug, thiserror::Error)]
+pub enum BlockError {
+    /// The image cannot be opened.
+    #[error("cannot open disk {path}: {source}")]
+    Open { path: PathBuf, source: io::Error },
+}
+
+/// Why a disk operation failed (the guest sees an I/O error).
+#[derive(Debug, thiserror::Error)]
+pub enum DiskError {
+    /// The sectors are not all on the disk.
+    #[error("sectors {sector}+{len} bytes are past the end of the disk")]
+    OutOfRange { sector: u64, len: u64 },
+    /// A write to a read-only disk.
+    #[error("the disk is read-only")]
+    ReadOnly,
+    /// A data buffer is not in guest memory.
+    #[error("data buffer outside guest memory: {0}")]
+    GuestMemory(#[from] GuestMemoryError),
+    /// The image file failed.
+    #[error("disk image I/O: {0}")]
+    Io(#[from] io::Error),
+}
+
+/// A raw image file, whole 512-byte sectors of it.
+pub struct Disk {
+    file: File,
+    capacity: u64,
+    readonly: bool,
+}
+
+impl Disk {
+    /// Opens `path`, read-only if asked.
+    pub fn open(path: &Path, readonly: bool) -> Result<Self, BlockError> {
+        let open_err = |source| BlockError::Open {
+            path: path.to_owned(),
+            source,
+        };
+        let file = OpenOptions::new()
+            .read(true)
+            .write(!readonly)
+            .open(path)
+            .map_err(open_err)?;
+        let capacity = file.metadata().map_err(open_err)?.len() / SECTOR_SIZE;
+        Ok(Self {
+            file,
+            capacity,
+            readonly,
+        })
+    }
+
+    /// Size in sectors.
+    pub fn capacity(&self) -> u64 {
+        self.capacity
+    }
+
+    /// Whether writes are refused.
+    pub fn readonly(&self) -> bool {
+        self.readonly
+    }
+
+    /// The byte offset of `sector`, if `len` bytes from there are on the disk.
+    fn byte_range(&self, sector: u64, len: u64) -> Result<u64, DiskError> {
+        let out_of_range = DiskError::OutOfRange { sector, len };
+        let offset = sector.checked_mul(SECTOR_SIZE).ok_or(out_of_range)?;
+        match offset.checked_add(len) {
+            Some(end) if end <= self.capacity * SECTOR_SIZE => Ok(offset),
+            _ => Err(DiskError::OutOfRange { sector, len }),
+        }
+    }
+
+    /// Reads sectors from `sector` on into `buffers`; the bytes read.
+    pub fn read(
+        &self,
+        mem: &GuestMemoryMmap,
+        sector: u64,
+        buffers: &[DataBuffer],
+    ) -> Result<u32, DiskError> {
+        let (offset, slices, len) = self.prepare(mem, sector, buffers)?;
+        transfer(&self.file, &slices, offset, Direction::ToGuest)?;
+        for slice in &slices {
+            slice.bitmap().mark_dirty(0, slice.len());
+        }
+        // At most MAX_DATA_LEN (request.rs), so it fits.
+        Ok(u32::try_from(len).unwrap_or(u32::MAX))
+    }
+
+    /// Writes `buffers` to sectors from `sector` on.
+    pub fn write(
+        &self,
+        mem: &GuestMemoryMmap,
+        sector: u64,
+        buffers: &[DataBuffer],
+    ) -> Result<(), DiskError> {
+        if self.readonly {
+            return Err(DiskError::ReadOnly);
+        }
+        let (offset, slices, _) = self.prepare(mem, sector, buffers)?;
+        transfer(&self.file, &slices, offset, Direction::FromGuest)
+    }
+
+    /// Checks a transfer: the file offset, the guest memory it touches as
+    /// slices (a buffer may span memory regions), and its length.
+    fn prepare<'m>(
+        &self,
+        mem: &'m GuestMemoryMmap,
+        sector: u64,
+        buffers: &[DataBuffer],
+    ) -> Result<(u64, Vec<VolatileSlice<'m>>, u64), DiskError> {
+        let len = buffers.iter().map(|b| u64::from(b.len)).sum();
+        let offset = self.byte_range(sector, len)?;
+        let mut slices = Vec::with_capacity(buffers.len());
+        for buffer in buffers {
+            for slice in mem.get_slices(buffer.addr, buffer.len as usize) {
+                slices.push(slice?);
+            }
+        }
+        Ok((offset, slices, len))
+    }
+
+    /// Makes written data durable.
+    pub fn flush(&self) -> Result<(), DiskError> {
+        Ok(self.file.sync_data()?)
+    }
+}
+
+/// Which way data moves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Direction {
+    /// File to guest memory (preadv).
+    ToGuest,
+    /// Guest memory to file (pwritev).
+    FromGuest,
+}
+
+/// Moves all bytes of `slices` between them and `file` from `offset` on,
+/// in as few preadv/pwritev calls as the kernel allows.
+fn transfer(
+    file: &File,
+    slices: &[VolatileSlice<'_>],
+    mut offset: u64,
+    direction: Direction,
+) -> Result<(), DiskError> {
+    // The first slice not fully moved yet, and how much of it has been.
+    let (mut index, mut done) = (0, 0);
+    while index < slices.len() {
+        let end = slices.len().min(index + IOV_MAX);
+        let mut pending = Vec::with_capacity(end - index);
+        for (i, slice) in slices[index..end].iter().enumerate() {
+            let skip = if i == 0 { done } else { 0 };
+            pending.push(slice.offset(skip).map_err(GuestMemoryError::from)?);
+        }
+        let guards: Vec<_> = pending.iter().map(|s| s.ptr_guard_mut()).collect();
+        let iovecs: Vec<libc::iovec> = guards
+            .iter()
+            .map(|guard| libc::iovec {
+                iov_base: guard.as_ptr().cast(),
+                iov_len: guard.len(),
+            })
+            .collect();
+        let file_offset = libc::off_t::try_from(offset)
+            .map_err(|_| io::Error::from_raw_os_error(libc::EOVERFLOW))?;
+        // At most IOV_MAX, so it fits.
+        let count = libc::c_int::try_from(iovecs.len()).unwrap_or(libc::c_int::MAX);
+        let fd = file.as_raw_fd();
+        let moved = match direction {
+            // SAFETY: every iovec is a VolatileSlice of guest memory that
+            // get_slices checked to lie in a mapped region, kept mapped by its
+            // guard for the call; the kernel writes at most iov_len bytes to each.
+            Direction::ToGuest => unsafe { libc::preadv(fd, iovecs.as_ptr(), count, file_offset) },
+            // SAFETY: as above; the kernel only reads the iovecs' memory.
+            Direction::FromGuest => unsafe {
+                libc::pwritev(fd, iovecs.as_ptr(), count, file_offset)
+            },
+        };
+        let mut moved = match usize::try_from(moved) {
+            Ok(0) => {
+                return Err(match direction {
+                    Direction::ToGuest => io::Error::from(io::ErrorKind::UnexpectedEof),
+                    Direction::FromGuest => io::Error::from(io::ErrorKind::WriteZero),
+                }
+                .into())
+            }
+            Ok(moved) => moved,
+            Err(_) => {
+                let err = io::Error::last_os_error();
+                if err.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(err.into());
+            }
+        };
+        offset += moved as u64;
+        // Skip what the call moved: whole slices, then part of one.
+        while moved > 0 {
+            let Some(slice) = slices.get(index) else {
+                break;
+            };
+            let left = slice.len() - done;
+            if moved >= left {
+                moved -= left;
+                index += 1;
+                done = 0;
+            } else {
+                done += moved;
+                moved = 0;
+            }
+        }
+        // Empty slices move nothing and need no call.
+        while slices.get(index).is_some_and(|s| s.len() == done) {
+            index += 1;
+            done = 0;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vm_memory::{Bytes, GuestAddress};
+
+    #[test]
+    fn transfers_more_slices_than_one_call_takes_and_stops_at_the_end_of_file() {
+        let path = std::env::temp_dir().join(format!("runv-blk-iov-{}", std::process::id()));
+        let slices_len = IOV_MAX + IOV_MAX / 2;
+        let content: Vec<u8> = (0..slices_len * 8).map(|i| (i % 253) as u8).collect();
+        std::fs::write(&path, &content).unwrap();
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .unwrap();
+        let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap();
+        // Every other 8 bytes, backwards: nothing contiguous.
+        let addr = |i: usize| GuestAddress(((slices_len - i) * 16) as u64);
+        let slices: Vec<_> = (0..slices_len)
+            .map(|i| mem.get_slice(addr(i), 8).unwrap())
+            .collect();
+
+        transfer(&file, &slices, 0, Direction::ToGuest).unwrap();
+        for i in [0, IOV_MAX - 1, IOV_MAX, slices_len - 1] {
+            let mut got = [0u8; 8];
+            mem.read_slice(&mut got, addr(i)).unwrap();
+            assert_eq!(got[..], content[i * 8..i * 8 + 8], "slice {i}");
+        }
+        transfer(&file, &slices, 8, Direction::FromGuest).unwrap();
+        let written = std::fs::read(&path).unwrap();
+        assert_eq!(written[..8], content[..8]);
+        assert_eq!(written[8..], content[..content.len()], "shifted by 8 bytes");
+
+        let past_end = transfer(&file, &slices, 16, Direction::ToGuest);
+        assert!(matches!(past_end, Err(DiskError::Io(_))), "{past_end:?}");
+        std::fs::remove_file(&path).unwrap();
+    }
+}
