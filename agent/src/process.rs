@@ -8,7 +8,7 @@ use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use nix::fcntl::OFlag;
 use nix::sys::signal::Signal;
@@ -17,6 +17,11 @@ use protocol::agent::Stdio;
 use protocol::stdio::{copy_plain, StreamKind};
 
 use crate::error::{AgentError, Result};
+
+/// How long after the process's exit an output stream asked for may still be
+/// connected; one still unbound then counts as drained and its pipe is dropped,
+/// so that WaitProcess does not wait for ever on a client that never connects.
+pub const UNBOUND_OUTPUT_GRACE: Duration = Duration::from_secs(10);
 
 /// How a process ended.
 #[derive(Debug, Clone, Copy)]
@@ -60,6 +65,9 @@ enum Slot<T> {
     Waiting(T),
     /// A stream connection took it (or stdin was closed).
     Taken,
+    /// An output nobody connected within [`UNBOUND_OUTPUT_GRACE`] of the exit:
+    /// its pipe was dropped.
+    Dropped,
 }
 
 struct StdioEnds {
@@ -76,6 +84,8 @@ struct StdioEnds {
 
 struct Lifecycle {
     exit: Option<ExitStatus>,
+    /// When the exit was recorded, for [`UNBOUND_OUTPUT_GRACE`].
+    exited_at: Option<Instant>,
     /// Output streams asked for whose pipe is not yet drained to EOF.
     outputs_open: usize,
 }
@@ -134,6 +144,7 @@ impl Process {
             pid: AtomicI32::new(0),
             lifecycle: Mutex::new(Lifecycle {
                 exit: None,
+                exited_at: None,
                 outputs_open,
             }),
             changed: Condvar::new(),
@@ -180,7 +191,10 @@ impl Process {
 
     /// Records the exit (called by the reaper).
     pub fn set_exited(&self, status: ExitStatus) {
-        self.lock_lifecycle().exit = Some(status);
+        let mut lifecycle = self.lock_lifecycle();
+        lifecycle.exit = Some(status);
+        lifecycle.exited_at = Some(Instant::now());
+        drop(lifecycle);
         self.changed.notify_all();
     }
 
@@ -189,17 +203,39 @@ impl Process {
         self.lock_lifecycle().exit
     }
 
-    /// Blocks until the process exited and its output streams were drained.
+    /// Blocks until the process exited and its output streams were drained;
+    /// an output still unbound [`UNBOUND_OUTPUT_GRACE`] after the exit is
+    /// dropped instead.
     pub fn wait(&self) -> ExitStatus {
         let mut lifecycle = self.lock_lifecycle();
+        let mut unbound_dropped = false;
         loop {
             if let (Some(exit), 0) = (lifecycle.exit, lifecycle.outputs_open) {
                 return exit;
             }
-            lifecycle = self
-                .changed
-                .wait(lifecycle)
-                .unwrap_or_else(|e| e.into_inner());
+            let grace_left = lifecycle
+                .exited_at
+                .map(|at| UNBOUND_OUTPUT_GRACE.saturating_sub(at.elapsed()));
+            lifecycle = match grace_left {
+                Some(left) if left.is_zero() && !unbound_dropped => {
+                    // Lock order: ends, then lifecycle.
+                    drop(lifecycle);
+                    self.drop_unbound_outputs(&mut self.lock_ends());
+                    unbound_dropped = true;
+                    self.lock_lifecycle()
+                }
+                Some(left) if !left.is_zero() => {
+                    self.changed
+                        .wait_timeout(lifecycle, left)
+                        .unwrap_or_else(|e| e.into_inner())
+                        .0
+                }
+                // Running, or only bound streams left to drain.
+                _ => self
+                    .changed
+                    .wait(lifecycle)
+                    .unwrap_or_else(|e| e.into_inner()),
+            };
         }
     }
 
@@ -222,6 +258,7 @@ impl Process {
         conn: UnixStream,
     ) -> std::result::Result<(), String> {
         let mut ends = self.lock_ends();
+        self.drop_unbound_outputs(&mut ends);
         let slot = match kind {
             StreamKind::Stdin => &mut ends.stdin,
             StreamKind::Stdout => &mut ends.stdout,
@@ -237,6 +274,13 @@ impl Process {
                 ));
             }
             Slot::Taken => return Err(format!("{kind} is already bound")),
+            Slot::Dropped => {
+                *slot = Slot::Dropped;
+                return Err(format!(
+                    "{kind} was not connected within {UNBOUND_OUTPUT_GRACE:?} of the \
+                     process's exit: its output was dropped"
+                ));
+            }
         };
         if kind == StreamKind::Stdin {
             ends.stdin_conn = conn.try_clone().ok();
@@ -277,6 +321,31 @@ impl Process {
         if let Some(conn) = ends.stdin_conn.take() {
             // Ends the copy thread's read, which then drops the pipe.
             let _ = conn.shutdown(Shutdown::Read);
+        }
+    }
+
+    /// Once the process has been gone for [`UNBOUND_OUTPUT_GRACE`], drops the
+    /// pipes of output streams still unbound; they count as drained.
+    fn drop_unbound_outputs(&self, ends: &mut StdioEnds) {
+        let expired = self
+            .lock_lifecycle()
+            .exited_at
+            .is_some_and(|at| at.elapsed() >= UNBOUND_OUTPUT_GRACE);
+        if !expired {
+            return;
+        }
+        let mut dropped = 0;
+        for slot in [&mut ends.stdout, &mut ends.stderr, &mut ends.tty] {
+            if let Slot::Waiting(_) = slot {
+                *slot = Slot::Dropped;
+                dropped += 1;
+            }
+        }
+        if dropped > 0 {
+            let mut lifecycle = self.lock_lifecycle();
+            lifecycle.outputs_open = lifecycle.outputs_open.saturating_sub(dropped);
+            drop(lifecycle);
+            self.changed.notify_all();
         }
     }
 
@@ -345,4 +414,83 @@ fn dev_null(write: bool) -> Result<OwnedFd> {
         .open("/dev/null")
         .map(OwnedFd::from)
         .map_err(AgentError::io("open /dev/null"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+
+    fn outputs() -> Stdio {
+        Stdio {
+            stdout: true,
+            stderr: true,
+            ..Default::default()
+        }
+    }
+
+    /// Binds `kind` on one end of a socket pair; the client's end, past `ok`.
+    fn connect(
+        process: &Arc<Process>,
+        kind: StreamKind,
+    ) -> std::result::Result<UnixStream, String> {
+        let (client, agent) = UnixStream::pair().unwrap();
+        process.bind(kind, agent)?;
+        let mut ok = [0u8; 3];
+        (&client).read_exact(&mut ok).unwrap();
+        assert_eq!(&ok, b"ok\n");
+        Ok(client)
+    }
+
+    fn read_to_end(mut stream: UnixStream) -> String {
+        let mut text = String::new();
+        stream.read_to_string(&mut text).unwrap();
+        text
+    }
+
+    /// As if the process had exited [`UNBOUND_OUTPUT_GRACE`] ago.
+    fn backdate_exit(process: &Process) {
+        let past = Instant::now()
+            .checked_sub(UNBOUND_OUTPUT_GRACE)
+            .expect("the monotonic clock is past the grace");
+        process.lock_lifecycle().exited_at = Some(past);
+    }
+
+    #[test]
+    fn an_output_connected_after_the_exit_still_gets_everything() {
+        let (process, child) = Process::new("", &outputs()).unwrap();
+        File::from(child.stdout).write_all(b"out\n").unwrap();
+        drop(child.stderr);
+        process.set_exited(ExitStatus::code(3));
+        let stdout = connect(&process, StreamKind::Stdout).unwrap();
+        let stderr = connect(&process, StreamKind::Stderr).unwrap();
+        assert_eq!(process.wait().status, 3);
+        assert_eq!(read_to_end(stdout), "out\n");
+        assert_eq!(read_to_end(stderr), "");
+    }
+
+    #[test]
+    fn an_output_unbound_past_the_grace_counts_as_drained() {
+        let (process, child) = Process::new("", &outputs()).unwrap();
+        let stderr = connect(&process, StreamKind::Stderr).unwrap();
+        File::from(child.stderr).write_all(b"err\n").unwrap();
+        drop(child.stdout);
+        process.set_exited(ExitStatus::code(3));
+        backdate_exit(&process);
+        assert_eq!(process.wait().status, 3);
+        assert_eq!(read_to_end(stderr), "err\n");
+        let late = connect(&process, StreamKind::Stdout).unwrap_err();
+        assert!(late.contains("not connected within 10s"), "{late}");
+        assert_eq!(process.wait().status, 3, "a second wait");
+    }
+
+    #[test]
+    fn a_late_connect_is_refused_even_without_a_wait() {
+        let (process, _child) = Process::new("", &outputs()).unwrap();
+        process.set_exited(ExitStatus::code(0));
+        backdate_exit(&process);
+        assert!(connect(&process, StreamKind::Stderr).is_err());
+        assert!(connect(&process, StreamKind::Stdout).is_err());
+        assert_eq!(process.wait().status, 0);
+    }
 }

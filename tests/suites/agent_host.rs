@@ -1084,6 +1084,61 @@ fn close_stdin_gives_eof_bound_or_not() {
     }
 }
 
+/// How long after an exit the agent keeps an unconnected output's pipe
+/// (`UNBOUND_OUTPUT_GRACE`, protocol/README.md "stdio streams").
+const UNBOUND_OUTPUT_GRACE: Duration = Duration::from_secs(10);
+
+#[test]
+fn an_output_never_connected_holds_wait_only_for_the_grace_period() {
+    let f = fixture();
+    let script = "echo out; echo err >&2; exit 3";
+    let opts = SpecOptions::default();
+
+    // Connected late, but within the grace: nothing is lost, no wait for it.
+    let cid = "late-stdout";
+    f.agent
+        .create(cid, &f.rootfs, &spec(cid, &sh(script), &opts), false);
+    let stderr = runv_tests::agent_host::read_all(f.agent.stream(cid, "", StreamKind::Stderr));
+    f.agent.start_container(cid);
+    std::thread::sleep(Duration::from_secs(1));
+    let stdout = runv_tests::agent_host::read_all(f.agent.stream(cid, "", StreamKind::Stdout));
+    let started = Instant::now();
+    assert_eq!(f.agent.wait(cid, ""), 3);
+    assert!(
+        started.elapsed() < UNBOUND_OUTPUT_GRACE / 2,
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(stdout.join().expect("stdout reader"), b"out\n");
+    assert_eq!(stderr.join().expect("stderr reader"), b"err\n");
+    remove(&f.agent, cid);
+
+    // Never connected: WaitProcess answers once the grace has passed.
+    let cid = "unbound-stdout";
+    f.agent
+        .create(cid, &f.rootfs, &spec(cid, &sh(script), &opts), false);
+    let stderr = runv_tests::agent_host::read_all(f.agent.stream(cid, "", StreamKind::Stderr));
+    f.agent.start_container(cid);
+    let started = Instant::now();
+    assert_eq!(f.agent.wait(cid, ""), 3);
+    let waited = started.elapsed();
+    assert!(
+        waited >= UNBOUND_OUTPUT_GRACE - Duration::from_secs(1)
+            && waited < UNBOUND_OUTPUT_GRACE + Duration::from_secs(5),
+        "WaitProcess took {waited:?}"
+    );
+    assert_eq!(stderr.join().expect("stderr reader"), b"err\n");
+    let late = f
+        .agent
+        .try_stream(cid, "", StreamKind::Stdout)
+        .expect_err("stdout bound after its pipe was dropped");
+    assert!(
+        late.to_string().contains("was not connected within 10s"),
+        "{late}"
+    );
+    remove(&f.agent, cid);
+}
+
 fn host_hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname").expect("read the host's hostname")
 }
