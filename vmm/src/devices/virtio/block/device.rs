@@ -2,7 +2,10 @@
 
 use super::config::{BlockConfig, CONFIG_LEN};
 use super::disk::{BlockError, Disk};
-use super::request::{Parsed, Request, RequestError, SEG_MAX};
+use super::request::{
+    Parsed, Request, RequestError, MAX_DISCARD_SECTORS, MAX_DISCARD_SEG, MAX_WRITE_ZEROES_SECTORS,
+    MAX_WRITE_ZEROES_SEG, SEG_MAX,
+};
 use crate::devices::virtio::{
     read_config_space, ActivateError, ActiveQueue, SingleQueue, VirtioDevice, VirtioInterrupt,
     VIRTIO_RING_F_EVENT_IDX,
@@ -25,6 +28,13 @@ pub(super) const VIRTIO_BLK_F_RO: u64 = 1 << 5;
 const VIRTIO_BLK_F_BLK_SIZE: u64 = 1 << 6;
 /// Feature: the device supports flush.
 const VIRTIO_BLK_F_FLUSH: u64 = 1 << 9;
+/// Feature: the device supports discard (writable disks).
+pub(super) const VIRTIO_BLK_F_DISCARD: u64 = 1 << 13;
+/// Feature: the device supports write zeroes (writable disks).
+pub(super) const VIRTIO_BLK_F_WRITE_ZEROES: u64 = 1 << 14;
+/// Alignment asked of discards, in sectors: 4 KiB, the block of the host
+/// file systems that deallocate (smaller holes only zero data).
+const DISCARD_SECTOR_ALIGNMENT: u32 = 8;
 /// Length of the id string GET_ID returns.
 const ID_LEN: usize = 20;
 
@@ -42,9 +52,10 @@ pub struct Block {
 
 /// The status byte for a refused request.
 fn refused_status(error: &RequestError) -> u8 {
-    match error {
-        RequestError::Unsupported(_) => STATUS_UNSUPP,
-        _ => STATUS_IOERR,
+    if error.is_unsupported() {
+        STATUS_UNSUPP
+    } else {
+        STATUS_IOERR
     }
 }
 
@@ -64,12 +75,20 @@ impl Block {
         for (slot, byte) in id_bytes.iter_mut().zip(id.bytes()) {
             *slot = byte;
         }
-        let config = BlockConfig {
+        let mut config = BlockConfig {
             capacity: disk.capacity(),
             seg_max: SEG_MAX,
             blk_size: BLK_SIZE,
             ..BlockConfig::default()
         };
+        if !disk.readonly() {
+            config.max_discard_sectors = MAX_DISCARD_SECTORS;
+            config.max_discard_seg = MAX_DISCARD_SEG;
+            config.discard_sector_alignment = DISCARD_SECTOR_ALIGNMENT;
+            config.max_write_zeroes_sectors = MAX_WRITE_ZEROES_SECTORS;
+            config.max_write_zeroes_seg = MAX_WRITE_ZEROES_SEG;
+            config.write_zeroes_may_unmap = 1;
+        }
         Ok(Self {
             disk,
             id: id_bytes,
@@ -89,6 +108,12 @@ impl Block {
                 (status(&self.disk.write(mem, *sector, buffers)), 0)
             }
             Request::Flush => (status(&self.disk.flush()), 0),
+            // Not offered on a read-only disk.
+            Request::Discard { .. } | Request::WriteZeroes { .. } if self.disk.readonly() => {
+                (STATUS_UNSUPP, 0)
+            }
+            Request::Discard { segments } => (status(&self.disk.discard(segments)), 0),
+            Request::WriteZeroes { segments } => (status(&self.disk.write_zeroes(segments)), 0),
             Request::GetId { buffer } => {
                 let len = (buffer.len as usize).min(ID_LEN);
                 match mem.write_slice(&self.id[..len], buffer.addr) {
@@ -158,15 +183,15 @@ impl VirtioDevice for Block {
     }
 
     fn avail_features(&self) -> u64 {
-        VIRTIO_BLK_F_FLUSH
+        let common = VIRTIO_BLK_F_FLUSH
             | VIRTIO_BLK_F_SEG_MAX
-            | 1 << VIRTIO_RING_F_EVENT_IDX
             | VIRTIO_BLK_F_BLK_SIZE
-            | if self.disk.readonly() {
-                VIRTIO_BLK_F_RO
-            } else {
-                0
-            }
+            | 1 << VIRTIO_RING_F_EVENT_IDX;
+        if self.disk.readonly() {
+            common | VIRTIO_BLK_F_RO
+        } else {
+            common | VIRTIO_BLK_F_DISCARD | VIRTIO_BLK_F_WRITE_ZEROES
+        }
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {

@@ -2,16 +2,19 @@
 //! and guest memory directly (preadv/pwritev on the guest's pages, no bounce
 //! buffer), after every range is checked against the disk and guest memory.
 
-use super::request::{DataBuffer, SECTOR_SIZE};
+use super::request::{DataBuffer, Segment, SECTOR_SIZE};
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::fd::AsRawFd;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use vm_memory::bitmap::Bitmap;
 use vm_memory::{GuestMemory, GuestMemoryError, GuestMemoryMmap, VolatileSlice};
 
 /// Most iovecs one preadv/pwritev takes (Linux's `UIO_MAXIOV`).
 const IOV_MAX: usize = 1024;
+/// Zeroes written where the file system cannot zero a range itself.
+static ZEROES: [u8; 64 << 10] = [0; 64 << 10];
 
 /// Errors while opening a disk.
 #[derive(Debug, thiserror::Error)]
@@ -138,6 +141,101 @@ impl Disk {
     pub fn flush(&self) -> Result<(), DiskError> {
         Ok(self.file.sync_data()?)
     }
+
+    /// The byte ranges of `segments`, all checked before any is touched.
+    fn ranges(&self, segments: &[Segment]) -> Result<Vec<(u64, u64)>, DiskError> {
+        if self.readonly {
+            return Err(DiskError::ReadOnly);
+        }
+        segments
+            .iter()
+            .map(|segment| {
+                let len = u64::from(segment.num_sectors) * SECTOR_SIZE;
+                Ok((self.byte_range(segment.sector, len)?, len))
+            })
+            .collect()
+    }
+
+    /// Deallocates the sectors of `segments` (punches holes: they read as
+    /// zeroes). A file system without holes keeps the data, as discard allows.
+    pub fn discard(&self, segments: &[Segment]) -> Result<(), DiskError> {
+        for (offset, len) in self.ranges(segments)? {
+            match self.fallocate(PUNCH_HOLE, offset, len) {
+                Err(err) if !unsupported(&err) => return Err(err.into()),
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Makes the sectors of `segments` read as zeroes: a hole where the segment
+    /// allows unmapping, else a zeroed range, else zeroes written.
+    pub fn write_zeroes(&self, segments: &[Segment]) -> Result<(), DiskError> {
+        for ((offset, len), segment) in self.ranges(segments)?.into_iter().zip(segments) {
+            let modes: &[libc::c_int] = if segment.unmap {
+                &[PUNCH_HOLE, ZERO_RANGE]
+            } else {
+                &[ZERO_RANGE]
+            };
+            let mut done = false;
+            for &mode in modes {
+                match self.fallocate(mode, offset, len) {
+                    Ok(()) => {
+                        done = true;
+                        break;
+                    }
+                    Err(err) if !unsupported(&err) => return Err(err.into()),
+                    Err(_) => {}
+                }
+            }
+            if !done {
+                self.write_zeroes_by_hand(offset, len)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn write_zeroes_by_hand(&self, mut offset: u64, len: u64) -> io::Result<()> {
+        let end = offset + len;
+        while offset < end {
+            let chunk = (end - offset).min(ZEROES.len() as u64) as usize;
+            self.file.write_all_at(&ZEROES[..chunk], offset)?;
+            offset += chunk as u64;
+        }
+        Ok(())
+    }
+
+    /// fallocate(2) on the image; an empty range is nothing to do.
+    fn fallocate(&self, mode: libc::c_int, offset: u64, len: u64) -> io::Result<()> {
+        if len == 0 {
+            return Ok(());
+        }
+        let overflow = || io::Error::from_raw_os_error(libc::EOVERFLOW);
+        let offset = libc::off_t::try_from(offset).map_err(|_| overflow())?;
+        let len = libc::off_t::try_from(len).map_err(|_| overflow())?;
+        loop {
+            // SAFETY: fallocate takes no memory, only the image's own fd, which
+            // `self.file` keeps open.
+            let ret = unsafe { libc::fallocate(self.file.as_raw_fd(), mode, offset, len) };
+            if ret == 0 {
+                return Ok(());
+            }
+            let err = io::Error::last_os_error();
+            if err.kind() != io::ErrorKind::Interrupted {
+                return Err(err);
+            }
+        }
+    }
+}
+
+/// Deallocate a range, keeping the file's size.
+const PUNCH_HOLE: libc::c_int = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
+/// Zero a range (allocated), keeping the file's size.
+const ZERO_RANGE: libc::c_int = libc::FALLOC_FL_ZERO_RANGE | libc::FALLOC_FL_KEEP_SIZE;
+
+/// The file system does not do this fallocate mode (tmpfs has no ZERO_RANGE).
+fn unsupported(err: &io::Error) -> bool {
+    err.raw_os_error() == Some(libc::EOPNOTSUPP)
 }
 
 /// Which way data moves.
@@ -268,5 +366,36 @@ mod tests {
         let past_end = transfer(&file, &slices, 16, Direction::ToGuest);
         assert!(matches!(past_end, Err(DiskError::Io(_))), "{past_end:?}");
         std::fs::remove_file(&path).unwrap();
+    }
+
+    #[test]
+    fn write_zeroes_falls_back_to_writing_them_without_zero_range() {
+        // tmpfs punches holes but has no ZERO_RANGE.
+        let dir = Path::new("/dev/shm");
+        if !dir.is_dir() {
+            return;
+        }
+        let path = dir.join(format!("runv-blk-zeroes-{}", std::process::id()));
+        std::fs::write(&path, vec![0xaa; 200 << 10]).unwrap();
+        let disk = Disk::open(&path, false).unwrap();
+        let no_unmap = Segment {
+            sector: 1,
+            num_sectors: 300, // more than ZEROES holds
+            unmap: false,
+        };
+        disk.write_zeroes(&[no_unmap]).unwrap();
+        let unmap = Segment {
+            sector: 320,
+            num_sectors: 8,
+            unmap: true,
+        };
+        disk.write_zeroes(&[unmap]).unwrap();
+        let image = std::fs::read(&path).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        assert!(image[..512].iter().all(|&b| b == 0xaa));
+        assert!(image[512..301 * 512].iter().all(|&b| b == 0));
+        assert!(image[301 * 512..320 * 512].iter().all(|&b| b == 0xaa));
+        assert!(image[320 * 512..328 * 512].iter().all(|&b| b == 0));
+        assert!(image[328 * 512..].iter().all(|&b| b == 0xaa));
     }
 }

@@ -1,5 +1,6 @@
-//! virtio-blk on a raw image file: read, write, flush and get-id, with up to
-//! `seg_max` data buffers per request.
+//! virtio-blk on a raw image file: read, write, flush, get-id, and on writable
+//! disks discard and write zeroes (holes punched in the image), with up to
+//! `seg_max` data buffers per request and event-index notification suppression.
 
 mod config;
 mod device;

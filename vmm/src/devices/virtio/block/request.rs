@@ -14,13 +14,29 @@ pub const SECTOR_SIZE: u64 = 512;
 pub const SEG_MAX: u32 = QUEUE_SIZE as u32 - 2;
 /// Most data bytes in one request, all buffers together.
 pub const MAX_DATA_LEN: u64 = 64 << 20;
+/// Most segments in one discard request (`max_discard_seg`).
+pub const MAX_DISCARD_SEG: u32 = 32;
+/// Most sectors in one discard segment (`max_discard_sectors`): 2 GiB, as QEMU.
+pub const MAX_DISCARD_SECTORS: u32 = i32::MAX as u32 >> 9;
+/// Most segments in one write-zeroes request (`max_write_zeroes_seg`; Linux
+/// sends one).
+pub const MAX_WRITE_ZEROES_SEG: u32 = 1;
+/// Most sectors in one write-zeroes segment (`max_write_zeroes_sectors`):
+/// 32 MiB, what writing zeroes takes if the file system cannot zero a range.
+pub const MAX_WRITE_ZEROES_SECTORS: u32 = (32 << 20) / SECTOR_SIZE as u32;
 /// Length of the request header (type, reserved, sector).
 const HEADER_LEN: u32 = 16;
+/// Length of one discard / write-zeroes segment (sector, num_sectors, flags).
+const SEGMENT_LEN: usize = 16;
+/// Segment flag: write zeroes may deallocate the sectors.
+const FLAG_UNMAP: u32 = 1;
 
 const VIRTIO_BLK_T_IN: u32 = 0;
 const VIRTIO_BLK_T_OUT: u32 = 1;
 const VIRTIO_BLK_T_FLUSH: u32 = 4;
 const VIRTIO_BLK_T_GET_ID: u32 = 8;
+const VIRTIO_BLK_T_DISCARD: u32 = 11;
+const VIRTIO_BLK_T_WRITE_ZEROES: u32 = 13;
 
 /// One data buffer of a request, in guest memory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -29,6 +45,17 @@ pub struct DataBuffer {
     pub addr: GuestAddress,
     /// Length in bytes.
     pub len: u32,
+}
+
+/// One range of a discard or write-zeroes request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Segment {
+    /// First sector.
+    pub sector: u64,
+    /// Number of sectors.
+    pub num_sectors: u32,
+    /// Write zeroes only: the sectors may be deallocated.
+    pub unmap: bool,
 }
 
 /// A valid request.
@@ -48,6 +75,10 @@ pub enum Request {
     Flush,
     /// Write the device id string into the buffer.
     GetId { buffer: DataBuffer },
+    /// Let the device deallocate the ranges (their content is then undefined).
+    Discard { segments: Vec<Segment> },
+    /// Make the ranges read as zeroes.
+    WriteZeroes { segments: Vec<Segment> },
 }
 
 /// A chain with a header and a status byte: where the status goes, and the
@@ -87,6 +118,28 @@ pub enum RequestError {
     /// GET_ID without a buffer for the id.
     #[error("GET_ID without a buffer")]
     NoBuffer,
+    /// Discard / write-zeroes data that is not whole segments, or none.
+    #[error("{0} bytes are not whole discard/write-zeroes segments")]
+    SegmentLength(u64),
+    /// More discard / write-zeroes segments than the device takes.
+    #[error("{count} segments, more than {max}")]
+    TooManyRanges { count: u64, max: u32 },
+    /// A segment longer than the device takes.
+    #[error("a segment of {0} sectors is too long")]
+    RangeTooLong(u32),
+    /// The segments cannot be read from guest memory.
+    #[error("segments outside guest memory")]
+    SegmentsUnreadable,
+    /// A segment has flags the request type does not take.
+    #[error("unsupported segment flags {0:#x}")]
+    UnsupportedFlags(u32),
+}
+
+impl RequestError {
+    /// Whether the guest is told "unsupported" rather than "I/O error".
+    pub fn is_unsupported(&self) -> bool {
+        matches!(self, Self::Unsupported(_) | Self::UnsupportedFlags(_))
+    }
 }
 
 /// The descriptors of a chain: the first, the last and, in order, at most
@@ -194,7 +247,77 @@ impl Request {
                     buffer: buffer.ok_or(RequestError::NoBuffer)?,
                 })
             }
+            VIRTIO_BLK_T_DISCARD => Ok(Request::Discard {
+                segments: segments(mem, &buffers(false)?, Kind::Discard)?,
+            }),
+            VIRTIO_BLK_T_WRITE_ZEROES => Ok(Request::WriteZeroes {
+                segments: segments(mem, &buffers(false)?, Kind::WriteZeroes)?,
+            }),
             other => Err(RequestError::Unsupported(other)),
         }
     }
+}
+
+/// The request types that carry segments.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Discard,
+    WriteZeroes,
+}
+
+/// Reads the segments of a discard / write-zeroes request from `buffers`,
+/// bounded in count and length; flags it does not take are unsupported.
+fn segments(
+    mem: &GuestMemoryMmap,
+    buffers: &[DataBuffer],
+    kind: Kind,
+) -> Result<Vec<Segment>, RequestError> {
+    let (max_count, max_sectors, flags_taken) = match kind {
+        Kind::Discard => (MAX_DISCARD_SEG, MAX_DISCARD_SECTORS, 0),
+        Kind::WriteZeroes => (MAX_WRITE_ZEROES_SEG, MAX_WRITE_ZEROES_SECTORS, FLAG_UNMAP),
+    };
+    let len: u64 = buffers.iter().map(|b| u64::from(b.len)).sum();
+    if len == 0 || len % SEGMENT_LEN as u64 != 0 {
+        return Err(RequestError::SegmentLength(len));
+    }
+    let count = len / SEGMENT_LEN as u64;
+    if count > u64::from(max_count) {
+        return Err(RequestError::TooManyRanges {
+            count,
+            max: max_count,
+        });
+    }
+    // At most max_count segments: a few hundred bytes.
+    let mut bytes = vec![0u8; len as usize];
+    let mut at = 0;
+    for buffer in buffers {
+        let end = at + buffer.len as usize;
+        let slot = bytes
+            .get_mut(at..end)
+            .ok_or(RequestError::SegmentsUnreadable)?;
+        mem.read_slice(slot, buffer.addr)
+            .map_err(|_| RequestError::SegmentsUnreadable)?;
+        at = end;
+    }
+    bytes
+        .chunks_exact(SEGMENT_LEN)
+        .map(|raw| {
+            let (sector, rest) = raw.split_at(8);
+            let (num_sectors, flags) = rest.split_at(4);
+            let sector = u64::from_le_bytes(sector.try_into().unwrap_or_default());
+            let num_sectors = u32::from_le_bytes(num_sectors.try_into().unwrap_or_default());
+            let flags = u32::from_le_bytes(flags.try_into().unwrap_or_default());
+            if flags & !flags_taken != 0 {
+                return Err(RequestError::UnsupportedFlags(flags));
+            }
+            if num_sectors > max_sectors {
+                return Err(RequestError::RangeTooLong(num_sectors));
+            }
+            Ok(Segment {
+                sector,
+                num_sectors,
+                unmap: flags & FLAG_UNMAP != 0,
+            })
+        })
+        .collect()
 }

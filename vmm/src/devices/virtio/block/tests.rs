@@ -1,12 +1,18 @@
 //! virtio-blk on mock queues: requests as a driver builds them, good and bad.
 
-use super::device::{Block, STATUS_IOERR, STATUS_OK, STATUS_UNSUPP, VIRTIO_BLK_F_RO};
-use super::request::{MAX_DATA_LEN, SEG_MAX};
+use super::device::{
+    Block, STATUS_IOERR, STATUS_OK, STATUS_UNSUPP, VIRTIO_BLK_F_DISCARD, VIRTIO_BLK_F_RO,
+    VIRTIO_BLK_F_WRITE_ZEROES,
+};
+use super::request::{
+    MAX_DATA_LEN, MAX_DISCARD_SECTORS, MAX_DISCARD_SEG, MAX_WRITE_ZEROES_SECTORS, SEG_MAX,
+};
 use crate::devices::virtio::test_utils::{
     activate_on, activate_with, desc, interrupted, VRING_DESC_F_NEXT as NEXT,
     VRING_DESC_F_WRITE as WRITE,
 };
 use crate::devices::virtio::{VirtioDevice, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX};
+use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 use virtio_queue::desc::{split::Descriptor, RawDescriptor};
 use virtio_queue::mock::MockSplitQueue;
@@ -15,6 +21,9 @@ use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryMmap};
 const T_IN: u32 = 0;
 const T_OUT: u32 = 1;
 const T_GET_ID: u32 = 8;
+const T_DISCARD: u32 = 11;
+const T_WRITE_ZEROES: u32 = 13;
+const UNMAP: u32 = 1;
 const HEADER: u64 = 0x8000;
 const STATUS: u64 = 0xa000;
 /// Bytes of the test image: 128 sectors.
@@ -357,4 +366,207 @@ fn without_event_idx_every_batch_interrupts() {
         block.process_queue(0);
         assert!(interrupted(&interrupt), "request {n}");
     }
+}
+
+/// Where discard / write-zeroes segments go in guest memory.
+const SEGMENTS_AT: u64 = 0x9000;
+
+impl Fixture {
+    /// Runs a discard or write-zeroes request of `segments` (sector,
+    /// num_sectors, flags); the status byte.
+    fn ranges(&self, block: &mut Block, kind: u32, segments: &[(u64, u32, u32)]) -> u8 {
+        let mut bytes = Vec::new();
+        for &(sector, num_sectors, flags) in segments {
+            bytes.extend_from_slice(&sector.to_le_bytes());
+            bytes.extend_from_slice(&num_sectors.to_le_bytes());
+            bytes.extend_from_slice(&flags.to_le_bytes());
+        }
+        self.mem
+            .write_slice(&bytes, GuestAddress(SEGMENTS_AT))
+            .unwrap();
+        self.header(kind, 0);
+        let data = desc(SEGMENTS_AT, bytes.len() as u32, NEXT);
+        let (status, used) = self.run(block, &chain(&[data]));
+        assert_eq!(used, 1, "nothing is written to the guest but the status");
+        status
+    }
+
+    /// Bytes of the image's file system blocks.
+    fn allocated(&self) -> u64 {
+        std::fs::metadata(&self.image).unwrap().blocks() * 512
+    }
+
+    /// The image holds its original bytes in `range`.
+    fn untouched(&self, range: std::ops::Range<usize>) -> bool {
+        let image = self.image();
+        range.clone().all(|at| image[at] == pattern(at as u32))
+    }
+}
+
+fn zeroed(image: &[u8], range: std::ops::Range<usize>) -> bool {
+    image[range].iter().all(|&b| b == 0)
+}
+
+#[test]
+fn discard_punches_holes_in_the_image() {
+    let f = Fixture::new("discard");
+    let mut block = Block::open(&f.image, false, "discard").unwrap();
+    let features = block.avail_features();
+    assert_eq!(
+        features & (VIRTIO_BLK_F_DISCARD | VIRTIO_BLK_F_WRITE_ZEROES),
+        VIRTIO_BLK_F_DISCARD | VIRTIO_BLK_F_WRITE_ZEROES
+    );
+    let before = f.allocated();
+    // 16 KiB from 8 KiB, and 8 KiB from 48 KiB: whole file system blocks.
+    assert_eq!(
+        f.ranges(&mut block, T_DISCARD, &[(16, 32, 0), (96, 16, 0)]),
+        STATUS_OK
+    );
+    let after = f.allocated();
+    assert!(
+        after + 24 * 1024 <= before,
+        "24 KiB deallocated: {before} -> {after} bytes"
+    );
+    let image = f.image();
+    assert!(zeroed(&image, 8192..24576) && zeroed(&image, 49152..57344));
+    assert!(f.untouched(0..8192) && f.untouched(24576..49152) && f.untouched(57344..65536));
+}
+
+#[test]
+fn write_zeroes_zeroes_with_or_without_unmap() {
+    let f = Fixture::new("zeroes");
+    let mut block = Block::open(&f.image, false, "zeroes").unwrap();
+    assert_eq!(
+        f.ranges(&mut block, T_WRITE_ZEROES, &[(4, 8, 0)]),
+        STATUS_OK
+    );
+    assert!(zeroed(&f.image(), 2048..6144));
+    assert!(f.untouched(0..2048) && f.untouched(6144..65536));
+    let before = f.allocated();
+    assert_eq!(
+        f.ranges(&mut block, T_WRITE_ZEROES, &[(64, 32, UNMAP)]),
+        STATUS_OK
+    );
+    assert!(zeroed(&f.image(), 32768..49152));
+    assert!(f.untouched(6144..32768) && f.untouched(49152..65536));
+    assert!(f.allocated() < before, "unmap deallocates");
+    assert_eq!(
+        f.ranges(&mut block, T_WRITE_ZEROES, &[(0, 0, 0)]),
+        STATUS_OK,
+        "an empty range is nothing to do"
+    );
+}
+
+#[test]
+fn discard_and_write_zeroes_out_of_range_touch_nothing() {
+    let f = Fixture::new("discard-range");
+    let mut block = Block::open(&f.image, false, "range").unwrap();
+    let sectors = IMAGE_LEN / 512;
+    for segments in [
+        vec![(0, 8, 0), (u64::from(sectors) - 8, 16, 0)],
+        vec![(u64::from(sectors), 1, 0)],
+        vec![(u64::MAX, 1, 0)],
+        vec![(u64::MAX / 512 + 1, 1, 0)],
+    ] {
+        assert_eq!(
+            f.ranges(&mut block, T_DISCARD, &segments),
+            STATUS_IOERR,
+            "{segments:?}"
+        );
+    }
+    assert_eq!(
+        f.ranges(
+            &mut block,
+            T_WRITE_ZEROES,
+            &[(u64::from(sectors) - 1, 2, 0)]
+        ),
+        STATUS_IOERR
+    );
+    assert!(
+        f.untouched(0..IMAGE_LEN as usize),
+        "ranges are checked before any is touched"
+    );
+    assert_eq!(
+        f.ranges(&mut block, T_DISCARD, &[(u64::from(sectors) - 8, 8, 0)]),
+        STATUS_OK,
+        "the last sectors"
+    );
+}
+
+#[test]
+fn read_only_disk_offers_neither_discard_nor_write_zeroes() {
+    let f = Fixture::new("discard-ro");
+    let mut ro = Block::open(&f.image, true, "ro").unwrap();
+    assert_eq!(
+        ro.avail_features() & (VIRTIO_BLK_F_DISCARD | VIRTIO_BLK_F_WRITE_ZEROES),
+        0
+    );
+    let mut config = [0u8; 60];
+    ro.read_config(0, &mut config);
+    assert!(config[36..57].iter().all(|&b| b == 0), "no discard limits");
+    assert_eq!(f.ranges(&mut ro, T_DISCARD, &[(0, 8, 0)]), STATUS_UNSUPP);
+    assert_eq!(
+        f.ranges(&mut ro, T_WRITE_ZEROES, &[(0, 8, 0)]),
+        STATUS_UNSUPP
+    );
+    assert!(f.untouched(0..IMAGE_LEN as usize));
+}
+
+#[test]
+fn malformed_segments_are_refused() {
+    let f = Fixture::new("discard-bad");
+    let mut block = Block::open(&f.image, false, "bad").unwrap();
+    let mut config = [0u8; 60];
+    block.read_config(0, &mut config);
+    let u32_at = |at: usize| u32::from_le_bytes(config[at..at + 4].try_into().unwrap());
+    assert_eq!(
+        (u32_at(36), u32_at(40), u32_at(48), config[56]),
+        (
+            MAX_DISCARD_SECTORS,
+            MAX_DISCARD_SEG,
+            MAX_WRITE_ZEROES_SECTORS,
+            1
+        )
+    );
+
+    let too_many = vec![(0, 1, 0); MAX_DISCARD_SEG as usize + 1];
+    assert_eq!(f.ranges(&mut block, T_DISCARD, &too_many), STATUS_IOERR);
+    assert_eq!(
+        f.ranges(&mut block, T_WRITE_ZEROES, &[(0, 1, 0), (8, 1, 0)]),
+        STATUS_IOERR,
+        "max_write_zeroes_seg is 1"
+    );
+    assert_eq!(
+        f.ranges(&mut block, T_DISCARD, &[(0, MAX_DISCARD_SECTORS + 1, 0)]),
+        STATUS_IOERR
+    );
+    assert_eq!(
+        f.ranges(
+            &mut block,
+            T_WRITE_ZEROES,
+            &[(0, MAX_WRITE_ZEROES_SECTORS + 1, 0)]
+        ),
+        STATUS_IOERR
+    );
+    assert_eq!(
+        f.ranges(&mut block, T_DISCARD, &[(0, 8, UNMAP)]),
+        STATUS_UNSUPP,
+        "unmap is for write zeroes only"
+    );
+    assert_eq!(
+        f.ranges(&mut block, T_WRITE_ZEROES, &[(0, 8, 2)]),
+        STATUS_UNSUPP,
+        "unknown flag"
+    );
+
+    f.header(T_DISCARD, 0);
+    let partial = chain(&[desc(SEGMENTS_AT, 15, NEXT)]);
+    assert_eq!(f.run(&mut block, &partial), (STATUS_IOERR, 1));
+    let none = chain(&[]);
+    assert_eq!(f.run(&mut block, &none), (STATUS_IOERR, 1));
+    let writable = chain(&[desc(SEGMENTS_AT, 16, WRITE | NEXT)]);
+    assert_eq!(f.run(&mut block, &writable), (STATUS_IOERR, 1));
+    let unmapped = chain(&[desc(0x4000_0000, 16, NEXT)]);
+    assert_eq!(f.run(&mut block, &unmapped), (STATUS_IOERR, 1));
+    assert!(f.untouched(0..IMAGE_LEN as usize));
 }
