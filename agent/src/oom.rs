@@ -20,6 +20,7 @@ use nix::sys::eventfd::{EfdFlags, EventFd};
 use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify, WatchDescriptor};
 
 use crate::cgroup::OomSource;
+use crate::error::{AgentError, Result};
 
 /// The epoll token of the inotify instance; eventfds get the ones above it.
 const INOTIFY_TOKEN: u64 = 0;
@@ -150,17 +151,20 @@ impl OomMonitor {
     }
 
     /// Watches container `id`'s cgroup through `source` (see [`OomSource`]).
-    pub fn watch(&self, id: &str, source: OomSource) -> io::Result<()> {
+    pub fn watch(&self, id: &str, source: OomSource) -> Result<()> {
         let mut watches = self.lock();
         if watches.by_id.contains_key(id) {
-            return Err(io::Error::new(
-                io::ErrorKind::AlreadyExists,
-                format!("{id} is already watched"),
-            ));
+            return Err(AgentError::AlreadyExists {
+                kind: "OOM watch of container",
+                id: id.to_string(),
+            });
         }
         let notifier = match &source {
             OomSource::Events(events) => {
-                let wd = self.inotify.add_watch(events, AddWatchFlags::IN_MODIFY)?;
+                let wd = self
+                    .inotify
+                    .add_watch(events, AddWatchFlags::IN_MODIFY)
+                    .map_err(|e| AgentError::io(format!("watch {}", events.display()))(e.into()))?;
                 watches.by_wd.insert(wd, id.to_string());
                 Notifier::Inotify(wd)
             }
@@ -168,15 +172,21 @@ impl OomMonitor {
                 oom_control,
                 event_control,
             } => {
-                let eventfd = EventFd::from_flags(EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK)?;
+                let eventfd = EventFd::from_flags(EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK)
+                    .map_err(|e| AgentError::io("create an eventfd")(e.into()))?;
                 // The kernel keeps its own references: both files may close.
-                let control = File::open(oom_control)?;
+                let control = File::open(oom_control)
+                    .map_err(AgentError::io(format!("open {}", oom_control.display())))?;
                 let line = format!("{} {}", eventfd.as_raw_fd(), control.as_raw_fd());
-                fs::write(event_control, line)?;
+                fs::write(event_control, line).map_err(AgentError::io(format!(
+                    "register an eventfd in {}",
+                    event_control.display()
+                )))?;
                 watches.last_token += 1;
                 let token = watches.last_token;
                 self.epoll
-                    .add(&eventfd, EpollEvent::new(EpollFlags::EPOLLIN, token))?;
+                    .add(&eventfd, EpollEvent::new(EpollFlags::EPOLLIN, token))
+                    .map_err(|e| AgentError::io("add an eventfd to the epoll set")(e.into()))?;
                 watches.by_token.insert(token, id.to_string());
                 Notifier::EventFd { token, eventfd }
             }
@@ -256,6 +266,15 @@ impl OomMonitor {
         while let Ok(notes) = self.inotify.read_events() {
             let watches = self.lock();
             for note in notes {
+                if note.mask.contains(AddWatchFlags::IN_Q_OVERFLOW) {
+                    // The kernel dropped notifications: look at every counter.
+                    for (id, watch) in &watches.by_id {
+                        if let Notifier::Inotify(_) = watch.notifier {
+                            self.events.observe(id, watch.source.oom_kills());
+                        }
+                    }
+                    continue;
+                }
                 let watch = watches
                     .by_wd
                     .get(&note.wd)

@@ -235,13 +235,14 @@ impl Sandbox {
     /// Has the OOM monitor watch the container's cgroup. A container without
     /// one still runs; it only gets no OOM events.
     fn watch_oom(&self, container: &Container) {
-        let watched = container.cgroup().and_then(|cgroup| {
-            self.oom
-                .watch(&container.id, cgroup.oom_source())
-                .map_err(AgentError::io("watch the cgroup for OOM kills"))
-        });
+        let watched = container
+            .cgroup()
+            .and_then(|cgroup| self.oom.watch(&container.id, cgroup.oom_source()));
         if let Err(err) = watched {
-            eprintln!("runv-agent: container {}: {err}", container.id);
+            eprintln!(
+                "runv-agent: no OOM events for container {}: {err}",
+                container.id
+            );
         }
     }
 
