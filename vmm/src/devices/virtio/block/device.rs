@@ -128,12 +128,17 @@ impl Block {
     /// off meanwhile; true if any was completed.
     fn serve(&self, active: &mut SingleQueue) -> bool {
         let mut served = false;
+        // Rounds in a row that found nothing: a second one means the ring's
+        // index is invalid (pop refuses it), not that requests raced in.
+        let mut empty_rounds = 0;
         loop {
             if let Err(err) = active.queue.disable_notification(&active.mem) {
                 eprintln!("runv-vmm: virtio-blk: cannot suppress notifications: {err}");
                 return served;
             }
+            let mut popped = false;
             while let Some(chain) = active.queue.pop_descriptor_chain(&active.mem) {
+                popped = true;
                 let head = chain.head_index();
                 // A chain without header and status is completed with nothing written.
                 let len = match Request::parse(chain, &active.mem) {
@@ -146,11 +151,12 @@ impl Block {
                 }
                 served = true;
             }
+            empty_rounds = if popped { 0 } else { empty_rounds + 1 };
             // A request made available after the last pop, before notifications
             // were back on, would not be notified: serve it now.
             match active.queue.enable_notification(&active.mem) {
-                Ok(true) => continue,
-                Ok(false) => return served,
+                Ok(true) if empty_rounds < 2 => continue,
+                Ok(_) => return served,
                 Err(err) => {
                     eprintln!("runv-vmm: virtio-blk: cannot re-enable notifications: {err}");
                     return served;

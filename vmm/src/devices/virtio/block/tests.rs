@@ -570,3 +570,21 @@ fn malformed_segments_are_refused() {
     assert_eq!(f.run(&mut block, &unmapped), (STATUS_IOERR, 1));
     assert!(f.untouched(0..IMAGE_LEN as usize));
 }
+
+#[test]
+fn an_invalid_available_index_ends_the_round() {
+    let f = Fixture::new("badidx");
+    let mut block = Block::open(&f.image, false, "idx").unwrap();
+    let queue = MockSplitQueue::create(&f.mem, GuestAddress(0), 16);
+    let interrupt = activate_on(&mut block, &f.mem, &queue);
+    add_read(&f, &queue, 0, 0x1_0000);
+    block.process_queue(0);
+    assert_eq!(queue.used().idx().load(), 1);
+    assert!(interrupted(&interrupt));
+    // More entries than the queue has: virtio-queue refuses to pop, and the
+    // device must not spin on "more is available".
+    queue.avail().idx().store(1000);
+    block.process_queue(0);
+    assert_eq!(queue.used().idx().load(), 1);
+    assert!(!interrupted(&interrupt));
+}
