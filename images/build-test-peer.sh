@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Builds vsock-peer (tests/vsock-peer), the guest end of the vsock suite, as a
-# static binary for test initrds; never part of the production initrd. The
-# last line of stdout is its absolute path.
+# Builds the test-only guest helpers of tests/vsock-peer as static binaries for
+# test initrds (never part of the production initrd): vsock-peer, the guest end
+# of the vsock suite, and fs-check beside it, the virtio-fs suite's. The last
+# line of stdout is vsock-peer's absolute path.
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -13,6 +14,8 @@ target=x86_64-unknown-linux-gnu
     cargo build --quiet --release --locked --target "$target" -p runv-vsock-peer) >&2 \
     || { echo "test peer: cargo build failed" >&2; exit 1; }
 peer=${CARGO_TARGET_DIR:-$tree/target}/$target/release/vsock-peer
-file -b "$peer" | grep -qE 'statically linked|static-pie linked' \
-    || { echo "test peer: $peer is not statically linked" >&2; exit 1; }
+for helper in "$peer" "${peer%/*}/fs-check"; do
+    file -b "$helper" | grep -qE 'statically linked|static-pie linked' \
+        || { echo "test peer: $helper is not statically linked" >&2; exit 1; }
+done
 echo "$peer"

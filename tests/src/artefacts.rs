@@ -37,6 +37,20 @@ pub fn vsock_peer_binary() -> PathBuf {
     required_file("RUNV_VSOCK_PEER", "images/build-test-peer.sh")
 }
 
+/// The guest end of the virtio-fs suite's xattr, lock and rename-race checks:
+/// `fs-check`, built beside the vsock peer by `images/build-test-peer.sh`.
+pub fn fs_check_binary() -> PathBuf {
+    let peer = vsock_peer_binary();
+    let path = peer.with_file_name("fs-check");
+    assert!(
+        path.is_file(),
+        "{} is missing: images/build-test-peer.sh builds it beside {}",
+        path.display(),
+        peer.display()
+    );
+    path
+}
+
 fn required_file(var: &str, builder: &str) -> PathBuf {
     let path = std::env::var_os(var).map(PathBuf::from).unwrap_or_else(|| {
         panic!("{var} is not set: run the suite through scripts/test, or set it to the output of {builder}")

@@ -1,17 +1,24 @@
 //! Tier 2: runv-vmm's inline virtio-fs. One boot: the guest mounts the share,
 //! changes it (create, write, rename, chmod, symlink, hard link, unlink,
-//! mkdir, fallocate) and the host sees it while the VM runs; the host changes
-//! it and the guest sees that; a busybox root file system on the share is
-//! chrooted into; symlinks pointing out of the share and `..` of the mount
-//! reach nothing of the host.
+//! mkdir, fallocate, xattrs) and the host sees it while the VM runs; the host
+//! changes it and the guest sees that; flock and POSIX locks conflict between
+//! guest processes; a busybox root file system on the share is chrooted into;
+//! symlinks pointing out of the share, `..` of the mount, and a directory the
+//! host keeps swapping with a symlink out of the share reach nothing of the
+//! host.
 
-use runv_tests::artefacts::{busybox_initrd, vmm_binary, GuestArtefacts};
+use runv_tests::artefacts::{busybox_initrd_with, fs_check_binary, vmm_binary, GuestArtefacts};
 use runv_tests::console::VmProcess;
 use runv_tests::host::require_kvm;
 use runv_tests::scratch::Scratch;
+use std::ffi::CString;
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
 use std::time::Duration;
 
 /// Generous: a nested, emulated test host boots in several seconds.
@@ -33,6 +40,9 @@ $b mv /mnt/created /mnt/renamed
 $b chmod 640 /mnt/renamed
 $b ln -s renamed /mnt/sym
 $b ln /mnt/renamed /mnt/hard
+/bin/fs-check xattr /mnt/renamed
+/bin/fs-check locks /mnt/lockfile
+/bin/fs-check race /mnt/racedir/secret 400
 echo doomed > /mnt/doomed && $b rm /mnt/doomed
 $b mkdir /mnt/newdir && $b mkdir /mnt/gone && $b rmdir /mnt/gone
 $b fallocate -l 65536 /mnt/falloc && echo falloc-size=$($b stat -c %s /mnt/falloc)
@@ -69,6 +79,107 @@ fn make_share(share: &Path, outside: &Path) {
     std::os::unix::fs::symlink("../outside-secret", share.join("escape-rel")).unwrap();
     std::os::unix::fs::symlink(outside.join("written-outside"), share.join("escape-write"))
         .unwrap();
+    let racedir = share.join("racedir");
+    std::fs::create_dir(&racedir).unwrap();
+    std::fs::write(racedir.join("secret"), "inside\n").unwrap();
+    let outside_dir = outside.join("outside-dir");
+    std::fs::create_dir(&outside_dir).unwrap();
+    std::fs::write(outside_dir.join("secret"), "HOST-SECRET-43\n").unwrap();
+    std::os::unix::fs::symlink("../outside-dir", share.join("race-alt")).unwrap();
+}
+
+/// Swaps the share's `racedir` with `race-alt`, a symlink out of the share,
+/// again and again (renameat2 RENAME_EXCHANGE, atomic) until stopped.
+struct RenameRacer {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<u64>>,
+}
+
+impl RenameRacer {
+    fn start(share: &Path) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let c_path = |name: &str| CString::new(share.join(name).as_os_str().as_bytes()).unwrap();
+        let (a, b) = (c_path("racedir"), c_path("race-alt"));
+        let stopped = Arc::clone(&stop);
+        let thread = std::thread::spawn(move || {
+            let mut swaps = 0u64;
+            while !stopped.load(Ordering::Relaxed) {
+                // SAFETY: both paths are NUL-terminated; AT_FDCWD with absolute paths.
+                let ret = unsafe {
+                    libc::renameat2(
+                        libc::AT_FDCWD,
+                        a.as_ptr(),
+                        libc::AT_FDCWD,
+                        b.as_ptr(),
+                        libc::RENAME_EXCHANGE,
+                    )
+                };
+                assert_eq!(
+                    ret,
+                    0,
+                    "RENAME_EXCHANGE: {}",
+                    std::io::Error::last_os_error()
+                );
+                swaps += 1;
+                std::thread::sleep(Duration::from_micros(500));
+            }
+            swaps
+        });
+        Self {
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// Stops swapping; how many swaps were made.
+    fn stop(mut self) -> u64 {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread
+            .take()
+            .map_or(0, |t| t.join().expect("the racer panicked"))
+    }
+}
+
+impl Drop for RenameRacer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// The value of the extended attribute `name` of `path` on the host.
+fn host_xattr(path: &Path, name: &str) -> Option<Vec<u8>> {
+    let path = CString::new(path.as_os_str().as_bytes()).ok()?;
+    let name = CString::new(name).ok()?;
+    let mut buf = vec![0u8; 256];
+    // SAFETY: path and name are NUL-terminated; buf is writable for its length.
+    let len = unsafe {
+        libc::getxattr(
+            path.as_ptr(),
+            name.as_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        )
+    };
+    buf.truncate(usize::try_from(len).ok()?);
+    Some(buf)
+}
+
+/// The `race-inside=N` count the guest printed.
+fn race_inside(run_lines: &[String]) -> Option<u32> {
+    run_lines.iter().find_map(|line| {
+        line.split_whitespace()
+            .find_map(|word| word.strip_prefix("race-inside="))
+            .and_then(|n| n.parse().ok())
+    })
+}
+
+fn entries(dir: &Path) -> Vec<PathBuf> {
+    let mut names: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    names.sort();
+    names
 }
 
 /// What the guest's phase 1 left on the host.
@@ -94,6 +205,12 @@ fn check_guest_changes(share: &Path) {
         std::fs::metadata(share.join("falloc")).unwrap().len(),
         65536
     );
+    assert_eq!(
+        host_xattr(&renamed, "trusted.runv.kept").as_deref(),
+        Some(&b"guest"[..]),
+        "the guest's xattr on the host"
+    );
+    assert_eq!(host_xattr(&renamed, "trusted.runv.gone"), None);
 }
 
 #[test]
@@ -106,7 +223,9 @@ fn guest_and_host_share_a_directory_that_guest_paths_cannot_escape() {
     make_share(&share, dir);
 
     let mut guest = GuestArtefacts::from_env();
-    guest.initrd = busybox_initrd(dir, "fs", GUEST_SCRIPT);
+    guest.initrd =
+        busybox_initrd_with(dir, "fs", GUEST_SCRIPT, &[(&fs_check_binary(), "fs-check")]);
+    let racer = RenameRacer::start(&share);
     let mut command = Command::new(vmm_binary());
     command
         .arg("--kernel")
@@ -118,6 +237,7 @@ fn guest_and_host_share_a_directory_that_guest_paths_cannot_escape() {
         .arg(format!("tag={TAG},path={}", share.display()));
     let mut vm = VmProcess::spawn(command);
     let phase1 = vm.wait_for("phase1-done", BOOT_TIMEOUT).is_some();
+    let swaps = racer.stop();
     if phase1 {
         check_guest_changes(&share);
         // The host's turn: the guest sees these after host-phase2 appears.
@@ -146,6 +266,11 @@ fn guest_and_host_share_a_directory_that_guest_paths_cannot_escape() {
         "hard-gone-in-guest",
         "host-mode=604",
         "fs-umounted",
+        "xattr-get=guest xattr-listed=true xattr-removed=enodata",
+        "locks-child-held=true flock-conflict=true posix-conflict=true \
+         flock-free-after=true posix-free-after=true",
+        "race-rounds=400 ",
+        "race-escaped=0",
     ] {
         assert!(run.saw(line), "no '{line}' on the console:\n{transcript}");
     }
@@ -163,6 +288,16 @@ fn guest_and_host_share_a_directory_that_guest_paths_cannot_escape() {
     assert!(
         !dir.join("written-outside").exists(),
         "the guest wrote outside the share"
+    );
+    assert_eq!(
+        entries(&dir.join("outside-dir")),
+        [dir.join("outside-dir/secret")],
+        "the guest created a file outside the share through the raced symlink"
+    );
+    assert!(swaps > 0, "the host never swapped racedir");
+    assert!(
+        race_inside(&run.lines).is_some_and(|n| n > 0),
+        "no guest read went through the real racedir ({swaps} swaps):\n{transcript}"
     );
 }
 

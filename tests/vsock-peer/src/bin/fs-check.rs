@@ -1,0 +1,246 @@
+//! `fs-check`: the guest end of the virtio-fs suite's checks that busybox
+//! cannot make (test-only, never in the production initrd). Each subcommand
+//! prints one `key=value ...` line for the host to assert on:
+//!
+//! - `xattr FILE`: sets, reads, lists and removes `trusted.*` attributes
+//!   (tmpfs, where the test host's shares live, keeps no `user.*` ones on
+//!   6.1), leaving `trusted.runv.kept=guest` for the host to read;
+//! - `locks FILE`: an `flock` and a POSIX record lock held by a child process
+//!   are seen as conflicts by the parent, and are free once the child exits;
+//! - `race PATH ROUNDS`: reads PATH and creates and removes a file beside it,
+//!   ROUNDS times, while the host swaps PATH's directory with a symlink that
+//!   points out of the share; counts what each round saw.
+
+use std::ffi::CString;
+use std::fs::{File, OpenOptions};
+use std::io::{self, Read};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::io::AsRawFd;
+use std::path::Path;
+use std::process::exit;
+
+const KEPT_NAME: &str = "trusted.runv.kept";
+const KEPT_VALUE: &[u8] = b"guest";
+const GONE_NAME: &str = "trusted.runv.gone";
+
+fn c_path(path: &Path) -> io::Result<CString> {
+    CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "a NUL in the path"))
+}
+
+fn c_name(name: &str) -> CString {
+    // The names are constants without NUL bytes.
+    CString::new(name).unwrap_or_default()
+}
+
+/// Returns -1's errno as an error, anything else as the count.
+fn check(ret: libc::ssize_t) -> io::Result<usize> {
+    usize::try_from(ret).map_err(|_| io::Error::last_os_error())
+}
+
+fn set_xattr(path: &CString, name: &str, value: &[u8]) -> io::Result<()> {
+    // SAFETY: path and name are NUL-terminated; value is valid for its length.
+    let ret = unsafe {
+        libc::setxattr(
+            path.as_ptr(),
+            c_name(name).as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            0,
+        )
+    };
+    check(ret as libc::ssize_t).map(drop)
+}
+
+fn get_xattr(path: &CString, name: &str) -> io::Result<Vec<u8>> {
+    let mut buf = vec![0u8; 256];
+    // SAFETY: path and name are NUL-terminated; buf is writable for its length.
+    let ret = unsafe {
+        libc::getxattr(
+            path.as_ptr(),
+            c_name(name).as_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        )
+    };
+    buf.truncate(check(ret)?);
+    Ok(buf)
+}
+
+fn list_xattr(path: &CString) -> io::Result<Vec<String>> {
+    let mut buf = vec![0u8; 4096];
+    // SAFETY: path is NUL-terminated; buf is writable for its length.
+    let ret = unsafe { libc::listxattr(path.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+    buf.truncate(check(ret)?);
+    Ok(buf
+        .split(|b| *b == 0)
+        .filter(|name| !name.is_empty())
+        .map(|name| String::from_utf8_lossy(name).into_owned())
+        .collect())
+}
+
+fn remove_xattr(path: &CString, name: &str) -> io::Result<()> {
+    // SAFETY: path and name are NUL-terminated.
+    let ret = unsafe { libc::removexattr(path.as_ptr(), c_name(name).as_ptr()) };
+    check(ret as libc::ssize_t).map(drop)
+}
+
+fn xattr(file: &Path) -> io::Result<String> {
+    let path = c_path(file)?;
+    set_xattr(&path, KEPT_NAME, KEPT_VALUE)?;
+    set_xattr(&path, GONE_NAME, b"temporary")?;
+    let read_back = get_xattr(&path, KEPT_NAME)?;
+    let listed = list_xattr(&path)?;
+    remove_xattr(&path, GONE_NAME)?;
+    let after_remove = match get_xattr(&path, GONE_NAME) {
+        Err(err) if err.raw_os_error() == Some(libc::ENODATA) => "enodata".to_owned(),
+        other => format!("{other:?}"),
+    };
+    Ok(format!(
+        "xattr-get={} xattr-listed={} xattr-removed={after_remove}",
+        String::from_utf8_lossy(&read_back),
+        listed.iter().any(|name| name == KEPT_NAME) && listed.iter().any(|n| n == GONE_NAME),
+    ))
+}
+
+/// Whether an exclusive `flock` and an exclusive POSIX lock on `file` are
+/// free right now, as (flock free, posix free).
+fn locks_free(file: &File) -> io::Result<(bool, bool)> {
+    let fd = file.as_raw_fd();
+    // SAFETY: fd is an open file; LOCK_NB never blocks.
+    let flock_free = unsafe { libc::flock(fd, libc::LOCK_EX | libc::LOCK_NB) } == 0;
+    if flock_free {
+        // SAFETY: as above; releases the lock just taken.
+        unsafe { libc::flock(fd, libc::LOCK_UN) };
+    }
+    let mut probe = posix_lock(libc::F_WRLCK);
+    // SAFETY: fd is an open file; probe is a valid flock struct to fill.
+    if unsafe { libc::fcntl(fd, libc::F_GETLK, &mut probe as *mut libc::flock) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok((flock_free, probe.l_type == libc::F_UNLCK as libc::c_short))
+}
+
+fn posix_lock(kind: libc::c_int) -> libc::flock {
+    // SAFETY: flock is plain data; all-zero is a valid value (whole file).
+    let mut lock: libc::flock = unsafe { std::mem::zeroed() };
+    lock.l_type = kind as libc::c_short;
+    lock.l_whence = libc::SEEK_SET as libc::c_short;
+    lock
+}
+
+fn open_rw(file: &Path) -> io::Result<File> {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(file)
+}
+
+fn locks(file: &Path) -> io::Result<String> {
+    let mut ready = [0 as libc::c_int; 2];
+    let mut release = [0 as libc::c_int; 2];
+    // SAFETY: each array has room for the two fds pipe(2) returns.
+    if unsafe { libc::pipe(ready.as_mut_ptr()) } != 0
+        || unsafe { libc::pipe(release.as_mut_ptr()) } != 0
+    {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the process is single-threaded; the child only makes syscalls.
+    let child = unsafe { libc::fork() };
+    if child < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if child == 0 {
+        // SAFETY: the parent's ends; the child must not hold `release`'s
+        // write end, or its read below never sees end of file.
+        unsafe {
+            libc::close(ready[0]);
+            libc::close(release[1]);
+        }
+        let held = open_rw(file).is_ok_and(|f| {
+            let lock = posix_lock(libc::F_WRLCK);
+            // SAFETY: f is open; the locks are released when the child exits.
+            let ok = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } == 0
+                && unsafe {
+                    libc::fcntl(f.as_raw_fd(), libc::F_SETLK, &lock as *const libc::flock)
+                } == 0;
+            std::mem::forget(f);
+            ok
+        });
+        let byte = [u8::from(held)];
+        let mut wait = [0u8; 1];
+        // SAFETY: the pipe fds are open; the buffers are valid for one byte.
+        unsafe {
+            libc::write(ready[1], byte.as_ptr().cast(), 1);
+            libc::read(release[0], wait.as_mut_ptr().cast(), 1);
+            libc::_exit(0);
+        }
+    }
+    // SAFETY: the child's ends, which the parent does not use.
+    unsafe {
+        libc::close(ready[1]);
+        libc::close(release[0]);
+    }
+    let mut held = [0u8; 1];
+    // SAFETY: ready[0] is open; held is valid for one byte.
+    unsafe { libc::read(ready[0], held.as_mut_ptr().cast(), 1) };
+    let ours = open_rw(file)?;
+    let (flock_while_held, posix_while_held) = locks_free(&ours)?;
+    // SAFETY: release[1] is open; closing it lets the child exit.
+    unsafe { libc::close(release[1]) };
+    let mut status = 0;
+    // SAFETY: child is our child; status is a valid int to fill.
+    unsafe { libc::waitpid(child, &mut status, 0) };
+    let (flock_after, posix_after) = locks_free(&ours)?;
+    Ok(format!(
+        "locks-child-held={} flock-conflict={} posix-conflict={} flock-free-after={flock_after} posix-free-after={posix_after}",
+        held[0] == 1,
+        !flock_while_held,
+        !posix_while_held,
+    ))
+}
+
+fn race(path: &Path, rounds: u32) -> io::Result<String> {
+    let dir = path.parent().unwrap_or(Path::new("/"));
+    let created = dir.join("made-by-guest");
+    let (mut inside, mut escaped, mut failed) = (0u32, 0u32, 0u32);
+    for _ in 0..rounds {
+        let mut text = String::new();
+        match File::open(path).and_then(|mut f| f.read_to_string(&mut text)) {
+            Ok(_) if text.contains("HOST-SECRET") => escaped += 1,
+            Ok(_) => inside += 1,
+            Err(_) => failed += 1,
+        }
+        if File::create(&created).is_ok() {
+            let _ = std::fs::remove_file(&created);
+        }
+    }
+    Ok(format!(
+        "race-rounds={rounds} race-inside={inside} race-failed={failed} race-escaped={escaped}"
+    ))
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let result = match args.iter().map(String::as_str).collect::<Vec<_>>()[..] {
+        ["xattr", file] => xattr(Path::new(file)),
+        ["locks", file] => locks(Path::new(file)),
+        ["race", path, rounds] => match rounds.parse() {
+            Ok(rounds) => race(Path::new(path), rounds),
+            Err(_) => Err(io::Error::new(io::ErrorKind::InvalidInput, "bad ROUNDS")),
+        },
+        _ => {
+            eprintln!("usage: fs-check xattr FILE | locks FILE | race PATH ROUNDS");
+            exit(2);
+        }
+    };
+    match result {
+        Ok(line) => println!("{line}"),
+        Err(err) => {
+            println!("fs-check-error={} {err}", args.join("-"));
+            exit(1);
+        }
+    }
+}
