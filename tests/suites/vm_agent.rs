@@ -1,11 +1,12 @@
 //! Tier 2: runv-agent as PID 1 under runv-vmm. A client reaches it through the
 //! hybrid vsock socket, runs a container whose bundle the host shares by
-//! virtio-fs, reads its output over the stdio streams, and DestroySandbox
-//! powers the guest off.
+//! virtio-fs, reads its output over the stdio streams, sees a container over
+//! its memory limit end with 137 and its OOM event (the guest's cgroup v2
+//! notification), and DestroySandbox powers the guest off.
 
 use protocol::agent::{
     AgentClient, CreateContainerRequest, CreateSandboxRequest, DestroySandboxRequest,
-    StartContainerRequest, Stdio, WaitProcessRequest,
+    GetOOMEventRequest, StartContainerRequest, Stdio, WaitProcessRequest,
 };
 use protocol::stdio::{StreamHeader, StreamKind, AGENT_STDIO_VSOCK_PORT};
 use protocol::{AGENT_VSOCK_PORT, BOOT_MARKER, GUEST_SHARED_DIR};
@@ -118,6 +119,53 @@ fn agent_in_the_guest_runs_a_container_from_the_shared_directory() {
         refused.is_err(),
         "a rootfs outside the shared dir was accepted"
     );
+
+    // Over its memory limit: killed (137), and the OOM event arrives.
+    let limit = 32u64 << 20;
+    let hog = SpecOptions {
+        resources: Some(serde_json::json!({"memory": {"limit": limit}})),
+        ..Default::default()
+    };
+    let mut oom = create.clone();
+    oom.container_id = "oom".into();
+    oom.oci_spec = spec(
+        "oom",
+        &[
+            "/bin/dd",
+            "if=/dev/zero",
+            "of=/dev/null",
+            "bs=64M",
+            "count=1",
+        ],
+        &hog,
+    );
+    oom.stdio = Some(Stdio::default()).into();
+    client
+        .create_container(ctx(), &oom)
+        .expect("CreateContainer oom");
+    let start_oom = StartContainerRequest {
+        container_id: "oom".into(),
+        ..Default::default()
+    };
+    client
+        .start_container(ctx(), &start_oom)
+        .expect("StartContainer oom");
+    let wait_oom = WaitProcessRequest {
+        container_id: "oom".into(),
+        ..Default::default()
+    };
+    let status = client
+        .wait_process(ctx(), &wait_oom)
+        .expect("WaitProcess oom")
+        .exit_status;
+    assert_eq!(status, 137, "the hog was not OOM-killed");
+    let event = client
+        .get_oom_event(
+            ttrpc::context::with_duration(Duration::from_secs(30)),
+            &GetOOMEventRequest::new(),
+        )
+        .expect("an OOM event for the hog");
+    assert_eq!(event.container_id, "oom");
 
     client
         .destroy_sandbox(ctx(), &DestroySandboxRequest::default())
