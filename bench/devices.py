@@ -249,6 +249,9 @@ def main():
     parser.add_argument("--vsock-peer")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--vsock-mib", type=int, default=64)
+    parser.add_argument("--only", choices=["blk"],
+                        help="only the virtio-blk steps (the devices stay attached, the guests "
+                        "skip the share and vsock)")
     args = parser.parse_args()
     if args.prepare:
         if not os.path.exists(os.path.join(args.prepare, "done")):
@@ -279,11 +282,15 @@ def main():
             progress("writing the share and the ext4 image")
             share, image = make_content(tmp)
         common = GUEST_SCRIPT % {"mib": BIG_MIB}
-        runv_initrd = initrd(tmp, "runv", common + GUEST_SHARE % {"mount": RUNV_SHARE_MOUNT}
-                             + GUEST_END + GUEST_VSOCK + GUEST_REBOOT,
-                             [(args.vsock_peer, "vsock-peer")])
-        qemu_initrd = initrd(tmp, "qemu", common + GUEST_SHARE % {"mount": QEMU_SHARE_MOUNT}
-                             + GUEST_END + GUEST_REBOOT)
+        if args.only == "blk":
+            runv_initrd = initrd(tmp, "runv", common + GUEST_END + GUEST_REBOOT)
+            qemu_initrd = initrd(tmp, "qemu", common + GUEST_END + GUEST_REBOOT)
+        else:
+            runv_initrd = initrd(tmp, "runv", common + GUEST_SHARE % {"mount": RUNV_SHARE_MOUNT}
+                                 + GUEST_END + GUEST_VSOCK + GUEST_REBOOT,
+                                 [(args.vsock_peer, "vsock-peer")])
+            qemu_initrd = initrd(tmp, "qemu", common + GUEST_SHARE % {"mount": QEMU_SHARE_MOUNT}
+                                 + GUEST_END + GUEST_REBOOT)
         uds = os.path.join(tmp, "vsock.sock")
         try:
             measure(args, runs, clocks, share, image, runv_initrd, qemu_initrd, uds)
@@ -297,8 +304,9 @@ def main():
 def measure(args, runs, clocks, share, image, runv_initrd, qemu_initrd, uds):
     for run in range(args.runs):
         progress(f"run {run + 1}/{args.runs}: runv-vmm")
+        with_vsock = uds if args.only is None else None
         result, clocks["runv"] = boot(runv_cmd(args, runv_initrd, image, share, uds), "runv-vmm",
-                                      uds, args.vsock_mib)
+                                      with_vsock, args.vsock_mib)
         runs["runv"].append(result)
         progress(f"run {run + 1}/{args.runs}: QEMU microvm (runv-vmm: {result})")
         result, clocks["qemu"] = boot(qemu_cmd(args, qemu_initrd, image, share), "QEMU")
@@ -327,13 +335,16 @@ def report(args, runs, clocks):
     print(f"guest: {CPUS} vCPUs, {MEMORY_MIB} MiB, same kernel, busybox initrd; {args.runs} runs "
           f"each, alternating; medians; guest clocksource runv-vmm {clocks['runv']}, "
           f"QEMU {clocks['qemu']}")
-    print(f"vsock host→guest ({args.vsock_mib} MiB, guest hashes): runv-vmm "
-          f"{med('runv', 'vsock-h2g'):.1f} MiB/s; no peer (no vhost-vsock)")
-    print(f"vsock guest→host ({args.vsock_mib} MiB): runv-vmm "
-          f"{med('runv', 'vsock-g2h'):.1f} MiB/s; no peer (no vhost-vsock)")
+    if args.only is None:
+        print(f"vsock host→guest ({args.vsock_mib} MiB, guest hashes): runv-vmm "
+              f"{med('runv', 'vsock-h2g'):.1f} MiB/s; no peer (no vhost-vsock)")
+        print(f"vsock guest→host ({args.vsock_mib} MiB): runv-vmm "
+              f"{med('runv', 'vsock-g2h'):.1f} MiB/s; no peer (no vhost-vsock)")
     versus(f"virtio-blk dd {BIG_MIB} MiB O_DIRECT bs=1M", "blk-dd", True)
     versus(f"virtio-blk ext4 read of a {BIG_MIB} MiB file", "ext4-read", True)
     versus(f"virtio-blk ext4 find+stat of {files} files", "ext4-walk", False)
+    if args.only == "blk":
+        return
     print(f"shared directory: runv-vmm virtio-fs (cache=auto) vs QEMU 9p ({NINEP_OPTIONS})")
     versus(f"virtio-fs/9p read of a {BIG_MIB} MiB file", "fs-read", True)
     versus(f"virtio-fs/9p find+stat of {files} files", "fs-walk", False)
