@@ -136,8 +136,9 @@ fn virtio_rng_feeds_the_guest() {
 }
 
 /// virtio-blk: an ext4 image made on the host mounts in the guest, a file's
-/// checksum matches, a guest write persists after the VM stops, a read-only
-/// disk refuses writes, and the disk id reaches the guest.
+/// checksum matches, a guest write persists after the VM stops, an fstrim in
+/// the guest punches the freed blocks out of the host's image, a read-only
+/// disk refuses writes and discards, and the disk id reaches the guest.
 #[test]
 fn virtio_blk_serves_ext4_and_honours_readonly() {
     require_kvm();
@@ -173,6 +174,10 @@ fn virtio_blk_serves_ext4_and_honours_readonly() {
         .status()
         .expect("mkfs.ext4 (e2fsprogs)");
     assert!(mkfs.success());
+    let allocated = |path: &Path| {
+        std::os::unix::fs::MetadataExt::blocks(&std::fs::metadata(path).unwrap()) * 512
+    };
+    let allocated_before = allocated(&image);
 
     let mut guest = GuestArtefacts::from_env();
     guest.initrd = busybox_initrd(
@@ -180,8 +185,13 @@ fn virtio_blk_serves_ext4_and_honours_readonly() {
         "blk",
         "b=/bin/busybox\n$b mount -t devtmpfs dev /dev\n$b mount -t sysfs sys /sys\n$b mkdir /mnt\n\
          $b mount -t ext4 /dev/vda /mnt && echo sha=$($b sha256sum /mnt/data.bin)\n\
-         echo from-guest > /mnt/written && $b umount /mnt && echo umounted\n\
+         echo from-guest > /mnt/written\n\
+         echo discard_max=$($b cat /sys/block/vda/queue/discard_max_bytes)\n\
+         $b dd if=/dev/zero of=/mnt/fill bs=1M count=8 2>/dev/null && $b sync && $b rm /mnt/fill && $b sync && echo filled\n\
+         $b fstrim -v /mnt | $b sed 's/^/fstrim: /'\n\
+         $b umount /mnt && echo umounted\n\
          echo serial=$($b cat /sys/block/vda/serial)\n\
+         $b blkdiscard /dev/vdb 2>/dev/null || echo ro-discard-refused\n\
          $b dd if=/dev/zero of=/dev/vdb bs=512 count=1 oflag=direct 2>/dev/null || echo ro-write-refused\n\
          $b reboot -f",
     );
@@ -206,6 +216,20 @@ fn virtio_blk_serves_ext4_and_honours_readonly() {
     assert!(run.saw("umounted"), "{}", run.transcript());
     assert!(run.saw("serial=runv-root"), "{}", run.transcript());
     assert!(run.saw("ro-write-refused"), "{}", run.transcript());
+    assert!(run.saw("ro-discard-refused"), "{}", run.transcript());
+    assert!(
+        run.saw("filled") && !run.saw("discard_max=0") && run.saw("fstrim: /mnt: "),
+        "no discard in the guest:\n{}",
+        run.transcript()
+    );
+    // 8 MiB written, synced, removed and trimmed: the holes are back (a guest
+    // without discard would leave the image 8 MiB larger).
+    let allocated_after = allocated(&image);
+    eprintln!("virtio-blk: image allocated {allocated_before} -> {allocated_after} bytes");
+    assert!(
+        allocated_after < allocated_before + (4 << 20),
+        "the trimmed blocks stayed allocated: {allocated_before} -> {allocated_after} bytes"
+    );
     let written = Command::new("debugfs")
         .args(["-R", "cat /written"])
         .arg(&image)
