@@ -24,6 +24,10 @@ use vmm_sys_util::eventfd::EventFd;
 
 /// Feature bit every modern (virtio 1.x) device offers.
 pub const VIRTIO_F_VERSION_1: u32 = 32;
+/// Feature bit: descriptors may point to a table of descriptors (virtio 1.1,
+/// 2.6.5.3); virtio-queue's descriptor chains follow them, so a device that
+/// reads its requests through them may offer it.
+pub const VIRTIO_RING_F_INDIRECT_DESC: u32 = 28;
 /// Feature bit: notification suppression through `used_event` / `avail_event`
 /// (virtio 1.1, 2.6.7 and 2.6.10). A device offers it only if it serves its
 /// queues with `disable_notification` / `enable_notification` and interrupts

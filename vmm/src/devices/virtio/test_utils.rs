@@ -34,18 +34,30 @@ pub fn activate_with(
     queue: &MockSplitQueue<'_, GuestMemoryMmap>,
     acked_features: u64,
 ) -> Arc<VirtioInterrupt> {
+    activate_notifying(device, mem, queue, acked_features).0
+}
+
+/// [`activate_with`], also returning the eventfd the driver notifies the
+/// queue through (for devices that wait on it themselves).
+pub fn activate_notifying(
+    device: &mut dyn VirtioDevice,
+    mem: &GuestMemoryMmap,
+    queue: &MockSplitQueue<'_, GuestMemoryMmap>,
+    acked_features: u64,
+) -> (Arc<VirtioInterrupt>, EventFd) {
     let interrupt = Arc::new(VirtioInterrupt::new(
         EventFd::new(libc::EFD_NONBLOCK).unwrap(),
     ));
+    let notify = EventFd::new(libc::EFD_NONBLOCK).unwrap();
     let active = ActiveQueue::new(
         queue.create_queue().unwrap(),
-        EventFd::new(libc::EFD_NONBLOCK).unwrap(),
+        notify.try_clone().unwrap(),
         acked_features,
     );
     device
         .activate(mem.clone(), acked_features, vec![active], interrupt.clone())
         .unwrap();
-    interrupt
+    (interrupt, notify)
 }
 
 /// Whether `interrupt` was raised since the last call (reads its irqfd).

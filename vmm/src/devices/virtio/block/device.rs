@@ -1,4 +1,5 @@
-//! The virtio-blk device: one request queue served from a raw image file.
+//! The virtio-blk device: one request queue served from a raw image file, on a
+//! thread of its own (see [`super::worker`]).
 
 use super::config::{BlockConfig, CONFIG_LEN};
 use super::disk::{BlockError, Disk};
@@ -6,12 +7,14 @@ use super::request::{
     Parsed, Request, RequestError, MAX_DISCARD_SECTORS, MAX_DISCARD_SEG, MAX_WRITE_ZEROES_SECTORS,
     MAX_WRITE_ZEROES_SEG, SEG_MAX,
 };
+use super::worker;
+use crate::devices::virtio::device_thread::DeviceThread;
 use crate::devices::virtio::{
     read_config_space, ActivateError, ActiveQueue, SingleQueue, VirtioDevice, VirtioInterrupt,
-    VIRTIO_RING_F_EVENT_IDX,
+    VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC,
 };
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use virtio_queue::QueueT;
 use vm_memory::{Bytes, GuestMemoryMmap};
 
@@ -44,10 +47,17 @@ pub(super) const STATUS_UNSUPP: u8 = 2;
 
 /// A raw-file block device.
 pub struct Block {
+    served: Arc<Served>,
+    config: [u8; CONFIG_LEN],
+    worker: Option<DeviceThread>,
+}
+
+/// What the device's thread serves requests with.
+pub(super) struct Served {
     disk: Disk,
     id: [u8; ID_LEN],
-    config: [u8; CONFIG_LEN],
-    active: Option<SingleQueue>,
+    /// The queue once the driver activated the device.
+    active: Mutex<Option<SingleQueue>>,
 }
 
 /// The status byte for a refused request.
@@ -90,11 +100,27 @@ impl Block {
             config.write_zeroes_may_unmap = 1;
         }
         Ok(Self {
-            disk,
-            id: id_bytes,
+            served: Arc::new(Served {
+                disk,
+                id: id_bytes,
+                active: Mutex::new(None),
+            }),
             config: config.to_bytes(),
-            active: None,
+            worker: None,
         })
+    }
+}
+
+impl Served {
+    /// Serves what the driver made available, if the device is active, and
+    /// interrupts the guest as the driver asks.
+    pub(super) fn process(&self) {
+        let mut active = self.active.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(active) = active.as_mut() {
+            if self.serve(active) {
+                active.signal_used_if_needed("virtio-blk");
+            }
+        }
     }
 
     /// Performs `request`; returns the status and the bytes written to the guest.
@@ -192,8 +218,10 @@ impl VirtioDevice for Block {
         let common = VIRTIO_BLK_F_FLUSH
             | VIRTIO_BLK_F_SEG_MAX
             | VIRTIO_BLK_F_BLK_SIZE
-            | 1 << VIRTIO_RING_F_EVENT_IDX;
-        if self.disk.readonly() {
+            | 1 << VIRTIO_RING_F_EVENT_IDX
+            // A request takes one ring slot however many buffers it has.
+            | 1 << VIRTIO_RING_F_INDIRECT_DESC;
+        if self.served.disk.readonly() {
             common | VIRTIO_BLK_F_RO
         } else {
             common | VIRTIO_BLK_F_DISCARD | VIRTIO_BLK_F_WRITE_ZEROES
@@ -213,22 +241,44 @@ impl VirtioDevice for Block {
         queues: Vec<ActiveQueue>,
         interrupt: Arc<VirtioInterrupt>,
     ) -> Result<(), ActivateError> {
-        self.active = Some(SingleQueue::activate("virtio-blk", mem, queues, interrupt)?);
+        // A second activation (only tests do that) first stops the first thread.
+        self.worker = None;
+        let notify = queues
+            .first()
+            .ok_or_else(|| ActivateError::Failed("virtio-blk needs its request queue".into()))?
+            .notify
+            .try_clone()?;
+        let active = SingleQueue::activate("virtio-blk", mem, queues, interrupt)?;
+        *self
+            .served
+            .active
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(active);
+        let served = self.served.clone();
+        self.worker = Some(DeviceThread::spawn("virtio-blk", move |stop| {
+            worker::run(&served, &notify, stop)
+        })?);
         Ok(())
     }
 
+    /// Serves the queue on the caller's thread (the device's own thread does
+    /// this when the driver notifies it).
     fn process_queue(&mut self, _index: usize) {
-        let Some(mut active) = self.active.take() else {
-            return;
-        };
-        if self.serve(&mut active) {
-            active.signal_used_if_needed("virtio-blk");
-        }
-        self.active = Some(active);
+        self.served.process();
+    }
+
+    fn polls_own_queues(&self) -> bool {
+        true
     }
 
     fn reset(&mut self) -> bool {
-        self.active = None;
+        // Dropping the thread stops and joins it.
+        self.worker = None;
+        *self
+            .served
+            .active
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = None;
         true
     }
 }

@@ -157,7 +157,8 @@ fn split(chain: DescriptorChain<&GuestMemoryMmap>) -> Option<Split> {
     let mut data = Vec::new();
     let mut excess = 0;
     let mut last = None;
-    // The chain ends by itself (virtio-queue bounds it by the descriptor table);
+    // The chain ends by itself (virtio-queue bounds it by the descriptor table
+    // or an indirect table: at most 65535 descriptors);
     // only SEG_MAX data descriptors are kept, the rest only counted.
     for desc in descs {
         if let Some(previous) = last.replace(desc) {

@@ -8,7 +8,7 @@ use super::request::{
     MAX_DATA_LEN, MAX_DISCARD_SECTORS, MAX_DISCARD_SEG, MAX_WRITE_ZEROES_SECTORS, SEG_MAX,
 };
 use crate::devices::virtio::test_utils::{
-    activate_on, activate_with, desc, interrupted, VRING_DESC_F_NEXT as NEXT,
+    activate_notifying, activate_on, activate_with, desc, interrupted, VRING_DESC_F_NEXT as NEXT,
     VRING_DESC_F_WRITE as WRITE,
 };
 use crate::devices::virtio::{VirtioDevice, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX};
@@ -587,4 +587,100 @@ fn an_invalid_available_index_ends_the_round() {
     block.process_queue(0);
     assert_eq!(queue.used().idx().load(), 1);
     assert!(!interrupted(&interrupt));
+}
+
+/// Waits up to 10 s for `check`.
+fn eventually(mut check: impl FnMut() -> bool) -> bool {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while std::time::Instant::now() < deadline {
+        if check() {
+            return true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    check()
+}
+
+#[test]
+fn its_own_thread_serves_the_queue_on_notifications_until_reset() {
+    let f = Fixture::new("thread");
+    let mut block = Block::open(&f.image, false, "thread").unwrap();
+    assert!(block.polls_own_queues());
+    let queue = MockSplitQueue::create(&f.mem, GuestAddress(0), 16);
+    add_read(&f, &queue, 0, 0x1_0000);
+    let (interrupt, notify) = activate_notifying(&mut block, &f.mem, &queue, 0);
+    assert!(
+        eventually(|| queue.used().idx().load() == 1),
+        "what was available before activation is served"
+    );
+    assert!(eventually(|| interrupted(&interrupt)));
+
+    add_read(&f, &queue, 1, 0x1_1000);
+    notify.write(1).unwrap();
+    assert!(eventually(|| queue.used().idx().load() == 2));
+    assert!(eventually(|| interrupted(&interrupt)));
+    let expected: Vec<u8> = (512..1024).map(pattern).collect();
+    let mut got = vec![0u8; 512];
+    f.mem.read_slice(&mut got, GuestAddress(0x1_1000)).unwrap();
+    assert!(got == expected);
+
+    assert!(block.reset());
+    add_read(&f, &queue, 2, 0x1_2000);
+    notify.write(1).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    assert_eq!(
+        queue.used().idx().load(),
+        2,
+        "a reset device serves nothing"
+    );
+}
+
+/// Descriptor flag: the buffer is a table of descriptors.
+const INDIRECT: u16 = 4;
+
+/// Writes `descs` as an indirect table at `table` (each pointing to the next)
+/// and returns the ring descriptor for it.
+fn indirect(f: &Fixture, table: u64, descs: &[(u64, u32, u16)]) -> RawDescriptor {
+    for (i, &(addr, len, flags)) in descs.iter().enumerate() {
+        let last = i + 1 == descs.len();
+        let (flags, next) = if last {
+            (flags, 0)
+        } else {
+            (flags | NEXT, i as u16 + 1)
+        };
+        let desc = Descriptor::new(addr, len, flags, next);
+        f.mem
+            .write_obj(desc, GuestAddress(table + 16 * i as u64))
+            .unwrap();
+    }
+    desc(table, 16 * descs.len() as u32, INDIRECT)
+}
+
+#[test]
+fn requests_in_indirect_tables_are_served_and_bounded() {
+    use crate::devices::virtio::VIRTIO_RING_F_INDIRECT_DESC;
+    let f = Fixture::new("indirect");
+    let mut block = Block::open(&f.image, false, "indirect").unwrap();
+    assert_ne!(
+        block.avail_features() & (1 << VIRTIO_RING_F_INDIRECT_DESC),
+        0
+    );
+    let table = 0x4_0000;
+    let with = |n: u32| -> Vec<(u64, u32, u16)> {
+        let mut descs = vec![(HEADER, 16, 0)];
+        descs.extend((0..n).map(|i| (0x1_0000 + u64::from(i) * 16, 8, WRITE)));
+        descs.push((STATUS, 1, WRITE));
+        descs
+    };
+    f.header(T_IN, 0);
+    let ring = indirect(&f, table, &with(SEG_MAX));
+    assert_eq!(f.run(&mut block, &[ring]), (STATUS_OK, SEG_MAX * 8 + 1));
+    let mut got = vec![0u8; 8];
+    f.mem
+        .read_slice(&mut got, GuestAddress(0x1_0000 + 100 * 16))
+        .unwrap();
+    let expected: Vec<u8> = (100 * 8..101 * 8).map(pattern).collect();
+    assert!(got == expected);
+    let ring = indirect(&f, table, &with(SEG_MAX + 1));
+    assert_eq!(f.run(&mut block, &[ring]), (STATUS_IOERR, 1));
 }
