@@ -3,9 +3,10 @@
 //! memory.events (cgroup v2: the kernel reports the file modified whenever a
 //! count changes; the event is queued when `oom_kill` grew), and on one eventfd
 //! per container registered with its memory.oom_control through
-//! cgroup.event_control (cgroup v1: the kernel signals it as an OOM begins;
-//! each signal is queued as one event, as runc and containerd do).
-//! GetOOMEvent takes the next event (a long poll).
+//! cgroup.event_control (cgroup v1: the kernel signals it as an OOM begins,
+//! also for an OOM of an ancestor cgroup, as runc sees it; signals that arrive
+//! before the watcher reads the eventfd make one event). GetOOMEvent takes the
+//! next event (a long poll).
 
 use std::collections::{HashMap, VecDeque};
 use std::fs::{self, File};
@@ -50,7 +51,7 @@ impl OomEvents {
         }
     }
 
-    /// Queues an event for `count` OOM notifications of container `id` (v1),
+    /// Queues one event for `count` OOM notifications of container `id` (v1),
     /// which announce kills the counter, `oom_kills` now, may not show yet: they
     /// count as seen, so that a later look at the counter reports them once.
     pub fn notified(&self, id: &str, count: u64, oom_kills: u64) {
@@ -110,7 +111,9 @@ pub struct OomMonitor {
 struct Watches {
     by_id: HashMap<String, Watch>,
     /// v2 containers by inotify watch.
-    by_wd: HashMap<WatchDescriptor, String>,
+    /// inotify gives one watch per file: containers that share a cgroup share
+    /// its watch, which goes when the last of them does.
+    by_wd: HashMap<WatchDescriptor, Vec<String>>,
     /// v1 containers by epoll token.
     by_token: HashMap<u64, String>,
     last_token: u64,
@@ -165,7 +168,7 @@ impl OomMonitor {
                     .inotify
                     .add_watch(events, AddWatchFlags::IN_MODIFY)
                     .map_err(|e| AgentError::io(format!("watch {}", events.display()))(e.into()))?;
-                watches.by_wd.insert(wd, id.to_string());
+                watches.by_wd.entry(wd).or_default().push(id.to_string());
                 Notifier::Inotify(wd)
             }
             OomSource::OomControl {
@@ -201,25 +204,34 @@ impl OomMonitor {
     /// its cgroup is (v1 signals the eventfd when the cgroup goes): takes a
     /// pending notification and a last look at the counter, then forgets it.
     pub fn unwatch(&self, id: &str) {
-        let watch = {
+        let (watch, last_on_file) = {
             let mut watches = self.lock();
             let watch = watches.by_id.remove(id);
+            let mut last_on_file = false;
             match watch.as_ref().map(|w| &w.notifier) {
                 Some(Notifier::Inotify(wd)) => {
-                    watches.by_wd.remove(wd);
+                    if let Some(ids) = watches.by_wd.get_mut(wd) {
+                        ids.retain(|other| other != id);
+                        last_on_file = ids.is_empty();
+                    }
+                    if last_on_file {
+                        watches.by_wd.remove(wd);
+                    }
                 }
                 Some(Notifier::EventFd { token, .. }) => {
                     watches.by_token.remove(token);
                 }
                 None => {}
             }
-            watch
+            (watch, last_on_file)
         };
         if let Some(watch) = watch {
             match &watch.notifier {
                 Notifier::Inotify(wd) => {
-                    // Fails if the file is gone already; the watch then is too.
-                    let _ = self.inotify.rm_watch(*wd);
+                    if last_on_file {
+                        // Fails if the file is gone already; the watch then is too.
+                        let _ = self.inotify.rm_watch(*wd);
+                    }
                 }
                 Notifier::EventFd { eventfd, .. } => {
                     let _ = self.epoll.delete(eventfd);
@@ -275,12 +287,10 @@ impl OomMonitor {
                     }
                     continue;
                 }
-                let watch = watches
-                    .by_wd
-                    .get(&note.wd)
-                    .and_then(|id| Some((id, watches.by_id.get(id)?)));
-                if let Some((id, watch)) = watch {
-                    self.events.observe(id, watch.source.oom_kills());
+                for id in watches.by_wd.get(&note.wd).into_iter().flatten() {
+                    if let Some(watch) = watches.by_id.get(id) {
+                        self.events.observe(id, watch.source.oom_kills());
+                    }
                 }
             }
         }
@@ -356,6 +366,28 @@ mod tests {
         assert_eq!(monitor.events.next(within(5000)).as_deref(), Some("c"));
         monitor.unwatch("c");
         write(&file, "max 4\noom 2\noom_kill 2\n");
+        assert_eq!(monitor.events.next(within(200)), None);
+    }
+
+    #[test]
+    fn containers_sharing_a_cgroup_share_its_watch_until_the_last_goes() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("memory.events");
+        write(&file, "oom_kill 0\n");
+        let monitor = OomMonitor::start().unwrap();
+        monitor.watch("a", OomSource::Events(file.clone())).unwrap();
+        monitor.watch("b", OomSource::Events(file.clone())).unwrap();
+        write(&file, "oom_kill 1\n");
+        let mut got = [
+            monitor.events.next(within(5000)),
+            monitor.events.next(within(5000)),
+        ];
+        got.sort();
+        assert_eq!(got, [Some("a".to_string()), Some("b".to_string())]);
+        // Removing one keeps the other watched.
+        monitor.unwatch("a");
+        write(&file, "oom_kill 2\n");
+        assert_eq!(monitor.events.next(within(5000)).as_deref(), Some("b"));
         assert_eq!(monitor.events.next(within(200)), None);
     }
 
