@@ -2,10 +2,10 @@
 //! thread of its own (see [`super::worker`]).
 
 use super::config::{BlockConfig, CONFIG_LEN};
-use super::disk::{BlockError, Disk};
+use super::disk::{BlockError, Disk, DiskError};
 use super::request::{
-    Parsed, Request, RequestError, MAX_DISCARD_SECTORS, MAX_DISCARD_SEG, MAX_WRITE_ZEROES_SECTORS,
-    MAX_WRITE_ZEROES_SEG, SEG_MAX,
+    Parsed, Request, RequestError, MAX_DATA_LEN, MAX_DISCARD_SECTORS, MAX_DISCARD_SEG,
+    MAX_WRITE_ZEROES_SECTORS, MAX_WRITE_ZEROES_SEG, SEG_MAX,
 };
 use super::worker;
 use crate::devices::virtio::device_thread::DeviceThread;
@@ -14,6 +14,7 @@ use crate::devices::virtio::{
     VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC,
 };
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use virtio_queue::QueueT;
 use vm_memory::{Bytes, GuestMemoryMmap};
@@ -23,6 +24,11 @@ const TYPE_BLOCK: u32 = 2;
 pub const QUEUE_SIZE: u16 = 256;
 /// Logical block size the device reports.
 const BLK_SIZE: u32 = 512;
+/// Feature: `size_max` bounds each data buffer of a request.
+const VIRTIO_BLK_F_SIZE_MAX: u64 = 1 << 1;
+/// Largest data buffer: with `SEG_MAX` of them a request stays within
+/// `MAX_DATA_LEN`, so the driver never builds one the device refuses.
+const SIZE_MAX: u32 = 256 << 10;
 /// Feature: `seg_max` bounds the data buffers of a request.
 const VIRTIO_BLK_F_SEG_MAX: u64 = 1 << 2;
 /// Feature: the device is read-only.
@@ -45,6 +51,13 @@ pub(super) const STATUS_OK: u8 = 0;
 pub(super) const STATUS_IOERR: u8 = 1;
 pub(super) const STATUS_UNSUPP: u8 = 2;
 
+// With SEG_MAX buffers of SIZE_MAX bytes a request is not refused as too long.
+const _: () = assert!(SEG_MAX as u64 * SIZE_MAX as u64 <= MAX_DATA_LEN);
+
+/// Host I/O errors logged one by one before only every `LOG_EVERY`th is.
+const LOG_FIRST: u64 = 8;
+const LOG_EVERY: u64 = 1024;
+
 /// A raw-file block device.
 pub struct Block {
     served: Arc<Served>,
@@ -58,6 +71,8 @@ pub(super) struct Served {
     id: [u8; ID_LEN],
     /// The queue once the driver activated the device.
     active: Mutex<Option<SingleQueue>>,
+    /// Host I/O errors so far (the guest gets IOERR; the operator a log line).
+    host_errors: AtomicU64,
 }
 
 /// The status byte for a refused request.
@@ -66,14 +81,6 @@ fn refused_status(error: &RequestError) -> u8 {
         STATUS_UNSUPP
     } else {
         STATUS_IOERR
-    }
-}
-
-/// The status byte for a finished operation.
-fn status<T, E>(result: &Result<T, E>) -> u8 {
-    match result {
-        Ok(_) => STATUS_OK,
-        Err(_) => STATUS_IOERR,
     }
 }
 
@@ -87,6 +94,7 @@ impl Block {
         }
         let mut config = BlockConfig {
             capacity: disk.capacity(),
+            size_max: SIZE_MAX,
             seg_max: SEG_MAX,
             blk_size: BLK_SIZE,
             ..BlockConfig::default()
@@ -104,6 +112,7 @@ impl Block {
                 disk,
                 id: id_bytes,
                 active: Mutex::new(None),
+                host_errors: AtomicU64::new(0),
             }),
             config: config.to_bytes(),
             worker: None,
@@ -123,23 +132,42 @@ impl Served {
         }
     }
 
+    /// The status byte for a finished operation. A failure of the host's image
+    /// (not of the guest's request) is also logged, rate-limited: a full or
+    /// failing host disk must not go unseen, nor flood the log.
+    fn status<T>(&self, result: &Result<T, DiskError>) -> u8 {
+        match result {
+            Ok(_) => STATUS_OK,
+            Err(err @ DiskError::Io(_)) => {
+                let count = self.host_errors.fetch_add(1, Ordering::Relaxed) + 1;
+                if count <= LOG_FIRST || count % LOG_EVERY == 0 {
+                    eprintln!("runv-vmm: virtio-blk: {err} (host I/O error {count})");
+                }
+                STATUS_IOERR
+            }
+            Err(_) => STATUS_IOERR,
+        }
+    }
+
     /// Performs `request`; returns the status and the bytes written to the guest.
     fn execute(&self, mem: &GuestMemoryMmap, request: &Request) -> (u8, u32) {
         match request {
             Request::In { sector, buffers } => {
                 let result = self.disk.read(mem, *sector, buffers);
-                (status(&result), result.unwrap_or(0))
+                (self.status(&result), result.unwrap_or(0))
             }
             Request::Out { sector, buffers } => {
-                (status(&self.disk.write(mem, *sector, buffers)), 0)
+                (self.status(&self.disk.write(mem, *sector, buffers)), 0)
             }
-            Request::Flush => (status(&self.disk.flush()), 0),
+            Request::Flush => (self.status(&self.disk.flush()), 0),
             // Not offered on a read-only disk.
             Request::Discard { .. } | Request::WriteZeroes { .. } if self.disk.readonly() => {
                 (STATUS_UNSUPP, 0)
             }
-            Request::Discard { segments } => (status(&self.disk.discard(segments)), 0),
-            Request::WriteZeroes { segments } => (status(&self.disk.write_zeroes(segments)), 0),
+            Request::Discard { segments } => (self.status(&self.disk.discard(segments)), 0),
+            Request::WriteZeroes { segments } => {
+                (self.status(&self.disk.write_zeroes(segments)), 0)
+            }
             Request::GetId { buffer } => {
                 let len = (buffer.len as usize).min(ID_LEN);
                 match mem.write_slice(&self.id[..len], buffer.addr) {
@@ -171,8 +199,11 @@ impl Served {
                     Ok(parsed) => self.complete(&active.mem, parsed),
                     Err(_) => 0,
                 };
-                if active.queue.add_used(&active.mem, head, len).is_err() {
-                    eprintln!("runv-vmm: virtio-blk: the used ring is outside guest memory");
+                if let Err(err) = active.queue.add_used(&active.mem, head, len) {
+                    // A broken ring (a head out of range, a used ring outside
+                    // guest memory): stop this round, notifications back on.
+                    eprintln!("runv-vmm: virtio-blk: cannot complete request {head}: {err}");
+                    let _ = active.queue.enable_notification(&active.mem);
                     return served;
                 }
                 served = true;
@@ -216,6 +247,7 @@ impl VirtioDevice for Block {
 
     fn avail_features(&self) -> u64 {
         let common = VIRTIO_BLK_F_FLUSH
+            | VIRTIO_BLK_F_SIZE_MAX
             | VIRTIO_BLK_F_SEG_MAX
             | VIRTIO_BLK_F_BLK_SIZE
             | 1 << VIRTIO_RING_F_EVENT_IDX

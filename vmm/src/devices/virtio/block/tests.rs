@@ -272,13 +272,16 @@ fn get_id_and_config_space() {
         u64::from(IMAGE_LEN / 512),
         "capacity"
     );
+    assert_eq!(u32_at(8), 256 << 10, "size_max");
     assert_eq!(u32_at(12), SEG_MAX, "seg_max");
     assert_eq!(u32_at(20), 512, "blk_size");
+    // The largest request the driver may build is one the device serves.
+    assert!(u64::from(u32_at(8)) * u64::from(u32_at(12)) <= MAX_DATA_LEN);
     let features = block.avail_features();
     assert_eq!(
-        features & (1 << 2 | 1 << 6),
-        1 << 2 | 1 << 6,
-        "SEG_MAX, BLK_SIZE"
+        features & (1 << 1 | 1 << 2 | 1 << 6),
+        1 << 1 | 1 << 2 | 1 << 6,
+        "SIZE_MAX, SEG_MAX, BLK_SIZE"
     );
 
     f.header(T_GET_ID, 0);
