@@ -18,7 +18,7 @@ pub mod vsock;
 use std::io;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
-use virtio_queue::{Queue, QueueT};
+use virtio_queue::{DescriptorChain, Queue, QueueT};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
@@ -166,16 +166,71 @@ impl SingleQueue {
     /// Tells the guest that requests completed, unless the driver suppressed
     /// the interrupt (its `used_event`, with `VIRTIO_RING_F_EVENT_IDX`).
     pub fn signal_used_if_needed(&mut self, device: &str) {
-        match self.queue.needs_notification(&self.mem) {
-            Ok(false) => {}
-            Ok(true) => self.signal_used(device),
-            Err(err) => {
-                // The driver's ring is unreadable: interrupt rather than stall it.
-                eprintln!("runv-vmm: {device}: cannot read the used event: {err}");
-                self.signal_used(device);
-            }
+        if needs_interrupt(&mut self.queue, &self.mem, device) {
+            self.signal_used(device);
         }
     }
+}
+
+/// What [`drain_queue`] did.
+pub struct Drained {
+    /// Some chain was completed: the driver may have to be interrupted.
+    pub completed: bool,
+    /// The rings turned out broken (an index out of range, a ring outside
+    /// guest memory): the queue can serve nothing more.
+    pub broken: Option<virtio_queue::Error>,
+}
+
+/// Completes every chain the driver made available on `queue`, each answered
+/// by `handle` with the number of bytes it wrote to the guest. The driver's
+/// notifications are off meanwhile and back on at the end (with
+/// `VIRTIO_RING_F_EVENT_IDX`, `avail_event` follows what was taken); a chain
+/// made available in between is served before returning.
+pub fn drain_queue<'a>(
+    queue: &mut Queue,
+    mem: &'a GuestMemoryMmap,
+    mut handle: impl FnMut(DescriptorChain<&'a GuestMemoryMmap>) -> u32,
+) -> Drained {
+    let mut completed = false;
+    // Rounds in a row that found nothing: a second one means the ring's index
+    // is invalid (pop refuses it), not that chains raced in.
+    let mut empty_rounds = 0;
+    let broken = loop {
+        if let Err(err) = queue.disable_notification(mem) {
+            break Some(err);
+        }
+        let mut popped = false;
+        while let Some(chain) = queue.pop_descriptor_chain(mem) {
+            popped = true;
+            let head = chain.head_index();
+            let len = handle(chain);
+            if let Err(err) = queue.add_used(mem, head, len) {
+                let _ = queue.enable_notification(mem);
+                return Drained {
+                    completed,
+                    broken: Some(err),
+                };
+            }
+            completed = true;
+        }
+        empty_rounds = if popped { 0 } else { empty_rounds + 1 };
+        match queue.enable_notification(mem) {
+            Ok(true) if empty_rounds < 2 => continue,
+            Ok(_) => break None,
+            Err(err) => break Some(err),
+        }
+    };
+    Drained { completed, broken }
+}
+
+/// Whether the driver wants an interrupt for what `queue` completed (always
+/// without `VIRTIO_RING_F_EVENT_IDX`; also when its ring cannot be read, rather
+/// than stall it).
+pub fn needs_interrupt(queue: &mut Queue, mem: &GuestMemoryMmap, device: &str) -> bool {
+    queue.needs_notification(mem).unwrap_or_else(|err| {
+        eprintln!("runv-vmm: {device}: cannot read the used event: {err}");
+        true
+    })
 }
 
 /// A virtio device, independent of its transport.

@@ -1,5 +1,7 @@
 //! The virtio-blk device: one request queue served from a raw image file, on a
-//! thread of its own (see [`super::worker`]).
+//! thread of its own that waits on the queue's notifications: disk I/O runs
+//! outside the event loop and outside the transport's lock, so a vCPU reading
+//! the interrupt status is not held up by a request in progress.
 
 use super::config::{BlockConfig, CONFIG_LEN};
 use super::disk::{BlockError, Disk, DiskError};
@@ -7,16 +9,14 @@ use super::request::{
     Parsed, Request, RequestError, MAX_DATA_LEN, MAX_DISCARD_SECTORS, MAX_DISCARD_SEG,
     MAX_WRITE_ZEROES_SECTORS, MAX_WRITE_ZEROES_SEG, SEG_MAX,
 };
-use super::worker;
-use crate::devices::virtio::device_thread::DeviceThread;
+use crate::devices::virtio::device_thread::{serve_notified, DeviceThread};
 use crate::devices::virtio::{
-    read_config_space, ActivateError, ActiveQueue, SingleQueue, VirtioDevice, VirtioInterrupt,
-    VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC,
+    drain_queue, read_config_space, ActivateError, ActiveQueue, SingleQueue, VirtioDevice,
+    VirtioInterrupt, VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC,
 };
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
-use virtio_queue::QueueT;
+use std::sync::{Arc, Mutex, PoisonError, TryLockError};
 use vm_memory::{Bytes, GuestMemoryMmap};
 
 const TYPE_BLOCK: u32 = 2;
@@ -66,7 +66,7 @@ pub struct Block {
 }
 
 /// What the device's thread serves requests with.
-pub(super) struct Served {
+struct Served {
     disk: Disk,
     id: [u8; ID_LEN],
     /// The queue once the driver activated the device.
@@ -123,7 +123,7 @@ impl Block {
 impl Served {
     /// Serves what the driver made available, if the device is active, and
     /// interrupts the guest as the driver asks.
-    pub(super) fn process(&self) {
+    fn process(&self) {
         let mut active = self.active.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(active) = active.as_mut() {
             if self.serve(active) {
@@ -178,48 +178,21 @@ impl Served {
         }
     }
 
-    /// Serves every request the driver made available, with its notifications
-    /// off meanwhile; true if any was completed.
+    /// Serves every request the driver made available; true if any was
+    /// completed.
     fn serve(&self, active: &mut SingleQueue) -> bool {
-        let mut served = false;
-        // Rounds in a row that found nothing: a second one means the ring's
-        // index is invalid (pop refuses it), not that requests raced in.
-        let mut empty_rounds = 0;
-        loop {
-            if let Err(err) = active.queue.disable_notification(&active.mem) {
-                eprintln!("runv-vmm: virtio-blk: cannot suppress notifications: {err}");
-                return served;
+        let mem = &active.mem;
+        let drained = drain_queue(&mut active.queue, mem, |chain| {
+            // A chain without header and status is completed with nothing written.
+            match Request::parse(chain, mem) {
+                Ok(parsed) => self.complete(mem, parsed),
+                Err(_) => 0,
             }
-            let mut popped = false;
-            while let Some(chain) = active.queue.pop_descriptor_chain(&active.mem) {
-                popped = true;
-                let head = chain.head_index();
-                // A chain without header and status is completed with nothing written.
-                let len = match Request::parse(chain, &active.mem) {
-                    Ok(parsed) => self.complete(&active.mem, parsed),
-                    Err(_) => 0,
-                };
-                if let Err(err) = active.queue.add_used(&active.mem, head, len) {
-                    // A broken ring (a head out of range, a used ring outside
-                    // guest memory): stop this round, notifications back on.
-                    eprintln!("runv-vmm: virtio-blk: cannot complete request {head}: {err}");
-                    let _ = active.queue.enable_notification(&active.mem);
-                    return served;
-                }
-                served = true;
-            }
-            empty_rounds = if popped { 0 } else { empty_rounds + 1 };
-            // A request made available after the last pop, before notifications
-            // were back on, would not be notified: serve it now.
-            match active.queue.enable_notification(&active.mem) {
-                Ok(true) if empty_rounds < 2 => continue,
-                Ok(_) => return served,
-                Err(err) => {
-                    eprintln!("runv-vmm: virtio-blk: cannot re-enable notifications: {err}");
-                    return served;
-                }
-            }
+        });
+        if let Some(err) = drained.broken {
+            eprintln!("runv-vmm: virtio-blk: the request queue is broken: {err}");
         }
+        drained.completed
     }
 
     /// Answers one parsed chain: its status byte, and the length the used
@@ -288,7 +261,10 @@ impl VirtioDevice for Block {
             .unwrap_or_else(PoisonError::into_inner) = Some(active);
         let served = self.served.clone();
         self.worker = Some(DeviceThread::spawn("virtio-blk", move |stop| {
-            worker::run(&served, &notify, stop)
+            serve_notified(&[notify], stop, || {
+                served.process();
+                true
+            })
         })?);
         Ok(())
     }
@@ -304,13 +280,18 @@ impl VirtioDevice for Block {
     }
 
     fn reset(&mut self) -> bool {
-        // Dropping the thread stops and joins it.
+        // Dropping the thread stops and joins it, or after a while leaves it to
+        // a request blocked in the host kernel (a hung network file system),
+        // which still holds the queue: the device then cannot be reset.
         self.worker = None;
-        *self
-            .served
-            .active
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner) = None;
+        match self.served.active.try_lock() {
+            Ok(mut active) => *active = None,
+            Err(TryLockError::Poisoned(poisoned)) => *poisoned.into_inner() = None,
+            Err(TryLockError::WouldBlock) => {
+                eprintln!("runv-vmm: virtio-blk: a request is stuck in the host; no reset");
+                return false;
+            }
+        }
         true
     }
 }

@@ -6,7 +6,6 @@ mod config;
 mod device;
 mod disk;
 mod request;
-mod worker;
 
 pub use device::Block;
 pub use disk::BlockError;

@@ -1,15 +1,17 @@
 //! The virtio-fs device: a hiprio queue and one request queue, a configuration
-//! space with the tag the guest mounts, and a worker thread that serves both
-//! queues once the driver is ready.
+//! space with the tag the guest mounts, and a thread of its own that serves
+//! both queues on the driver's notifications once the driver is ready.
 
 use super::backend;
-use super::worker::{Served, Worker};
+use super::handler::Served;
 use crate::config::FsCache;
+use crate::devices::virtio::device_thread::{serve_notified, DeviceThread};
 use crate::devices::virtio::{
     read_config_space, ActivateError, ActiveQueue, VirtioDevice, VirtioInterrupt,
+    VIRTIO_RING_F_EVENT_IDX,
 };
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use vm_memory::GuestMemoryMmap;
 
 /// virtio device type of a file system.
@@ -42,7 +44,14 @@ pub struct Fs {
     root: PathBuf,
     cache: FsCache,
     config: [u8; CONFIG_LEN],
-    worker: Option<Worker>,
+    /// The active state, shared with the device's thread.
+    served: Arc<Mutex<Option<Served>>>,
+    thread: Option<DeviceThread>,
+}
+
+/// Locks the active state; a panic elsewhere leaves it usable.
+fn lock(served: &Mutex<Option<Served>>) -> MutexGuard<'_, Option<Served>> {
+    served.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl Fs {
@@ -68,7 +77,8 @@ impl Fs {
             root,
             cache,
             config,
-            worker: None,
+            served: Arc::new(Mutex::new(None)),
+            thread: None,
         })
     }
 }
@@ -83,7 +93,7 @@ impl VirtioDevice for Fs {
     }
 
     fn avail_features(&self) -> u64 {
-        0
+        1 << VIRTIO_RING_F_EVENT_IDX
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
@@ -92,7 +102,8 @@ impl VirtioDevice for Fs {
 
     fn write_config(&mut self, _offset: u64, _data: &[u8]) {}
 
-    /// Starts a fresh file system (a new FUSE session) on a worker thread.
+    /// Starts a fresh file system (a new FUSE session) served on the device's
+    /// own thread.
     fn activate(
         &mut self,
         mem: GuestMemoryMmap,
@@ -107,27 +118,45 @@ impl VirtioDevice for Fs {
                 queues.len()
             )));
         }
+        // A second activation (only tests do that) first stops the first thread.
+        self.reset();
         let server = backend::server(&self.root, self.cache)?;
-        let served = Served {
+        let (queues, notifies): (Vec<_>, Vec<_>) =
+            queues.into_iter().map(|a| (a.queue, a.notify)).unzip();
+        *lock(&self.served) = Some(Served {
             mem,
-            queues: queues.into_iter().map(|active| active.queue).collect(),
+            queues,
             interrupt,
             server,
-        };
-        self.worker = Some(Worker::spawn(served)?);
+            failed: false,
+        });
+        let served = self.served.clone();
+        self.thread = Some(DeviceThread::spawn("virtio-fs", move |stop| {
+            serve_notified(&notifies, stop, || {
+                lock(&served).as_mut().is_some_and(Served::serve_all)
+            })
+        })?);
         Ok(())
     }
 
-    /// Wakes the worker; the requests are served on its thread.
+    /// Serves the queues on the caller's thread (the device's own thread does
+    /// this when the driver notifies them).
     fn process_queue(&mut self, _index: usize) {
-        if let Some(worker) = &self.worker {
-            worker.wake();
+        if let Some(served) = lock(&self.served).as_mut() {
+            served.serve_all();
         }
     }
 
+    fn polls_own_queues(&self) -> bool {
+        true
+    }
+
     fn reset(&mut self) -> bool {
-        // Dropping the worker stops and joins its thread.
-        self.worker = None;
+        // Dropping the thread stops and joins it, or after a while leaves it
+        // to a request blocked in the host kernel (a FIFO in the share), which
+        // may then hold the old state for ever: the device starts afresh.
+        self.thread = None;
+        self.served = Arc::new(Mutex::new(None));
         true
     }
 }
@@ -177,6 +206,8 @@ mod tests {
     struct Rig<'a> {
         mem: &'a GuestMemoryMmap,
         queue: MockSplitQueue<'a, GuestMemoryMmap>,
+        /// The request queue's notification, as the transport would signal it.
+        notify: EventFd,
         fs: Fs,
         dir: PathBuf,
         served: u16,
@@ -194,33 +225,42 @@ mod tests {
             let interrupt = Arc::new(VirtioInterrupt::new(
                 EventFd::new(libc::EFD_NONBLOCK).unwrap(),
             ));
-            let queues = [&hiprio, &queue]
-                .iter()
-                .map(|q| ActiveQueue {
-                    queue: q.create_queue().unwrap(),
+            let notify = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+            let queues = vec![
+                ActiveQueue {
+                    queue: hiprio.create_queue().unwrap(),
                     notify: EventFd::new(libc::EFD_NONBLOCK).unwrap(),
-                })
-                .collect();
+                },
+                ActiveQueue {
+                    queue: queue.create_queue().unwrap(),
+                    notify: notify.try_clone().unwrap(),
+                },
+            ];
             fs.activate(mem.clone(), 0, queues, interrupt).unwrap();
             Self {
                 mem,
                 queue,
+                notify,
                 fs,
                 dir,
                 served: 0,
             }
         }
 
-        /// Runs a chain through the worker; the used length.
+        /// Runs a chain through the device's thread, notified as the driver
+        /// does; the used length.
         fn run(&mut self, descs: &[RawDescriptor]) -> u32 {
             self.mem
                 .write_slice(&[0u8; 0x1000], GuestAddress(REPLY))
                 .unwrap();
             self.queue.build_desc_chain(descs).unwrap();
-            self.fs.process_queue(1);
+            self.notify.write(1).unwrap();
             let deadline = Instant::now() + Duration::from_secs(10);
             while self.queue.used().idx().load() == self.served {
-                assert!(Instant::now() < deadline, "the worker did not answer");
+                assert!(
+                    Instant::now() < deadline,
+                    "the device's thread did not answer"
+                );
                 std::thread::sleep(Duration::from_millis(1));
             }
             let used = self
@@ -312,7 +352,8 @@ mod tests {
 
         let header = rig.send(&request(OPCODE_LOOKUP, 3, 1, b"missing\0"));
         assert_eq!(header.error, -libc::ENOENT);
-        assert!(rig.fs.reset(), "the worker stops on reset");
+        assert!(rig.fs.reset(), "the device's thread stops on reset");
+        assert_ne!(rig.fs.avail_features() & (1 << VIRTIO_RING_F_EVENT_IDX), 0);
     }
 
     #[test]

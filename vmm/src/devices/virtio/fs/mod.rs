@@ -3,16 +3,16 @@
 //! server over its passthrough file system.
 //!
 //! - `device.rs`: the virtio state machine (config space: tag + number of
-//!   request queues; activation starts the worker).
-//! - `worker.rs`: the thread that serves the queues, so that file system work
-//!   never stalls the VMM's event loop.
+//!   request queues; activation starts the device's thread, which serves the
+//!   queues on the driver's notifications, off the VMM's event loop).
+//! - `handler.rs`: serving the queues, one FUSE request per chain.
 //! - `request.rs`: the checks the device makes before a request reaches the
 //!   FUSE server (lookups of `.`/`..`, device nodes).
 //! - `backend.rs`: the passthrough file system rooted at the shared directory.
 
 mod backend;
 mod device;
+mod handler;
 mod request;
-mod worker;
 
 pub use device::{Fs, FsError, TAG_LEN};
