@@ -6,10 +6,12 @@
 //!   (tmpfs, where the test host's shares live, keeps no `user.*` ones on
 //!   6.1), leaving `trusted.runv.kept=guest` for the host to read;
 //! - `locks FILE`: an `flock` and a POSIX record lock held by a child process
-//!   are seen as conflicts by the parent, and are free once the child exits;
-//! - `race PATH ROUNDS`: reads PATH and creates and removes a file beside it,
-//!   ROUNDS times, while the host swaps PATH's directory with a symlink that
-//!   points out of the share; counts what each round saw.
+//!   are seen as conflicts by the parent, and are free once the child exits
+//!   (the passthrough file system claims no lock support in FUSE_INIT, so the
+//!   guest kernel keeps these locks itself: this checks that they still work);
+//! - `race PATH ROUNDS`: reads PATH and creates a new file beside it, ROUNDS
+//!   times, while the host swaps PATH's directory with a symlink that points
+//!   out of the share; counts what the rounds saw and made.
 
 use std::ffi::CString;
 use std::fs::{File, OpenOptions};
@@ -204,21 +206,23 @@ fn locks(file: &Path) -> io::Result<String> {
 
 fn race(path: &Path, rounds: u32) -> io::Result<String> {
     let dir = path.parent().unwrap_or(Path::new("/"));
-    let created = dir.join("made-by-guest");
-    let (mut inside, mut escaped, mut failed) = (0u32, 0u32, 0u32);
-    for _ in 0..rounds {
+    let (mut inside, mut escaped, mut failed, mut created) = (0u32, 0u32, 0u32, 0u32);
+    for round in 0..rounds {
         let mut text = String::new();
         match File::open(path).and_then(|mut f| f.read_to_string(&mut text)) {
             Ok(_) if text.contains("HOST-SECRET") => escaped += 1,
             Ok(_) => inside += 1,
             Err(_) => failed += 1,
         }
-        if File::create(&created).is_ok() {
-            let _ = std::fs::remove_file(&created);
+        // Kept, each under its own name: the host then finds every one of them
+        // in the real directory and none outside the share.
+        if File::create(dir.join(format!("made-by-guest-{round}"))).is_ok() {
+            created += 1;
         }
     }
     Ok(format!(
-        "race-rounds={rounds} race-inside={inside} race-failed={failed} race-escaped={escaped}"
+        "race-rounds={rounds} race-inside={inside} race-failed={failed} race-escaped={escaped} \
+         race-created={created}"
     ))
 }
 
