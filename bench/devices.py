@@ -37,12 +37,15 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 MEMORY_MIB = 512
 args_verbose = os.environ.get("BENCH_VERBOSE") == "1"
 CPUS = 2
 TIMEOUT_S = 900
+# A guest that prints nothing for this long is reported with its VMM's threads.
+QUIET_S = 180
 BIG_MIB = 256
 DIRS, FILES_PER_DIR = 100, 100
 PEER_PORT = 5000
@@ -198,13 +201,75 @@ def guest_to_host(uds, mib):
     return mib / elapsed
 
 
+def report_threads(pid, name):
+    """Prints where each thread of process `pid` waits (wchan, gdb backtraces)."""
+    progress(f"{name}: no console output for {QUIET_S} s; its threads:")
+    for task in sorted(os.listdir(f"/proc/{pid}/task")):
+        try:
+            with open(f"/proc/{pid}/task/{task}/comm") as comm, \
+                    open(f"/proc/{pid}/task/{task}/wchan") as wchan:
+                progress(f"  {task} {comm.read().strip()} waits in {wchan.read().strip()}")
+        except OSError:
+            pass
+    if shutil.which("gdb"):
+        trace = subprocess.run(["gdb", "-p", str(pid), "-batch", "-ex", "thread apply all bt 12"],
+                               capture_output=True, text=True, check=False)
+        for line in trace.stdout.splitlines():
+            if line.startswith(("#", "Thread")):
+                progress(f"  {line}")
+
+
+class QuietWatch:
+    """Calls report_threads once if `touch` is not called for QUIET_S seconds."""
+
+    def __init__(self, pid, name):
+        self.pid, self.name, self.last = pid, name, time.monotonic()
+        self.done = threading.Event()
+        threading.Thread(target=self._watch, daemon=True).start()
+
+    def touch(self):
+        self.last = time.monotonic()
+
+    def stop(self):
+        self.done.set()
+
+    def _watch(self):
+        while not self.done.wait(5):
+            if time.monotonic() - self.last > QUIET_S:
+                report_threads(self.pid, self.name)
+                return
+
+
+class GuestStalled(Exception):
+    """The guest kernel reported an RCU stall: one of its vCPUs stopped getting
+    timer interrupts, which the emulated nested test host was seen to do to
+    QEMU microvm's guests under load (`rcu_sched kthread timer wakeup didn't
+    happen`). The boot is not measured."""
+
+
+# Boots of one VMM in one run, the stalled ones included.
+ATTEMPTS = 3
+
+
+def boot_measured(cmd, name, uds=None, vsock_mib=0):
+    """`boot`, again when the guest stalled (up to ATTEMPTS boots)."""
+    for attempt in range(1, ATTEMPTS + 1):
+        try:
+            return boot(cmd, name, uds, vsock_mib)
+        except GuestStalled as stall:
+            progress(f"{name}: the guest stalled ({stall}); boot {attempt} of {ATTEMPTS} not measured")
+    sys.exit(f"devices: the {name} guest stalled {ATTEMPTS} times")
+
+
 def boot(cmd, name, uds=None, vsock_mib=0):
     """Boots `cmd`; returns {step: seconds} (+ vsock MiB/s) and the clocksource."""
     proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT)
     results, transcript, clock, held = {}, [], "?", []
+    watch = QuietWatch(proc.pid, name)
     try:
         for raw in proc.stdout:
+            watch.touch()
             line = raw.decode(errors="replace")
             transcript.append(line)
             if args_verbose:
@@ -219,6 +284,8 @@ def boot(cmd, name, uds=None, vsock_mib=0):
             found = re.search(r"bench-clocksource (\S+)", line)
             if found:
                 clock = found.group(1)
+            if "rcu_sched detected stalls" in line:
+                raise GuestStalled(line.strip())
             if "bench-error" in line:
                 sys.exit(f"devices: {name}: {line.strip()}\n" + "".join(transcript))
             if uds and "vsock-peer: listening" in line:
@@ -228,6 +295,7 @@ def boot(cmd, name, uds=None, vsock_mib=0):
                 held.append(vsock_connect(uds, "exit"))
         proc.wait(timeout=TIMEOUT_S)
     finally:
+        watch.stop()
         if proc.poll() is None:
             proc.kill()
             proc.wait()
@@ -305,11 +373,11 @@ def measure(args, runs, clocks, share, image, runv_initrd, qemu_initrd, uds):
     for run in range(args.runs):
         progress(f"run {run + 1}/{args.runs}: runv-vmm")
         with_vsock = uds if args.only is None else None
-        result, clocks["runv"] = boot(runv_cmd(args, runv_initrd, image, share, uds), "runv-vmm",
+        result, clocks["runv"] = boot_measured(runv_cmd(args, runv_initrd, image, share, uds), "runv-vmm",
                                       with_vsock, args.vsock_mib)
         runs["runv"].append(result)
         progress(f"run {run + 1}/{args.runs}: QEMU microvm (runv-vmm: {result})")
-        result, clocks["qemu"] = boot(qemu_cmd(args, qemu_initrd, image, share), "QEMU")
+        result, clocks["qemu"] = boot_measured(qemu_cmd(args, qemu_initrd, image, share), "QEMU")
         runs["qemu"].append(result)
         progress(f"run {run + 1}/{args.runs}: QEMU microvm: {result}")
 
