@@ -811,13 +811,22 @@ fn a_memory_limit_ends_a_hog_with_137() {
     assert_eq!(event.container_id, cid);
     remove(&f.agent, cid);
     // One kill, one event: not again when the removal takes its last look.
+    assert_no_oom_event(&f.agent);
+}
+
+/// GetOOMEvent finds nothing queued within half a second.
+fn assert_no_oom_event(agent: &HostAgent) {
     let short = ttrpc::context::with_duration(Duration::from_millis(500));
     let (code, _) = rpc_code(
-        f.agent
+        agent
             .client
             .get_oom_event(short, &GetOOMEventRequest::new()),
     );
-    assert_eq!(code, ttrpc::Code::DEADLINE_EXCEEDED);
+    assert_eq!(
+        code,
+        ttrpc::Code::DEADLINE_EXCEEDED,
+        "an OOM event was queued"
+    );
 }
 
 #[test]
@@ -868,13 +877,7 @@ fn a_hundred_cycles_leave_nothing_behind() {
         "the agent held {fds_after_first} fds after the first cycle, now {fds:?}"
     );
     // A cgroup's removal is no OOM (v1 signals the OOM eventfd when it goes).
-    let short = ttrpc::context::with_duration(Duration::from_millis(500));
-    let (code, _) = rpc_code(
-        f.agent
-            .client
-            .get_oom_event(short, &GetOOMEventRequest::new()),
-    );
-    assert_eq!(code, ttrpc::Code::DEADLINE_EXCEEDED);
+    assert_no_oom_event(&f.agent);
     assert!(children_of(f.agent.pid()).is_empty());
     assert!(
         mounts_under(&f.rootfs).is_empty(),

@@ -179,7 +179,11 @@ fn made_by_guest(dir: &Path) -> usize {
     std::fs::read_dir(dir).map_or(0, |entries| {
         entries
             .filter_map(Result::ok)
-            .filter(|e| e.file_name().to_string_lossy().starts_with("made-by-guest-"))
+            .filter(|e| {
+                e.file_name()
+                    .to_string_lossy()
+                    .starts_with("made-by-guest-")
+            })
             .count()
     })
 }

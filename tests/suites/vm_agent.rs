@@ -31,6 +31,25 @@ fn stream(uds: &Path, cid: &str, kind: StreamKind) -> std::os::unix::net::UnixSt
     conn
 }
 
+/// Starts container `cid`'s init process; its exit status.
+fn start_and_wait(client: &AgentClient, cid: &str) -> i32 {
+    let start = StartContainerRequest {
+        container_id: cid.into(),
+        ..Default::default()
+    };
+    client
+        .start_container(ctx(), &start)
+        .unwrap_or_else(|err| panic!("StartContainer {cid}: {err}"));
+    let wait = WaitProcessRequest {
+        container_id: cid.into(),
+        ..Default::default()
+    };
+    client
+        .wait_process(ctx(), &wait)
+        .unwrap_or_else(|err| panic!("WaitProcess {cid}: {err}"))
+        .exit_status
+}
+
 #[test]
 fn agent_in_the_guest_runs_a_container_from_the_shared_directory() {
     require_kvm();
@@ -91,22 +110,7 @@ fn agent_in_the_guest_runs_a_container_from_the_shared_directory() {
         .expect("CreateContainer");
     let stdout = read_all(stream(&uds, "c1", StreamKind::Stdout));
     let stderr = read_all(stream(&uds, "c1", StreamKind::Stderr));
-    let start = StartContainerRequest {
-        container_id: "c1".into(),
-        ..Default::default()
-    };
-    client
-        .start_container(ctx(), &start)
-        .expect("StartContainer");
-    let wait = WaitProcessRequest {
-        container_id: "c1".into(),
-        ..Default::default()
-    };
-    let status = client
-        .wait_process(ctx(), &wait)
-        .expect("WaitProcess")
-        .exit_status;
-    assert_eq!(status, 3);
+    assert_eq!(start_and_wait(&client, "c1"), 3);
     assert_eq!(stdout.join().unwrap(), b"hello from the guest\n");
     assert_eq!(stderr.join().unwrap(), b"err\n");
 
@@ -143,21 +147,7 @@ fn agent_in_the_guest_runs_a_container_from_the_shared_directory() {
     client
         .create_container(ctx(), &oom)
         .expect("CreateContainer oom");
-    let start_oom = StartContainerRequest {
-        container_id: "oom".into(),
-        ..Default::default()
-    };
-    client
-        .start_container(ctx(), &start_oom)
-        .expect("StartContainer oom");
-    let wait_oom = WaitProcessRequest {
-        container_id: "oom".into(),
-        ..Default::default()
-    };
-    let status = client
-        .wait_process(ctx(), &wait_oom)
-        .expect("WaitProcess oom")
-        .exit_status;
+    let status = start_and_wait(&client, "oom");
     assert_eq!(status, 137, "the hog was not OOM-killed");
     let event = client
         .get_oom_event(

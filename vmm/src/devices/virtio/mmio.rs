@@ -492,6 +492,19 @@ mod tests {
         write(t, REG_QUEUE_READY, 1);
     }
 
+    /// Sets up both queues in guest memory and sets DRIVER_OK.
+    fn start_with_two_queues(t: &mut MmioTransport, mem: &GuestMemoryMmap) {
+        let q0 = MockSplitQueue::create(mem, GuestAddress(0x1000), 16);
+        let q1 = MockSplitQueue::create(mem, GuestAddress(0x4000), 16);
+        set_up_queue(t, 0, &q0);
+        set_up_queue(t, 1, &q1);
+        write(
+            t,
+            REG_STATUS,
+            STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK | STATUS_DRIVER_OK,
+        );
+    }
+
     #[test]
     fn identifies_the_device_and_offers_version_1() {
         let (mut t, _, _) = transport();
@@ -555,15 +568,7 @@ mod tests {
         ] {
             let (mut t, activated, mem) = transport_offering((1 << 3) | offered);
             negotiate_features(&mut t, (1 << 3) | acked as u32, 1);
-            let q0 = MockSplitQueue::create(&mem, GuestAddress(0x1000), 16);
-            let q1 = MockSplitQueue::create(&mem, GuestAddress(0x4000), 16);
-            set_up_queue(&mut t, 0, &q0);
-            set_up_queue(&mut t, 1, &q1);
-            write(
-                &mut t,
-                REG_STATUS,
-                STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK | STATUS_DRIVER_OK,
-            );
+            start_with_two_queues(&mut t, &mem);
             let got = activated.lock().unwrap().map(|(_, _, on)| on);
             assert_eq!(
                 got.unwrap_or(false),
@@ -608,15 +613,7 @@ mod tests {
         write(&mut t, REG_QUEUE_NUM, 8);
         assert_eq!(read(&mut t, REG_QUEUE_NUM_MAX), 0);
         write(&mut t, REG_QUEUE_NOTIFY, 7);
-        let q0 = MockSplitQueue::create(&mem, GuestAddress(0x1000), 16);
-        let q1 = MockSplitQueue::create(&mem, GuestAddress(0x4000), 16);
-        set_up_queue(&mut t, 0, &q0);
-        set_up_queue(&mut t, 1, &q1);
-        write(
-            &mut t,
-            REG_STATUS,
-            STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK | STATUS_DRIVER_OK,
-        );
+        start_with_two_queues(&mut t, &mem);
         write(&mut t, REG_QUEUE_SEL, 0);
         write(&mut t, REG_QUEUE_READY, 0);
         assert_eq!(read(&mut t, REG_QUEUE_READY), 1);
