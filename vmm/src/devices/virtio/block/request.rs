@@ -179,6 +179,13 @@ fn split(chain: DescriptorChain<&GuestMemoryMmap>) -> Option<Split> {
 
 impl Request {
     /// Parses `chain`: a readable header, data buffers, a writable status byte.
+    ///
+    /// The header, each data buffer and the status each have descriptors of
+    /// their own, as every Linux driver lays them out (and as Firecracker and
+    /// Cloud Hypervisor expect); a driver that packs the header and data, or
+    /// data and status, into one descriptor (allowed by VIRTIO_F_ANY_LAYOUT in
+    /// virtio 1.x) gets its request answered wrongly or refused, never served
+    /// outside its buffers.
     pub fn parse(
         chain: DescriptorChain<&GuestMemoryMmap>,
         mem: &GuestMemoryMmap,
