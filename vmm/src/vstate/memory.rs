@@ -1,17 +1,36 @@
-//! Guest RAM: anonymous mappings laid around the 32-bit MMIO gap.
+//! Guest RAM: anonymous mappings laid around the 32-bit MMIO gap, each
+//! starting on a 2 MiB boundary of the VMM's address space.
+//!
+//! KVM maps guest memory with large pages in the nested page tables only where
+//! a region's host address and guest address agree modulo 2 MiB; a plain mmap
+//! is only page-aligned, so a guest would then pay a 4 KiB fault and TLB entry
+//! per page it touches even where the host backs its memory with transparent
+//! huge pages. QEMU aligns its RAM the same way. Whether the host does back it
+//! with huge pages stays the host's THP policy (no madvise here).
 
 use crate::arch::x86_64::layout::{MMIO_GAP_END, MMIO_GAP_START};
-use vm_memory::{GuestAddress, GuestMemoryMmap};
+use std::io;
+use vm_memory::mmap::{MmapRegionBuilder, MmapRegionError};
+use vm_memory::{GuestAddress, GuestMemoryMmap, GuestRegionMmap};
+
+/// Alignment of each region's host address: an x86 large page.
+const HOST_ALIGN: usize = 2 << 20;
 
 /// Errors while creating guest memory.
 #[derive(Debug, thiserror::Error)]
 pub enum MemoryError {
     /// mmap of guest RAM failed.
     #[error("cannot map {size_mib} MiB of guest memory: {source}")]
-    Map {
+    Map { size_mib: u64, source: io::Error },
+    /// The mapping could not be made a guest region.
+    #[error("cannot make {size_mib} MiB of guest memory a region: {source}")]
+    Region {
         size_mib: u64,
-        source: vm_memory::mmap::FromRangesError,
+        source: MmapRegionError,
     },
+    /// The regions overlap or overflow the guest address space.
+    #[error("invalid guest memory layout: {0}")]
+    Layout(String),
 }
 
 /// The RAM regions for `size` bytes: below the MMIO gap, the rest above 4 GiB.
@@ -28,10 +47,66 @@ pub fn ram_regions(size: u64) -> Vec<(GuestAddress, usize)> {
 
 /// Maps `size` bytes of guest RAM.
 pub fn create_guest_memory(size: u64) -> Result<GuestMemoryMmap, MemoryError> {
-    GuestMemoryMmap::from_ranges(&ram_regions(size)).map_err(|source| MemoryError::Map {
-        size_mib: size >> 20,
-        source,
-    })
+    let regions = ram_regions(size)
+        .into_iter()
+        .map(|(guest, len)| {
+            let region = aligned_region(len)?;
+            GuestRegionMmap::new(region, guest)
+                .ok_or_else(|| MemoryError::Layout(format!("{len} bytes at {guest:#x?}")))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    GuestMemoryMmap::from_regions(regions).map_err(|err| MemoryError::Layout(err.to_string()))
+}
+
+/// An anonymous read-write mapping of `len` bytes whose start is a multiple
+/// of [`HOST_ALIGN`]. It is never unmapped: guest memory lives as long as the
+/// VMM process (device threads left behind on a hung host request may still
+/// hold it).
+fn aligned_region(len: usize) -> Result<vm_memory::MmapRegion, MemoryError> {
+    let size_mib = (len >> 20) as u64;
+    let map_err = |source| MemoryError::Map { size_mib, source };
+    let reserved = len
+        .checked_add(HOST_ALIGN)
+        .ok_or_else(|| map_err(io::Error::from_raw_os_error(libc::ENOMEM)))?;
+    // SAFETY: a new anonymous private mapping, not MAP_FIXED: it replaces
+    // nothing; the result is checked.
+    let base = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            reserved,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_ANONYMOUS | libc::MAP_PRIVATE | libc::MAP_NORESERVE,
+            -1,
+            0,
+        )
+    };
+    if base == libc::MAP_FAILED {
+        return Err(map_err(io::Error::last_os_error()));
+    }
+    let start = base as usize;
+    let aligned = start.next_multiple_of(HOST_ALIGN);
+    let (head, tail) = (aligned - start, start + reserved - (aligned + len));
+    // SAFETY: both ranges lie inside the mapping just made and outside the
+    // aligned part kept; unmapping them touches nothing else.
+    unsafe {
+        if head > 0 {
+            libc::munmap(base, head);
+        }
+        if tail > 0 {
+            libc::munmap((aligned + len) as *mut libc::c_void, tail);
+        }
+    }
+    // SAFETY: `aligned` and `len` are exactly the part of the mapping kept
+    // above, read-write, and nothing else unmaps it.
+    let builder = unsafe {
+        MmapRegionBuilder::new(len)
+            .with_mmap_prot(libc::PROT_READ | libc::PROT_WRITE)
+            .with_mmap_flags(libc::MAP_ANONYMOUS | libc::MAP_PRIVATE | libc::MAP_NORESERVE)
+            .with_raw_mmap_pointer(aligned as *mut u8)
+    };
+    builder
+        .build()
+        .map_err(|source| MemoryError::Region { size_mib, source })
 }
 
 #[cfg(test)]
@@ -41,6 +116,26 @@ mod tests {
     #[test]
     fn small_memory_is_one_region() {
         assert_eq!(ram_regions(256 << 20), vec![(GuestAddress(0), 256 << 20)]);
+    }
+
+    #[test]
+    fn every_region_starts_on_a_large_page() {
+        use vm_memory::{Bytes, GuestMemory};
+        let mem = create_guest_memory(4 << 30).unwrap();
+        assert_eq!(mem.num_regions(), 2);
+        for region in mem.iter() {
+            assert_eq!(region.as_ptr() as usize % HOST_ALIGN, 0);
+        }
+        // Readable and writable end to end.
+        mem.write_obj(0xabu8, GuestAddress(MMIO_GAP_START - 1))
+            .unwrap();
+        mem.write_obj(0xcdu8, GuestAddress(MMIO_GAP_END + (1 << 20)))
+            .unwrap();
+        assert_eq!(
+            mem.read_obj::<u8>(GuestAddress(MMIO_GAP_START - 1))
+                .unwrap(),
+            0xab
+        );
     }
 
     #[test]
