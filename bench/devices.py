@@ -302,7 +302,8 @@ def boot(cmd, name, uds=None, vsock_mib=0):
         for stream in held:
             stream.close()
     if "bench-guest-done" not in "".join(transcript) or (uds and "vsock-h2g" not in results):
-        sys.exit(f"devices: the {name} guest did not finish:\n" + "".join(transcript))
+        sys.exit(f"devices: the {name} guest did not finish (the VMM exited with "
+                 f"{proc.returncode}):\n" + "".join(transcript))
     return results, clock
 
 
