@@ -32,6 +32,7 @@ import hashlib
 import os
 import re
 import shutil
+import signal
 import socket
 import statistics
 import subprocess
@@ -44,7 +45,9 @@ MEMORY_MIB = 512
 args_verbose = os.environ.get("BENCH_VERBOSE") == "1"
 CPUS = 2
 TIMEOUT_S = 900
-# A guest that prints nothing for this long is reported with its VMM's threads.
+# A guest that prints nothing for this long is reported with its VMM's threads,
+# and killed after twice as long (its console never closing, the boot would
+# otherwise wait forever).
 QUIET_S = 180
 BIG_MIB = 256
 DIRS, FILES_PER_DIR = 100, 100
@@ -220,7 +223,8 @@ def report_threads(pid, name):
 
 
 class QuietWatch:
-    """Calls report_threads once if `touch` is not called for QUIET_S seconds."""
+    """Calls report_threads once if `touch` is not called for QUIET_S seconds,
+    and kills the process if it stays quiet for 2 * QUIET_S."""
 
     def __init__(self, pid, name):
         self.pid, self.name, self.last = pid, name, time.monotonic()
@@ -234,9 +238,18 @@ class QuietWatch:
         self.done.set()
 
     def _watch(self):
+        reported = False
         while not self.done.wait(5):
-            if time.monotonic() - self.last > QUIET_S:
+            quiet = time.monotonic() - self.last
+            if quiet > QUIET_S and not reported:
                 report_threads(self.pid, self.name)
+                reported = True
+            elif quiet > 2 * QUIET_S:
+                progress(f"{self.name}: killed after {quiet:.0f} s without console output")
+                try:
+                    os.kill(self.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
                 return
 
 
