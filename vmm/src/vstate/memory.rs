@@ -15,6 +15,10 @@ use vm_memory::{GuestAddress, GuestMemoryMmap, GuestRegionMmap};
 
 /// Alignment of each region's host address: an x86 large page.
 const HOST_ALIGN: usize = 2 << 20;
+/// Protection of guest RAM in the VMM.
+const RAM_PROT: i32 = libc::PROT_READ | libc::PROT_WRITE;
+/// Guest RAM is private anonymous memory, committed as the guest touches it.
+const RAM_FLAGS: i32 = libc::MAP_ANONYMOUS | libc::MAP_PRIVATE | libc::MAP_NORESERVE;
 
 /// Errors while creating guest memory.
 #[derive(Debug, thiserror::Error)]
@@ -59,9 +63,8 @@ pub fn create_guest_memory(size: u64) -> Result<GuestMemoryMmap, MemoryError> {
 }
 
 /// An anonymous read-write mapping of `len` bytes whose start is a multiple
-/// of [`HOST_ALIGN`]. It is never unmapped: guest memory lives as long as the
-/// VMM process (device threads left behind on a hung host request may still
-/// hold it).
+/// of [`HOST_ALIGN`]. vm-memory does not unmap a region built on a raw
+/// pointer: the mapping lives as long as the VMM process, which runs one VM.
 fn aligned_region(len: usize) -> Result<vm_memory::MmapRegion, MemoryError> {
     let size_mib = (len >> 20) as u64;
     let map_err = |source| MemoryError::Map { size_mib, source };
@@ -70,16 +73,7 @@ fn aligned_region(len: usize) -> Result<vm_memory::MmapRegion, MemoryError> {
         .ok_or_else(|| map_err(io::Error::from_raw_os_error(libc::ENOMEM)))?;
     // SAFETY: a new anonymous private mapping, not MAP_FIXED: it replaces
     // nothing; the result is checked.
-    let base = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            reserved,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_ANONYMOUS | libc::MAP_PRIVATE | libc::MAP_NORESERVE,
-            -1,
-            0,
-        )
-    };
+    let base = unsafe { libc::mmap(std::ptr::null_mut(), reserved, RAM_PROT, RAM_FLAGS, -1, 0) };
     if base == libc::MAP_FAILED {
         return Err(map_err(io::Error::last_os_error()));
     }
@@ -100,8 +94,8 @@ fn aligned_region(len: usize) -> Result<vm_memory::MmapRegion, MemoryError> {
     // above, read-write, and nothing else unmaps it.
     let builder = unsafe {
         MmapRegionBuilder::new(len)
-            .with_mmap_prot(libc::PROT_READ | libc::PROT_WRITE)
-            .with_mmap_flags(libc::MAP_ANONYMOUS | libc::MAP_PRIVATE | libc::MAP_NORESERVE)
+            .with_mmap_prot(RAM_PROT)
+            .with_mmap_flags(RAM_FLAGS)
             .with_raw_mmap_pointer(aligned as *mut u8)
     };
     builder
