@@ -12,6 +12,19 @@ pub const DEFAULT_CONFIG_PATH: &str = "/etc/runv/config.toml";
 /// Prefix of the pod annotations that override configuration values.
 pub const ANNOTATION_PREFIX: &str = "io.pouch.runv.";
 
+/// Largest `boot_timeout_secs`: a create that boots a VM ends within 10 minutes
+/// (the emulated test host boots in 10-20 s), and the deadline it gives stays
+/// far from `Instant`'s range.
+pub const MAX_BOOT_TIMEOUT_SECS: u64 = 600;
+/// How errors name [`MAX_BOOT_TIMEOUT_SECS`].
+const BOOT_TIMEOUT_LIMIT: &str = "runv's maximum";
+
+/// Largest vCPU count a VM may have (x86 APIC ids of one byte).
+const MAX_VCPUS_LIMIT: u32 = 255;
+
+/// Smallest guest memory (MiB) in which the guest kernel and agent run.
+const MIN_MEMORY_MIB: u32 = 64;
+
 /// Errors of reading or applying the configuration.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -53,9 +66,14 @@ pub struct RunvConfig {
     /// Guest memory (MiB) for the guest kernel and agent, added to the containers'
     /// memory limits when they set some.
     pub overhead_memory_mib: u32,
-    /// Upper bound of vCPUs one VM may get from its containers' limits.
+    /// Upper bound of vCPUs one VM may get, from its containers' limits or an
+    /// annotation.
     pub max_vcpus: u32,
-    /// How long the guest agent may take to answer after the VMM started.
+    /// Upper bound of one VM's guest memory (MiB), from its containers' limits or
+    /// an annotation.
+    pub max_memory_mib: u32,
+    /// How long the guest agent may take to answer after the VMM started
+    /// (1..=[`MAX_BOOT_TIMEOUT_SECS`]).
     pub boot_timeout_secs: u64,
     /// Log level of the shim: error, warn, info, debug or trace.
     pub log_level: String,
@@ -75,6 +93,7 @@ impl Default for RunvConfig {
             default_memory_mib: 256,
             overhead_memory_mib: 128,
             max_vcpus: 8,
+            max_memory_mib: 16384,
             boot_timeout_secs: 30,
             log_level: "info".into(),
             debug_console: false,
@@ -125,24 +144,44 @@ impl RunvConfig {
     }
 
     fn validate(&self) -> Result<(), String> {
-        if !(1..=255).contains(&self.default_vcpus) {
+        if !(1..=MAX_VCPUS_LIMIT).contains(&self.max_vcpus) {
             return Err(format!(
-                "default_vcpus {} is not in 1..=255",
-                self.default_vcpus
-            ));
-        }
-        if self.max_vcpus < self.default_vcpus || self.max_vcpus > 255 {
-            return Err(format!(
-                "max_vcpus {} is not in default_vcpus..=255",
+                "max_vcpus {} is not in 1..={MAX_VCPUS_LIMIT}",
                 self.max_vcpus
             ));
         }
-        if self.default_memory_mib < 64 || self.overhead_memory_mib < 64 {
-            return Err("default_memory_mib and overhead_memory_mib must be at least 64".into());
+        check_range(
+            "default_vcpus",
+            self.default_vcpus,
+            1,
+            self.max_vcpus,
+            "max_vcpus",
+        )?;
+        if self.max_memory_mib < MIN_MEMORY_MIB {
+            return Err(format!(
+                "max_memory_mib {} is below {MIN_MEMORY_MIB}",
+                self.max_memory_mib
+            ));
         }
-        if self.boot_timeout_secs == 0 {
-            return Err("boot_timeout_secs must be positive".into());
+        for (key, value) in [
+            ("default_memory_mib", self.default_memory_mib),
+            ("overhead_memory_mib", self.overhead_memory_mib),
+        ] {
+            check_range(
+                key,
+                value,
+                MIN_MEMORY_MIB,
+                self.max_memory_mib,
+                "max_memory_mib",
+            )?;
         }
+        check_range(
+            "boot_timeout_secs",
+            self.boot_timeout_secs,
+            1,
+            MAX_BOOT_TIMEOUT_SECS,
+            BOOT_TIMEOUT_LIMIT,
+        )?;
         if !LOG_LEVELS.contains(&self.log_level.as_str()) {
             return Err(format!(
                 "log_level {:?} is not one of {}",
@@ -191,17 +230,19 @@ impl RunvConfig {
                     "{key} is not listed in the config's enable_annotations"
                 )));
             }
-            let number = || {
-                value
-                    .parse::<u64>()
-                    .map_err(|_| fail("not a non-negative integer".into()))
-            };
-            let small = |n: u64| u32::try_from(n).map_err(|_| fail("too large".into()));
+            // Maxima are never overridable: a tenant cannot raise them.
+            let (max_vcpus, max_memory) = (config.max_vcpus, config.max_memory_mib);
+            let memory = || at_most(value, max_memory, "max_memory_mib").map_err(fail);
             match key {
-                "default_vcpus" => config.default_vcpus = small(number()?)?,
-                "default_memory_mib" => config.default_memory_mib = small(number()?)?,
-                "overhead_memory_mib" => config.overhead_memory_mib = small(number()?)?,
-                "boot_timeout_secs" => config.boot_timeout_secs = number()?,
+                "default_vcpus" => {
+                    config.default_vcpus = at_most(value, max_vcpus, "max_vcpus").map_err(fail)?
+                }
+                "default_memory_mib" => config.default_memory_mib = memory()?,
+                "overhead_memory_mib" => config.overhead_memory_mib = memory()?,
+                "boot_timeout_secs" => {
+                    config.boot_timeout_secs =
+                        at_most(value, MAX_BOOT_TIMEOUT_SECS, BOOT_TIMEOUT_LIMIT).map_err(fail)?
+                }
                 "debug_console" => {
                     config.debug_console = value
                         .parse()
@@ -232,6 +273,41 @@ impl RunvConfig {
     }
 }
 
+/// Checks `min <= value <= max`, naming `key` and, above, the maximum's name.
+fn check_range<T>(key: &str, value: T, min: T, max: T, max_name: &str) -> Result<(), String>
+where
+    T: PartialOrd + std::fmt::Display,
+{
+    if value < min {
+        return Err(format!("{key} {value} is below {min}"));
+    }
+    if value > max {
+        return Err(format!("{key} {value} is above {max_name} = {max}"));
+    }
+    Ok(())
+}
+
+/// An annotation's `value` as a number no larger than `max` (called `max_name`
+/// in the error); the lower bounds are [`RunvConfig::validate`]'s.
+fn at_most<T>(value: &str, max: T, max_name: &str) -> Result<T, String>
+where
+    T: Copy + Into<u64> + TryFrom<u64> + std::fmt::Display,
+{
+    let above = || format!("above {max_name} = {max}");
+    let number: u64 = match value.parse() {
+        Ok(number) => number,
+        // All digits but too long for a u64: above any maximum.
+        Err(_) if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) => {
+            return Err(above())
+        }
+        Err(_) => return Err("not a non-negative integer".into()),
+    };
+    if number > max.into() {
+        return Err(above());
+    }
+    T::try_from(number).map_err(|_| above())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -254,6 +330,7 @@ mod tests {
             default_memory_mib = 512
             overhead_memory_mib = 96
             max_vcpus = 4
+            max_memory_mib = 1024
             boot_timeout_secs = 9
             log_level = "debug"
             debug_console = true
@@ -265,6 +342,7 @@ mod tests {
         assert_eq!(config.default_vcpus, 2);
         assert_eq!(config.default_memory_mib, 512);
         assert_eq!(config.overhead_memory_mib, 96);
+        assert_eq!(config.max_memory_mib, 1024);
         assert_eq!(config.boot_timeout_secs, 9);
         assert!(config.debug_console);
     }
@@ -284,10 +362,90 @@ mod tests {
         assert!(syntax.contains("runv config"), "{syntax}");
         let range = load_text("default_vcpus = 0\n").unwrap_err().to_string();
         assert!(range.contains("default_vcpus"), "{range}");
+        let memory = load_text("default_memory_mib = 20000\n")
+            .unwrap_err()
+            .to_string();
+        assert!(memory.contains("above max_memory_mib = 16384"), "{memory}");
+        let max = load_text("max_memory_mib = 128\n").unwrap_err().to_string();
+        assert!(max.contains("default_memory_mib 256"), "{max}");
+        let timeout = load_text("boot_timeout_secs = 18446744073709551615\n")
+            .unwrap_err()
+            .to_string();
+        assert!(timeout.contains("above runv's maximum = 600"), "{timeout}");
         let level = load_text("log_level = \"loud\"\n").unwrap_err().to_string();
         assert!(level.contains("log_level"), "{level}");
         let missing = RunvConfig::load(Path::new("/nonexistent/runv.toml")).unwrap_err();
         assert!(missing.to_string().contains("/nonexistent/runv.toml"));
+    }
+
+    #[test]
+    fn annotations_stay_within_the_maxima() {
+        let config = RunvConfig {
+            enable_annotations: OVERRIDABLE.iter().map(|k| k.to_string()).collect(),
+            ..RunvConfig::default()
+        };
+        let set = |k: &str, v: &str| HashMap::from([(format!("{ANNOTATION_PREFIX}{k}"), v.into())]);
+        let err = config
+            .with_annotations(&set("default_memory_mib", "1048576"))
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "annotation io.pouch.runv.default_memory_mib=\"1048576\": \
+             above max_memory_mib = 16384"
+        );
+        for (key, value, max) in [
+            (
+                "default_memory_mib",
+                "99999999999999999999999",
+                "max_memory_mib = 16384",
+            ),
+            (
+                "overhead_memory_mib",
+                "4294967295",
+                "max_memory_mib = 16384",
+            ),
+            ("default_vcpus", "4294967296", "max_vcpus = 8"),
+            (
+                "boot_timeout_secs",
+                "18446744073709551615",
+                "runv's maximum = 600",
+            ),
+        ] {
+            let err = config.with_annotations(&set(key, value)).unwrap_err();
+            let text = err.to_string();
+            assert!(
+                text.contains(&format!("{ANNOTATION_PREFIX}{key}")) && text.contains(max),
+                "{text}"
+            );
+        }
+        let most = config
+            .with_annotations(&HashMap::from([
+                (
+                    format!("{ANNOTATION_PREFIX}default_memory_mib"),
+                    "16384".into(),
+                ),
+                (
+                    format!("{ANNOTATION_PREFIX}boot_timeout_secs"),
+                    "600".into(),
+                ),
+            ]))
+            .unwrap();
+        assert_eq!(most.default_memory_mib, 16384);
+        // The longest boot deadline is an ordinary Instant.
+        let deadline = std::time::Instant::now()
+            .checked_add(std::time::Duration::from_secs(most.boot_timeout_secs));
+        assert!(deadline.is_some());
+        let err = config
+            .with_annotations(&set("boot_timeout_secs", "0"))
+            .unwrap_err();
+        assert!(err.to_string().contains("below 1"), "{err}");
+        let err = config
+            .with_annotations(&set("default_memory_mib", "-1"))
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("not a non-negative integer"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -317,6 +475,10 @@ mod tests {
             .with_annotations(&set("default_vcpus", "0"))
             .unwrap_err();
         assert!(err.to_string().contains("default_vcpus"), "{err}");
+        let err = config
+            .with_annotations(&set("default_vcpus", "9"))
+            .unwrap_err();
+        assert!(err.to_string().ends_with("above max_vcpus = 8"), "{err}");
         let other = HashMap::from([("io.kubernetes.cri.sandbox-id".into(), "x".into())]);
         assert_eq!(config.with_annotations(&other).unwrap(), config);
     }

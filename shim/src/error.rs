@@ -3,6 +3,10 @@
 
 use ttrpc::{Code, Error as TtrpcError};
 
+/// Most bytes of guest-provided text (an agent's error message) a task error
+/// keeps: the agent may send megabytes, containerd and its logs get this much.
+pub const MAX_GUEST_TEXT: usize = 4096;
+
 /// An error a task RPC answers with.
 #[derive(Debug, thiserror::Error)]
 pub enum TaskError {
@@ -18,7 +22,8 @@ pub enum TaskError {
     /// The call does not fit the task's state.
     #[error("{0}")]
     FailedPrecondition(String),
-    /// The agent refused or failed; its status code is kept.
+    /// The agent refused or failed; its status code is kept, its text cut to
+    /// [`MAX_GUEST_TEXT`].
     #[error("{context}: {source}")]
     Agent { context: String, source: TtrpcError },
     /// The shim or the VM failed.
@@ -30,10 +35,13 @@ pub enum TaskError {
 }
 
 impl TaskError {
-    /// An agent failure in `context`.
+    /// An agent failure in `context`, its text bounded.
     pub fn agent(context: impl Into<String>) -> impl FnOnce(TtrpcError) -> Self {
         let context = context.into();
-        move |source| Self::Agent { context, source }
+        move |source| Self::Agent {
+            context,
+            source: bounded_agent_error(source),
+        }
     }
 
     /// An unknown id of `kind`.
@@ -74,6 +82,33 @@ impl From<TaskError> for TtrpcError {
     }
 }
 
+/// `text` cut to its first `max` bytes (at a char boundary), followed by how
+/// many bytes were cut; whole if it is not longer.
+pub fn bounded_text(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_string();
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}… ({} bytes cut)", &text[..end], text.len() - end)
+}
+
+/// `err` with its guest-provided text bounded; a status loses its details
+/// (opaque payloads the shim never reads).
+fn bounded_agent_error(err: TtrpcError) -> TtrpcError {
+    let bound = |text: &str| bounded_text(text, MAX_GUEST_TEXT);
+    match err {
+        TtrpcError::RpcStatus(status) => {
+            TtrpcError::RpcStatus(ttrpc::get_status(status.code(), bound(status.message())))
+        }
+        TtrpcError::Socket(text) => TtrpcError::Socket(bound(&text)),
+        TtrpcError::Others(text) => TtrpcError::Others(bound(&text)),
+        other => other,
+    }
+}
+
 /// Result of a task operation.
 pub type Result<T> = std::result::Result<T, TaskError>;
 
@@ -104,5 +139,31 @@ mod tests {
             status(TaskError::Unimplemented("checkpoint")).0,
             Code::UNIMPLEMENTED
         );
+    }
+
+    #[test]
+    fn a_guest_message_is_cut_at_a_char_boundary() {
+        // 4 MiB of two-byte chars after one byte: byte MAX_GUEST_TEXT splits a char.
+        let huge = format!("x{}", "é".repeat(2 << 20));
+        let mut reply = ttrpc::get_status(Code::INVALID_ARGUMENT, &huge);
+        reply.details.push(Default::default());
+        let agent = TaskError::agent("CreateContainer c1")(TtrpcError::RpcStatus(reply));
+        let logged = agent.to_string();
+        assert!(logged.len() < 2 * MAX_GUEST_TEXT, "{} bytes", logged.len());
+        let (code, message) = status(agent);
+        assert_eq!(code, Code::INVALID_ARGUMENT);
+        let kept = MAX_GUEST_TEXT - 1;
+        let cut = huge.len() - kept;
+        assert_eq!(
+            message,
+            format!("CreateContainer c1: {}… ({cut} bytes cut)", &huge[..kept])
+        );
+        let other = TaskError::agent("Check")(TtrpcError::Others("y".repeat(1 << 20)));
+        assert!(status(other)
+            .1
+            .ends_with(&format!("({} bytes cut)", (1 << 20) - MAX_GUEST_TEXT)));
+        assert_eq!(bounded_text("short", MAX_GUEST_TEXT), "short");
+        assert_eq!(bounded_text("abc", 3), "abc");
+        assert_eq!(bounded_text("abcd", 3), "abc… (1 bytes cut)");
     }
 }

@@ -7,12 +7,14 @@ mod events;
 mod exit;
 mod metrics;
 mod mounts;
+mod oom;
 mod options;
 mod paths;
 mod pod_files;
 mod process;
 mod sandbox;
 mod service;
+mod share;
 mod shim;
 mod spec;
 mod stdio;
@@ -38,10 +40,26 @@ fn main() -> ExitCode {
         // containerd 2.x asks for the runtime's description (a RuntimeInfo).
         Some("-info" | "--info") => print_info(),
         _ => {
+            if is_daemon() {
+                // Before any thread exists: a mount namespace is per thread.
+                if let Err(err) = share::enter_own_mount_namespace() {
+                    eprintln!("containerd-shim-runv-v2: {err}");
+                    return ExitCode::FAILURE;
+                }
+            }
             containerd_shim::run::<shim::RunvShim>(RUNTIME_ID, None);
             ExitCode::SUCCESS
         }
     }
+}
+
+/// Whether this process is the long-running shim (started by `start` with a
+/// socket and no action), not `start` or `delete`.
+fn is_daemon() -> bool {
+    let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
+    containerd_shim::parse(&args)
+        .map(|flags| flags.action.is_empty() && !flags.socket.is_empty())
+        .unwrap_or(false)
 }
 
 fn print_info() -> ExitCode {

@@ -72,31 +72,35 @@ impl SandboxDir {
         self.root.join("vmm.pid")
     }
 
-    /// The directory shared with the guest by virtio-fs.
+    /// The host-only directory where the shim builds every container's rootfs
+    /// and volumes (a tmpfs of the shim's mount namespace).
+    pub fn mounts(&self) -> PathBuf {
+        self.root.join("mounts")
+    }
+
+    /// The directory the VMM serves to the guest by virtio-fs: a read-only view
+    /// of [`Self::mounts`] that sees the mounts made there.
     pub fn shared(&self) -> PathBuf {
         self.root.join("shared")
     }
-
-    /// The container's directory in the share (host side).
-    pub fn container(&self, container_id: &str) -> PathBuf {
-        self.shared().join(container_id)
-    }
 }
 
-/// Host-side and guest-side path of one entry of a container's share directory.
+/// One entry of a container's directory in the share: where the shim mounts it
+/// (relative to [`SandboxDir::mounts`]) and where the guest sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SharedPath {
-    /// Where the shim mounts it on the host.
-    pub host: PathBuf,
+    /// `<container-id>/<name>`, below the host-only mounts directory.
+    pub rel: PathBuf,
     /// Where the guest sees it.
     pub guest: String,
 }
 
 impl SharedPath {
-    /// Entry `name` (a relative path of plain components) of container `cid`.
-    pub fn new(dir: &SandboxDir, container_id: &str, name: &str) -> Self {
+    /// Entry `name` (a relative path of plain components) of container `cid`
+    /// (an id that passed [`check_id`]).
+    pub fn new(container_id: &str, name: &str) -> Self {
         Self {
-            host: dir.container(container_id).join(name),
+            rel: Path::new(container_id).join(name),
             guest: format!("{GUEST_SHARED_DIR}/{container_id}/{name}"),
         }
     }
@@ -120,8 +124,9 @@ mod tests {
     fn shared_paths_match_on_both_sides() {
         let dir = SandboxDir::new("pod");
         assert_eq!(dir.vsock_sock(), Path::new("/run/runv/pod/vsock.sock"));
-        let rootfs = SharedPath::new(&dir, "c1", "rootfs");
-        assert_eq!(rootfs.host, Path::new("/run/runv/pod/shared/c1/rootfs"));
+        assert_eq!(dir.shared(), Path::new("/run/runv/pod/shared"));
+        let rootfs = SharedPath::new("c1", "rootfs");
+        assert_eq!(rootfs.rel, Path::new("c1/rootfs"));
         assert_eq!(rootfs.guest, "/run/runv/shared/c1/rootfs");
     }
 }

@@ -5,6 +5,7 @@ use crate::config::RunvConfig;
 use crate::mounts;
 use crate::paths::SandboxDir;
 use crate::pod_files::PodFiles;
+use crate::share::{self, PodShare};
 use crate::spec::VmSize;
 use crate::vm::{self, Vm};
 use log::{info, warn};
@@ -34,6 +35,8 @@ pub struct Sandbox {
     pub id: String,
     /// `/run/runv/<id>/`.
     pub dir: SandboxDir,
+    /// The host side of the guest's share.
+    pub share: PodShare,
     /// The VMM process.
     pub vm: Vm,
     /// The guest agent.
@@ -64,8 +67,15 @@ impl Sandbox {
         fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
-            .create(dir.shared())
-            .map_err(|err| format!("{}: {err}", dir.shared().display()))?;
+            .create(dir.path())
+            .map_err(|err| format!("{}: {err}", dir.path().display()))?;
+        let share = match PodShare::create(&dir) {
+            Ok(share) => share,
+            Err(err) => {
+                cleanup(&dir);
+                return Err(err.to_string());
+            }
+        };
         let vm = match Vm::launch(&config, &dir, size, on_vm_exit) {
             Ok(vm) => vm,
             Err(err) => {
@@ -88,6 +98,7 @@ impl Sandbox {
         Ok(Self {
             id: id.to_string(),
             dir,
+            share,
             vm,
             agent,
         })
@@ -168,7 +179,12 @@ fn prepare_guest(agent: &AgentClient, id: &str, files: &PodFiles) -> Result<(), 
     agent
         .create_sandbox(agent_ctx(), &req)
         .map(drop)
-        .map_err(|err| format!("CreateSandbox: {err}"))
+        .map_err(|err| {
+            format!(
+                "CreateSandbox: {}",
+                crate::error::bounded_text(&err.to_string(), crate::error::MAX_GUEST_TEXT)
+            )
+        })
 }
 
 fn log_tail(dir: &SandboxDir) -> String {
@@ -182,10 +198,31 @@ fn log_tail(dir: &SandboxDir) -> String {
     }
 }
 
-/// Kills a VMM left in `dir` and removes the directory with every mount in it.
+/// Kills a VMM left in `dir`, detaches the pod's share and removes the
+/// directory; a directory with anything still mounted below it is left whole
+/// (a removal must never reach into a volume).
 pub fn cleanup(dir: &SandboxDir) {
     vm::kill_orphan(dir);
-    if let Err(err) = mounts::unmount_and_remove(dir.path()) {
+    if let Err(err) = share::teardown(dir) {
         warn!("cleanup of {}: {err}", dir.path().display());
+    }
+    match mounts::anything_mounted_under(dir.path()) {
+        Ok(false) => {}
+        Ok(true) => {
+            warn!(
+                "cleanup of {}: something is still mounted below it; left in place",
+                dir.path().display()
+            );
+            return;
+        }
+        Err(err) => {
+            warn!("cleanup of {}: {err}; left in place", dir.path().display());
+            return;
+        }
+    }
+    match fs::remove_dir_all(dir.path()) {
+        Ok(()) => {}
+        Err(err) if err.kind() == io::ErrorKind::NotFound => {}
+        Err(err) => warn!("cleanup of {}: {err}", dir.path().display()),
     }
 }

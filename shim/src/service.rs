@@ -2,11 +2,11 @@
 //! pod's VM and its agent.
 
 use crate::config::{RunvConfig, DEFAULT_CONFIG_PATH};
-use crate::error::{Result, TaskError};
+use crate::error::{bounded_text, Result, TaskError, MAX_GUEST_TEXT};
 use crate::events::EventQueue;
 use crate::exit::{Exit, VM_GONE_STATUS};
 use crate::metrics;
-use crate::mounts;
+use crate::oom::{OomGate, Verdict, OOM_INTERVAL};
 use crate::options;
 use crate::paths::{check_id, SharedPath};
 use crate::pod_files::PodFiles;
@@ -28,10 +28,15 @@ use serde_json::Value;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// How long one OOM long poll may wait in the agent.
 const OOM_POLL: Duration = Duration::from_secs(30);
+/// Pause after an OOM report was dropped: a flood costs at most 100 polls a
+/// second, and a report that passes is never delayed.
+const OOM_DROP_PAUSE: Duration = Duration::from_millis(10);
+/// Most bytes of a guest-provided id quoted in a log line.
+const MAX_QUOTED_ID: usize = 128;
 
 /// A task: a container, or the stand-in for a CRI pod's sandbox.
 struct Task {
@@ -61,7 +66,46 @@ impl Task {
 #[derive(Default)]
 struct Pod {
     sandbox: Option<Arc<Sandbox>>,
+    /// A create is booting the pod's VM (without the pod lock).
+    booting: bool,
+    /// Bundles of the tasks being created (without the pod lock), by id.
+    creating: HashMap<String, String>,
     tasks: HashMap<String, Task>,
+}
+
+/// A create in flight: its task id, and the pod's VM if it boots it, reserved
+/// in the pod while the slow work runs without the pod lock; released when
+/// dropped.
+struct Reservation<'a> {
+    inner: &'a Inner,
+    id: String,
+    boots: bool,
+}
+
+impl Reservation<'_> {
+    /// Adds the created task, and the VM this create booted, to the pod.
+    fn commit(self, task: Task, sandbox: &Arc<Sandbox>) {
+        let mut pod = self.inner.lock();
+        if self.boots {
+            pod.sandbox = Some(Arc::clone(sandbox));
+        }
+        // A VMM that exited before the task was in the pod: vm_exited missed it.
+        if sandbox.vm.has_exited() {
+            task.init.record_exit(Exit::now(VM_GONE_STATUS));
+        }
+        pod.tasks.insert(self.id.clone(), task);
+        drop(pod);
+    }
+}
+
+impl Drop for Reservation<'_> {
+    fn drop(&mut self) {
+        let mut pod = self.inner.lock();
+        pod.creating.remove(&self.id);
+        if self.boots {
+            pod.booting = false;
+        }
+    }
 }
 
 struct Inner {
@@ -130,52 +174,35 @@ impl Inner {
             stderr: req.stderr.clone(),
             terminal: req.terminal,
         };
-        let mut pod = self.lock();
-        if pod.tasks.contains_key(&req.id) {
-            return Err(TaskError::AlreadyExists(format!("task {} exists", req.id)));
-        }
-        let sandbox = match &role {
-            PodRole::Container { sandbox_id } => match &pod.sandbox {
-                Some(sandbox) if &sandbox.id == sandbox_id => Arc::clone(sandbox),
-                _ => {
-                    return Err(TaskError::FailedPrecondition(format!(
-                        "pod {sandbox_id} has no VM in this shim"
-                    )))
-                }
-            },
-            PodRole::Sandbox | PodRole::Standalone => {
-                if let Some(existing) = &pod.sandbox {
-                    return Err(TaskError::FailedPrecondition(format!(
-                        "this shim already runs pod {}",
-                        existing.id
-                    )));
-                }
-                let sandbox = Arc::new(self.boot(req, &spec, &annotations, &role)?);
-                pod.sandbox = Some(Arc::clone(&sandbox));
-                sandbox
-            }
+        // The pod lock is held only to reserve the id (and the VM): the boot, the
+        // agent and the stdio streams run without it, so the pod's other RPCs
+        // answer meanwhile, whatever the guest does.
+        let (reservation, running) = self.reserve(&req.id, &req.bundle, &role)?;
+        let boots = running.is_none();
+        let sandbox = match running {
+            Some(sandbox) => sandbox,
+            None => Arc::new(self.boot(req, &spec, &annotations, &role)?),
         };
         let process = Arc::new(Process::new(&req.id, "", uris.clone(), None));
         if role != PodRole::Sandbox {
             if let Err(err) = self.create_container(&sandbox, req, &spec, &process) {
                 if role == PodRole::Standalone {
-                    pod.sandbox = None;
                     sandbox.destroy();
                 }
                 return Err(err);
             }
         }
-        pod.tasks.insert(
-            req.id.clone(),
-            Task {
-                bundle: req.bundle.clone(),
-                role,
-                init: process,
-                execs: HashMap::new(),
-            },
-        );
+        let task = Task {
+            bundle: req.bundle.clone(),
+            role,
+            init: process,
+            execs: HashMap::new(),
+        };
+        reservation.commit(task, &sandbox);
+        if boots {
+            self.watch_oom(&sandbox);
+        }
         let pid = sandbox.vm.pid();
-        drop(pod);
         self.events.publish(
             topics::TASK_CREATE_EVENT_TOPIC,
             TaskCreate {
@@ -198,6 +225,58 @@ impl Inner {
             pid,
             ..Default::default()
         })
+    }
+
+    /// Reserves task id `id` (with its `bundle`) for a create in flight, and the
+    /// pod's VM if this create boots it; the pod's running VM for a container
+    /// that joins it, none for a create that boots one.
+    fn reserve(
+        &self,
+        id: &str,
+        bundle: &str,
+        role: &PodRole,
+    ) -> Result<(Reservation<'_>, Option<Arc<Sandbox>>)> {
+        let mut pod = self.lock();
+        if pod.tasks.contains_key(id) || pod.creating.contains_key(id) {
+            return Err(TaskError::AlreadyExists(format!("task {id} exists")));
+        }
+        let running = match role {
+            PodRole::Container { sandbox_id } => match &pod.sandbox {
+                Some(sandbox) if &sandbox.id == sandbox_id => Some(Arc::clone(sandbox)),
+                _ if pod.booting => {
+                    return Err(TaskError::FailedPrecondition(format!(
+                        "pod {sandbox_id}: this shim is still booting its VM"
+                    )))
+                }
+                _ => {
+                    return Err(TaskError::FailedPrecondition(format!(
+                        "pod {sandbox_id} has no VM in this shim"
+                    )))
+                }
+            },
+            PodRole::Sandbox | PodRole::Standalone => {
+                if let Some(existing) = &pod.sandbox {
+                    return Err(TaskError::FailedPrecondition(format!(
+                        "this shim already runs pod {}",
+                        existing.id
+                    )));
+                }
+                if pod.booting {
+                    return Err(TaskError::FailedPrecondition(
+                        "this shim is already booting its pod's VM".into(),
+                    ));
+                }
+                pod.booting = true;
+                None
+            }
+        };
+        pod.creating.insert(id.to_string(), bundle.to_string());
+        let reservation = Reservation {
+            inner: self,
+            id: id.to_string(),
+            boots: running.is_none(),
+        };
+        Ok((reservation, running))
     }
 
     /// Boots the VM of the pod `req` starts.
@@ -232,7 +311,6 @@ impl Inner {
             }
         })
         .map_err(|err| TaskError::Internal(format!("pod {sandbox_id}: {err}")))?;
-        self.watch_oom(&sandbox);
         Ok(sandbox)
     }
 
@@ -246,20 +324,22 @@ impl Inner {
         process: &Process,
     ) -> Result<()> {
         let cid = &req.id;
-        let dir = &sandbox.dir;
-        let rootfs = SharedPath::new(dir, cid, "rootfs");
-        let guest =
-            spec::guest_spec(spec, dir, cid, &rootfs).map_err(TaskError::InvalidArgument)?;
+        let rootfs = SharedPath::new(cid, "rootfs");
+        let guest = spec::guest_spec(spec, cid, &rootfs).map_err(TaskError::InvalidArgument)?;
         let bundle_rootfs = Path::new(&req.bundle).join(
             spec.pointer("/root/path")
                 .and_then(Value::as_str)
                 .unwrap_or("rootfs"),
         );
         let result = (|| {
-            mounts::mount_rootfs(&req.rootfs, &bundle_rootfs, &rootfs.host)
+            sandbox
+                .share
+                .mount_rootfs(&rootfs, &req.rootfs, &bundle_rootfs)
                 .map_err(|err| TaskError::Internal(err.to_string()))?;
             for bind in &guest.binds {
-                mounts::bind(&bind.source, &bind.target.host, bind.readonly)
+                sandbox
+                    .share
+                    .bind(bind)
                     .map_err(|err| TaskError::InvalidArgument(err.to_string()))?;
             }
             let create = agent_api::CreateContainerRequest {
@@ -291,7 +371,7 @@ impl Inner {
             }
         })();
         if result.is_err() {
-            if let Err(err) = mounts::unmount_and_remove(&dir.container(cid)) {
+            if let Err(err) = sandbox.share.remove_container(cid) {
                 warn!("cleanup of container {cid}'s share: {err}");
             }
         }
@@ -423,8 +503,10 @@ impl Inner {
                     Err(err) => {
                         if !sandbox.vm.has_exited() {
                             warn!(
-                                "WaitProcess {}/{}: {err}",
-                                process.container_id, process.exec_id
+                                "WaitProcess {}/{}: {}",
+                                process.container_id,
+                                process.exec_id,
+                                bounded_text(&err.to_string(), MAX_GUEST_TEXT)
                             );
                         }
                         Exit::now(VM_GONE_STATUS)
@@ -484,10 +566,13 @@ impl Inner {
         }
     }
 
-    /// Forwards the guest's OOM kills as TaskOOM events, while the VM runs.
+    /// Forwards the guest's OOM kills as TaskOOM events, while the VM runs:
+    /// only of the pod's containers in the guest, each at most once per
+    /// [`OOM_INTERVAL`].
     fn watch_oom(self: &Arc<Self>, sandbox: &Sandbox) {
         let weak = Arc::downgrade(self);
         let agent = sandbox.agent.clone();
+        let mut gate = OomGate::new(OOM_INTERVAL);
         let spawned = std::thread::Builder::new()
             .name("oom".into())
             .spawn(move || loop {
@@ -504,17 +589,18 @@ impl Inner {
                     .as_ref()
                     .map_or(true, |s| s.vm.has_exited());
                 match reply {
-                    Ok(event) => inner.events.publish(
-                        topics::TASK_OOM_EVENT_TOPIC,
-                        TaskOOM {
-                            container_id: event.container_id,
-                            ..Default::default()
-                        },
-                    ),
+                    Ok(event) => {
+                        if !inner.forward_oom(&mut gate, event.container_id) {
+                            // A guest flooding reports gets one poll per pause.
+                            drop(inner);
+                            std::thread::sleep(OOM_DROP_PAUSE);
+                        }
+                    }
                     Err(_) if vm_gone => return,
                     Err(ttrpc::Error::RpcStatus(status))
                         if status.code() == ttrpc::Code::DEADLINE_EXCEEDED => {}
                     Err(err) => {
+                        let err = bounded_text(&err.to_string(), MAX_GUEST_TEXT);
                         debug!("GetOOMEvent: {err}");
                         drop(inner);
                         std::thread::sleep(Duration::from_secs(1));
@@ -526,9 +612,47 @@ impl Inner {
         }
     }
 
+    /// Publishes the guest's OOM kill of `container_id` if `gate` lets it
+    /// through; false if it was dropped.
+    fn forward_oom(&self, gate: &mut OomGate, container_id: String) -> bool {
+        let known = self
+            .lock()
+            .tasks
+            .get(&container_id)
+            .is_some_and(Task::in_guest);
+        match gate.admit(&container_id, known, Instant::now()) {
+            Verdict::Publish => {
+                // Dropped on a full queue: it must never hold up lifecycle events.
+                let event = TaskOOM {
+                    container_id,
+                    ..Default::default()
+                };
+                self.events.offer(topics::TASK_OOM_EVENT_TOPIC, event);
+                true
+            }
+            Verdict::Limited => false,
+            Verdict::Unknown { warn } => {
+                if let Some(count) = warn {
+                    warn!(
+                        "dropped the guest's OOM reports of {count} ids that are no container \
+                         of this pod in the guest (last {:?})",
+                        bounded_text(&container_id, MAX_QUOTED_ID)
+                    );
+                }
+                false
+            }
+        }
+    }
+
     fn delete(&self, req: &api::DeleteRequest) -> Result<api::DeleteResponse> {
         let mut pod = self.lock();
         let pid = pod.sandbox.as_ref().map_or(0, |s| s.vm.pid());
+        if !pod.tasks.contains_key(&req.id) && pod.creating.contains_key(&req.id) {
+            return Err(TaskError::FailedPrecondition(format!(
+                "task {} is still being created",
+                req.id
+            )));
+        }
         let task = pod
             .tasks
             .get_mut(&req.id)
@@ -559,7 +683,9 @@ impl Inner {
             if !sandbox.vm.has_exited() {
                 remove_in_guest(&sandbox.agent, &req.id);
             }
-            mounts::unmount_and_remove(&sandbox.dir.container(&req.id))
+            sandbox
+                .share
+                .remove_container(&req.id)
                 .map_err(|err| TaskError::Internal(err.to_string()))?;
         } else {
             drop(pod);
@@ -668,6 +794,16 @@ impl Inner {
 
     fn state(&self, req: &api::StateRequest) -> Result<api::StateResponse> {
         let pod = self.lock();
+        if let (None, Some(bundle)) = (pod.tasks.get(&req.id), pod.creating.get(&req.id)) {
+            // Still being created: neither CREATED nor failed yet.
+            return Ok(api::StateResponse {
+                id: req.id.clone(),
+                bundle: bundle.clone(),
+                status: Status::UNKNOWN.into(),
+                exec_id: req.exec_id.clone(),
+                ..Default::default()
+            });
+        }
         let task = pod
             .tasks
             .get(&req.id)
@@ -856,10 +992,10 @@ impl Inner {
     fn shutdown(&self) {
         let sandbox = {
             let mut pod = self.lock();
-            if !pod.tasks.is_empty() {
+            if !pod.tasks.is_empty() || !pod.creating.is_empty() {
                 debug!(
-                    "shutdown asked with {} tasks left: staying",
-                    pod.tasks.len()
+                    "shutdown asked with {} tasks left or being created: staying",
+                    pod.tasks.len() + pod.creating.len()
                 );
                 return;
             }
@@ -880,7 +1016,10 @@ fn remove_in_guest(agent: &AgentClient, cid: &str) {
         ..Default::default()
     };
     if let Err(err) = agent.remove_container(agent_ctx(), &req) {
-        warn!("RemoveContainer {cid}: {err}");
+        warn!(
+            "{}",
+            TaskError::agent(format!("RemoveContainer {cid}"))(err)
+        );
     }
 }
 
@@ -1016,5 +1155,71 @@ impl containerd_shim::Task for Service {
         info!("shutdown");
         self.inner.shutdown();
         Ok(api::Empty::default())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn inner() -> Arc<Inner> {
+        Arc::new(Inner {
+            namespace: "default".into(),
+            events: EventQueue::unread(),
+            exit_signal: Arc::default(),
+            pod: Mutex::default(),
+        })
+    }
+
+    fn state_of(inner: &Inner, id: &str) -> Result<api::StateResponse> {
+        inner.state(&api::StateRequest {
+            id: id.into(),
+            ..Default::default()
+        })
+    }
+
+    #[test]
+    fn the_pod_answers_while_a_create_boots_its_vm() {
+        let inner = inner();
+        let (booting, running) = inner
+            .reserve("c1", "/bundles/c1", &PodRole::Standalone)
+            .unwrap();
+        assert!(running.is_none(), "this create boots the VM");
+        // The create now boots without the pod lock: another thread's RPCs on
+        // the pod answer at once.
+        let other = Arc::clone(&inner);
+        let answers = std::thread::spawn(move || {
+            let state = state_of(&other, "c1").unwrap();
+            let delete = other.delete(&api::DeleteRequest {
+                id: "c1".into(),
+                ..Default::default()
+            });
+            let twice = other.reserve("c1", "/b", &PodRole::Standalone).err();
+            let second_pod = other.reserve("c2", "/b", &PodRole::Standalone).err();
+            let member = PodRole::Container {
+                sandbox_id: "c1".into(),
+            };
+            let joins = other.reserve("c3", "/b", &member).err();
+            (state, delete.err(), twice, second_pod, joins)
+        });
+        let (state, delete, twice, second_pod, joins) = answers.join().unwrap();
+        assert_eq!(state.status, Status::UNKNOWN.into());
+        assert_eq!(state.bundle, "/bundles/c1");
+        assert!(
+            matches!(delete, Some(TaskError::FailedPrecondition(m)) if m.contains("being created"))
+        );
+        assert!(matches!(twice, Some(TaskError::AlreadyExists(_))));
+        assert!(
+            matches!(second_pod, Some(TaskError::FailedPrecondition(m)) if m.contains("booting"))
+        );
+        assert!(matches!(joins, Some(TaskError::FailedPrecondition(m)) if m.contains("booting")));
+        // A create that fails drops its reservation: the id and the VM are free.
+        drop(booting);
+        assert!(matches!(
+            state_of(&inner, "c1"),
+            Err(TaskError::NotFound { .. })
+        ));
+        let (_again, running) = inner.reserve("c2", "/b", &PodRole::Standalone).unwrap();
+        assert!(running.is_none());
     }
 }

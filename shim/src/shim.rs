@@ -71,7 +71,7 @@ impl containerd_shim::Shim for RunvShim {
                 self.id
             );
             if check_id("container", &self.id).is_ok() {
-                if let Err(err) = crate::mounts::unmount_and_remove(&dir.container(&self.id)) {
+                if let Err(err) = remove_in_pod_namespace(&dir, &self.id) {
                     warn!("delete {}: {err}", self.id);
                 }
             }
@@ -99,6 +99,30 @@ impl containerd_shim::Shim for RunvShim {
         let _ = self.events.set(events.clone());
         Service::new(&self.namespace, events, Arc::clone(&self.exit))
     }
+}
+
+/// Removes container `cid`'s part of the share from inside the pod's mount
+/// namespace (the live shim's, entered through its VMM), on a thread of its own
+/// so that this process stays where it is.
+fn remove_in_pod_namespace(dir: &SandboxDir, cid: &str) -> Result<(), String> {
+    let pid = std::fs::read_to_string(dir.vmm_pid_file())
+        .map_err(|err| format!("{}: {err}", dir.vmm_pid_file().display()))?;
+    let ns_path = format!("/proc/{}/ns/mnt", pid.trim());
+    let ns = std::fs::File::open(&ns_path).map_err(|err| format!("{ns_path}: {err}"))?;
+    let (dir, cid) = (dir.clone(), cid.to_string());
+    std::thread::scope(|scope| {
+        scope
+            .spawn(move || {
+                // A thread shares its file-system context with the process until
+                // it unshares it; only then may it change mount namespace.
+                nix::sched::unshare(nix::sched::CloneFlags::CLONE_FS)
+                    .and_then(|()| nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNS))
+                    .map_err(|err| format!("enter the pod's mount namespace: {err}"))?;
+                crate::share::remove_container_of(&dir, &cid).map_err(|err| err.to_string())
+            })
+            .join()
+            .map_err(|_| "the share removal thread panicked".to_string())?
+    })
 }
 
 /// Whether the pod's VMM still has a live runv shim as its parent.

@@ -2,7 +2,8 @@
 //! rootfs and bind sources moved into the pod's share, host-only parts dropped.
 
 use crate::config::RunvConfig;
-use crate::paths::{SandboxDir, SharedPath};
+use crate::mounts::MountAttrs;
+use crate::paths::SharedPath;
 use serde_json::{Map, Value};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -13,6 +14,10 @@ pub const CONTAINER_TYPE_ANNOTATION: &str = "io.kubernetes.cri.container-type";
 pub const SANDBOX_ID_ANNOTATION: &str = "io.kubernetes.cri.sandbox-id";
 
 const MIB: u64 = 1 << 20;
+
+/// Most bind mounts one container may ask for (each is a mount point the shim
+/// makes on the host; a tenant's spec must not make it make millions).
+pub const MAX_SHARE_BINDS: usize = 512;
 
 /// Namespaces a pod's containers share in the guest: a spec that asks to join
 /// the pod's (host) namespace by path joins the guest's own instead.
@@ -102,9 +107,12 @@ impl VmSize {
             .filter(|limit| *limit > 0)
             .map(|limit| u64::try_from(limit).unwrap_or(0).div_ceil(MIB));
         let memory_mib = match limit {
+            // The pod's limits come from the scheduler's view: clamped, as
+            // max_vcpus is below (an annotation above its maximum is an error).
             Some(mib) => u32::try_from(mib)
                 .unwrap_or(u32::MAX)
-                .saturating_add(config.overhead_memory_mib),
+                .saturating_add(config.overhead_memory_mib)
+                .min(config.max_memory_mib),
             None => config.default_memory_mib,
         };
         let quota = resources
@@ -140,8 +148,11 @@ pub struct ShareBind {
     pub source: PathBuf,
     /// Where it goes in the share.
     pub target: SharedPath,
-    /// Read-only in the share too.
-    pub readonly: bool,
+    /// With the mounts below `source` (`rbind`), or only the one (`bind`).
+    pub recursive: bool,
+    /// `ro`/`rro`, `nosuid`, `nodev`, `noexec`, applied on the host to the
+    /// whole tree (read-only means read-only throughout).
+    pub attrs: MountAttrs,
 }
 
 /// The spec the agent gets, and the binds the share needs for it.
@@ -156,12 +167,7 @@ pub struct GuestSpec {
 /// Rewrites `spec` of container `cid` for the guest: its root becomes
 /// `rootfs.guest`, bind sources move into the share, host hooks go, and joins of
 /// the pod's host namespaces become the guest's own.
-pub fn guest_spec(
-    spec: &Value,
-    dir: &SandboxDir,
-    cid: &str,
-    rootfs: &SharedPath,
-) -> Result<GuestSpec, String> {
+pub fn guest_spec(spec: &Value, cid: &str, rootfs: &SharedPath) -> Result<GuestSpec, String> {
     let mut spec = spec.clone();
     let top = spec
         .as_object_mut()
@@ -180,7 +186,12 @@ pub fn guest_spec(
     let mut binds = Vec::new();
     if let Some(mounts) = top.get_mut("mounts").and_then(Value::as_array_mut) {
         for (index, mount) in mounts.iter_mut().enumerate() {
-            if let Some(bind) = share_bind(mount, dir, cid, index)? {
+            if let Some(bind) = share_bind(mount, cid, index)? {
+                if binds.len() == MAX_SHARE_BINDS {
+                    return Err(format!(
+                        "more than {MAX_SHARE_BINDS} bind mounts in one container"
+                    ));
+                }
                 mount["source"] = bind.target.guest.clone().into();
                 binds.push(bind);
             }
@@ -208,12 +219,7 @@ pub fn guest_spec(
 }
 
 /// The share bind for mount number `index` of the spec, if it is a bind mount.
-fn share_bind(
-    mount: &Value,
-    dir: &SandboxDir,
-    cid: &str,
-    index: usize,
-) -> Result<Option<ShareBind>, String> {
+fn share_bind(mount: &Value, cid: &str, index: usize) -> Result<Option<ShareBind>, String> {
     let options: Vec<&str> = mount
         .get("options")
         .and_then(Value::as_array)
@@ -235,10 +241,17 @@ fn share_bind(
         .ok_or_else(|| {
             format!("bind mount on {destination}: the source must be an absolute host path")
         })?;
+    let has = |option: &str| options.contains(&option);
     Ok(Some(ShareBind {
         source: source.into(),
-        target: SharedPath::new(dir, cid, &format!("mounts/{index}")),
-        readonly: options.contains(&"ro"),
+        target: SharedPath::new(cid, &format!("mounts/{index}")),
+        recursive: has("rbind"),
+        attrs: MountAttrs {
+            readonly: has("ro") || has("rro"),
+            nosuid: has("nosuid"),
+            nodev: has("nodev"),
+            noexec: has("noexec"),
+        },
     }))
 }
 
@@ -301,12 +314,17 @@ mod tests {
         let size = VmSize::for_pod(&config, Some(&limited));
         assert_eq!(size.memory_mib, 128 + 33);
         assert_eq!(size.vcpus, 1, "capped by max_vcpus");
+        let huge = json!({"memory": {"limit": 1i64 << 50}});
+        let size = VmSize::for_pod(&config, Some(&huge));
+        assert_eq!(
+            size.memory_mib, config.max_memory_mib,
+            "capped by max_memory_mib"
+        );
     }
 
     #[test]
     fn guest_spec_moves_root_and_binds_into_the_share() {
-        let dir = SandboxDir::new("pod");
-        let rootfs = SharedPath::new(&dir, "c1", "rootfs");
+        let rootfs = SharedPath::new("c1", "rootfs");
         let spec = json!({
             "root": {"path": "rootfs", "readonly": true},
             "hooks": {"prestart": [{"path": "/usr/bin/evil"}]},
@@ -325,7 +343,7 @@ mod tests {
                 ]
             }
         });
-        let out = guest_spec(&spec, &dir, "c1", &rootfs).unwrap();
+        let out = guest_spec(&spec, "c1", &rootfs).unwrap();
         assert_eq!(
             out.spec["root"],
             json!({"path": "/run/runv/shared/c1/rootfs", "readonly": true})
@@ -342,11 +360,16 @@ mod tests {
         );
         assert_eq!(out.binds.len(), 2);
         assert_eq!(out.binds[0].source, PathBuf::from("/srv/data"));
-        assert!(out.binds[0].readonly);
+        assert!(out.binds[0].recursive);
         assert_eq!(
-            out.binds[1].target.host,
-            PathBuf::from("/run/runv/pod/shared/c1/mounts/2")
+            out.binds[0].attrs,
+            MountAttrs {
+                readonly: true,
+                ..MountAttrs::default()
+            }
         );
+        assert!(!out.binds[1].recursive);
+        assert_eq!(out.binds[1].target.rel, PathBuf::from("c1/mounts/2"));
         assert_eq!(
             out.spec["linux"]["namespaces"],
             json!([{"type": "pid"}, {"type": "mount"}])
@@ -356,11 +379,10 @@ mod tests {
 
     #[test]
     fn a_relative_bind_source_is_refused() {
-        let dir = SandboxDir::new("pod");
-        let rootfs = SharedPath::new(&dir, "c1", "rootfs");
+        let rootfs = SharedPath::new("c1", "rootfs");
         let spec =
             json!({"mounts": [{"destination": "/d", "type": "bind", "source": "../../etc"}]});
-        let err = guest_spec(&spec, &dir, "c1", &rootfs).unwrap_err();
+        let err = guest_spec(&spec, "c1", &rootfs).unwrap_err();
         assert!(err.contains("/d"), "{err}");
     }
 }

@@ -4,7 +4,7 @@
 
 use log::{debug, warn};
 use protocol::agent::Stdio;
-use protocol::stdio::{StreamHeader, StreamKind, AGENT_STDIO_VSOCK_PORT};
+use protocol::stdio::{HeaderError, StreamHeader, StreamKind, AGENT_STDIO_VSOCK_PORT};
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::net::Shutdown;
@@ -15,10 +15,12 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio as ChildStdio};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-/// How long the VMM may take to answer a stream's `CONNECT`.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long one stream's setup may take, the VMM's answer to `CONNECT` and the
+/// agent's answer to the stream's header together: a guest that accepts a stream
+/// and never answers fails the create or exec after this long.
+const STREAM_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How long a logging binary may take to signal that it is ready.
 const LOGGER_READY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -96,7 +98,7 @@ impl Sink {
 /// `uds` and starts the copies. Call after CreateContainer/ExecProcess named the
 /// streams and before the process starts, so no byte goes missing.
 pub fn attach(uds: &Path, name: &ProcessName, uris: &StdioUris) -> Result<ProcessIo, String> {
-    let connect = |kind| connect_stream(uds, name, kind);
+    let connect = |kind| connect_stream(uds, name, kind, STREAM_TIMEOUT);
     let (stdout_sink, stderr_sink) = output_sinks(name, uris)?;
     let mut outputs = Vec::new();
     let mut stdin = None;
@@ -173,19 +175,80 @@ impl StdinCopy {
     }
 }
 
-fn connect_stream(uds: &Path, name: &ProcessName, kind: StreamKind) -> Result<UnixStream, String> {
-    let failed = |err: &dyn std::fmt::Display| {
+/// Connects stream `kind` of process `name` through the hybrid vsock socket
+/// `uds` and binds it with its header, all within `timeout`; the stream comes
+/// back without timeouts, for the copies.
+fn connect_stream(
+    uds: &Path,
+    name: &ProcessName,
+    kind: StreamKind,
+    timeout: Duration,
+) -> Result<UnixStream, String> {
+    let deadline = Instant::now() + timeout;
+    let failed = |step: &str, err: &io::Error| {
+        let why = match err.kind() {
+            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => {
+                format!("no answer within {timeout:?}")
+            }
+            _ => err.to_string(),
+        };
         format!(
-            "{kind} stream of {}/{}: {err}",
+            "{kind} stream of {}/{}: {step}: {why}",
             name.container_id, name.exec_id
         )
     };
-    let mut stream = protocol::hybrid_vsock::connect(uds, AGENT_STDIO_VSOCK_PORT, CONNECT_TIMEOUT)
-        .map_err(|e| failed(&e))?;
-    StreamHeader::new(name.container_id, name.exec_id, kind)
-        .bind(&mut stream)
-        .map_err(|e| failed(&e))?;
+    let stream = protocol::hybrid_vsock::connect(uds, AGENT_STDIO_VSOCK_PORT, timeout)
+        .map_err(|e| failed("vsock connect", &e))?;
+    let header = StreamHeader::new(name.container_id, name.exec_id, kind);
+    match header.bind(&mut WithDeadline {
+        stream: &stream,
+        deadline,
+    }) {
+        Ok(()) => {}
+        Err(HeaderError::Io(err)) => return Err(failed("stream header", &err)),
+        Err(err) => return Err(failed("stream header", &io::Error::other(err))),
+    }
+    stream
+        .set_read_timeout(None)
+        .and_then(|()| stream.set_write_timeout(None))
+        .map_err(|e| failed("clear timeouts", &e))?;
     Ok(stream)
+}
+
+/// A stream whose every read and write ends by `deadline` (with `TimedOut`).
+struct WithDeadline<'a> {
+    stream: &'a UnixStream,
+    deadline: Instant,
+}
+
+impl WithDeadline<'_> {
+    /// The time left, or `TimedOut` if none.
+    fn left(&self) -> io::Result<Duration> {
+        match self.deadline.checked_duration_since(Instant::now()) {
+            Some(left) if !left.is_zero() => Ok(left),
+            _ => Err(io::ErrorKind::TimedOut.into()),
+        }
+    }
+}
+
+impl Read for WithDeadline<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.stream.set_read_timeout(Some(self.left()?))?;
+        let mut stream = self.stream;
+        stream.read(buf)
+    }
+}
+
+impl Write for WithDeadline<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.stream.set_write_timeout(Some(self.left()?))?;
+        let mut stream = self.stream;
+        stream.write(buf)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
 }
 
 fn spawn_stdin(fifo: &str, stream: UnixStream) -> Result<StdinCopy, String> {
@@ -392,6 +455,79 @@ fn start_logging_binary(uri: &str, name: &ProcessName) -> Result<(File, File), S
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A stdio peer that accepts one connection, answers `CONNECT` with
+    /// `connect_answer` (nothing if empty), then sends `header_answer` one byte
+    /// every 20 ms and never ends its line; it holds the connection until the
+    /// client closes it.
+    fn silent_peer(
+        connect_answer: &'static str,
+        header_answer: &'static str,
+    ) -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("vsock.sock");
+        let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        std::thread::spawn(move || {
+            let (mut conn, _) = listener.accept().unwrap();
+            conn.write_all(connect_answer.as_bytes()).unwrap();
+            for byte in header_answer.bytes() {
+                std::thread::sleep(Duration::from_millis(20));
+                if conn.write_all(&[byte]).is_err() {
+                    return;
+                }
+            }
+            // Read (and ignore) until the client gives up and closes.
+            let _ = io::copy(&mut conn, &mut io::sink());
+        });
+        (dir, path)
+    }
+
+    fn connect_within(path: &Path, timeout: Duration) -> (Result<UnixStream, String>, Duration) {
+        let name = ProcessName {
+            namespace: "default",
+            container_id: "c1",
+            exec_id: "",
+        };
+        let started = Instant::now();
+        let result = connect_stream(path, &name, StreamKind::Stdout, timeout);
+        (result, started.elapsed())
+    }
+
+    #[test]
+    fn a_peer_that_never_answers_fails_the_stream_in_time() {
+        let timeout = Duration::from_millis(300);
+        let cases = [
+            ("", "", "vsock connect"),
+            ("OK 1073741824\n", "", "stream header"),
+            // One byte every 20 ms: without a deadline over the whole line, the
+            // header's 512 bytes would take 10 s.
+            (
+                "OK 1073741824\n",
+                "okokokokokokokokokokokokokokokokokokokokokok",
+                "stream header",
+            ),
+        ];
+        for (connect_answer, header_answer, step) in cases {
+            let (_dir, path) = silent_peer(connect_answer, header_answer);
+            let (result, took) = connect_within(&path, timeout);
+            let err = result.expect_err("the stream connected");
+            assert!(
+                err.contains(step) && err.contains("no answer within 300ms"),
+                "{err}"
+            );
+            assert!(took >= timeout - Duration::from_millis(50), "{took:?}");
+            assert!(took < timeout + Duration::from_secs(2), "{took:?}");
+        }
+    }
+
+    #[test]
+    fn an_answered_stream_comes_back_without_timeouts() {
+        let (_dir, path) = silent_peer("OK 1073741824\n", "ok\n");
+        let (result, _) = connect_within(&path, Duration::from_secs(10));
+        let stream = result.unwrap();
+        assert_eq!(stream.read_timeout().unwrap(), None);
+        assert_eq!(stream.write_timeout().unwrap(), None);
+    }
 
     #[test]
     fn agent_streams_follow_the_uris() {

@@ -26,6 +26,9 @@ use runv_tests::scratch::Scratch;
 /// A runv config value that pod annotations may override (the shim's
 /// `enable_annotations` default includes it).
 const VCPUS_ANNOTATION: &str = "io.pouch.runv.default_vcpus";
+/// The guest memory annotation (also overridable by default), bounded by
+/// `max_memory_mib`.
+const MEMORY_ANNOTATION: &str = "io.pouch.runv.default_memory_mib";
 
 /// The runtime under test.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -542,8 +545,9 @@ fn fault_shim_killed() {
 }
 
 /// Bad input fails the create with a message naming the problem and leaves
-/// nothing: a malformed config.toml, a missing kernel, a bad annotation value
-/// (through ctr and through the CRI). No VM boots.
+/// nothing: a malformed config.toml, a missing kernel, a bad annotation value,
+/// a memory size above `max_memory_mib` (through ctr and through the CRI). No VM
+/// boots for them; one VM checks that a size within the maximum is taken.
 #[test]
 fn bad_input_is_refused_by_name() {
     let runtime = Runtime::under_test();
@@ -588,6 +592,40 @@ fn bad_input_is_refused_by_name() {
     containerd.write_runv_config(&RunvConfig::from_env().to_toml());
     let annotation = format!("{VCPUS_ANNOTATION}=lots");
     refused("b3", &["--annotation", &annotation], &[VCPUS_ANNOTATION]);
+    // A tenant's size above the config's maximum (default 16384 MiB) is refused,
+    // naming the annotation and the maximum.
+    let huge = format!("{MEMORY_ANNOTATION}=1048576");
+    refused(
+        "b4",
+        &["--annotation", &huge],
+        &[MEMORY_ANNOTATION, "above max_memory_mib = 16384"],
+    );
+    // One within it boots a guest of that size (256 MiB without it).
+    let within = format!("{MEMORY_ANNOTATION}=512");
+    let args = runtime.run_args(
+        &containerd,
+        &[
+            "--rm",
+            "--annotation",
+            &within,
+            TEST_IMAGE,
+            "b5",
+            "grep",
+            "MemTotal",
+            "/proc/meminfo",
+        ],
+    );
+    let run = containerd.ctr_output(&strs(&args));
+    assert!(run.status.success(), "{run:?}\n{}", containerd.log_tail());
+    let mem_total_kib = text(&run.stdout)
+        .split_whitespace()
+        .nth(1)
+        .and_then(|kib| kib.parse::<u64>().ok())
+        .unwrap_or_else(|| panic!("no MemTotal in {run:?}"));
+    assert!(
+        mem_total_kib > 300 << 10,
+        "a 512 MiB guest shows MemTotal {mem_total_kib} kB"
+    );
 
     let cri = containerd.cri();
     let pod = pod_config_annotated("bad-annotation", &[(VCPUS_ANNOTATION, "lots")]);
@@ -602,6 +640,104 @@ fn bad_input_is_refused_by_name() {
         cri.list_pod_sandboxes(None).is_empty(),
         "a failed RunPodSandbox left a pod"
     );
+    finish(containerd);
+}
+
+/// One VM, a privileged container that mounts the pod's virtio-fs share itself
+/// and tries to write everywhere in it: at its root and in its container's
+/// directory (a directory, a file, a symlink where the shim will mount next,
+/// 32 MiB to fill it). Every attempt fails; its writable volume still takes
+/// writes; a read-only volume with a submount is read-only throughout.
+#[test]
+fn guest_cannot_write_the_share() {
+    let runtime = Runtime::under_test();
+    if runtime != Runtime::Runv {
+        return eprintln!("skipped: runv's share only");
+    }
+    let containerd = Containerd::start();
+    let scratch = Scratch::new("runv-share");
+    let writable = scratch.path().join("writable");
+    let read_only = scratch.path().join("read-only");
+    let submount = read_only.join("sub");
+    std::fs::create_dir_all(&writable).expect("make the writable volume");
+    std::fs::create_dir_all(&submount).expect("make the read-only volume");
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=1m", "runv-test-sub"])
+        .arg(&submount)
+        .status()
+        .expect("run mount");
+    assert!(mounted.success(), "mount a tmpfs on {}", submount.display());
+    let script = r#"
+        mkdir -p /s && mount -t virtiofs runv /s || { echo no-share; exit 1; }
+        try() { if "$@" 2>/dev/null; then echo "ALLOWED: $*"; fi; }
+        for d in /s /s/*; do
+            try mkdir "$d/new-dir"; try touch "$d/new-file"; try ln -s /etc "$d/new-link"
+            try mkdir "$d/mounts/97"; try ln -s /etc "$d/mounts/98"
+        done
+        try dd if=/dev/zero of=/s/fill bs=1M count=32
+        try dd if=/dev/zero of=/s/p1/fill bs=1M count=32
+        echo written > /vol/out || echo "volume write failed"
+        try touch /ro/top; try touch /ro/sub/below
+        echo "entries: $(ls -A /s | tr '\n' ' ')"
+        echo done"#;
+    let vol = format!(
+        "type=bind,src={},dst=/vol,options=rbind:rw",
+        writable.display()
+    );
+    let ro = format!(
+        "type=bind,src={},dst=/ro,options=rbind:ro",
+        read_only.display()
+    );
+    let args = runtime.run_args(
+        &containerd,
+        &[
+            "--rm",
+            "--privileged",
+            "--mount",
+            &vol,
+            "--mount",
+            &ro,
+            TEST_IMAGE,
+            "p1",
+            "sh",
+            "-c",
+            script,
+        ],
+    );
+    let run = containerd.ctr_output(&strs(&args));
+    let stdout = text(&run.stdout);
+    let unmounted = Command::new("umount").arg(&submount).status();
+    assert!(
+        unmounted.is_ok_and(|s| s.success()),
+        "umount {}",
+        submount.display()
+    );
+    assert!(
+        run.status.success() && stdout.contains("done"),
+        "{run:?}\n{}",
+        containerd.log_tail()
+    );
+    assert!(
+        !stdout.contains("ALLOWED"),
+        "the guest wrote the share:\n{stdout}"
+    );
+    assert!(!stdout.contains("failed"), "{stdout}");
+    assert!(
+        stdout.contains("entries: p1 \n"),
+        "the share's root: {stdout}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(writable.join("out"))
+            .ok()
+            .as_deref(),
+        Some("written\n"),
+        "the writable volume took no write"
+    );
+    let in_read_only: Vec<_> = std::fs::read_dir(&read_only)
+        .expect("read the read-only volume")
+        .filter_map(|e| e.ok().map(|e| e.file_name()))
+        .collect();
+    assert_eq!(in_read_only, vec![std::ffi::OsString::from("sub")]);
     finish(containerd);
 }
 
