@@ -22,9 +22,12 @@ pub enum ConnState {
     AwaitingResponse(Instant),
     /// Data flows.
     Established,
-    /// The guest closed (reset sent); the buffered data still goes to the
-    /// host, then the connection ends.
+    /// The guest closed (a reset confirms it); the buffered data still goes
+    /// to the host, then the connection ends.
     Draining,
+    /// The host side ended it: the socket is shut and the buffer freed; the
+    /// connection stays only until the guest gets its reset.
+    Closed,
 }
 
 /// The credit rule was broken: the guest sent more than the space offered.
@@ -57,6 +60,9 @@ pub struct Connection {
     pub waiting_credit: bool,
     /// Shutdown flags the guest sent.
     pub guest_shutdown: u32,
+    /// The control packet owed to the guest (an `op`), sent in its next
+    /// receive buffer; at most one, see [`Connection::owe`].
+    owed: Option<u16>,
     to_host: VecDeque<u8>,
     fwd_cnt: Wrapping<u32>,
     reported_fwd_cnt: Wrapping<u32>,
@@ -86,6 +92,7 @@ impl Connection {
             queued_for_rx: false,
             waiting_credit: false,
             guest_shutdown: 0,
+            owed: None,
             to_host: VecDeque::new(),
             fwd_cnt: Wrapping(0),
             reported_fwd_cnt: Wrapping(0),
@@ -169,10 +176,44 @@ impl Connection {
         Ok(())
     }
 
-    /// The control packet the guest should get unasked, if any.
-    pub fn credit_update(&mut self) -> Option<Header> {
-        self.needs_credit_update()
-            .then(|| self.header(op::CREDIT_UPDATE))
+    /// Drops the guest data the host end will never read.
+    pub fn discard_host_backlog(&mut self) {
+        self.to_host = VecDeque::new();
+    }
+
+    /// Owes the guest control packet `op`; true if nothing was owed before
+    /// (the caller queues the connection once). Only the most important
+    /// packet is kept: a reset ends everything, and a request or response
+    /// carries the credit an update would (every header is built when sent).
+    pub fn owe(&mut self, op: u16) -> bool {
+        let rank = |op: u16| match op {
+            op::CREDIT_UPDATE => 0,
+            op::RST => 2,
+            _ => 1,
+        };
+        match self.owed {
+            None => {
+                self.owed = Some(op);
+                true
+            }
+            Some(owed) => {
+                if rank(op) > rank(owed) {
+                    self.owed = Some(op);
+                }
+                false
+            }
+        }
+    }
+
+    /// The control packet owed to the guest, if any.
+    pub fn owed(&self) -> Option<u16> {
+        self.owed
+    }
+
+    /// The owed control packet, built now so it carries the current credit.
+    pub fn take_owed(&mut self) -> Option<Header> {
+        let op = self.owed.take()?;
+        Some(self.header(op))
     }
 }
 
@@ -227,7 +268,7 @@ mod tests {
         let (mut peer, mut conn) = connection();
         let chunk = vec![7u8; CREDIT_UPDATE_THRESHOLD as usize];
         conn.push_from_guest(&chunk).unwrap();
-        assert!(conn.credit_update().is_none(), "nothing consumed yet");
+        assert!(!conn.needs_credit_update(), "nothing consumed yet");
         conn.flush_to_host().unwrap();
         // The socket buffer may not take it all at once; drain it.
         let mut seen = vec![0u8; chunk.len()];
@@ -237,10 +278,35 @@ mod tests {
             conn.flush_to_host().unwrap();
         }
         assert_eq!(seen, chunk);
-        let update = conn.credit_update().expect("a credit update");
+        assert!(conn.needs_credit_update());
+        assert!(conn.owe(op::CREDIT_UPDATE));
+        let update = conn.take_owed().expect("a credit update");
+        assert_eq!(update.op, op::CREDIT_UPDATE);
         assert_eq!(update.fwd_cnt, CREDIT_UPDATE_THRESHOLD);
         assert_eq!(update.buf_alloc, BUF_ALLOC);
-        assert!(conn.credit_update().is_none(), "reported once");
+        assert!(!conn.needs_credit_update(), "reported once");
+        assert!(conn.take_owed().is_none());
+    }
+
+    #[test]
+    fn a_connection_owes_one_control_packet_the_most_important() {
+        let (_peer, mut conn) = connection();
+        assert!(conn.owe(op::CREDIT_UPDATE), "the first is queued");
+        assert!(!conn.owe(op::CREDIT_UPDATE), "a duplicate is not");
+        assert!(!conn.owe(op::RESPONSE));
+        assert_eq!(
+            conn.owed(),
+            Some(op::RESPONSE),
+            "a response carries the credit"
+        );
+        assert!(!conn.owe(op::RST));
+        assert!(!conn.owe(op::CREDIT_UPDATE));
+        assert_eq!(
+            conn.take_owed().map(|h| h.op),
+            Some(op::RST),
+            "a reset ends it all"
+        );
+        assert_eq!(conn.owed(), None);
     }
 
     #[test]

@@ -4,7 +4,8 @@
 mod connection;
 mod device;
 mod handshake;
-mod muxer;
+#[doc(hidden)] // public for the fuzz targets (tests/fuzz)
+pub mod muxer;
 pub mod packet;
 
 pub use device::{Vsock, VsockError};

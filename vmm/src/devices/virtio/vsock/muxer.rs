@@ -6,6 +6,35 @@
 //! host port P connect to `<uds>_P`. Every connection is a [`Connection`] with
 //! bounded buffers and credit-based flow control; a packet that fits no
 //! connection is answered with a reset.
+//!
+//! # What a guest can make the host hold
+//!
+//! The guest drives this thread with every packet it sends, and it may post no
+//! receive buffers at all: nothing waiting for the receive queue may grow with
+//! the packets it sends (Firecracker's muxer bounds its receive queue the same
+//! way, keyed by connection, with advisory resets droppable).
+//!
+//! - `control`: connections that owe the guest a control packet (request,
+//!   response, credit update, reset). A connection owes at most one
+//!   (`Connection::owe`: a reset outranks a request or response, which
+//!   outranks a credit update; each is built when sent, so it carries the
+//!   current credit) and is queued once, so the queue never holds more than
+//!   [`MAX_CONNECTIONS`] tokens and nothing owed is ever dropped. That is
+//!   why, unlike Firecracker's fixed-size queue, it never has to be rebuilt
+//!   from the connection table.
+//! - A connection the host side ends stays in the table, closed (socket shut,
+//!   buffer freed), until its reset reaches the guest, and keeps counting
+//!   towards [`MAX_CONNECTIONS`]: a guest that never reads only runs out of
+//!   connections. A request the guest never saw is withdrawn without one.
+//! - `resets`: replies to packets that fit no connection, at most
+//!   [`MAX_QUEUED_RESETS`]; more are dropped. They are advisory: the guest
+//!   has no connection they would end (a connect it tried times out instead).
+//! - `rx_ready`: connections with host data to carry, each at most once
+//!   (`queued_for_rx`), so at most [`MAX_CONNECTIONS`].
+//! - Guest data waiting for a slow host end: at most `BUF_ALLOC` bytes a
+//!   connection (more breaks the credit rule and resets it).
+//! - Handshakes: counted with the connections, a line of a few bytes each,
+//!   dropped after [`CONNECT_TIMEOUT`].
 
 use super::connection::{ConnState, Connection};
 use super::handshake::{Handshake, HandshakeStatus};
@@ -30,8 +59,17 @@ use vmm_sys_util::eventfd::EventFd;
 /// How long a client has to send its `CONNECT` line, and the guest to accept
 /// the connection.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
-/// Most connections (and pending handshakes) served at once.
+/// Most connections (and pending handshakes) served at once, closed ones
+/// whose reset the guest has not read yet included. Each may hold a socket
+/// and a 256 KiB buffer, so 1024 caps a VM's vsock at 1024 sockets and
+/// 256 MiB of guest data, far above what the agent's API and stdio streams
+/// use (a few per container).
 pub const MAX_CONNECTIONS: usize = 1024;
+/// Most resets for packets that fit no connection waiting for receive
+/// buffers: as many as one full receive queue (256 buffers) takes, so a guest
+/// that keeps its queue filled misses none; past that the guest is not
+/// reading and they are dropped (they are advisory).
+pub const MAX_QUEUED_RESETS: usize = 256;
 /// First host port given to host-initiated connections.
 const FIRST_HOST_PORT: u32 = 1 << 30;
 
@@ -40,7 +78,8 @@ const TOKEN_RX: u64 = 1;
 const TOKEN_TX: u64 = 2;
 const TOKEN_EVENT: u64 = 3;
 const TOKEN_LISTENER: u64 = 4;
-const FIRST_CONN_TOKEN: u64 = 16;
+/// Token of the first host connection; each later one takes the next.
+pub const FIRST_CONN_TOKEN: u64 = 16;
 
 /// The device's queues once the driver set them up, in virtio order.
 pub struct GuestQueues {
@@ -69,7 +108,12 @@ pub struct Muxer {
     host_ports: HashSet<u32>,
     next_token: u64,
     next_host_port: u32,
-    control: VecDeque<Header>,
+    /// Connections owing the guest a control packet, each at most once.
+    control: VecDeque<u64>,
+    /// Replies to packets that fit no connection, at most
+    /// [`MAX_QUEUED_RESETS`].
+    resets: VecDeque<Header>,
+    /// Connections with host data to carry, each at most once.
     rx_ready: VecDeque<u64>,
     buf: Vec<u8>,
 }
@@ -92,6 +136,7 @@ impl Muxer {
             next_token: FIRST_CONN_TOKEN,
             next_host_port: FIRST_HOST_PORT,
             control: VecDeque::new(),
+            resets: VecDeque::new(),
             rx_ready: VecDeque::new(),
             buf: vec![0; MAX_PAYLOAD],
         })
@@ -164,7 +209,8 @@ impl Muxer {
         token
     }
 
-    fn accept_clients(&mut self) {
+    /// Accepts every client waiting on the listening socket.
+    pub fn accept_clients(&mut self) {
         loop {
             match self.listener.accept() {
                 Ok((stream, _)) => {
@@ -199,7 +245,8 @@ impl Muxer {
         Ok(())
     }
 
-    fn host_event(&mut self, token: u64, events: EventSet) {
+    /// Serves what epoll reported on the socket of connection `token`.
+    pub fn host_event(&mut self, token: u64, events: EventSet) {
         if let Some(handshake) = self.handshakes.get_mut(&token) {
             match handshake.advance() {
                 Ok(HandshakeStatus::Pending) => {}
@@ -248,10 +295,12 @@ impl Muxer {
                 }
             }
             ConnState::Draining if hangup => {
-                self.remove(token);
-                return;
+                // Nobody is left to read the guest's data; the connection
+                // ends once the guest has its reset.
+                conn.host_hung_up = true;
+                conn.discard_host_backlog();
             }
-            ConnState::Draining => {}
+            ConnState::Draining | ConnState::Closed => {}
         }
         self.after_change(token);
     }
@@ -270,16 +319,15 @@ impl Muxer {
     fn connect_to_guest(&mut self, token: u64, stream: UnixStream, port: u32) {
         let local_port = self.allocate_host_port();
         let deadline = Instant::now() + CONNECT_TIMEOUT;
-        let mut conn = Connection::new(
+        let conn = Connection::new(
             stream,
             local_port,
             port,
             self.guest_cid,
             ConnState::AwaitingResponse(deadline),
         );
-        self.control.push_back(conn.header(op::REQUEST));
         self.host_ports.insert(local_port);
-        self.insert(token, conn);
+        self.insert(token, conn, op::REQUEST);
     }
 
     fn allocate_host_port(&mut self) -> u32 {
@@ -295,18 +343,50 @@ impl Muxer {
         }
     }
 
-    fn insert(&mut self, token: u64, conn: Connection) {
+    /// Adds a connection that owes the guest `first` (its request or
+    /// response).
+    fn insert(&mut self, token: u64, mut conn: Connection, first: u16) {
+        conn.owe(first);
+        self.control.push_back(token);
         self.by_ports
             .insert((conn.local_port, conn.peer_port), token);
         self.conns.insert(token, conn);
         self.after_change(token);
     }
 
-    /// Ends a connection and tells the guest.
-    fn reset(&mut self, token: u64) {
-        if let Some(mut conn) = self.remove(token) {
-            self.control.push_back(conn.header(op::RST));
+    /// Makes connection `token` owe the guest control packet `op`.
+    fn owe(&mut self, token: u64, op: u16) {
+        if let Some(conn) = self.conns.get_mut(&token) {
+            if conn.owe(op) {
+                self.control.push_back(token);
+            }
         }
+    }
+
+    /// Ends a connection and tells the guest: it stays, closed, until the
+    /// guest has read its reset, so that reset is never dropped.
+    fn reset(&mut self, token: u64) {
+        let Some(conn) = self.conns.get_mut(&token) else {
+            return;
+        };
+        match (conn.state, conn.owed()) {
+            (ConnState::Closed, _) => return,
+            // The guest never saw the request, or already has its reset.
+            (_, Some(op::REQUEST)) | (ConnState::Draining, None) => {
+                self.remove(token);
+                return;
+            }
+            _ => {}
+        }
+        conn.state = ConnState::Closed;
+        conn.discard_host_backlog();
+        let _ = conn.stream.shutdown(Shutdown::Both);
+        if conn.queued_for_rx {
+            conn.queued_for_rx = false;
+            self.rx_ready.retain(|queued| *queued != token);
+        }
+        self.owe(token, op::RST);
+        self.after_change(token);
     }
 
     /// Ends a connection without telling the guest; its socket closes.
@@ -314,6 +394,13 @@ impl Muxer {
         let conn = self.conns.remove(&token)?;
         self.by_ports.remove(&(conn.local_port, conn.peer_port));
         self.host_ports.remove(&conn.local_port);
+        // Both queues hold at most MAX_CONNECTIONS tokens.
+        if conn.owed().is_some() {
+            self.control.retain(|queued| *queued != token);
+        }
+        if conn.queued_for_rx {
+            self.rx_ready.retain(|queued| *queued != token);
+        }
         if self.polled.remove(&token).is_some() {
             let _ = self.epoll.ctl(
                 ControlOperation::Delete,
@@ -330,13 +417,18 @@ impl Muxer {
         let Some(conn) = self.conns.get_mut(&token) else {
             return;
         };
-        if conn.state == ConnState::Draining && !conn.has_host_backlog() {
+        let done = match conn.state {
+            ConnState::Draining => !conn.has_host_backlog() && conn.owed().is_none(),
+            ConnState::Closed => conn.owed().is_none(),
+            _ => false,
+        };
+        if done {
             self.remove(token);
             return;
         }
         if conn.state == ConnState::Established {
-            if let Some(update) = conn.credit_update() {
-                self.control.push_back(update);
+            if conn.needs_credit_update() && conn.owe(op::CREDIT_UPDATE) {
+                self.control.push_back(token);
             }
             if conn.guest_shutdown & SHUTDOWN_SEND != 0 && !conn.has_host_backlog() {
                 let _ = conn.stream.shutdown(Shutdown::Write);
@@ -347,7 +439,7 @@ impl Muxer {
                 self.rx_ready.push_back(token);
             }
         }
-        let wanted = (!conn.host_hung_up).then(|| {
+        let wanted = (!conn.host_hung_up && conn.state != ConnState::Closed).then(|| {
             let mut set = EventSet::empty();
             let reading = conn.state == ConnState::Established
                 && !conn.queued_for_rx
@@ -392,7 +484,8 @@ impl Muxer {
         Ok(())
     }
 
-    fn expire(&mut self, now: Instant) {
+    /// Drops handshakes and guest connects whose deadline passed by `now`.
+    pub fn expire(&mut self, now: Instant) {
         let late: Vec<u64> = self
             .handshakes
             .iter()
@@ -414,7 +507,7 @@ impl Muxer {
     }
 
     /// Takes every packet the guest sent; true if any buffer was used.
-    fn process_tx(&mut self, queues: &mut GuestQueues) -> bool {
+    pub fn process_tx(&mut self, queues: &mut GuestQueues) -> bool {
         let mut used = false;
         while let Some(chain) = queues.tx.pop_descriptor_chain(&queues.mem) {
             let head = chain.head_index();
@@ -452,10 +545,11 @@ impl Muxer {
     }
 
     /// Answers a packet that cannot be served with a reset (never a reset
-    /// with a reset).
+    /// with a reset), unless [`MAX_QUEUED_RESETS`] already wait.
     fn refuse(&mut self, header: &Header) {
-        if header.op != op::RST && header.src_cid == self.guest_cid {
-            self.control.push_back(header.reset_reply());
+        let answered = header.op != op::RST && header.src_cid == self.guest_cid;
+        if answered && self.resets.len() < MAX_QUEUED_RESETS {
+            self.resets.push_back(header.reset_reply());
         }
     }
 
@@ -483,6 +577,12 @@ impl Muxer {
             conn.waiting_credit = false;
         }
         match (header.op, conn.state) {
+            (op::RST, _) => {
+                self.remove(token);
+                return;
+            }
+            // Its reset is owed already.
+            (_, ConnState::Closed) => return,
             (op::RESPONSE, ConnState::AwaitingResponse(_)) => {
                 conn.state = ConnState::Established;
                 let reply = format!("OK {}\n", conn.local_port);
@@ -500,22 +600,20 @@ impl Muxer {
             }
             (op::CREDIT_UPDATE, _) => {}
             (op::CREDIT_REQUEST, _) => {
-                let update = conn.header(op::CREDIT_UPDATE);
-                self.control.push_back(update);
+                if conn.owe(op::CREDIT_UPDATE) {
+                    self.control.push_back(token);
+                }
             }
             (op::SHUTDOWN, ConnState::Established) => {
                 conn.guest_shutdown |= header.flags & SHUTDOWN_BOTH;
                 if conn.guest_shutdown == SHUTDOWN_BOTH {
                     // The guest closed: confirm with a reset, then hand the
                     // host what is still buffered.
-                    let reset = conn.header(op::RST);
-                    self.control.push_back(reset);
                     conn.state = ConnState::Draining;
+                    if conn.owe(op::RST) {
+                        self.control.push_back(token);
+                    }
                 }
-            }
-            (op::RST, _) => {
-                self.remove(token);
-                return;
             }
             _ => {
                 self.reset(token);
@@ -548,16 +646,16 @@ impl Muxer {
             ConnState::Established,
         );
         conn.note_peer_credit(header);
-        self.control.push_back(conn.header(op::RESPONSE));
         let token = self.take_token();
-        self.insert(token, conn);
+        self.insert(token, conn, op::RESPONSE);
     }
 
-    /// Fills the guest's receive buffers with control packets first, then
-    /// host data, round robin; true if any buffer was used.
-    fn fill_rx(&mut self, queues: &mut GuestQueues) -> bool {
+    /// Fills the guest's receive buffers with connections' control packets
+    /// first, then resets, then host data, round robin; true if any buffer
+    /// was used.
+    pub fn fill_rx(&mut self, queues: &mut GuestQueues) -> bool {
         let mut used = false;
-        while !(self.control.is_empty() && self.rx_ready.is_empty()) {
+        while !(self.control.is_empty() && self.resets.is_empty() && self.rx_ready.is_empty()) {
             let Some(chain) = queues.rx.pop_descriptor_chain(&queues.mem) else {
                 break;
             };
@@ -586,7 +684,13 @@ impl Muxer {
     /// Writes one packet into `writer`: its length, or None if the buffer
     /// stays unused.
     fn fill_buffer(&mut self, writer: &mut Writer<'_>) -> Option<usize> {
-        if let Some(header) = self.control.pop_front() {
+        if let Some(token) = self.control.pop_front() {
+            let owed = self.conns.get_mut(&token).and_then(Connection::take_owed);
+            // A closed connection whose reset went out ends here.
+            self.after_change(token);
+            return owed.map(|header| write_packet(writer, &header, &[]));
+        }
+        if let Some(header) = self.resets.pop_front() {
             return Some(write_packet(writer, &header, &[]));
         }
         let token = self.rx_ready.pop_front()?;
