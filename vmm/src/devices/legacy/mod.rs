@@ -7,7 +7,7 @@ mod serial;
 
 pub use debug_port::{BootTimer, DebugPort};
 pub use i8042::I8042;
-pub use serial::{ConsoleSink, GuestPanic, Serial};
+pub use serial::{Capped, ConsoleSink, GuestPanic, Serial, MAX_CONSOLE_FILE_BYTES};
 
 use crate::vm_exit::{ExitReporter, VmExit};
 use std::io;

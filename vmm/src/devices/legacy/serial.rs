@@ -13,6 +13,9 @@ use std::sync::{Arc, Mutex};
 const PANIC_PREFIX: &[u8] = b"Kernel panic - not syncing";
 /// Longest console line kept for panic detection.
 const MAX_LINE: usize = 512;
+/// Most console bytes written to a file: the guest drives the console, and the
+/// file is on the host (the shim's `/run`, a tmpfs), so it must not grow for ever.
+pub const MAX_CONSOLE_FILE_BYTES: u64 = 16 << 20;
 
 /// The guest's panic message, once seen on the console.
 #[derive(Clone, Default)]
@@ -87,27 +90,76 @@ impl Write for ConsoleSink {
     }
 }
 
+/// A writer that takes at most `limit` bytes, then notes once that it dropped
+/// the rest and swallows everything after it.
+pub struct Capped<W: Write> {
+    inner: W,
+    left: u64,
+    noted: bool,
+}
+
+impl<W: Write> Capped<W> {
+    /// `inner`, capped at `limit` bytes.
+    pub fn new(inner: W, limit: u64) -> Self {
+        Self {
+            inner,
+            left: limit,
+            noted: false,
+        }
+    }
+}
+
+impl<W: Write> Write for Capped<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let take = usize::try_from(self.left).map_or(buf.len(), |left| left.min(buf.len()));
+        if take > 0 {
+            self.inner.write_all(&buf[..take])?;
+            self.left -= take as u64;
+        }
+        if take < buf.len() && !self.noted {
+            self.noted = true;
+            self.inner
+                .write_all(b"\n[runv-vmm: console output over its limit dropped]\n")?;
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
 /// The UART as a port I/O bus device.
-pub struct Serial(vm_superio::Serial<EventFdTrigger, vm_superio::serial::NoEvents, ConsoleSink>);
+pub struct Serial {
+    uart: vm_superio::Serial<EventFdTrigger, vm_superio::serial::NoEvents, ConsoleSink>,
+    /// A failed console write is logged once, not once per guest byte.
+    write_failed: bool,
+}
 
 impl Serial {
     /// A UART raising its interrupt through `irq` and writing to `sink`.
     pub fn new(irq: EventFdTrigger, sink: ConsoleSink) -> Self {
-        Self(vm_superio::Serial::new(irq, sink))
+        Self {
+            uart: vm_superio::Serial::new(irq, sink),
+            write_failed: false,
+        }
     }
 }
 
 impl BusDevice for Serial {
     fn read(&mut self, offset: u64, data: &mut [u8]) {
         if let (Some(byte), Ok(offset)) = (data.first_mut(), u8::try_from(offset)) {
-            *byte = self.0.read(offset);
+            *byte = self.uart.read(offset);
         }
     }
 
     fn write(&mut self, offset: u64, data: &[u8]) {
         if let (Some(byte), Ok(offset)) = (data.first(), u8::try_from(offset)) {
-            if let Err(err) = self.0.write(offset, *byte) {
-                eprintln!("runv-vmm: serial console write failed: {err:?}");
+            if let Err(err) = self.uart.write(offset, *byte) {
+                if !self.write_failed {
+                    self.write_failed = true;
+                    eprintln!("runv-vmm: serial console write failed (not logged again): {err:?}");
+                }
             }
         }
     }
@@ -146,6 +198,19 @@ mod tests {
         let mut lsr = [0u8];
         uart.read(5, &mut lsr);
         assert_ne!(lsr[0] & 0x20, 0, "transmitter holding register empty");
+    }
+
+    #[test]
+    fn a_capped_console_keeps_its_limit() {
+        let buf = Arc::new(Mutex::new(Vec::new()));
+        let capped = Capped::new(Shared(buf.clone()), 10);
+        let (mut uart, _irq) = serial(Some(Box::new(capped)), GuestPanic::default());
+        for _ in 0..100_000 {
+            uart.write(0, b"x");
+        }
+        let written = buf.lock().unwrap().clone();
+        assert!(written.starts_with(b"xxxxxxxxxx\n[runv-vmm: console output"));
+        assert!(written.len() < 100, "{} bytes", written.len());
     }
 
     #[test]
