@@ -7,6 +7,8 @@
 //! ```
 
 use std::io::{self, Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -15,29 +17,117 @@ use std::time::{Duration, Instant};
 const MAX_ANSWER_LEN: usize = 64;
 
 /// Connects through the hybrid socket `uds` to guest `port`: the stream after the
-/// `OK` line, or `ConnectionRefused` if the guest does not accept. The answer must
-/// come within `timeout`.
+/// `OK` line, or `ConnectionRefused` if the guest does not accept. The whole
+/// handshake (the connect, which waits while the VMM's backlog is full, the
+/// `CONNECT` line and the answer) must end within `timeout`, or fails with
+/// `TimedOut`.
 pub fn connect(uds: &Path, port: u32, timeout: Duration) -> io::Result<UnixStream> {
-    let mut stream = UnixStream::connect(uds)?;
-    stream.set_read_timeout(Some(timeout.max(Duration::from_millis(1))))?;
-    writeln!(stream, "CONNECT {port}")?;
-    let mut answer = Vec::new();
-    let mut byte = [0u8; 1];
-    while byte[0] != b'\n' {
-        if stream.read(&mut byte)? == 0 {
-            return Err(io::ErrorKind::ConnectionRefused.into());
-        }
-        answer.push(byte[0]);
-        if answer.len() > MAX_ANSWER_LEN {
-            break;
-        }
-    }
+    let deadline = Instant::now() + timeout;
+    let mut stream = connect_by(uds, deadline)?;
+    stream.set_write_timeout(Some(time_left(deadline)?))?;
+    stream
+        .write_all(format!("CONNECT {port}\n").as_bytes())
+        .map_err(|err| late(err, "sending CONNECT"))?;
+    let answer = read_answer(&mut stream, deadline)?;
     if !answer.starts_with(b"OK ") || answer.last() != Some(&b'\n') {
         let answer = String::from_utf8_lossy(&answer).into_owned();
         return Err(io::Error::other(format!("hybrid vsock answer {answer:?}")));
     }
     stream.set_read_timeout(None)?;
+    stream.set_write_timeout(None)?;
     Ok(stream)
+}
+
+/// Reads the answer line, a byte at a time (what follows it is the guest's),
+/// up to its newline or [`MAX_ANSWER_LEN`] + 1 bytes, by `deadline`.
+fn read_answer(stream: &mut UnixStream, deadline: Instant) -> io::Result<Vec<u8>> {
+    let mut answer = Vec::new();
+    let mut byte = [0u8; 1];
+    while answer.last() != Some(&b'\n') && answer.len() <= MAX_ANSWER_LEN {
+        stream.set_read_timeout(Some(time_left(deadline)?))?;
+        match stream.read(&mut byte) {
+            Ok(0) => return Err(io::ErrorKind::ConnectionRefused.into()),
+            Ok(_) => answer.push(byte[0]),
+            Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+            Err(err) => return Err(late(err, "waiting for the answer")),
+        }
+    }
+    Ok(answer)
+}
+
+/// Connects a stream socket to `uds`. A full backlog makes the kernel wait
+/// for room up to the socket's send timeout, set to the time left before
+/// `deadline`.
+fn connect_by(uds: &Path, deadline: Instant) -> io::Result<UnixStream> {
+    let addr = socket_address(uds)?;
+    // SAFETY: plain socket creation; the result is checked.
+    let fd = unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` was just created and is owned by nothing else.
+    let stream = UnixStream::from(unsafe { OwnedFd::from_raw_fd(fd) });
+    loop {
+        stream.set_write_timeout(Some(time_left(deadline)?))?;
+        // SAFETY: `addr` is a valid sockaddr_un and its size is passed with it.
+        let ret = unsafe {
+            libc::connect(
+                stream.as_raw_fd(),
+                std::ptr::addr_of!(addr).cast(),
+                std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t,
+            )
+        };
+        if ret == 0 {
+            return Ok(stream);
+        }
+        let err = io::Error::last_os_error();
+        if err.kind() != io::ErrorKind::Interrupted {
+            return Err(late(err, "connecting (the VMM's backlog is full)"));
+        }
+    }
+}
+
+/// The address of the socket at `path`.
+fn socket_address(path: &Path) -> io::Result<libc::sockaddr_un> {
+    let bytes = path.as_os_str().as_bytes();
+    // SAFETY: sockaddr_un is plain data; all-zero is a valid value.
+    let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    // One byte stays zero: the path's terminator.
+    if bytes.len() >= addr.sun_path.len() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("socket path too long: {}", path.display()),
+        ));
+    }
+    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+    for (dst, src) in addr.sun_path.iter_mut().zip(bytes) {
+        *dst = *src as libc::c_char;
+    }
+    Ok(addr)
+}
+
+/// The time left before `deadline`, or `TimedOut` once it passed.
+fn time_left(deadline: Instant) -> io::Result<Duration> {
+    let left = deadline.saturating_duration_since(Instant::now());
+    if left.is_zero() {
+        return Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            "hybrid vsock handshake timed out",
+        ));
+    }
+    Ok(left)
+}
+
+/// `err`, as `TimedOut` if it is a socket timeout that expired during `step`.
+fn late(err: io::Error, step: &str) -> io::Error {
+    if err.kind() == io::ErrorKind::WouldBlock {
+        io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!("hybrid vsock handshake timed out {step}"),
+        )
+    } else {
+        err
+    }
 }
 
 /// [`connect`], retried every `interval` until the guest accepts or `timeout`
@@ -101,6 +191,100 @@ mod tests {
         let (_dir, path) = serve_once("NO\n");
         let err = connect(&path, 1024, Duration::from_secs(5)).unwrap_err();
         assert!(err.to_string().contains("NO"), "{err}");
+    }
+
+    /// A VMM at a fresh socket path that accepts one client, reads its
+    /// `CONNECT` line and then runs `peer` on the connection.
+    fn serve_with(
+        peer: impl FnOnce(UnixStream) + Send + 'static,
+    ) -> (tempfile::TempDir, std::path::PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v.sock");
+        let listener = UnixListener::bind(&path).unwrap();
+        std::thread::spawn(move || {
+            let (conn, _) = listener.accept().unwrap();
+            let mut reader = io::BufReader::new(conn);
+            let mut line = String::new();
+            reader.read_line(&mut line).unwrap();
+            peer(reader.into_inner());
+        });
+        (dir, path)
+    }
+
+    /// Runs a handshake with a deadline of `timeout`; its error and how long
+    /// it took.
+    fn failed_handshake(path: &Path, timeout: Duration) -> (io::Error, Duration) {
+        let started = Instant::now();
+        let err = connect(path, 1024, timeout).unwrap_err();
+        (err, started.elapsed())
+    }
+
+    const SHORT: Duration = Duration::from_millis(300);
+
+    #[test]
+    fn a_vmm_that_never_answers_times_out() {
+        let (_dir, path) = serve_with(|conn| {
+            std::thread::sleep(Duration::from_secs(5));
+            drop(conn);
+        });
+        let (err, took) = failed_handshake(&path, SHORT);
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut, "{err}");
+        assert!(took >= SHORT && took < SHORT * 3, "{took:?}");
+    }
+
+    #[test]
+    fn a_trickled_answer_is_bounded_by_one_deadline() {
+        // A byte every 50 ms never ends the line before the deadline, though
+        // no single read waits long.
+        let (_dir, path) = serve_with(|mut conn| {
+            for _ in 0..100 {
+                if conn.write_all(b"O").is_err() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        });
+        let (err, took) = failed_handshake(&path, SHORT);
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut, "{err}");
+        assert!(took < SHORT * 3, "{took:?}");
+    }
+
+    #[test]
+    fn a_long_answer_is_cut_short() {
+        let (_dir, path) = serve_with(|mut conn| {
+            let _ = conn.write_all(&[b'O'; 4096]);
+            std::thread::sleep(Duration::from_secs(5));
+        });
+        let (err, took) = failed_handshake(&path, Duration::from_secs(5));
+        assert_ne!(err.kind(), io::ErrorKind::TimedOut, "{err}");
+        let quoted = "O".repeat(MAX_ANSWER_LEN + 1);
+        assert!(err.to_string().contains(&format!("\"{quoted}\"")), "{err}");
+        assert!(took < Duration::from_secs(1), "{took:?}");
+    }
+
+    #[test]
+    fn a_full_backlog_is_waited_on_until_the_deadline() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v.sock");
+        let listener = UnixListener::bind(&path).unwrap();
+        // A backlog of one connection, taken by a client nobody accepts.
+        // SAFETY: `listener` is a bound socket; listen only resizes its backlog.
+        assert_eq!(unsafe { libc::listen(listener.as_raw_fd(), 0) }, 0);
+        let _waiting = UnixStream::connect(&path).unwrap();
+        let (err, took) = failed_handshake(&path, SHORT);
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut, "{err}");
+        assert!(took >= SHORT && took < SHORT * 3, "{took:?}");
+    }
+
+    #[test]
+    fn data_after_the_answer_stays_in_the_stream() {
+        let (_dir, path) = serve_with(|mut conn| {
+            conn.write_all(b"OK 1073741824\nguest").unwrap();
+        });
+        let mut stream = connect(&path, 1024, Duration::from_secs(5)).unwrap();
+        let mut rest = String::new();
+        stream.read_to_string(&mut rest).unwrap();
+        assert_eq!(rest, "guest");
     }
 
     #[test]

@@ -1,30 +1,88 @@
 //! The virtio-rng device: one queue of write-only buffers, each filled with
-//! bytes from the host's `getrandom`.
+//! bytes from the host's `getrandom`, on a thread of its own that waits on the
+//! queue's notifications, so that a guest that keeps its queue busy holds up
+//! neither the event loop nor other devices.
+//!
+//! What the guest takes is bounded per request ([`MAX_BYTES_PER_REQUEST`])
+//! and over time: a token bucket of [`BURST_BYTES`] refilled at
+//! [`RATE_BYTES_PER_SEC`], each request charged at least
+//! [`MIN_REQUEST_COST`]. A request the bucket cannot pay for waits on the
+//! device's thread (the guest gets its bytes later, never fewer), so one guest
+//! can neither drain the host's entropy source for others nor make the thread
+//! spin.
 
+use super::bucket::TokenBucket;
+use crate::devices::virtio::device_thread::{serve_notified, DeviceThread};
 use crate::devices::virtio::{
     ActivateError, ActiveQueue, SingleQueue, VirtioDevice, VirtioInterrupt,
 };
-use std::sync::Arc;
-use virtio_queue::QueueT;
-use vm_memory::{Bytes, GuestMemoryMmap};
+use std::os::fd::AsRawFd;
+use std::sync::{Arc, Mutex, PoisonError, TryLockError};
+use std::time::{Duration, Instant};
+use virtio_queue::{DescriptorChain, QueueT};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vmm_sys_util::eventfd::EventFd;
 
 /// virtio device type of an entropy source.
 const TYPE_RNG: u32 = 4;
 /// Queue size.
 const QUEUE_SIZE: u16 = 256;
-/// Most bytes one descriptor gets, whatever length the guest claims.
-const MAX_BYTES_PER_DESCRIPTOR: u32 = 64 * 1024;
+/// Most bytes one request gets, whatever length its buffers claim (the Linux
+/// driver asks for a few hundred at a time).
+const MAX_BYTES_PER_REQUEST: u32 = 64 * 1024;
+/// Least a request is charged, however few bytes it asks for: bounds the
+/// requests served a second to `RATE_BYTES_PER_SEC / MIN_REQUEST_COST`.
+const MIN_REQUEST_COST: u64 = 64;
+/// Bytes a second a guest may take in the long run: far above what a Linux
+/// guest reads (its hwrng thread tops up the kernel's pool now and then),
+/// far below what the host's `getrandom` gives.
+const RATE_BYTES_PER_SEC: u64 = 2 << 20;
+/// Bytes a guest may take at once after a quiet spell.
+const BURST_BYTES: u64 = 1 << 20;
+
+// A request never waits for more than the bucket holds.
+const _: () = assert!(MAX_BYTES_PER_REQUEST as u64 <= BURST_BYTES);
 
 /// The entropy device.
-#[derive(Default)]
 pub struct Rng {
+    state: Arc<Mutex<State>>,
+    worker: Option<DeviceThread>,
+}
+
+/// What the device's thread serves requests with.
+struct State {
+    /// The queue once the driver activated the device.
     active: Option<SingleQueue>,
+    /// What the guest may take; kept across resets, so a reset does not
+    /// refill it.
+    bucket: TokenBucket,
+}
+
+impl Default for Rng {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 impl Rng {
     /// A new, inactive device.
     pub fn new() -> Self {
-        Self::default()
+        Self::limited(TokenBucket::new(
+            RATE_BYTES_PER_SEC,
+            BURST_BYTES,
+            Instant::now(),
+        ))
+    }
+
+    /// A new, inactive device whose guest takes what `bucket` allows.
+    fn limited(bucket: TokenBucket) -> Self {
+        Self {
+            state: Arc::new(Mutex::new(State {
+                active: None,
+                bucket,
+            })),
+            worker: None,
+        }
     }
 }
 
@@ -47,33 +105,109 @@ fn fill_random(buf: &mut [u8]) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Serves every pending request; true if any was completed.
-fn serve(active: &mut SingleQueue) -> bool {
-    let mut served = false;
-    let mut buf = Vec::new();
-    while let Some(chain) = active.queue.pop_descriptor_chain(&active.mem) {
-        let head = chain.head_index();
-        let mut written: u32 = 0;
-        for desc in chain {
-            // Only buffers the device may write; a malformed chain ends here.
-            if !desc.is_write_only() {
-                break;
-            }
-            let len = desc.len().min(MAX_BYTES_PER_DESCRIPTOR) as usize;
-            buf.resize(len, 0);
-            if fill_random(&mut buf).is_err() || active.mem.write_slice(&buf, desc.addr()).is_err()
-            {
-                break;
-            }
-            written = written.saturating_add(len as u32);
-        }
-        if active.queue.add_used(&active.mem, head, written).is_err() {
-            eprintln!("runv-vmm: virtio-rng: the used ring is outside guest memory");
+/// The device-writable buffers a request starts with, cut to
+/// [`MAX_BYTES_PER_REQUEST`] in all; a buffer the device may not write ends
+/// them.
+fn writable_buffers(chain: DescriptorChain<&GuestMemoryMmap>) -> Vec<(GuestAddress, u32)> {
+    let mut left = MAX_BYTES_PER_REQUEST;
+    let mut buffers = Vec::new();
+    for desc in chain {
+        if !desc.is_write_only() || left == 0 {
             break;
         }
-        served = true;
+        let len = desc.len().min(left);
+        left -= len;
+        buffers.push((desc.addr(), len));
     }
-    served
+    buffers
+}
+
+/// Writes random bytes into `buffers`; how many reached the guest (a buffer
+/// outside guest memory ends the request).
+fn fill(mem: &GuestMemoryMmap, buffers: &[(GuestAddress, u32)], buf: &mut Vec<u8>) -> u32 {
+    let total: u32 = buffers.iter().map(|(_, len)| len).sum();
+    buf.resize(total as usize, 0);
+    if fill_random(buf).is_err() {
+        return 0;
+    }
+    let mut written = 0;
+    for &(addr, len) in buffers {
+        let bytes = &buf[written as usize..(written + len) as usize];
+        if mem.write_slice(bytes, addr).is_err() {
+            break;
+        }
+        written += len;
+    }
+    written
+}
+
+/// Waits up to `time` on the device's thread; false if `stop` was signalled
+/// meanwhile.
+fn wait_unless_stopped(stop: &EventFd, time: Duration) -> bool {
+    let mut fds = [libc::pollfd {
+        fd: stop.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    }];
+    let ms = time.as_nanos().div_ceil(1_000_000).min(i32::MAX as u128) as i32;
+    // SAFETY: `fds` is a valid array of one pollfd for the duration of the call.
+    let ready = unsafe { libc::poll(fds.as_mut_ptr(), 1, ms) };
+    if ready < 0 && std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted {
+        // Cannot watch `stop`: wait all the same, the stop is seen later.
+        std::thread::sleep(time);
+    }
+    ready <= 0
+}
+
+/// Serves the device's queue if it is active: false once its rings are broken.
+fn process(state: &Mutex<State>, wait: &mut dyn FnMut(Duration) -> bool) -> bool {
+    let mut state = state.lock().unwrap_or_else(PoisonError::into_inner);
+    let State { active, bucket } = &mut *state;
+    match active.as_mut() {
+        Some(active) => serve(active, bucket, wait),
+        None => true,
+    }
+}
+
+/// Serves every pending request, each once `bucket` pays for it. While it
+/// cannot, the guest is told of what completed and `wait` is called with the
+/// time until it can; `wait` returning false (the device stops) leaves the
+/// request unanswered. False once the used ring is broken.
+fn serve(
+    active: &mut SingleQueue,
+    bucket: &mut TokenBucket,
+    wait: &mut dyn FnMut(Duration) -> bool,
+) -> bool {
+    let mut buf = Vec::new();
+    let mut unsignalled = false;
+    let healthy = 'requests: loop {
+        let Some(chain) = active.queue.pop_descriptor_chain(&active.mem) else {
+            break true;
+        };
+        let head = chain.head_index();
+        let buffers = writable_buffers(chain);
+        let asked: u32 = buffers.iter().map(|(_, len)| len).sum();
+        let cost = u64::from(asked).max(MIN_REQUEST_COST);
+        while let Err(time) = bucket.take(cost, Instant::now()) {
+            if unsignalled {
+                active.signal_used("virtio-rng");
+                unsignalled = false;
+            }
+            if !wait(time) {
+                break 'requests true;
+            }
+        }
+        let written = fill(&active.mem, &buffers, &mut buf);
+        if active.queue.add_used(&active.mem, head, written).is_err() {
+            eprintln!("runv-vmm: virtio-rng: the used ring is outside guest memory");
+            break false;
+        }
+        unsignalled = true;
+    };
+    if unsignalled {
+        active.signal_used("virtio-rng");
+    }
+    healthy
 }
 
 impl VirtioDevice for Rng {
@@ -102,21 +236,52 @@ impl VirtioDevice for Rng {
         queues: Vec<ActiveQueue>,
         interrupt: Arc<VirtioInterrupt>,
     ) -> Result<(), ActivateError> {
-        self.active = Some(SingleQueue::activate("virtio-rng", mem, queues, interrupt)?);
+        // A second activation (only tests do that) first stops the first thread.
+        self.worker = None;
+        let notify = queues
+            .first()
+            .ok_or_else(|| ActivateError::Failed("virtio-rng needs its request queue".into()))?
+            .notify
+            .try_clone()?;
+        let active = SingleQueue::activate("virtio-rng", mem, queues, interrupt)?;
+        self.state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .active = Some(active);
+        let state = self.state.clone();
+        self.worker = Some(DeviceThread::spawn("virtio-rng", move |stop| {
+            serve_notified(&[notify], stop, || {
+                process(&state, &mut |time| wait_unless_stopped(stop, time))
+            })
+        })?);
         Ok(())
     }
 
+    /// Serves the queue on the caller's thread, sleeping while the bucket is
+    /// short (the device's own thread does this when the driver notifies it).
     fn process_queue(&mut self, _index: usize) {
-        let Some(active) = self.active.as_mut() else {
-            return;
-        };
-        if serve(active) {
-            active.signal_used("virtio-rng");
-        }
+        process(&self.state, &mut |time| {
+            std::thread::sleep(time);
+            true
+        });
+    }
+
+    fn polls_own_queues(&self) -> bool {
+        true
     }
 
     fn reset(&mut self) -> bool {
-        self.active = None;
+        // Dropping the thread stops and joins it; one waiting for the bucket
+        // sees the stop at once.
+        self.worker = None;
+        match self.state.try_lock() {
+            Ok(mut state) => state.active = None,
+            Err(TryLockError::Poisoned(poisoned)) => poisoned.into_inner().active = None,
+            Err(TryLockError::WouldBlock) => {
+                eprintln!("runv-vmm: virtio-rng: the device's thread is stuck; no reset");
+                return false;
+            }
+        }
         true
     }
 }
@@ -125,10 +290,10 @@ impl VirtioDevice for Rng {
 mod tests {
     use super::*;
     use crate::devices::virtio::test_utils::{
-        activate_on, desc, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE,
+        activate_notifying, activate_on, desc, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE,
     };
+    use virtio_queue::desc::RawDescriptor;
     use virtio_queue::mock::MockSplitQueue;
-    use vm_memory::GuestAddress;
 
     fn activated(
         mem: &GuestMemoryMmap,
@@ -149,9 +314,24 @@ mod tests {
             .len()
     }
 
+    fn used_idx(queue: &MockSplitQueue<'_, GuestMemoryMmap>) -> u16 {
+        queue.used().idx().load()
+    }
+
+    fn guest_memory() -> GuestMemoryMmap {
+        GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap()
+    }
+
+    /// `count` requests of `len` bytes each, one buffer apiece.
+    fn requests(count: u64, len: u32) -> Vec<RawDescriptor> {
+        (0..count)
+            .map(|i| desc(0x1_0000 + i * 0x1_0000, len, VRING_DESC_F_WRITE))
+            .collect()
+    }
+
     #[test]
     fn fills_write_only_buffers_and_interrupts() {
-        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap();
+        let mem = guest_memory();
         let queue = MockSplitQueue::create(&mem, GuestAddress(0), 16);
         queue
             .build_desc_chain(&[
@@ -170,7 +350,7 @@ mod tests {
 
     #[test]
     fn read_only_or_out_of_range_buffers_get_nothing() {
-        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap();
+        let mem = guest_memory();
         let queue = MockSplitQueue::create(&mem, GuestAddress(0), 16);
         queue
             .build_multiple_desc_chains(&[
@@ -186,13 +366,104 @@ mod tests {
 
     #[test]
     fn oversized_descriptors_are_capped() {
-        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap();
+        let mem = guest_memory();
         let queue = MockSplitQueue::create(&mem, GuestAddress(0), 16);
         queue
             .build_desc_chain(&[desc(0x1_0000, 0x8_0000, VRING_DESC_F_WRITE)])
             .unwrap();
         let (mut rng, _) = activated(&mem, &queue);
         rng.process_queue(0);
-        assert_eq!(used_len(&queue, 0), MAX_BYTES_PER_DESCRIPTOR);
+        assert_eq!(used_len(&queue, 0), MAX_BYTES_PER_REQUEST);
+    }
+
+    #[test]
+    fn a_request_of_many_buffers_gets_the_cap_in_all() {
+        let mem = guest_memory();
+        let queue = MockSplitQueue::create(&mem, GuestAddress(0), 16);
+        let flags = VRING_DESC_F_WRITE | VRING_DESC_F_NEXT;
+        let buffers: Vec<RawDescriptor> = (0..8)
+            .map(|i| desc(0x1_0000 + i * 0x1_0000, 0x1_0000, flags))
+            .collect();
+        queue.build_desc_chain(&buffers).unwrap();
+        let (mut rng, _) = activated(&mem, &queue);
+        rng.process_queue(0);
+        assert_eq!(used_len(&queue, 0), MAX_BYTES_PER_REQUEST);
+    }
+
+    #[test]
+    fn requests_past_the_burst_wait_for_the_rate() {
+        let mem = guest_memory();
+        let queue = MockSplitQueue::create(&mem, GuestAddress(0), 16);
+        queue
+            .build_multiple_desc_chains(&requests(4, 8192))
+            .unwrap();
+        // 8 KiB at once, then 8 KiB every 31.25 ms.
+        let mut rng = Rng::limited(TokenBucket::new(256 << 10, 8192, Instant::now()));
+        activate_on(&mut rng, &mem, &queue);
+        let started = Instant::now();
+        rng.process_queue(0);
+        assert!(
+            started.elapsed() >= Duration::from_millis(90),
+            "served in {:?}",
+            started.elapsed()
+        );
+        assert_eq!(used_idx(&queue), 4);
+        for index in 0..4 {
+            assert_eq!(used_len(&queue, index), 8192, "every request in full");
+        }
+    }
+
+    #[test]
+    fn small_requests_are_charged_the_minimum() {
+        let mem = guest_memory();
+        let queue = MockSplitQueue::create(&mem, GuestAddress(0), 16);
+        queue.build_multiple_desc_chains(&requests(4, 1)).unwrap();
+        // One minimal request at once, then one every 10 ms.
+        let rate = MIN_REQUEST_COST * 100;
+        let mut rng = Rng::limited(TokenBucket::new(rate, MIN_REQUEST_COST, Instant::now()));
+        activate_on(&mut rng, &mem, &queue);
+        let started = Instant::now();
+        rng.process_queue(0);
+        assert!(
+            started.elapsed() >= Duration::from_millis(28),
+            "served in {:?}",
+            started.elapsed()
+        );
+        assert_eq!(used_idx(&queue), 4);
+    }
+
+    /// Polls `done` for up to 5 s.
+    fn eventually(done: impl Fn() -> bool) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !done() {
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        true
+    }
+
+    #[test]
+    fn the_thread_serves_notifications_tells_the_guest_before_waiting_and_stops_at_once() {
+        let mem = guest_memory();
+        let queue = MockSplitQueue::create(&mem, GuestAddress(0), 16);
+        // The first request empties the bucket; the second needs 10 s more.
+        let mut rng = Rng::limited(TokenBucket::new(4, 40, Instant::now()));
+        assert!(
+            rng.polls_own_queues(),
+            "the event loop leaves the queue alone"
+        );
+        let (interrupt, notify) = activate_notifying(&mut rng, &mem, &queue, 0);
+        queue.build_multiple_desc_chains(&requests(2, 40)).unwrap();
+        notify.write(1).unwrap();
+        assert!(eventually(|| used_idx(&queue) == 1), "first request served");
+        assert!(eventually(|| interrupt.status() == 1), "and signalled");
+        assert_eq!(used_len(&queue, 0), 40);
+
+        let started = Instant::now();
+        assert!(rng.reset());
+        assert!(started.elapsed() < Duration::from_secs(1), "reset waited");
+        assert_eq!(used_idx(&queue), 1, "the waiting request is left");
     }
 }

@@ -1,6 +1,7 @@
 //! virtio-rng: host entropy for the guest, so that it never blocks on
 //! `getrandom` at boot.
 
+mod bucket;
 mod device;
 
 pub use device::Rng;
