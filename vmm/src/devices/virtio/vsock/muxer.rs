@@ -43,7 +43,7 @@ use super::packet::{
     TYPE_STREAM,
 };
 use crate::devices::virtio::VirtioInterrupt;
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::io::{self, Read, Write};
 use std::net::Shutdown;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -105,7 +105,10 @@ pub struct Muxer {
     by_ports: HashMap<(u32, u32), u64>,
     polled: HashMap<u64, EventSet>,
     handshakes: HashMap<u64, Handshake>,
-    host_ports: HashSet<u32>,
+    /// Host ports given to host-initiated connections, with the connection
+    /// holding each. A guest-initiated one's host port is the guest's choice
+    /// (it may be any of these): it is not recorded here, nor freed.
+    host_ports: HashMap<u32, u64>,
     next_token: u64,
     next_host_port: u32,
     /// Connections owing the guest a control packet, each at most once.
@@ -132,7 +135,7 @@ impl Muxer {
             by_ports: HashMap::new(),
             polled: HashMap::new(),
             handshakes: HashMap::new(),
-            host_ports: HashSet::new(),
+            host_ports: HashMap::new(),
             next_token: FIRST_CONN_TOKEN,
             next_host_port: FIRST_HOST_PORT,
             control: VecDeque::new(),
@@ -317,7 +320,7 @@ impl Muxer {
 
     /// A client's `CONNECT <port>`: asks the guest to accept.
     fn connect_to_guest(&mut self, token: u64, stream: UnixStream, port: u32) {
-        let local_port = self.allocate_host_port();
+        let local_port = self.allocate_host_port(port);
         let deadline = Instant::now() + CONNECT_TIMEOUT;
         let conn = Connection::new(
             stream,
@@ -326,18 +329,24 @@ impl Muxer {
             self.guest_cid,
             ConnState::AwaitingResponse(deadline),
         );
-        self.host_ports.insert(local_port);
+        self.host_ports.insert(local_port, token);
         self.insert(token, conn, op::REQUEST);
     }
 
-    fn allocate_host_port(&mut self) -> u32 {
+    /// A host port for a connection to guest port `peer_port`: one no
+    /// host-initiated connection holds, and that no guest-initiated one from
+    /// `peer_port` uses. Each live connection takes at most one port, so the
+    /// search ends within `MAX_CONNECTIONS + 1` of them.
+    fn allocate_host_port(&mut self, peer_port: u32) -> u32 {
         loop {
             let port = self.next_host_port;
             self.next_host_port = self
                 .next_host_port
                 .checked_add(1)
                 .unwrap_or(FIRST_HOST_PORT);
-            if !self.host_ports.contains(&port) {
+            let taken = self.host_ports.contains_key(&port)
+                || self.by_ports.contains_key(&(port, peer_port));
+            if !taken {
                 return port;
             }
         }
@@ -393,7 +402,10 @@ impl Muxer {
     fn remove(&mut self, token: u64) -> Option<Connection> {
         let conn = self.conns.remove(&token)?;
         self.by_ports.remove(&(conn.local_port, conn.peer_port));
-        self.host_ports.remove(&conn.local_port);
+        // Only the connection the port was given to frees it.
+        if self.host_ports.get(&conn.local_port) == Some(&token) {
+            self.host_ports.remove(&conn.local_port);
+        }
         // Both queues hold at most MAX_CONNECTIONS tokens.
         if conn.owed().is_some() {
             self.control.retain(|queued| *queued != token);

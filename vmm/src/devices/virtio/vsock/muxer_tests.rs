@@ -572,3 +572,143 @@ fn a_request_the_guest_never_read_is_withdrawn_when_it_times_out() {
     );
     assert!(guest.drain(&mut muxer, &mut queues).is_empty());
 }
+
+/// A client connects to guest port `guest_port` and the guest accepts: the
+/// client's stream, past its `OK` line, and the host port it was given.
+fn host_connects(
+    f: &Fixture,
+    muxer: &mut Muxer,
+    guest: &mut Guest<'_>,
+    queues: &mut GuestQueues,
+    guest_port: u32,
+) -> (UnixStream, u32) {
+    let mut client = UnixStream::connect(f.uds()).unwrap();
+    let token = muxer.next_token;
+    muxer.accept_clients();
+    writeln!(client, "CONNECT {guest_port}").unwrap();
+    muxer.host_event(token, EventSet::IN);
+    let packets = guest.drain(muxer, queues);
+    assert_eq!(packets.len(), 1);
+    assert_eq!(
+        (packets[0].0.op, packets[0].0.dst_port),
+        (op::REQUEST, guest_port)
+    );
+    let host_port = packets[0].0.src_port;
+    guest.send(
+        muxer,
+        queues,
+        from_guest(op::RESPONSE, guest_port, host_port),
+        &[],
+    );
+    let expected = format!("OK {host_port}\n");
+    let mut ok = vec![0u8; expected.len()];
+    client.read_exact(&mut ok).unwrap();
+    assert_eq!(ok, expected.as_bytes());
+    (client, host_port)
+}
+
+/// Guest data on each of `routes` (guest port, host port) reaches its own
+/// host end, and only that one.
+fn assert_routed(
+    muxer: &mut Muxer,
+    guest: &mut Guest<'_>,
+    queues: &mut GuestQueues,
+    routes: &mut [((u32, u32), &mut UnixStream)],
+) {
+    for (i, ((guest_port, host_port), _)) in routes.iter().enumerate() {
+        let mut packet = from_guest(op::RW, *guest_port, *host_port);
+        packet.len = 1;
+        guest.send(muxer, queues, packet, &[i as u8]);
+    }
+    for (i, (route, host_end)) in routes.iter_mut().enumerate() {
+        host_end
+            .set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        let mut got = [0u8; 2];
+        let n = host_end.read(&mut got).unwrap_or(0);
+        assert_eq!(&got[..n], [i as u8], "data sent on {route:?}");
+    }
+}
+
+/// The guest connects from `guest_port` to the host service on
+/// `host_port`; the service's end of it.
+fn connect_to_service_port(
+    muxer: &mut Muxer,
+    guest: &mut Guest<'_>,
+    queues: &mut GuestQueues,
+    service: &UnixListener,
+    guest_port: u32,
+    host_port: u32,
+) -> UnixStream {
+    guest.send(
+        muxer,
+        queues,
+        from_guest(op::REQUEST, guest_port, host_port),
+        &[],
+    );
+    let packets = guest.drain(muxer, queues);
+    let ops: Vec<(u16, u32)> = packets.iter().map(|(h, _)| (h.op, h.dst_port)).collect();
+    assert_eq!(ops, [(op::RESPONSE, guest_port)]);
+    service.accept().unwrap().0
+}
+
+#[test]
+fn a_guest_connection_to_a_host_port_in_use_does_not_free_it() {
+    let f = Fixture::new("host-port-freed");
+    let (mut muxer, mut guest, mut queues) = f.start();
+    let (mut first, host_port) = host_connects(&f, &mut muxer, &mut guest, &mut queues, 1024);
+    assert_eq!(host_port, FIRST_HOST_PORT);
+
+    // The guest connects to that very port number on the host (a service at
+    // `<uds>_P`) from another port, then resets its connection.
+    let service = UnixListener::bind(f.dir.join(format!("vsock.sock_{host_port}"))).unwrap();
+    let _accepted = connect_to_service_port(
+        &mut muxer,
+        &mut guest,
+        &mut queues,
+        &service,
+        7000,
+        host_port,
+    );
+    guest.send(
+        &mut muxer,
+        &mut queues,
+        from_guest(op::RST, 7000, host_port),
+        &[],
+    );
+    assert_eq!(muxer.conns.len(), 1);
+
+    // The allocator comes round again (its counter wraps after 3 * 2^30
+    // host connections) and a second client asks for the same guest port.
+    muxer.next_host_port = FIRST_HOST_PORT;
+    let (mut second, second_port) = host_connects(&f, &mut muxer, &mut guest, &mut queues, 1024);
+    assert_ne!(second_port, host_port, "the port is still in use");
+
+    // Each client still gets its own guest data.
+    let routes = &mut [
+        ((1024, host_port), &mut first),
+        ((1024, second_port), &mut second),
+    ];
+    assert_routed(&mut muxer, &mut guest, &mut queues, routes);
+}
+
+#[test]
+fn host_ports_skip_those_of_live_guest_connections() {
+    let f = Fixture::new("host-port-taken");
+    let (mut muxer, mut guest, mut queues) = f.start();
+
+    // The guest, from its port 1024, connects to the host port the next
+    // client would be given.
+    let next = muxer.next_host_port;
+    let service = UnixListener::bind(f.dir.join(format!("vsock.sock_{next}"))).unwrap();
+    let mut accepted =
+        connect_to_service_port(&mut muxer, &mut guest, &mut queues, &service, 1024, next);
+
+    let (mut client, host_port) = host_connects(&f, &mut muxer, &mut guest, &mut queues, 1024);
+    assert_ne!(host_port, next, "the pair of ports is taken");
+    let routes = &mut [
+        ((1024, next), &mut accepted),
+        ((1024, host_port), &mut client),
+    ];
+    assert_routed(&mut muxer, &mut guest, &mut queues, routes);
+}
