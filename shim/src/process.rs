@@ -3,7 +3,9 @@
 use crate::exit::{Exit, ExitCell};
 use crate::stdio::{ProcessIo, StdioUris};
 use containerd_shim::protos::api::Status;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
 
 /// A task's init process (empty exec id) or an exec'd process.
 pub struct Process {
@@ -17,6 +19,8 @@ pub struct Process {
     pub exec_spec: Option<String>,
     state: Mutex<ProcessState>,
     exit: ExitCell,
+    /// Whether a SIGKILL of it is already being watched for its exit.
+    kill_watched: AtomicBool,
 }
 
 struct ProcessState {
@@ -42,6 +46,7 @@ impl Process {
                 io: None,
             }),
             exit: ExitCell::default(),
+            kill_watched: AtomicBool::new(false),
         }
     }
 
@@ -115,6 +120,16 @@ impl Process {
     /// Blocks until the process ended.
     pub fn wait(&self) -> Exit {
         self.exit.wait()
+    }
+
+    /// Waits at most `timeout` for the process to end.
+    pub fn wait_for(&self, timeout: Duration) -> Option<Exit> {
+        self.exit.wait_for(timeout)
+    }
+
+    /// True the first time only: whoever gets true watches a SIGKILL of it.
+    pub fn start_kill_watch(&self) -> bool {
+        !self.kill_watched.swap(true, Ordering::SeqCst)
     }
 
     /// Whether it was started and has not ended.

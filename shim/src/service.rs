@@ -30,6 +30,10 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::{Duration, Instant};
 
+/// How long the guest may take to report a process's exit after SIGKILL
+/// before the shim stops trusting it and kills the VM (generous: the exit is
+/// recorded once the process's output is drained, in an emulated test host).
+const KILL_GRACE: Duration = Duration::from_secs(60);
 /// How long one OOM long poll may wait in the agent.
 const OOM_POLL: Duration = Duration::from_secs(30);
 /// Pause after an OOM report was dropped: a flood costs at most 100 polls a
@@ -782,6 +786,9 @@ impl Inner {
             all: req.all,
             ..Default::default()
         };
+        if req.signal == libc::SIGKILL.unsigned_abs() {
+            watch_kill(&sandbox, &process);
+        }
         sandbox
             .agent
             .signal_process(agent_ctx(), &signal)
@@ -1005,6 +1012,29 @@ impl Inner {
             sandbox.destroy();
         }
         self.exit_signal.signal();
+    }
+}
+
+/// A SIGKILL always ends a process, whatever the guest does: if the guest has
+/// not reported its exit [`KILL_GRACE`] after the signal, it is not doing its
+/// job, and the VMM is killed (every process of the pod then exits with 255).
+fn watch_kill(sandbox: &Arc<Sandbox>, process: &Arc<Process>) {
+    if !process.start_kill_watch() {
+        return;
+    }
+    let (sandbox, process) = (Arc::clone(sandbox), Arc::clone(process));
+    let name = format!("kill-{}", process.event_id());
+    let spawned = std::thread::Builder::new().name(name).spawn(move || {
+        if process.wait_for(KILL_GRACE).is_none() && !sandbox.vm.has_exited() {
+            warn!(
+                "process {}/{} did not exit {KILL_GRACE:?} after SIGKILL: killing the pod's VM",
+                process.container_id, process.exec_id
+            );
+            sandbox.vm.kill();
+        }
+    });
+    if let Err(err) = spawned {
+        warn!("cannot watch a SIGKILL: {err}");
     }
 }
 

@@ -11,15 +11,23 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use protocol::SHARED_FS_TAG;
 use std::fs::{self, File};
+use std::io::{Read, Write};
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::sync::Arc;
+use std::sync::mpsc::{self, Receiver};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
+
+/// Most bytes of the VMM's stderr kept in `vmm.log`: the guest can make the VMM
+/// log, and the file is on the host's `/run`.
+const MAX_VMM_LOG_BYTES: u64 = 4 << 20;
 
 /// A running (or exited) VMM.
 pub struct Vm {
     pid: i32,
     exit: Arc<ExitCell>,
+    /// Says (by closing) that the VMM's stderr was copied to its end.
+    log_copied: Mutex<Receiver<()>>,
 }
 
 impl Vm {
@@ -38,6 +46,7 @@ impl Vm {
             .map_err(|err| format!("cannot watch the VMM's exit: {err}"))?;
         let log = File::create(dir.vmm_log())
             .map_err(|err| format!("{}: {err}", dir.vmm_log().display()))?;
+        let (copied, log_copied) = mpsc::channel::<()>();
         let console = if config.debug_console {
             dir.console_log().display().to_string()
         } else {
@@ -70,10 +79,21 @@ impl Vm {
             .arg("--rng")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(log);
-        let child = command
+            .stderr(Stdio::piped());
+        let mut child = command
             .spawn()
             .map_err(|err| format!("cannot start the VMM {}: {err}", config.vmm.display()))?;
+        if let Some(stderr) = child.stderr.take() {
+            let spawned = std::thread::Builder::new()
+                .name("vmm-log".into())
+                .spawn(move || {
+                    copy_capped(stderr, log, MAX_VMM_LOG_BYTES);
+                    drop(copied);
+                });
+            if let Err(err) = spawned {
+                warn!("cannot copy the VMM's log: {err}");
+            }
+        }
         let pid = i32::try_from(child.id()).map_err(|_| "VMM pid out of range".to_string())?;
         // The reaper owns the child's exit status; dropping `child` does not wait.
         drop(child);
@@ -99,7 +119,21 @@ impl Vm {
                 }
             })
             .map_err(|err| format!("cannot start the VMM watcher: {err}"))?;
-        Ok(Self { pid, exit })
+        Ok(Self {
+            pid,
+            exit,
+            log_copied: Mutex::new(log_copied),
+        })
+    }
+
+    /// Waits at most `timeout` until everything the VMM wrote to its stderr is
+    /// in `vmm.log` (once it has exited).
+    pub fn wait_log_copied(&self, timeout: Duration) {
+        let copied = self
+            .log_copied
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let _ = copied.recv_timeout(timeout);
     }
 
     /// The VMM's host pid.
@@ -127,6 +161,35 @@ impl Vm {
         }
         if !self.wait_exit(Duration::from_secs(10)) {
             warn!("VMM {} did not exit 10 s after SIGKILL", self.pid);
+        }
+    }
+}
+
+/// Copies `stderr` into `log` until EOF, keeping at most `limit` bytes (then one
+/// line saying the rest was dropped); never stops reading, so the VMM never
+/// blocks on a full pipe.
+fn copy_capped(mut stderr: impl Read, mut log: impl Write, limit: u64) {
+    let mut left = limit;
+    let mut noted = false;
+    let mut buf = [0u8; 8192];
+    loop {
+        let n = match stderr.read(&mut buf) {
+            Ok(0) => return,
+            Ok(n) => n,
+            Err(err) if err.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(_) => return,
+        };
+        let take = usize::try_from(left).map_or(n, |left| left.min(n));
+        let written = if take < n && !noted {
+            noted = true;
+            log.write_all(&buf[..take])
+                .and_then(|()| log.write_all(b"\n[vmm.log: over its limit, the rest dropped]\n"))
+        } else {
+            log.write_all(&buf[..take])
+        };
+        left -= take as u64;
+        if written.is_err() {
+            left = 0;
         }
     }
 }
@@ -176,4 +239,21 @@ fn is_zombie(pid: i32) -> bool {
                 .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'))
         })
         .unwrap_or(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_vmm_log_keeps_its_limit_and_reads_to_the_end() {
+        let noisy = vec![b'x'; 100_000];
+        let mut from = &noisy[..];
+        let mut log = Vec::new();
+        copy_capped(&mut from, &mut log, 1000);
+        assert!(from.is_empty(), "stopped reading");
+        assert!(log.starts_with(&[b'x'; 1000]));
+        assert!(log.ends_with(b"[vmm.log: over its limit, the rest dropped]\n"));
+        assert!(log.len() < 1100, "{} bytes", log.len());
+    }
 }

@@ -678,6 +678,10 @@ fn guest_cannot_write_the_share() {
         try dd if=/dev/zero of=/s/p1/fill bs=1M count=32
         echo written > /vol/out || echo "volume write failed"
         try touch /ro/top; try touch /ro/sub/below
+        for m in /s/p1/mounts/*; do
+            [ -d "$m/sub" ] || continue
+            echo read-only-volume-in-share; try touch "$m/top"; try touch "$m/sub/below"
+        done
         echo "entries: $(ls -A /s | tr '\n' ' ')"
         echo done"#;
     let vol = format!(
@@ -722,6 +726,7 @@ fn guest_cannot_write_the_share() {
         "the guest wrote the share:\n{stdout}"
     );
     assert!(!stdout.contains("failed"), "{stdout}");
+    assert!(stdout.contains("read-only-volume-in-share"), "{stdout}");
     assert!(
         stdout.contains("entries: p1 \n"),
         "the share's root: {stdout}"
