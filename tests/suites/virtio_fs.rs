@@ -5,7 +5,9 @@
 //! guest processes; a busybox root file system on the share is chrooted into;
 //! symlinks pointing out of the share, `..` of the mount, and a directory the
 //! host keeps swapping with a symlink out of the share reach nothing of the
-//! host.
+//! host. The share keeps no setuid bit the guest sets or writes under, makes
+//! no device node, refuses `trusted.*` and `security.capability`, and past
+//! its bound on host fds answers ENFILE until the guest forgets inodes.
 
 use runv_tests::artefacts::{busybox_initrd_with, fs_check_binary, vmm_binary, GuestArtefacts};
 use runv_tests::console::VmProcess;
@@ -13,7 +15,7 @@ use runv_tests::host::require_kvm;
 use runv_tests::scratch::Scratch;
 use std::ffi::CString;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -54,6 +56,11 @@ echo escape-rel=$($b cat /mnt/escape-rel 2>&1)
 echo escape-dotdot=$($b cat /mnt/../outside-secret 2>&1)
 echo escape-write > /mnt/escape-write 2>/dev/null || echo escape-write-refused
 echo dotdot-is=$(cd /mnt/.. && $b pwd) dotdot-has-init=$($b ls /mnt/.. | $b grep -c '^init$')
+echo x > /mnt/suid && $b chmod 4755 /mnt/suid && echo suid-mode=$($b stat -c %a /mnt/suid)
+echo more >> /mnt/host-suid && echo host-suid-mode=$($b stat -c %a /mnt/host-suid)
+$b mknod /mnt/null c 1 3 2>/dev/null && echo mknod-c-made || echo mknod-c-refused
+$b mknod /mnt/fifo p && echo mknod-p-made
+/bin/fs-check fill /mnt/fill
 $b sync
 echo phase1-done
 i=0
@@ -66,10 +73,16 @@ $b umount /mnt && echo fs-umounted
 $b reboot -f
 "#;
 
-/// The share: a file from the host, a busybox root file system, and symlinks
-/// that point outside it (absolute host path, relative `..`).
+/// The share: a file from the host, a setuid one, a busybox root file system,
+/// and symlinks that point outside it (absolute host path, relative `..`).
 fn make_share(share: &Path, outside: &Path) {
     std::fs::write(share.join("host-file"), "from-host-1\n").unwrap();
+    std::fs::write(share.join("host-suid"), "host\n").unwrap();
+    std::fs::set_permissions(
+        share.join("host-suid"),
+        std::fs::Permissions::from_mode(0o4755),
+    )
+    .unwrap();
     let bin = share.join("rootfs/bin");
     std::fs::create_dir_all(&bin).unwrap();
     std::fs::copy("/bin/busybox", bin.join("busybox")).expect("busybox-static at /bin/busybox");
@@ -166,11 +179,25 @@ fn host_xattr(path: &Path, name: &str) -> Option<Vec<u8>> {
 
 /// The `race-<key>=N` count the guest printed.
 fn race_count(run_lines: &[String], key: &str) -> Option<u32> {
-    let prefix = format!("race-{key}=");
+    printed_count(run_lines, &format!("race-{key}="))
+}
+
+/// The count the guest printed after `prefix`.
+fn printed_count(run_lines: &[String], prefix: &str) -> Option<u32> {
     run_lines.iter().find_map(|line| {
         line.split_whitespace()
-            .find_map(|word| word.strip_prefix(prefix.as_str()))
+            .find_map(|word| word.strip_prefix(prefix))
             .and_then(|n| n.parse().ok())
+    })
+}
+
+/// Regular files in `dir`.
+fn files(dir: &Path) -> usize {
+    std::fs::read_dir(dir).map_or(0, |entries| {
+        entries
+            .filter_map(Result::ok)
+            .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
+            .count()
     })
 }
 
@@ -221,11 +248,32 @@ fn check_guest_changes(share: &Path) {
         65536
     );
     assert_eq!(
-        host_xattr(&renamed, "trusted.runv.kept").as_deref(),
+        host_xattr(&renamed, "security.runv.kept").as_deref(),
         Some(&b"guest"[..]),
         "the guest's xattr on the host"
     );
-    assert_eq!(host_xattr(&renamed, "trusted.runv.gone"), None);
+    for name in [
+        "security.runv.gone",
+        "trusted.runv.denied",
+        "security.capability",
+    ] {
+        assert_eq!(host_xattr(&renamed, name), None, "{name}");
+    }
+    let mode = |name: &str| std::fs::metadata(share.join(name)).unwrap().mode() & 0o7777;
+    assert_eq!(mode("suid"), 0o755, "chmod 4755 by the guest");
+    assert_eq!(mode("host-suid"), 0o755, "written by the guest");
+    assert_eq!(
+        std::fs::read_to_string(share.join("host-suid")).unwrap(),
+        "host\nmore\n"
+    );
+    assert!(
+        share.join("null").symlink_metadata().is_err(),
+        "a device node"
+    );
+    assert!(std::fs::symlink_metadata(share.join("fifo"))
+        .unwrap()
+        .file_type()
+        .is_fifo());
 }
 
 #[test]
@@ -250,8 +298,14 @@ fn guest_and_host_share_a_directory_that_guest_paths_cannot_escape() {
         .args(["--memory-mib", "256", "--console", "stdout"])
         // cache=never: every guest path walk asks the device, so the rename
         // race below meets the host's swaps instead of the guest's dentry cache.
+        // It also makes the guest drop every inode it does not use, so that
+        // it holds few: max-fds is low for fs-check fill, which keeps files
+        // open, to reach the bound quickly.
         .arg("--fs")
-        .arg(format!("tag={TAG},path={},cache=never", share.display()));
+        .arg(format!(
+            "tag={TAG},path={},cache=never,max-fds=256",
+            share.display()
+        ));
     let mut vm = VmProcess::spawn(command);
     let phase1 = vm.wait_for("phase1-done", BOOT_TIMEOUT).is_some();
     let swaps = racer.stop();
@@ -283,7 +337,14 @@ fn guest_and_host_share_a_directory_that_guest_paths_cannot_escape() {
         "hard-gone-in-guest",
         "host-mode=604",
         "fs-umounted",
-        "xattr-get=guest xattr-listed=true xattr-removed=enodata",
+        "xattr-get=guest xattr-listed=true xattr-removed=enodata xattr-trusted=eperm \
+         xattr-capability=eperm",
+        "suid-mode=755",
+        "host-suid-mode=755",
+        "mknod-c-refused",
+        "mknod-p-made",
+        "fill-refused=enfile fill-made=",
+        "fill-again=ok",
         "locks-child-held=true flock-conflict=true posix-conflict=true \
          flock-free-after=true posix-free-after=true",
         "race-rounds=400 ",
@@ -312,6 +373,11 @@ fn guest_and_host_share_a_directory_that_guest_paths_cannot_escape() {
         "the guest created a file outside the share through the raced symlink"
     );
     assert!(swaps > 0, "the host never swapped racedir");
+    // fs-check fill held two fds per file (inode, open file) up to the bound,
+    // and made one more once it had closed them.
+    let made = printed_count(&run.lines, "fill-made=").expect("fill-made");
+    assert!(made > 50, "the bound refused early: {made}\n{transcript}");
+    assert_eq!(files(&share.join("fill")), made as usize + 1);
     let count = |key| race_count(&run.lines, key).unwrap_or(0);
     assert!(
         count("inside") > 0 && count("failed") > 0,
@@ -348,6 +414,10 @@ fn bad_fs_options_are_refused() {
             "unknown cache 'sometimes'",
         ),
         (format!("tag={},path=/", "x".repeat(37)), "1 to 36 bytes"),
+        (
+            "tag=t,path=/,max-fds=1".to_owned(),
+            "max-fds must be between 64 and",
+        ),
     ] {
         let output = Command::new(vmm_binary())
             .args(["--kernel", &kernel, "--fs", &fs])

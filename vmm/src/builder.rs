@@ -11,7 +11,8 @@ use crate::arch::x86_64::regs::BootEntry;
 use crate::config::{ConsoleConfig, VmConfig};
 use crate::devices::bus::{Bus, BusError};
 use crate::devices::legacy::{
-    BootTimer, ConsoleSink, DebugPort, EventFdTrigger, GuestPanic, PowerOffTrigger, Serial, I8042,
+    BootTimer, Capped, ConsoleSink, DebugPort, EventFdTrigger, GuestPanic, PowerOffTrigger, Serial,
+    I8042, MAX_CONSOLE_FILE_BYTES,
 };
 use crate::devices::virtio::block::{Block, BlockError};
 use crate::devices::virtio::fs::{Fs, FsError};
@@ -386,7 +387,7 @@ fn attach_virtio_devices(
         devices.push(Box::new(Block::open(&disk.path, disk.readonly, &id)?));
     }
     for share in &config.fs {
-        devices.push(Box::new(Fs::new(&share.tag, &share.path, share.cache)?));
+        devices.push(Box::new(Fs::new(share)?));
     }
     if config.rng {
         devices.push(Box::new(Rng::new()));
@@ -435,7 +436,7 @@ fn console_output(console: &ConsoleConfig) -> Result<Option<Box<dyn Write + Send
     Ok(match console {
         ConsoleConfig::Stdout => Some(Box::new(std::io::stdout())),
         ConsoleConfig::Off => None,
-        ConsoleConfig::File(path) => Some(Box::new(
+        ConsoleConfig::File(path) => Some(Box::new(Capped::new(
             OpenOptions::new()
                 .create(true)
                 .append(true)
@@ -444,7 +445,8 @@ fn console_output(console: &ConsoleConfig) -> Result<Option<Box<dyn Write + Send
                     path: path.clone(),
                     source,
                 })?,
-        )),
+            MAX_CONSOLE_FILE_BYTES,
+        ))),
     })
 }
 

@@ -297,7 +297,18 @@ pub enum FsCache {
     Always,
 }
 
-/// A virtio-fs share: `tag=T,path=DIR[,cache=never|auto|always]`.
+/// Host fds a share may hold by default (one per inode the guest knows, one
+/// per file it has open).
+pub const DEFAULT_FS_MAX_FDS: u64 = 65536;
+/// Smallest and largest `max-fds` accepted.
+pub const FS_MAX_FDS_RANGE: std::ops::RangeInclusive<u64> = 64..=1 << 20;
+
+fn default_fs_max_fds() -> u64 {
+    DEFAULT_FS_MAX_FDS
+}
+
+/// A virtio-fs share:
+/// `tag=T,path=DIR[,cache=never|auto|always][,privileged][,max-fds=N]`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FsConfig {
@@ -308,6 +319,26 @@ pub struct FsConfig {
     /// Guest caching.
     #[serde(default)]
     pub cache: FsCache,
+    /// The guest may make setuid/setgid files and set `security.capability`
+    /// (off: those bits and that attribute are dropped or refused).
+    #[serde(default)]
+    pub privileged: bool,
+    /// Host fds the share may hold; past it the guest gets ENFILE.
+    #[serde(default = "default_fs_max_fds")]
+    pub max_fds: u64,
+}
+
+impl FsConfig {
+    /// A share of `path` as `tag` with every other option at its default.
+    pub fn new(tag: &str, path: &Path) -> Self {
+        Self {
+            tag: tag.to_owned(),
+            path: path.to_owned(),
+            cache: FsCache::default(),
+            privileged: false,
+            max_fds: DEFAULT_FS_MAX_FDS,
+        }
+    }
 }
 
 impl std::str::FromStr for FsConfig {
@@ -316,26 +347,32 @@ impl std::str::FromStr for FsConfig {
     fn from_str(value: &str) -> Result<Self, Self::Err> {
         let usage = |why: String| {
             ConfigError::Usage(format!(
-                "--fs {value}: {why} (tag=T,path=DIR[,cache=never|auto|always])"
+                "--fs {value}: {why} \
+                 (tag=T,path=DIR[,cache=never|auto|always][,privileged][,max-fds=N])"
             ))
         };
-        let (mut tag, mut path, mut cache) = (None, None, FsCache::default());
+        let (mut tag, mut path) = (None, None);
+        let mut share = FsConfig::new("", Path::new(""));
         for option in value.split(',') {
             match option.split_once('=') {
                 Some(("tag", t)) => tag = Some(t.to_owned()),
                 Some(("path", p)) if !p.is_empty() => path = Some(PathBuf::from(p)),
-                Some(("cache", "never")) => cache = FsCache::Never,
-                Some(("cache", "auto")) => cache = FsCache::Auto,
-                Some(("cache", "always")) => cache = FsCache::Always,
+                Some(("cache", "never")) => share.cache = FsCache::Never,
+                Some(("cache", "auto")) => share.cache = FsCache::Auto,
+                Some(("cache", "always")) => share.cache = FsCache::Always,
                 Some(("cache", c)) => return Err(usage(format!("unknown cache '{c}'"))),
+                Some(("max-fds", n)) => {
+                    share.max_fds = n
+                        .parse()
+                        .map_err(|_| usage(format!("max-fds '{n}' is not a whole number")))?;
+                }
+                None if option == "privileged" => share.privileged = true,
                 _ => return Err(usage(format!("unknown option '{option}'"))),
             }
         }
-        Ok(FsConfig {
-            tag: tag.ok_or_else(|| usage("no tag".into()))?,
-            path: path.ok_or_else(|| usage("no path".into()))?,
-            cache,
-        })
+        share.tag = tag.ok_or_else(|| usage("no tag".into()))?;
+        share.path = path.ok_or_else(|| usage("no path".into()))?;
+        Ok(share)
     }
 }
 
@@ -497,6 +534,14 @@ fn validate_fs(shares: &[FsConfig]) -> Result<(), ConfigError> {
         }
         if shares[..index].iter().any(|s| s.tag == share.tag) {
             return Err(bad("the tag is used twice".into()));
+        }
+        if !FS_MAX_FDS_RANGE.contains(&share.max_fds) {
+            return Err(bad(format!(
+                "max-fds must be between {} and {}, not {}",
+                FS_MAX_FDS_RANGE.start(),
+                FS_MAX_FDS_RANGE.end(),
+                share.max_fds
+            )));
         }
         match std::fs::metadata(&share.path) {
             Ok(meta) if meta.is_dir() => {}
@@ -700,18 +745,34 @@ mod tests {
             FsConfig {
                 tag: "runv".into(),
                 path: "/srv".into(),
-                cache: FsCache::Never
+                cache: FsCache::Never,
+                privileged: false,
+                max_fds: DEFAULT_FS_MAX_FDS,
             }
         );
+        let fs: FsConfig = "privileged,tag=t,path=/srv,max-fds=128".parse().unwrap();
+        assert_eq!((fs.privileged, fs.max_fds), (true, 128));
         let err = |value: &str| value.parse::<FsConfig>().unwrap_err().to_string();
         assert!(err("path=/srv").contains("no tag"));
         assert!(err("tag=t").contains("no path"));
         assert!(err("tag=t,path=/srv,cache=sometimes").contains("unknown cache 'sometimes'"));
         assert!(err("tag=t,path=/srv,ro").contains("unknown option 'ro'"));
+        assert!(err("tag=t,path=/srv,privileged=yes").contains("unknown option 'privileged=yes'"));
+        assert!(err("tag=t,path=/srv,max-fds=many").contains("max-fds 'many'"));
         let from_file: PartialConfig =
             serde_json::from_str(r#"{"fs": [{"tag": "t", "path": "/srv", "cache": "always"}]}"#)
                 .unwrap();
-        assert_eq!(from_file.fs.unwrap()[0].cache, FsCache::Always);
+        let share = &from_file.fs.unwrap()[0];
+        assert_eq!(
+            (share.cache, share.privileged, share.max_fds),
+            (FsCache::Always, false, DEFAULT_FS_MAX_FDS)
+        );
+        let from_file: PartialConfig = serde_json::from_str(
+            r#"{"fs": [{"tag": "t", "path": "/srv", "privileged": true, "max_fds": 100}]}"#,
+        )
+        .unwrap();
+        let share = &from_file.fs.unwrap()[0];
+        assert_eq!((share.privileged, share.max_fds), (true, 100));
     }
 
     #[test]
@@ -724,11 +785,7 @@ mod tests {
                 fs: Some(
                     shares
                         .into_iter()
-                        .map(|(tag, path)| FsConfig {
-                            tag: tag.into(),
-                            path,
-                            cache: FsCache::Auto,
-                        })
+                        .map(|(tag, path)| FsConfig::new(tag, &path))
                         .collect(),
                 ),
                 ..Default::default()
@@ -743,6 +800,19 @@ mod tests {
         let long = "x".repeat(37);
         assert!(err(vec![(&long, dir.clone())]).contains("1 to 36 bytes"));
         assert!(err(vec![("", dir.clone())]).contains("1 to 36 bytes"));
+        for max_fds in [63, (1 << 20) + 1] {
+            let mut share = FsConfig::new("a", &dir);
+            share.max_fds = max_fds;
+            let err = PartialConfig {
+                kernel: Some(kernel.clone()),
+                fs: Some(vec![share]),
+                ..Default::default()
+            }
+            .finish()
+            .unwrap_err()
+            .to_string();
+            assert!(err.contains(&format!("not {max_fds}")), "{err}");
+        }
         std::fs::remove_dir_all(dir).unwrap();
     }
 

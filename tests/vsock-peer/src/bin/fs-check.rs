@@ -2,16 +2,22 @@
 //! cannot make (test-only, never in the production initrd). Each subcommand
 //! prints one `key=value ...` line for the host to assert on:
 //!
-//! - `xattr FILE`: sets, reads, lists and removes `trusted.*` attributes
-//!   (tmpfs, where the test host's shares live, keeps no `user.*` ones on
-//!   6.1), leaving `trusted.runv.kept=guest` for the host to read;
+//! - `xattr FILE`: sets, reads, lists and removes `security.runv.*`
+//!   attributes (tmpfs, where the test host's shares live, keeps no `user.*`
+//!   ones on 6.1), leaving `security.runv.kept=guest` for the host to read,
+//!   and tries to set `trusted.runv.denied` and a valid `security.capability`,
+//!   which the share refuses;
 //! - `locks FILE`: an `flock` and a POSIX record lock held by a child process
 //!   are seen as conflicts by the parent, and are free once the child exits
 //!   (the passthrough file system claims no lock support in FUSE_INIT, so the
 //!   guest kernel keeps these locks itself: this checks that they still work);
 //! - `race PATH ROUNDS`: reads PATH and creates a new file beside it, ROUNDS
 //!   times, while the host swaps PATH's directory with a symlink that points
-//!   out of the share; counts what the rounds saw and made.
+//!   out of the share; counts what the rounds saw and made;
+//! - `fill DIR`: creates files in a new DIR and keeps them open (each is an
+//!   inode and an open file on the host) until the share's bound on host fds
+//!   refuses one, names the error, closes them and checks that one more can
+//!   be created; the files stay for the host to count.
 
 use std::ffi::CString;
 use std::fs::{File, OpenOptions};
@@ -21,9 +27,19 @@ use std::os::unix::io::AsRawFd;
 use std::path::Path;
 use std::process::exit;
 
-const KEPT_NAME: &str = "trusted.runv.kept";
+const KEPT_NAME: &str = "security.runv.kept";
 const KEPT_VALUE: &[u8] = b"guest";
-const GONE_NAME: &str = "trusted.runv.gone";
+const GONE_NAME: &str = "security.runv.gone";
+const DENIED_NAME: &str = "trusted.runv.denied";
+const CAPABILITY_NAME: &str = "security.capability";
+/// A valid version-2 capability set: revision 2 with the effective flag,
+/// cap_net_raw (13) permitted, nothing inheritable.
+const CAPABILITY_VALUE: [u8; 20] = [
+    1, 0, 0, 2, 0, 0x20, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+];
+/// Files `fill` keeps open at most: below the guest's own limit of open
+/// files (1024), above what the share's bound in the suite allows.
+const FILL_MAX: usize = 900;
 
 fn c_path(path: &Path) -> io::Result<CString> {
     CString::new(path.as_os_str().as_bytes())
@@ -99,9 +115,57 @@ fn xattr(file: &Path) -> io::Result<String> {
         other => format!("{other:?}"),
     };
     Ok(format!(
-        "xattr-get={} xattr-listed={} xattr-removed={after_remove}",
+        "xattr-get={} xattr-listed={} xattr-removed={after_remove} xattr-trusted={} \
+         xattr-capability={}",
         String::from_utf8_lossy(&read_back),
         listed.iter().any(|name| name == KEPT_NAME) && listed.iter().any(|n| n == GONE_NAME),
+        errno_name(set_xattr(&path, DENIED_NAME, b"guest")),
+        errno_name(set_xattr(&path, CAPABILITY_NAME, &CAPABILITY_VALUE)),
+    ))
+}
+
+/// `ok`, `eperm`, `enfile` or the error as text.
+fn errno_name<T>(result: io::Result<T>) -> String {
+    match result {
+        Ok(_) => "ok".into(),
+        Err(err) => match err.raw_os_error() {
+            Some(libc::EPERM) => "eperm".into(),
+            Some(libc::ENFILE) => "enfile".into(),
+            _ => err.to_string().replace(' ', "_"),
+        },
+    }
+}
+
+fn fill(dir: &Path) -> io::Result<String> {
+    std::fs::create_dir(dir)?;
+    let mut open = Vec::new();
+    let refused = loop {
+        if open.len() == FILL_MAX {
+            break Ok(());
+        }
+        match File::create(dir.join(format!("f{}", open.len()))) {
+            Ok(file) => open.push(file),
+            Err(err) => break Err(err),
+        }
+    };
+    let made = open.len();
+    // Closed, the files are released, and their inodes forgotten once the
+    // guest kernel drops them (at once under cache=never; it sends FORGETs in
+    // the background).
+    drop(open);
+    let again = dir.join("again");
+    let mut made_again = File::create(&again);
+    for _ in 0..50 {
+        if made_again.is_ok() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        made_again = File::create(&again);
+    }
+    Ok(format!(
+        "fill-refused={} fill-made={made} fill-again={}",
+        errno_name(refused),
+        errno_name(made_again),
     ))
 }
 
@@ -235,8 +299,9 @@ fn main() {
             Ok(rounds) => race(Path::new(path), rounds),
             Err(_) => Err(io::Error::new(io::ErrorKind::InvalidInput, "bad ROUNDS")),
         },
+        ["fill", dir] => fill(Path::new(dir)),
         _ => {
-            eprintln!("usage: fs-check xattr FILE | locks FILE | race PATH ROUNDS");
+            eprintln!("usage: fs-check xattr FILE | locks FILE | race PATH ROUNDS | fill DIR");
             exit(2);
         }
     };

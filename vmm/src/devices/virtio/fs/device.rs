@@ -2,15 +2,16 @@
 //! space with the tag the guest mounts, and a thread of its own that serves
 //! both queues on the driver's notifications once the driver is ready.
 
-use super::backend;
+use super::backend::{self, FdReservation};
+use super::filter::Policy;
 use super::handler::Served;
-use crate::config::FsCache;
+use crate::config::{FsCache, FsConfig};
 use crate::devices::virtio::device_thread::{serve_notified, DeviceThread};
 use crate::devices::virtio::{
     read_config_space, ActivateError, ActiveQueue, VirtioDevice, VirtioInterrupt,
     VIRTIO_RING_F_EVENT_IDX,
 };
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use vm_memory::GuestMemoryMmap;
 
@@ -37,12 +38,18 @@ pub enum FsError {
         path: PathBuf,
         source: std::io::Error,
     },
+    /// The process may not hold the fds the share may need.
+    #[error("virtio-fs tag '{tag}': {source}")]
+    Fds { tag: String, source: std::io::Error },
 }
 
 /// A virtio-fs device sharing one host directory.
 pub struct Fs {
     root: PathBuf,
     cache: FsCache,
+    policy: Policy,
+    /// Room for the share's fds in the process's limit.
+    _fds: FdReservation,
     config: [u8; CONFIG_LEN],
     /// The active state, shared with the device's thread.
     served: Arc<Mutex<Option<Served>>>,
@@ -55,8 +62,11 @@ fn lock(served: &Mutex<Option<Served>>) -> MutexGuard<'_, Option<Served>> {
 }
 
 impl Fs {
-    /// Shares `dir` (symlinks in its own path resolved once, here) as `tag`.
-    pub fn new(tag: &str, dir: &Path, cache: FsCache) -> Result<Self, FsError> {
+    /// Shares `share.path` (symlinks in its own path resolved once, here) as
+    /// `share.tag`, raising the process's limit of open files for the fds the
+    /// share may hold.
+    pub fn new(share: &FsConfig) -> Result<Self, FsError> {
+        let (tag, dir) = (share.tag.as_str(), share.path.as_path());
         if tag.is_empty() || tag.len() > TAG_LEN || tag.contains('\0') {
             return Err(FsError::Tag(tag.to_owned()));
         }
@@ -68,14 +78,24 @@ impl Fs {
         if !root.is_dir() {
             return Err(dir_err(std::io::Error::other("not a directory")));
         }
+        let policy = Policy {
+            privileged: share.privileged,
+            max_fds: usize::try_from(share.max_fds).unwrap_or(usize::MAX),
+        };
         // Proves the backend can start (UTF-8 path, /proc mounted) before boot.
-        backend::server(&root, cache).map_err(dir_err)?;
+        backend::server(&root, share.cache, policy).map_err(dir_err)?;
+        let fds = FdReservation::new(share.max_fds).map_err(|source| FsError::Fds {
+            tag: tag.to_owned(),
+            source,
+        })?;
         let mut config = [0u8; CONFIG_LEN];
         config[..tag.len()].copy_from_slice(tag.as_bytes());
         config[TAG_LEN..].copy_from_slice(&NUM_REQUEST_QUEUES.to_le_bytes());
         Ok(Self {
             root,
-            cache,
+            cache: share.cache,
+            policy,
+            _fds: fds,
             config,
             served: Arc::new(Mutex::new(None)),
             thread: None,
@@ -120,7 +140,7 @@ impl VirtioDevice for Fs {
         }
         // A second activation (only tests do that) first stops the first thread.
         self.reset();
-        let server = backend::server(&self.root, self.cache)?;
+        let server = backend::server(&self.root, self.cache, self.policy)?;
         let (queues, notifies): (Vec<_>, Vec<_>) =
             queues.into_iter().map(|a| (a.queue, a.notify)).unzip();
         *lock(&self.served) = Some(Served {
@@ -168,6 +188,7 @@ mod tests {
         desc, VRING_DESC_F_NEXT as NEXT, VRING_DESC_F_WRITE as WRITE,
     };
     use fuse_backend_rs::abi::fuse_abi::{EntryOut, InitOut, OutHeader};
+    use std::path::Path;
     use std::time::{Duration, Instant};
     use virtio_queue::desc::RawDescriptor;
     use virtio_queue::mock::MockSplitQueue;
@@ -182,6 +203,16 @@ mod tests {
     const REQUEST: u64 = 0x1_0000;
     const REPLY: u64 = 0x2_0000;
     const HEADER_LEN: usize = 40;
+
+    /// A share with room for few fds: tests run side by side under the
+    /// process's limit.
+    fn share(tag: &str, dir: &Path, cache: FsCache) -> FsConfig {
+        FsConfig {
+            cache,
+            max_fds: 256,
+            ..FsConfig::new(tag, dir)
+        }
+    }
 
     /// A request: fuse_in_header followed by `body`.
     fn request(opcode: u32, unique: u64, nodeid: u64, body: &[u8]) -> Vec<u8> {
@@ -221,7 +252,7 @@ mod tests {
             std::fs::write(dir.join("hello"), b"hello").unwrap();
             let hiprio = MockSplitQueue::create(mem, GuestAddress(0), 16);
             let queue = MockSplitQueue::create(mem, GuestAddress(0x4000), 16);
-            let mut fs = Fs::new("runv", &dir, FsCache::Auto).unwrap();
+            let mut fs = Fs::new(&share("runv", &dir, FsCache::Auto)).unwrap();
             let interrupt = Arc::new(VirtioInterrupt::new(
                 EventFd::new(libc::EFD_NONBLOCK).unwrap(),
             ));
@@ -304,7 +335,7 @@ mod tests {
     #[test]
     fn config_space_holds_tag_and_queue_count() {
         let dir = std::env::temp_dir();
-        let fs = Fs::new("runv-share", &dir, FsCache::Never).unwrap();
+        let fs = Fs::new(&share("runv-share", &dir, FsCache::Never)).unwrap();
         let mut tag = [0xffu8; TAG_LEN];
         fs.read_config(0, &mut tag);
         assert_eq!(&tag[..10], b"runv-share");
@@ -322,14 +353,14 @@ mod tests {
     fn bad_tags_and_dirs_are_refused() {
         let dir = std::env::temp_dir();
         assert!(matches!(
-            Fs::new("", &dir, FsCache::Auto),
+            Fs::new(&share("", &dir, FsCache::Auto)),
             Err(FsError::Tag(_))
         ));
         assert!(matches!(
-            Fs::new(&"t".repeat(37), &dir, FsCache::Auto),
+            Fs::new(&share(&"t".repeat(37), &dir, FsCache::Auto)),
             Err(FsError::Tag(_))
         ));
-        let Err(err) = Fs::new("t", Path::new("/nonexistent/share"), FsCache::Auto) else {
+        let Err(err) = Fs::new(&share("t", Path::new("/nonexistent/share"), FsCache::Auto)) else {
             panic!("a missing directory was accepted");
         };
         assert!(err.to_string().contains("/nonexistent/share"));

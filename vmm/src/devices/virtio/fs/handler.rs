@@ -1,10 +1,9 @@
-//! Serving a virtio-fs device's queues: each chain is one FUSE request, checked
-//! by [`super::request`] and then handed to the FUSE server. The device's own
-//! thread does this when the driver notifies a queue, so that file system work
-//! never stalls the VMM's event loop.
+//! Serving a virtio-fs device's queues: each chain is one FUSE request, handed
+//! to the FUSE server (which answers through the share's filter). The device's
+//! own thread does this when the driver notifies a queue, so that file system
+//! work never stalls the VMM's event loop.
 
 use super::backend::FsServer;
-use super::request;
 use crate::devices::virtio::{drain_queue, needs_interrupt, VirtioInterrupt};
 use fuse_backend_rs::transport::{Reader, VirtioFsWriter};
 use std::sync::Arc;
@@ -67,9 +66,6 @@ fn handle(
     ) else {
         return 0;
     };
-    if let Some(refusal) = request::refusal(reader.clone()) {
-        return request::reply_error(writer.into(), &refusal);
-    }
     match server.handle_message(reader, writer.into(), None, None) {
         Ok(len) => u32::try_from(len).unwrap_or(0),
         Err(_) => 0,

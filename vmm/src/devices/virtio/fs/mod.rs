@@ -6,13 +6,16 @@
 //!   request queues; activation starts the device's thread, which serves the
 //!   queues on the driver's notifications, off the VMM's event loop).
 //! - `handler.rs`: serving the queues, one FUSE request per chain.
-//! - `request.rs`: the checks the device makes before a request reaches the
-//!   FUSE server (lookups of `.`/`..`, device nodes).
-//! - `backend.rs`: the passthrough file system rooted at the shared directory.
+//! - `filter.rs`: what the guest may ask of the host (names, open flags,
+//!   device nodes, setuid/setgid, xattrs) and how many host fds it may make
+//!   the share hold, between the FUSE server and the passthrough file system.
+//! - `backend.rs`: the passthrough file system rooted at the shared directory,
+//!   and the process's limit of open files.
 
 mod backend;
 mod device;
+#[doc(hidden)] // public for the fuzz targets (tests/fuzz)
+pub mod filter;
 mod handler;
-mod request;
 
 pub use device::{Fs, FsError, TAG_LEN};
