@@ -5,7 +5,8 @@
 mod config;
 mod device;
 mod disk;
-mod request;
+#[doc(hidden)] // public for the fuzz targets (tests/fuzz)
+pub mod request;
 
 pub use device::Block;
 pub use disk::BlockError;

@@ -2,11 +2,13 @@
 //! receive buffers, checksum and segmentation offloads as the tap allows.
 
 mod device;
-mod rx;
+#[doc(hidden)] // public for the fuzz targets (tests/fuzz)
+pub mod rx;
 pub mod tap;
 #[cfg(test)]
 mod tests;
-mod tx;
+#[doc(hidden)] // public for the fuzz targets (tests/fuzz)
+pub mod tx;
 mod worker;
 
 pub use device::{Net, NetError};
