@@ -23,12 +23,15 @@ const MAX_ANSWER_LEN: usize = 64;
 /// `TimedOut`.
 pub fn connect(uds: &Path, port: u32, timeout: Duration) -> io::Result<UnixStream> {
     let deadline = Instant::now() + timeout;
-    let mut stream = connect_by(uds, deadline)?;
-    stream.set_write_timeout(Some(time_left(deadline)?))?;
-    stream
+    let stream = connect_by(uds, deadline)?;
+    let mut timed = DeadlineStream {
+        stream: &stream,
+        deadline,
+    };
+    timed
         .write_all(format!("CONNECT {port}\n").as_bytes())
         .map_err(|err| late(err, "sending CONNECT"))?;
-    let answer = read_answer(&mut stream, deadline)?;
+    let answer = read_answer(&mut timed)?;
     if !answer.starts_with(b"OK ") || answer.last() != Some(&b'\n') {
         let answer = String::from_utf8_lossy(&answer).into_owned();
         return Err(io::Error::other(format!("hybrid vsock answer {answer:?}")));
@@ -39,12 +42,11 @@ pub fn connect(uds: &Path, port: u32, timeout: Duration) -> io::Result<UnixStrea
 }
 
 /// Reads the answer line, a byte at a time (what follows it is the guest's),
-/// up to its newline or [`MAX_ANSWER_LEN`] + 1 bytes, by `deadline`.
-fn read_answer(stream: &mut UnixStream, deadline: Instant) -> io::Result<Vec<u8>> {
+/// up to its newline or [`MAX_ANSWER_LEN`] + 1 bytes, by the stream's deadline.
+fn read_answer(stream: &mut DeadlineStream) -> io::Result<Vec<u8>> {
     let mut answer = Vec::new();
     let mut byte = [0u8; 1];
     while answer.last() != Some(&b'\n') && answer.len() <= MAX_ANSWER_LEN {
-        stream.set_read_timeout(Some(time_left(deadline)?))?;
         match stream.read(&mut byte) {
             Ok(0) => return Err(io::ErrorKind::ConnectionRefused.into()),
             Ok(_) => answer.push(byte[0]),
@@ -104,6 +106,38 @@ fn socket_address(path: &Path) -> io::Result<libc::sockaddr_un> {
         *dst = *src as libc::c_char;
     }
     Ok(addr)
+}
+
+/// A stream whose every read and write ends by `deadline` (`TimedOut` after
+/// it): the socket's timeout is set to the time left before each call, so a
+/// peer that trickles bytes cannot stretch the whole exchange.
+pub struct DeadlineStream<'a> {
+    /// The socket.
+    pub stream: &'a UnixStream,
+    /// When every read and write must have ended.
+    pub deadline: Instant,
+}
+
+impl Read for DeadlineStream<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.stream
+            .set_read_timeout(Some(time_left(self.deadline)?))?;
+        let mut stream = self.stream;
+        stream.read(buf)
+    }
+}
+
+impl Write for DeadlineStream<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.stream
+            .set_write_timeout(Some(time_left(self.deadline)?))?;
+        let mut stream = self.stream;
+        stream.write(buf)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
 }
 
 /// The time left before `deadline`, or `TimedOut` once it passed.

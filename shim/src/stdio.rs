@@ -4,6 +4,7 @@
 
 use log::{debug, warn};
 use protocol::agent::Stdio;
+use protocol::hybrid_vsock::DeadlineStream;
 use protocol::stdio::{HeaderError, StreamHeader, StreamKind, AGENT_STDIO_VSOCK_PORT};
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Write};
@@ -200,7 +201,7 @@ fn connect_stream(
     let stream = protocol::hybrid_vsock::connect(uds, AGENT_STDIO_VSOCK_PORT, timeout)
         .map_err(|e| failed("vsock connect", &e))?;
     let header = StreamHeader::new(name.container_id, name.exec_id, kind);
-    match header.bind(&mut WithDeadline {
+    match header.bind(&mut DeadlineStream {
         stream: &stream,
         deadline,
     }) {
@@ -213,42 +214,6 @@ fn connect_stream(
         .and_then(|()| stream.set_write_timeout(None))
         .map_err(|e| failed("clear timeouts", &e))?;
     Ok(stream)
-}
-
-/// A stream whose every read and write ends by `deadline` (with `TimedOut`).
-struct WithDeadline<'a> {
-    stream: &'a UnixStream,
-    deadline: Instant,
-}
-
-impl WithDeadline<'_> {
-    /// The time left, or `TimedOut` if none.
-    fn left(&self) -> io::Result<Duration> {
-        match self.deadline.checked_duration_since(Instant::now()) {
-            Some(left) if !left.is_zero() => Ok(left),
-            _ => Err(io::ErrorKind::TimedOut.into()),
-        }
-    }
-}
-
-impl Read for WithDeadline<'_> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        self.stream.set_read_timeout(Some(self.left()?))?;
-        let mut stream = self.stream;
-        stream.read(buf)
-    }
-}
-
-impl Write for WithDeadline<'_> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.stream.set_write_timeout(Some(self.left()?))?;
-        let mut stream = self.stream;
-        stream.write(buf)
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
 }
 
 fn spawn_stdin(fifo: &str, stream: UnixStream) -> Result<StdinCopy, String> {
