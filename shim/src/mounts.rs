@@ -120,14 +120,7 @@ pub fn open_beneath(
             std::mem::size_of::<libc::open_how>(),
         )
     };
-    let fd = Errno::result(fd).map_err(sys("open", rel))?;
-    let fd = i32::try_from(fd).map_err(|_| MountError::Sys {
-        step: "open",
-        path: rel.into(),
-        source: Errno::EBADF,
-    })?;
-    // SAFETY: the kernel just returned this fd to us.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    fd_from_syscall(fd, "open", rel)
 }
 
 /// Opens directory `rel` beneath `dir` as an `O_PATH` fd, on `dir`'s mount.
@@ -211,13 +204,18 @@ pub fn clone_tree(source: &Path, recursive: bool) -> Result<OwnedFd> {
     }
     // SAFETY: `path` is a valid C string; the fd returned is ours.
     let fd = unsafe { libc::syscall(libc::SYS_open_tree, libc::AT_FDCWD, path.as_ptr(), flags) };
-    let fd = Errno::result(fd).map_err(sys("open_tree", source))?;
+    fd_from_syscall(fd, "open_tree", source)
+}
+
+/// The fd a raw `syscall` returned for `step` on `path`, owned, or its error.
+fn fd_from_syscall(ret: libc::c_long, step: &'static str, path: &Path) -> Result<OwnedFd> {
+    let fd = Errno::result(ret).map_err(sys(step, path))?;
     let fd = i32::try_from(fd).map_err(|_| MountError::Sys {
-        step: "open_tree",
-        path: source.into(),
+        step,
+        path: path.into(),
         source: Errno::EBADF,
     })?;
-    // SAFETY: the kernel just returned this fd to us.
+    // SAFETY: the kernel just returned this fd to the caller, who owns it.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 

@@ -209,6 +209,18 @@ fn open_sandbox_dir(dir: &SandboxDir) -> Result<OwnedFd, MountError> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
+/// `Ok(None)` where `opened` failed only because the entry does not exist.
+fn unless_missing(opened: Result<OwnedFd, MountError>) -> Result<Option<OwnedFd>, MountError> {
+    match opened {
+        Ok(fd) => Ok(Some(fd)),
+        Err(MountError::Sys {
+            source: Errno::ENOENT,
+            ..
+        }) => Ok(None),
+        Err(err) => Err(err),
+    }
+}
+
 /// Unmounts and removes container `cid`'s tree below the mounts root `root`.
 fn remove_container_in(root: std::os::fd::BorrowedFd, cid: &str) -> Result<(), ShareError> {
     let failed = |what: &str| {
@@ -219,27 +231,19 @@ fn remove_container_in(root: std::os::fd::BorrowedFd, cid: &str) -> Result<(), S
             source,
         }
     };
-    let container = match mounts::open_dir_beneath(root, Path::new(cid)) {
-        Ok(fd) => fd,
-        Err(MountError::Sys {
-            source: Errno::ENOENT,
-            ..
-        }) => return Ok(()),
-        Err(err) => return Err(failed("directory")(err)),
+    let Some(container) = unless_missing(mounts::open_dir_beneath(root, Path::new(cid)))
+        .map_err(failed("directory"))?
+    else {
+        return Ok(());
     };
     let volumes = Path::new(CONTAINER_MOUNTS);
-    match mounts::open_dir_beneath(container.as_fd(), volumes) {
-        Ok(dir) => {
-            for name in mounts::list_dir(dir.as_fd(), volumes).map_err(failed("volumes"))? {
-                mounts::detach_all(dir.as_fd(), &name).map_err(failed("volume"))?;
-                mounts::remove_entry(dir.as_fd(), &name).map_err(failed("volume"))?;
-            }
+    let volume_dir = unless_missing(mounts::open_dir_beneath(container.as_fd(), volumes))
+        .map_err(failed("volumes"))?;
+    if let Some(dir) = volume_dir {
+        for name in mounts::list_dir(dir.as_fd(), volumes).map_err(failed("volumes"))? {
+            mounts::detach_all(dir.as_fd(), &name).map_err(failed("volume"))?;
+            mounts::remove_entry(dir.as_fd(), &name).map_err(failed("volume"))?;
         }
-        Err(MountError::Sys {
-            source: Errno::ENOENT,
-            ..
-        }) => {}
-        Err(err) => return Err(failed("volumes")(err)),
     }
     for name in mounts::list_dir(container.as_fd(), Path::new(cid)).map_err(failed("directory"))? {
         mounts::detach_all(container.as_fd(), &name).map_err(failed("rootfs"))?;
@@ -270,13 +274,10 @@ pub fn remove_container_of(dir: &SandboxDir, cid: &str) -> Result<(), ShareError
 /// harmless where they are plain directories (another mount namespace).
 pub fn teardown(dir: &SandboxDir) -> Result<(), ShareError> {
     let step = |step| move |source| ShareError::Mount { step, source };
-    let sandbox = match open_sandbox_dir(dir) {
-        Ok(fd) => fd,
-        Err(MountError::Sys {
-            source: Errno::ENOENT,
-            ..
-        }) => return Ok(()),
-        Err(err) => return Err(step("open the sandbox directory")(err)),
+    let Some(sandbox) =
+        unless_missing(open_sandbox_dir(dir)).map_err(step("open the sandbox directory"))?
+    else {
+        return Ok(());
     };
     for name in [SHARED_DIR, MOUNTS_DIR] {
         mounts::detach_all(sandbox.as_fd(), Path::new(name)).map_err(step("unmount"))?;
