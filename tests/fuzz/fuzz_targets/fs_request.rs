@@ -305,7 +305,15 @@ impl FileSystem for Model {
         newname: &CStr,
     ) -> io::Result<Entry> {
         let mut state = self.state();
+        // As the passthrough file system: only an inode the guest holds can
+        // be linked (EBADF otherwise), and never a directory.
+        if !state.lookups.contains_key(&inode) {
+            return Err(errno(libc::EBADF));
+        }
         let mode = state.mode(inode);
+        if mode & libc::S_IFMT == libc::S_IFDIR {
+            return Err(errno(libc::EPERM));
+        }
         state
             .names
             .insert((newparent, newname.to_bytes().to_vec()), inode);
