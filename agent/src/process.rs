@@ -63,7 +63,7 @@ enum Slot<T> {
     NotAsked,
     /// The pipe end waits for its stream connection.
     Waiting(T),
-    /// A stream connection took it (or stdin was closed).
+    /// A stream connection took it.
     Taken,
     /// An output nobody connected within [`UNBOUND_OUTPUT_GRACE`] of the exit:
     /// its pipe was dropped.
@@ -78,8 +78,6 @@ struct StdioEnds {
     tty: Slot<File>,
     /// The pty master, kept for resizing.
     master: Option<File>,
-    /// The bound stdin connection, kept to end it on CloseStdin.
-    stdin_conn: Option<UnixStream>,
 }
 
 struct Lifecycle {
@@ -154,7 +152,6 @@ impl Process {
                 stderr,
                 tty: Slot::NotAsked,
                 master: None,
-                stdin_conn: None,
             }),
         })
     }
@@ -282,9 +279,6 @@ impl Process {
                 ));
             }
         };
-        if kind == StreamKind::Stdin {
-            ends.stdin_conn = conn.try_clone().ok();
-        }
         drop(ends);
         if let Err(reply) = protocol::stdio::write_ok(&mut &conn) {
             // The client is gone; an output pipe still has to count as drained.
@@ -310,18 +304,6 @@ impl Process {
             .spawn(copier)
             .map(drop)
             .map_err(|e| format!("cannot start the copy thread: {e}"))
-    }
-
-    /// Gives the process EOF on stdin, bound or not.
-    pub fn close_stdin(&self) {
-        let mut ends = self.lock_ends();
-        if let Slot::Waiting(_) = ends.stdin {
-            ends.stdin = Slot::Taken;
-        }
-        if let Some(conn) = ends.stdin_conn.take() {
-            // Ends the copy thread's read, which then drops the pipe.
-            let _ = conn.shutdown(Shutdown::Read);
-        }
     }
 
     /// Once the process has been gone for [`UNBOUND_OUTPUT_GRACE`], drops the

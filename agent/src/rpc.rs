@@ -146,11 +146,6 @@ impl AgentService {
             network::check_own_netns()
         }
     }
-
-    fn do_close_stdin(&self, req: api::CloseStdinRequest) -> Result<api::Empty> {
-        self.process(&req.container_id, &req.exec_id)?.close_stdin();
-        Ok(api::Empty::new())
-    }
 }
 
 fn reply<T>(result: Result<T>) -> ttrpc::Result<T> {
@@ -306,14 +301,6 @@ impl api::Agent for AgentService {
         req: api::TtyWinResizeRequest,
     ) -> ttrpc::Result<api::Empty> {
         reply(self.do_tty_win_resize(req))
-    }
-
-    fn close_stdin(
-        &self,
-        _: &TtrpcContext,
-        req: api::CloseStdinRequest,
-    ) -> ttrpc::Result<api::Empty> {
-        reply(self.do_close_stdin(req))
     }
 
     fn get_oom_event(

@@ -8,13 +8,12 @@ use std::time::Duration;
 use std::time::Instant;
 
 use protocol::agent::{
-    CheckRequest, CloseStdinRequest, CreateContainerRequest, CreateSandboxRequest,
-    DestroySandboxRequest, ExecProcessRequest, GetOOMEventRequest, Interface, IpAddress,
-    ListProcessesRequest, Mount, PauseContainerRequest, RemoveContainerRequest,
-    ResumeContainerRequest, Route, Routes, ServingStatus, SignalProcessRequest,
-    StartContainerRequest, StatsContainerRequest, StatsContainerResponse, Stdio,
-    TtyWinResizeRequest, UpdateContainerRequest, UpdateInterfaceRequest, UpdateRoutesRequest,
-    WaitProcessRequest,
+    CheckRequest, CreateContainerRequest, CreateSandboxRequest, DestroySandboxRequest,
+    ExecProcessRequest, GetOOMEventRequest, Interface, IpAddress, ListProcessesRequest, Mount,
+    PauseContainerRequest, RemoveContainerRequest, ResumeContainerRequest, Route, Routes,
+    ServingStatus, SignalProcessRequest, StartContainerRequest, StatsContainerRequest,
+    StatsContainerResponse, Stdio, TtyWinResizeRequest, UpdateContainerRequest,
+    UpdateInterfaceRequest, UpdateRoutesRequest, WaitProcessRequest,
 };
 use protocol::stdio::StreamKind;
 use runv_tests::agent_host::{ctx, exec_process, spec, HostAgent, SpecOptions};
@@ -1054,37 +1053,33 @@ fn paths_outside_the_shared_dir_are_refused() {
     remove(&f.agent, "in");
 }
 
+/// stdin ends as the shim ends it (shim/src/stdio.rs): a half-close of the
+/// stream, the connection itself kept open until the process is gone.
 #[test]
-fn close_stdin_gives_eof_bound_or_not() {
+fn a_half_closed_stdin_stream_gives_eof() {
     let f = fixture();
-    let c = &f.agent.client;
-    for (cid, bind) in [("stdin-bound", true), ("stdin-unbound", false)] {
-        f.agent.create(
-            cid,
-            &f.rootfs,
-            &spec(cid, &sh("cat; echo eof"), &SpecOptions::default()),
-            true,
-        );
-        let stdin = bind.then(|| f.agent.stream(cid, "", StreamKind::Stdin));
-        let output = f.agent.collect(cid, "");
-        f.agent.start_container(cid);
-        if let Some(mut stdin) = stdin.as_ref() {
-            stdin.write_all(b"data\n").expect("write stdin");
-        }
-        let req = CloseStdinRequest {
-            container_id: cid.into(),
-            ..Default::default()
-        };
-        c.close_stdin(ctx(), &req).expect("close stdin");
-        let out = output.finish(f.agent.wait(cid, ""));
-        let expected = if bind { "data\neof\n" } else { "eof\n" };
-        assert_eq!(
-            (out.stdout.as_str(), out.status),
-            (expected, 0),
-            "{cid}: {out:?}"
-        );
-        remove(&f.agent, cid);
-    }
+    let cid = "stdin-eof";
+    f.agent.create(
+        cid,
+        &f.rootfs,
+        &spec(cid, &sh("cat; echo eof"), &SpecOptions::default()),
+        true,
+    );
+    let mut stdin = f.agent.stream(cid, "", StreamKind::Stdin);
+    let output = f.agent.collect(cid, "");
+    f.agent.start_container(cid);
+    stdin.write_all(b"data\n").expect("write stdin");
+    stdin
+        .shutdown(std::net::Shutdown::Write)
+        .expect("half-close stdin");
+    let out = output.finish(f.agent.wait(cid, ""));
+    drop(stdin);
+    assert_eq!(
+        (out.stdout.as_str(), out.status),
+        ("data\neof\n", 0),
+        "{out:?}"
+    );
+    remove(&f.agent, cid);
 }
 
 /// How long after an exit the agent keeps an unconnected output's pipe
