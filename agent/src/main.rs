@@ -10,7 +10,6 @@ mod guest;
 mod host;
 mod init;
 mod mount;
-mod netlink;
 mod network;
 mod oom;
 mod process;

@@ -15,9 +15,9 @@ use netlink_packet_route::route::{
 };
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 use protocol::agent as api;
+use protocol::netlink::Netlink;
 
 use crate::error::{AgentError, Result};
-use crate::netlink::Netlink;
 
 /// One network change at a time: each reads, then rewrites, kernel state.
 static CHANGES: Mutex<()> = Mutex::new(());

@@ -60,7 +60,7 @@ fn read_answer(stream: &mut DeadlineStream) -> io::Result<Vec<u8>> {
 /// Connects a stream socket to `uds`. A full backlog makes the kernel wait
 /// for room up to the socket's send timeout, set to the time left before
 /// `deadline`.
-fn connect_by(uds: &Path, deadline: Instant) -> io::Result<UnixStream> {
+pub fn connect_by(uds: &Path, deadline: Instant) -> io::Result<UnixStream> {
     let addr = socket_address(uds)?;
     // SAFETY: plain socket creation; the result is checked.
     let fd = unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };

@@ -2,6 +2,8 @@
 
 pub mod agent;
 pub mod hybrid_vsock;
+#[cfg(feature = "netlink")]
+pub mod netlink;
 pub mod stdio;
 pub mod vmm;
 pub mod vsock;

@@ -7,6 +7,7 @@ mod events;
 mod exit;
 mod metrics;
 mod mounts;
+mod network;
 mod oom;
 mod options;
 mod paths;
@@ -19,6 +20,7 @@ mod shim;
 mod spec;
 mod stdio;
 mod vm;
+mod vmm_api;
 
 use containerd_shim::protos::protobuf::Message;
 use containerd_shim::protos::types::introspection::{RuntimeInfo, RuntimeVersion};

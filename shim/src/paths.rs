@@ -72,6 +72,12 @@ impl SandboxDir {
         self.root.join("vmm.pid")
     }
 
+    /// `netns`: the path of the pod's network namespace, for the cleanup of
+    /// what the shim added there.
+    pub fn netns_record(&self) -> PathBuf {
+        self.root.join("netns")
+    }
+
     /// The host-only directory where the shim builds every container's rootfs
     /// and volumes (a tmpfs of the shim's mount namespace).
     pub fn mounts(&self) -> PathBuf {

@@ -3,18 +3,25 @@
 
 use crate::config::RunvConfig;
 use crate::mounts;
+use crate::network::{self, PodNetwork};
 use crate::paths::SandboxDir;
 use crate::pod_files::PodFiles;
 use crate::share::{self, PodShare};
-use crate::spec::VmSize;
-use crate::vm::{self, Vm};
+use crate::spec::{PodNetworkRequest, VmSize};
+use crate::vm::{self, NetCard, Vm};
 use log::{info, warn};
-use protocol::agent::{AgentClient, CheckRequest, CreateSandboxRequest, DestroySandboxRequest};
+use protocol::agent::{
+    AgentClient, CheckRequest, CreateSandboxRequest, DestroySandboxRequest, GuestDetailsRequest,
+    Interface, Route, Routes, UpdateInterfaceRequest, UpdateRoutesRequest,
+};
 use protocol::{AGENT_VSOCK_PORT, GUEST_SHARED_DIR};
+use std::ffi::OsString;
 use std::fs;
 use std::io;
-use std::os::fd::IntoRawFd;
+use std::os::fd::{AsFd, IntoRawFd, OwnedFd};
+use std::os::unix::ffi::OsStringExt;
 use std::os::unix::fs::DirBuilderExt;
+use std::path::PathBuf;
 use std::time::Duration;
 
 /// Bound of an ordinary agent call (the emulated test host is slow).
@@ -44,15 +51,17 @@ pub struct Sandbox {
 }
 
 impl Sandbox {
-    /// Boots the VM of pod `id` and prepares its sandbox in the guest (hostname,
-    /// hosts and resolv.conf from `files`). On any
-    /// failure nothing is left: no VMM, no directory. `on_vm_exit` runs when the
-    /// VMM exits (also after a failed boot).
+    /// Boots the VM of pod `id` with the pod's `network` and prepares its
+    /// sandbox in the guest (hostname, hosts and resolv.conf from `files`, the
+    /// interfaces and routes of the pod's network namespace). On any failure
+    /// nothing is left: no VMM, no tap or tc filter, no directory. `on_vm_exit`
+    /// runs when the VMM exits (also after a failed boot).
     pub fn boot(
         id: &str,
         config: RunvConfig,
         size: VmSize,
         files: &PodFiles,
+        network: &PodNetworkRequest,
         on_vm_exit: impl FnOnce(i32) + Send + 'static,
     ) -> Result<Self, String> {
         config.check_files()?;
@@ -76,7 +85,26 @@ impl Sandbox {
                 return Err(err.to_string());
             }
         };
-        let vm = match Vm::launch(&config, &dir, size, on_vm_exit) {
+        let (taps, guest_network) = match attach_network(&dir, network) {
+            Ok(attached) => attached,
+            Err(err) => {
+                cleanup(&dir);
+                return Err(err);
+            }
+        };
+        let cards: Vec<NetCard<'_>> = taps
+            .iter()
+            .map(|(tap, mac)| NetCard {
+                tap: tap.as_fd(),
+                mac,
+            })
+            .collect();
+        let launched = Vm::launch(&config, &dir, size, &cards, on_vm_exit);
+        // The VMM holds the taps now: with the shim's copies closed, they go
+        // when it does, however it ends.
+        drop(cards);
+        drop(taps);
+        let vm = match launched {
             Ok(vm) => vm,
             Err(err) => {
                 cleanup(&dir);
@@ -85,6 +113,7 @@ impl Sandbox {
         };
         let agent = match connect_agent(&dir, &vm, &config).and_then(|agent| {
             prepare_guest(&agent, id, files)?;
+            configure_guest_network(&agent, &guest_network)?;
             Ok(agent)
         }) {
             Ok(agent) => agent,
@@ -108,6 +137,8 @@ impl Sandbox {
     /// the pod's mounts and directory.
     pub fn destroy(&self) {
         if !self.vm.has_exited() {
+            let api = crate::vmm_api::VmmApi::new(&self.dir.api_sock());
+            resume_for_power_off(&self.id, &api);
             let ctx = ttrpc::context::with_duration(POWER_OFF_GRACE);
             if let Err(err) = self
                 .agent
@@ -115,13 +146,7 @@ impl Sandbox {
             {
                 warn!("pod {}: DestroySandbox: {err}", self.id);
             }
-            if !self.vm.wait_exit(POWER_OFF_GRACE) {
-                warn!(
-                    "pod {}: the guest did not power off; killing the VMM",
-                    self.id
-                );
-                self.vm.kill();
-            }
+            shut_down_vmm(&self.id, &self.vm, &api);
         }
         cleanup(&self.dir);
         info!("pod {}: torn down", self.id);
@@ -165,7 +190,25 @@ fn connect_agent(dir: &SandboxDir, vm: &Vm, config: &RunvConfig) -> Result<Agent
     agent
         .check(agent_ctx(), &CheckRequest::default())
         .map_err(|err| format!("the guest agent's health check: {err}"))?;
+    log_guest_details(&agent);
     Ok(agent)
+}
+
+/// Logs the agent's version and the guest kernel's release (for a bug report
+/// on a pod, the guest's side of it); a failure is only logged.
+fn log_guest_details(agent: &AgentClient) {
+    let bounded = |text: &str| crate::error::bounded_text(text, 128);
+    match agent.guest_details(agent_ctx(), &GuestDetailsRequest::default()) {
+        Ok(details) => info!(
+            "guest: runv-agent {}, kernel {}",
+            bounded(&details.agent_version),
+            bounded(&details.kernel_release)
+        ),
+        Err(err) => warn!(
+            "GuestDetails: {}",
+            crate::error::bounded_text(&err.to_string(), crate::error::MAX_GUEST_TEXT)
+        ),
+    }
 }
 
 fn prepare_guest(agent: &AgentClient, id: &str, files: &PodFiles) -> Result<(), String> {
@@ -188,6 +231,94 @@ fn prepare_guest(agent: &AgentClient, id: &str, files: &PodFiles) -> Result<(), 
         })
 }
 
+/// The taps (with the MACs their guest interfaces get) and what the guest
+/// is to be told of its network, from the pod's network namespace; records
+/// the namespace first, so that a cleanup finds what was added there.
+fn attach_network(
+    dir: &SandboxDir,
+    network: &PodNetworkRequest,
+) -> Result<(Vec<(OwnedFd, String)>, GuestNetwork), String> {
+    let PodNetworkRequest::Namespace(netns) = network else {
+        return Ok((Vec::new(), GuestNetwork::default()));
+    };
+    fs::write(dir.netns_record(), netns.as_os_str().as_encoded_bytes())
+        .map_err(|err| format!("{}: {err}", dir.netns_record().display()))?;
+    let pod = PodNetwork::setup(netns)
+        .map_err(|err| format!("network namespace {}: {err}", netns.display()))?;
+    let mut taps = Vec::with_capacity(pod.interfaces.len());
+    let mut guest = GuestNetwork {
+        routes: pod.routes,
+        ..GuestNetwork::default()
+    };
+    for card in pod.interfaces {
+        info!(
+            "pod network: {} ⇄ {} as guest {} ({})",
+            card.veth, card.tap_name, card.interface.name, card.mac
+        );
+        taps.push((card.tap, card.mac));
+        guest.interfaces.push(card.interface);
+    }
+    Ok((taps, guest))
+}
+
+/// What the agent is told of the guest's network once it answers.
+#[derive(Debug, Default)]
+struct GuestNetwork {
+    interfaces: Vec<Interface>,
+    routes: Vec<Route>,
+}
+
+/// Gives the guest's interfaces their addresses, MTU and MAC, then the routes.
+fn configure_guest_network(agent: &AgentClient, network: &GuestNetwork) -> Result<(), String> {
+    let guest_text = |err: ttrpc::Error| {
+        crate::error::bounded_text(&err.to_string(), crate::error::MAX_GUEST_TEXT)
+    };
+    for interface in &network.interfaces {
+        let req = UpdateInterfaceRequest {
+            interface: Some(interface.clone()).into(),
+            ..Default::default()
+        };
+        agent
+            .update_interface(agent_ctx(), &req)
+            .map_err(|err| format!("UpdateInterface {}: {}", interface.name, guest_text(err)))?;
+    }
+    if network.routes.is_empty() {
+        return Ok(());
+    }
+    let req = UpdateRoutesRequest {
+        routes: Some(Routes {
+            routes: network.routes.clone(),
+            ..Default::default()
+        })
+        .into(),
+        ..Default::default()
+    };
+    agent
+        .update_routes(agent_ctx(), &req)
+        .map(drop)
+        .map_err(|err| format!("UpdateRoutes: {}", guest_text(err)))
+}
+
+/// Removes the tc filters (and any tap left) from the network namespace the
+/// pod's record names, then the record.
+fn detach_network(dir: &SandboxDir) {
+    let record = dir.netns_record();
+    let netns = match fs::read(&record) {
+        Ok(bytes) => PathBuf::from(OsString::from_vec(bytes)),
+        Err(err) if err.kind() == io::ErrorKind::NotFound => return,
+        Err(err) => {
+            warn!("cleanup: {}: {err}", record.display());
+            return;
+        }
+    };
+    match network::teardown(&netns) {
+        Ok(()) => {
+            let _ = fs::remove_file(&record);
+        }
+        Err(err) => warn!("cleanup: network namespace {}: {err}", netns.display()),
+    }
+}
+
 fn log_tail(dir: &SandboxDir) -> String {
     let text = fs::read_to_string(dir.vmm_log()).unwrap_or_default();
     let lines: Vec<&str> = text.lines().collect();
@@ -199,14 +330,16 @@ fn log_tail(dir: &SandboxDir) -> String {
     }
 }
 
-/// Kills a VMM left in `dir`, detaches the pod's share and removes the
-/// directory; a directory with anything still mounted below it is left whole
-/// (a removal must never reach into a volume).
+/// Kills a VMM left in `dir`, detaches the pod's share, takes what the shim
+/// added out of the pod's network namespace and removes the directory; a
+/// directory with anything still mounted below it is left whole (a removal
+/// must never reach into a volume).
 pub fn cleanup(dir: &SandboxDir) {
     vm::kill_orphan(dir);
     if let Err(err) = share::teardown(dir) {
         warn!("cleanup of {}: {err}", dir.path().display());
     }
+    detach_network(dir);
     match mounts::anything_mounted_under(dir.path()) {
         Ok(false) => {}
         Ok(true) => {
@@ -225,5 +358,53 @@ pub fn cleanup(dir: &SandboxDir) {
         Ok(()) => {}
         Err(err) if err.kind() == io::ErrorKind::NotFound => {}
         Err(err) => warn!("cleanup of {}: {err}", dir.path().display()),
+    }
+}
+
+/// How long after the shutdown deadline the VMM may take to exit before it is
+/// killed.
+const SHUTDOWN_MARGIN: Duration = Duration::from_secs(5);
+
+/// Resumes a paused VM (the sandbox task's Pause): a paused guest cannot
+/// answer DestroySandbox nor power off.
+fn resume_for_power_off(id: &str, api: &crate::vmm_api::VmmApi) {
+    match api.state() {
+        Ok(protocol::vmm::VmState::PAUSED) => {
+            info!("pod {id}: resuming the paused VM to power it off");
+            if let Err(err) = api.resume() {
+                warn!("pod {id}: {err}");
+            }
+        }
+        Ok(_) => {}
+        Err(err) => warn!("pod {id}: {err}"),
+    }
+}
+
+/// Asks the VMM to shut the VM down (the guest gets [`POWER_OFF_GRACE`] to
+/// power off, as DestroySandbox told it to, then the VMM stops it); kills the
+/// VMM if it has not exited a little after that.
+fn shut_down_vmm(id: &str, vm: &Vm, api: &crate::vmm_api::VmmApi) {
+    if vm.has_exited() {
+        return;
+    }
+    let asked = api.shutdown(POWER_OFF_GRACE);
+    if asked.is_ok() {
+        info!(
+            "pod {id}: VMM API Shutdown sent ({} s for the guest to power off)",
+            POWER_OFF_GRACE.as_secs()
+        );
+    }
+    let exited = vm.wait_exit(POWER_OFF_GRACE + SHUTDOWN_MARGIN);
+    match asked {
+        // The guest powered off first (its VMM was on its way out).
+        Err(err) if exited => {
+            info!("pod {id}: the guest powered off before the API's Shutdown ({err})")
+        }
+        Err(err) => warn!("pod {id}: {err}"),
+        Ok(()) => {}
+    }
+    if !exited {
+        warn!("pod {id}: the VMM did not stop the VM; killing it");
+        vm.kill();
     }
 }

@@ -14,6 +14,7 @@ use crate::process::Process;
 use crate::sandbox::{agent_ctx, Sandbox};
 use crate::spec::{self, PodRole, VmSize};
 use crate::stdio::{self, ProcessName, StdioUris};
+use crate::vmm_api::{self, VmmApi};
 use containerd_shim::protos::api::{self as api, Status};
 use containerd_shim::protos::events::task::{
     TaskCreate, TaskDelete, TaskExecAdded, TaskExecStarted, TaskExit, TaskIO, TaskOOM, TaskPaused,
@@ -23,6 +24,7 @@ use containerd_shim::protos::topics;
 use containerd_shim::{ExitSignal, TtrpcContext};
 use log::{debug, info, warn};
 use protocol::agent::{self as agent_api, AgentClient};
+use protocol::vmm::VmState;
 use protocol::GUEST_SHARED_DIR;
 use serde_json::Value;
 use std::collections::HashMap;
@@ -308,8 +310,9 @@ impl Inner {
             .flatten();
         let size = VmSize::for_pod(&config, resources);
         let files = PodFiles::of(spec).map_err(TaskError::InvalidArgument)?;
+        let network = spec::pod_network(spec).map_err(TaskError::InvalidArgument)?;
         let weak = Arc::downgrade(self);
-        let sandbox = Sandbox::boot(&sandbox_id, config, size, &files, move |status| {
+        let sandbox = Sandbox::boot(&sandbox_id, config, size, &files, &network, move |status| {
             if let Some(inner) = Weak::upgrade(&weak) {
                 inner.vm_exited(status);
             }
@@ -800,6 +803,7 @@ impl Inner {
     }
 
     fn state(&self, req: &api::StateRequest) -> Result<api::StateResponse> {
+        let vm = self.vm_state_for(&req.id, &req.exec_id);
         let pod = self.lock();
         if let (None, Some(bundle)) = (pod.tasks.get(&req.id), pod.creating.get(&req.id)) {
             // Still being created: neither CREATED nor failed yet.
@@ -821,7 +825,11 @@ impl Inner {
             id: req.id.clone(),
             bundle: task.bundle.clone(),
             pid: pod.sandbox.as_ref().map_or(0, |s| s.vm.pid()),
-            status: process.status().into(),
+            status: vm
+                .map_or(process.status(), |vm| {
+                    status_in_vm(process.status(), vm, !task.in_guest())
+                })
+                .into(),
             stdin: process.uris.stdin.clone(),
             stdout: process.uris.stdout.clone(),
             stderr: process.uris.stderr.clone(),
@@ -831,6 +839,27 @@ impl Inner {
             exec_id: req.exec_id.clone(),
             ..Default::default()
         })
+    }
+
+    /// The run state of the VM of task `id`'s process `exec_id`, asked of the
+    /// VMM only where it can change what State reports: for a running process,
+    /// and for the sandbox task (the VM itself) once paused. None when the VMM
+    /// cannot tell (it exited, or its API failed: logged).
+    fn vm_state_for(&self, id: &str, exec_id: &str) -> Option<VmState> {
+        let sandbox = {
+            let pod = self.lock();
+            let task = pod.tasks.get(id)?;
+            let status = task.process(exec_id).ok()?.status();
+            let asks = status == Status::RUNNING || (!task.in_guest() && status == Status::PAUSED);
+            pod.sandbox.clone().filter(|_| asks)?
+        };
+        if sandbox.vm.has_exited() {
+            return None;
+        }
+        VmmApi::new(&sandbox.dir.api_sock())
+            .state()
+            .map_err(|err| debug!("state of {id}: {err}"))
+            .ok()
     }
 
     fn pids(&self, req: &api::PidsRequest) -> Result<api::PidsResponse> {
@@ -860,23 +889,16 @@ impl Inner {
         })
     }
 
+    /// Pauses or resumes task `id`: a container by the guest's cgroup freezer,
+    /// the sandbox task (the VM) by the VMM's vCPUs.
     fn pause_or_resume(&self, id: &str, pause: bool) -> Result<()> {
         let (sandbox, process, in_guest) = self.lookup(id, "")?;
-        if !in_guest {
-            return Err(TaskError::FailedPrecondition(
-                "pause or resume the pod's containers, not its sandbox".into(),
-            ));
+        if in_guest {
+            freeze_container(&sandbox.agent, id, pause)?;
+        } else {
+            pause_vm(&sandbox, &process, pause)?;
         }
-        let container_id = id.to_string();
         if pause {
-            let req = agent_api::PauseContainerRequest {
-                container_id,
-                ..Default::default()
-            };
-            sandbox
-                .agent
-                .pause_container(agent_ctx(), &req)
-                .map_err(TaskError::agent(format!("PauseContainer {id}")))?;
             process.set_status(Status::PAUSED);
             self.events.publish(
                 topics::TASK_PAUSED_EVENT_TOPIC,
@@ -886,14 +908,6 @@ impl Inner {
                 },
             );
         } else {
-            let req = agent_api::ResumeContainerRequest {
-                container_id,
-                ..Default::default()
-            };
-            sandbox
-                .agent
-                .resume_container(agent_ctx(), &req)
-                .map_err(TaskError::agent(format!("ResumeContainer {id}")))?;
             process.set_status(Status::RUNNING);
             self.events.publish(
                 topics::TASK_RESUMED_EVENT_TOPIC,
@@ -974,22 +988,23 @@ impl Inner {
         })
     }
 
+    /// A container's cgroup figures from the agent; for the sandbox task, the
+    /// VM's memory from the VMM.
     fn stats(&self, req: &api::StatsRequest) -> Result<api::StatsResponse> {
         let (sandbox, _, in_guest) = self.lookup(&req.id, "")?;
-        if !in_guest {
-            return Err(TaskError::FailedPrecondition(
-                "a pod sandbox has no cgroup of its own".into(),
-            ));
-        }
-        let stats = agent_api::StatsContainerRequest {
-            container_id: req.id.clone(),
-            ..Default::default()
+        let any = if in_guest {
+            let stats = agent_api::StatsContainerRequest {
+                container_id: req.id.clone(),
+                ..Default::default()
+            };
+            let reply = sandbox
+                .agent
+                .stats_container(agent_ctx(), &stats)
+                .map_err(TaskError::agent(format!("StatsContainer {}", req.id)))?;
+            metrics::to_any(&reply).map_err(TaskError::Internal)?
+        } else {
+            vm_stats(&sandbox)?
         };
-        let reply = sandbox
-            .agent
-            .stats_container(agent_ctx(), &stats)
-            .map_err(TaskError::agent(format!("StatsContainer {}", req.id)))?;
-        let any = metrics::to_any(&reply).map_err(TaskError::Internal)?;
         Ok(api::StatsResponse {
             stats: Some(any).into(),
             ..Default::default()
@@ -1050,6 +1065,76 @@ fn remove_in_guest(agent: &AgentClient, cid: &str) {
             "{}",
             TaskError::agent(format!("RemoveContainer {cid}"))(err)
         );
+    }
+}
+
+/// Freezes (`pause`) or thaws container `id` in the guest.
+fn freeze_container(agent: &AgentClient, id: &str, pause: bool) -> Result<()> {
+    let container_id = id.to_string();
+    if pause {
+        let req = agent_api::PauseContainerRequest {
+            container_id,
+            ..Default::default()
+        };
+        agent
+            .pause_container(agent_ctx(), &req)
+            .map_err(TaskError::agent(format!("PauseContainer {id}")))?;
+    } else {
+        let req = agent_api::ResumeContainerRequest {
+            container_id,
+            ..Default::default()
+        };
+        agent
+            .resume_container(agent_ctx(), &req)
+            .map_err(TaskError::agent(format!("ResumeContainer {id}")))?;
+    }
+    Ok(())
+}
+
+/// Stops (`pause`) or runs again the vCPUs of the pod's VM, for the sandbox
+/// task `process` that stands for it: as runc does for a container, only a
+/// running task pauses and only a paused one resumes. Every container of the
+/// pod is frozen with the VM (State reports them PAUSED meanwhile).
+fn pause_vm(sandbox: &Sandbox, process: &Process, pause: bool) -> Result<()> {
+    let (wanted, call) = if pause {
+        (Status::RUNNING, "pause")
+    } else {
+        (Status::PAUSED, "resume")
+    };
+    let status = process.status();
+    if status != wanted {
+        return Err(TaskError::FailedPrecondition(format!(
+            "cannot {call} sandbox task {}: it is {status:?}",
+            process.container_id
+        )));
+    }
+    let api = VmmApi::new(&sandbox.dir.api_sock());
+    let done = if pause { api.pause() } else { api.resume() };
+    done.map_err(|err| TaskError::Internal(format!("pod {}: {err}", sandbox.id)))
+}
+
+/// The VM's memory as the sandbox task's metrics (its exits by reason only in
+/// the debug log).
+fn vm_stats(sandbox: &Sandbox) -> Result<protobuf::well_known_types::any::Any> {
+    let vm = VmmApi::new(&sandbox.dir.api_sock())
+        .metrics()
+        .map_err(|err| TaskError::Internal(format!("pod {}: {err}", sandbox.id)))?;
+    debug!(
+        "pod {}: VM exits by reason: {}",
+        sandbox.id,
+        vmm_api::exits_summary(&vm)
+    );
+    vmm_api::vm_metrics_any(&vm).map_err(TaskError::Internal)
+}
+
+/// The status a started process reports while its VM is in state `vm`: all
+/// of a paused VM is paused (as Kata reports a paused sandbox's containers);
+/// the sandbox task, which stands for the VM (`is_vm`), follows it both ways.
+fn status_in_vm(tracked: Status, vm: VmState, is_vm: bool) -> Status {
+    match (tracked, vm) {
+        (Status::RUNNING, VmState::PAUSED) => Status::PAUSED,
+        (Status::PAUSED, VmState::RUNNING) if is_vm => Status::RUNNING,
+        _ => tracked,
     }
 }
 
@@ -1206,6 +1291,31 @@ mod tests {
             id: id.into(),
             ..Default::default()
         })
+    }
+
+    #[test]
+    fn a_paused_vm_pauses_everything_in_it() {
+        use Status::{CREATED, PAUSED, RUNNING, STOPPED};
+        // (tracked, VM, is the sandbox task) → reported
+        let cases = [
+            (RUNNING, VmState::PAUSED, false, PAUSED),
+            (RUNNING, VmState::PAUSED, true, PAUSED),
+            (RUNNING, VmState::RUNNING, false, RUNNING),
+            // A container the guest froze stays paused in a running VM...
+            (PAUSED, VmState::RUNNING, false, PAUSED),
+            // ...the sandbox task is the VM.
+            (PAUSED, VmState::RUNNING, true, RUNNING),
+            (RUNNING, VmState::SHUTTING_DOWN, true, RUNNING),
+            (CREATED, VmState::PAUSED, false, CREATED),
+            (STOPPED, VmState::PAUSED, true, STOPPED),
+        ];
+        for (tracked, vm, is_vm, reported) in cases {
+            assert_eq!(
+                status_in_vm(tracked, vm, is_vm),
+                reported,
+                "{tracked:?} in a {vm:?} VM (sandbox task: {is_vm})"
+            );
+        }
     }
 
     #[test]

@@ -80,6 +80,44 @@ impl PodRole {
     }
 }
 
+/// The pod's network, as the sandbox's spec asks for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PodNetworkRequest {
+    /// A namespace the runtime would create (`ctr run`): the guest gets no
+    /// network card, only its loopback.
+    Isolated,
+    /// A namespace made beforehand, with the CNI's interfaces in it (CRI).
+    Namespace(PathBuf),
+}
+
+/// The network the spec gives the pod: the `linux.namespaces` entry of type
+/// `network`. A spec without one asks for the host's network, which a VM
+/// cannot share: that is an error naming it.
+pub fn pod_network(spec: &Value) -> Result<PodNetworkRequest, String> {
+    let entry = spec
+        .pointer("/linux/namespaces")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .find(|ns| ns.get("type").and_then(Value::as_str) == Some("network"));
+    let Some(entry) = entry else {
+        return Err(
+            "the spec asks for the host's network (no linux.namespaces entry of \
+             type network): runv pods need a network namespace of their own"
+                .into(),
+        );
+    };
+    match entry.get("path").and_then(Value::as_str) {
+        None | Some("") => Ok(PodNetworkRequest::Isolated),
+        Some(path) if Path::new(path).is_absolute() => {
+            Ok(PodNetworkRequest::Namespace(PathBuf::from(path)))
+        }
+        Some(path) => Err(format!(
+            "linux.namespaces: network namespace path {path:?} is not absolute"
+        )),
+    }
+}
+
 /// The pod (and so the shim and VM) task `task_id` belongs to.
 pub fn sandbox_id(task_id: &str, annotations: &HashMap<String, String>) -> String {
     match annotations.get(SANDBOX_ID_ANNOTATION) {
@@ -375,6 +413,24 @@ mod tests {
             json!([{"type": "pid"}, {"type": "mount"}])
         );
         assert_eq!(out.spec["linux"]["cgroupsPath"], "/runv/c1");
+    }
+
+    #[test]
+    fn the_pod_network_comes_from_the_network_namespace_entry() {
+        let spec = json!({"linux": {"namespaces": [
+            {"type": "pid"},
+            {"type": "network", "path": "/var/run/netns/cni-1"}
+        ]}});
+        assert_eq!(
+            pod_network(&spec).unwrap(),
+            PodNetworkRequest::Namespace(PathBuf::from("/var/run/netns/cni-1"))
+        );
+        let spec = json!({"linux": {"namespaces": [{"type": "network"}]}});
+        assert_eq!(pod_network(&spec).unwrap(), PodNetworkRequest::Isolated);
+        let err = pod_network(&json!({"linux": {"namespaces": [{"type": "pid"}]}})).unwrap_err();
+        assert!(err.contains("host's network"), "{err}");
+        let spec = json!({"linux": {"namespaces": [{"type": "network", "path": "netns/x"}]}});
+        assert!(pod_network(&spec).unwrap_err().contains("netns/x"));
     }
 
     #[test]

@@ -12,6 +12,8 @@ use nix::unistd::Pid;
 use protocol::SHARED_FS_TAG;
 use std::fs::{self, File};
 use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
+use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::mpsc::{self, Receiver};
@@ -22,6 +24,15 @@ use std::time::Duration;
 /// log, and the file is on the host's `/run`.
 const MAX_VMM_LOG_BYTES: u64 = 4 << 20;
 
+/// A virtio-net card of the VM: a tap the shim opened, inherited by the VMM.
+#[derive(Debug, Clone, Copy)]
+pub struct NetCard<'a> {
+    /// The tap (`IFF_TAP | IFF_NO_PI | IFF_VNET_HDR`).
+    pub tap: BorrowedFd<'a>,
+    /// The MAC address the guest's interface gets.
+    pub mac: &'a str,
+}
+
 /// A running (or exited) VMM.
 pub struct Vm {
     pid: i32,
@@ -31,8 +42,8 @@ pub struct Vm {
 }
 
 impl Vm {
-    /// Starts `config.vmm` for sandbox `dir` with `size`; `on_exit` runs once, on
-    /// a thread, when the VMM exits.
+    /// Starts `config.vmm` for sandbox `dir` with `size` and the network cards
+    /// `nets`; `on_exit` runs once, on a thread, when the VMM exits.
     ///
     /// The shim's reaper (containerd-shim's SIGCHLD handler) reaps every child, so
     /// the VMM's exit is learnt from its monitor, subscribed before the spawn.
@@ -40,6 +51,7 @@ impl Vm {
         config: &RunvConfig,
         dir: &SandboxDir,
         size: VmSize,
+        nets: &[NetCard<'_>],
         on_exit: impl FnOnce(i32) + Send + 'static,
     ) -> Result<Self, String> {
         let subscription = monitor_subscribe(Topic::Pid)
@@ -76,7 +88,20 @@ impl Vm {
                 "tag={SHARED_FS_TAG},path={}",
                 dir.shared().display()
             ))
-            .arg("--rng")
+            .arg("--rng");
+        for net in nets {
+            command
+                .arg("--net")
+                .arg(format!("fd={},mac={}", net.tap.as_raw_fd(), net.mac));
+        }
+        let inherited: Vec<RawFd> = nets.iter().map(|net| net.tap.as_raw_fd()).collect();
+        // SAFETY: the closure runs in the child between fork and exec and only
+        // calls fcntl(2), which is async-signal-safe, on fds the parent holds
+        // open for the whole spawn (borrowed in `nets`).
+        unsafe {
+            command.pre_exec(move || inherit_fds(&inherited));
+        }
+        command
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
@@ -163,6 +188,20 @@ impl Vm {
             warn!("VMM {} did not exit 10 s after SIGKILL", self.pid);
         }
     }
+}
+
+/// Clears close-on-exec on `fds`, so that the exec'd VMM has them under the
+/// numbers its command line names.
+fn inherit_fds(fds: &[RawFd]) -> std::io::Result<()> {
+    for &fd in fds {
+        // SAFETY: F_GETFD/F_SETFD on an fd number change only that fd's flags.
+        let flags = unsafe { libc::fcntl(fd, libc::F_GETFD) };
+        // SAFETY: as above.
+        if flags < 0 || unsafe { libc::fcntl(fd, libc::F_SETFD, flags & !libc::FD_CLOEXEC) } < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
 }
 
 /// Copies `stderr` into `log` until EOF, keeping at most `limit` bytes (then one

@@ -11,12 +11,16 @@
 //! containerd.sock     gRPC (ctr, CRI); containerd.sock.ttrpc: ttrpc (shims)
 //! config.toml         version 2; runtime `runv` = io.pouch.runv.v2, runc the default
 //! runv.toml           runv's config, given to the shim as ConfigPath
-//! cni/                a bridge + host-local conflist (the CRI needs eth0 in a pod)
+//! cni/                a bridge + host-local conflist: pods get eth0 on a bridge of
+//!                     this instance, a /24 of their own (10.233.<n>.0/24), whose
+//!                     .1 is the bridge's (the host's) address and their default
+//!                     route; no masquerading
 //! containerd.log      containerd's stdout and stderr
 //! ```
 
 use std::fs;
 use std::io::{Read, Write};
+use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -48,6 +52,7 @@ pub struct Containerd {
     child: Option<Child>,
     socket: PathBuf,
     bridge: String,
+    subnet: u8,
     dir: Scratch,
 }
 
@@ -59,7 +64,7 @@ impl Containerd {
         crate::host::require_root("containerd runs as root and mounts its snapshots");
         let dir = Scratch::new("runv-containerd");
         let socket = dir.path().join("containerd.sock");
-        let bridge = bridge_name();
+        let (bridge, subnet) = bridge_name_and_subnet();
         let root = dir.path().join("root");
         fs::create_dir_all(&root).expect("create containerd's root");
         nix::mount::mount(
@@ -76,7 +81,7 @@ impl Containerd {
         );
         write(
             &dir.path().join("cni/10-runv-test.conflist"),
-            &cni_conflist(dir.path(), &bridge),
+            &cni_conflist(dir.path(), &bridge, subnet),
         );
         write(
             &dir.path().join("runv.toml"),
@@ -99,6 +104,7 @@ impl Containerd {
             child: Some(child),
             socket,
             bridge,
+            subnet,
             dir,
         };
         let started = Instant::now();
@@ -136,6 +142,22 @@ impl Containerd {
     /// containerd's gRPC socket.
     pub fn socket(&self) -> &Path {
         &self.socket
+    }
+
+    /// The CNI bridge of this instance's pods (made by the first pod's CNI ADD).
+    pub fn bridge(&self) -> &str {
+        &self.bridge
+    }
+
+    /// The pods' subnet: `(network address, prefix length)`.
+    pub fn pod_subnet(&self) -> (Ipv4Addr, u8) {
+        (Ipv4Addr::new(10, 233, self.subnet, 0), 24)
+    }
+
+    /// The bridge's address on the host, the pods' gateway (`.1` of the subnet;
+    /// the bridge has it once the first pod is up).
+    pub fn gateway(&self) -> Ipv4Addr {
+        Ipv4Addr::new(10, 233, self.subnet, 1)
     }
 
     /// runv's config file (`runtimes.runv.options.ConfigPath`, and what
@@ -580,20 +602,23 @@ disabled_plugins = [
     )
 }
 
-/// A bridge with host-local addresses and no gateway or masquerading: pods get
-/// an eth0 with an address and reach nothing.
-fn cni_conflist(dir: &Path, bridge: &str) -> String {
+/// A bridge with host-local addresses in `10.233.<subnet>.0/24`; the bridge has
+/// the gateway address `.1` (`isGateway`), which is the pods' default route
+/// (`isDefaultGateway`); no masquerading: pods reach the host and each other,
+/// and nothing beyond.
+fn cni_conflist(dir: &Path, bridge: &str, subnet: u8) -> String {
     serde_json::json!({
         "cniVersion": "1.0.0",
         "name": "runv-test",
         "plugins": [{
             "type": "bridge",
             "bridge": bridge,
-            "isGateway": false,
+            "isGateway": true,
+            "isDefaultGateway": true,
             "ipMasq": false,
             "ipam": {
                 "type": "host-local",
-                "ranges": [[{ "subnet": "10.233.0.0/24" }]],
+                "ranges": [[{ "subnet": format!("10.233.{subnet}.0/24") }]],
                 "dataDir": dir.join("cni-ipam"),
             },
         }],
@@ -601,12 +626,15 @@ fn cni_conflist(dir: &Path, bridge: &str) -> String {
     .to_string()
 }
 
-/// A bridge name unique to this process and instance (at most 15 bytes).
-fn bridge_name() -> String {
+/// A bridge name unique to this process and instance (at most 15 bytes), and
+/// the third octet of the instance's subnet: distinct for instances of one
+/// process (tests of a suite may run at once, and each bridge routes its
+/// subnet on the host).
+fn bridge_name_and_subnet() -> (String, u8) {
     use std::sync::atomic::{AtomicUsize, Ordering};
     static NEXT: AtomicUsize = AtomicUsize::new(0);
     let n = NEXT.fetch_add(1, Ordering::Relaxed);
-    format!("rvt{}x{n}", std::process::id())
+    (format!("rvt{}x{n}", std::process::id()), (n % 256) as u8)
 }
 
 /// Reads the programs containerd will run (once per process, on a thread of its
@@ -826,6 +854,72 @@ fn children_of(parent: i32) -> Vec<i32> {
                 .rsplit_once(')')
                 .and_then(|(_, rest)| rest.split_whitespace().nth(1));
             ppid.and_then(|p| p.parse::<i32>().ok()) == Some(parent)
+        })
+        .collect()
+}
+
+/// The runtime a tier-4 suite runs its containers in.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Runtime {
+    /// runv (`io.pouch.runv.v2`, CRI handler `runv`).
+    Runv,
+    /// runc: a peer in mixed checks, and the runtime under test with
+    /// `RUNV_TIER4_PEER=runc` (to check a suite itself).
+    Runc,
+}
+
+impl Runtime {
+    /// runv unless `RUNV_TIER4_PEER=runc`; checks runv's preconditions.
+    pub fn under_test() -> Self {
+        match std::env::var("RUNV_TIER4_PEER").as_deref() {
+            Ok("runc") => Runtime::Runc,
+            Ok(other) if !other.is_empty() => panic!("RUNV_TIER4_PEER must be runc, not {other:?}"),
+            _ => {
+                crate::host::require_kvm();
+                require_runv();
+                Runtime::Runv
+            }
+        }
+    }
+
+    /// `ctr run` with this runtime, then `args`.
+    pub fn run_args(self, containerd: &Containerd, args: &[&str]) -> Vec<String> {
+        let mut all = vec!["run".to_owned()];
+        if self == Runtime::Runv {
+            let config = containerd.runv_config_path().display().to_string();
+            all.extend(["--runtime".into(), RUNV_RUNTIME.into()]);
+            all.extend(["--runtime-config-path".into(), config]);
+        }
+        all.extend(args.iter().map(|arg| arg.to_string()));
+        all
+    }
+
+    /// A short name, for ids and reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Runtime::Runv => "runv",
+            Runtime::Runc => "runc",
+        }
+    }
+
+    /// The CRI runtime handler (the fixture's config names both).
+    pub fn handler(self) -> &'static str {
+        match self {
+            Runtime::Runv => RUNV_HANDLER,
+            Runtime::Runc => "runc",
+        }
+    }
+}
+
+/// `len` bytes of a fixed pseudo-random pattern (every byte value occurs).
+pub fn pattern(len: usize) -> Vec<u8> {
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    (0..len)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 24) as u8
         })
         .collect()
 }

@@ -75,7 +75,7 @@ pub fn mounts_under(dir: &Path) -> Vec<PathBuf> {
 }
 
 /// Undoes mountinfo's octal escapes (`\040` for a space, ...).
-fn unescape_mount_field(field: &str) -> String {
+pub(crate) fn unescape_mount_field(field: &str) -> String {
     let bytes = field.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;

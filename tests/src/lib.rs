@@ -9,4 +9,5 @@ pub mod containerd;
 pub mod cri;
 pub mod host;
 pub mod hybrid_vsock;
+pub mod net;
 pub mod scratch;

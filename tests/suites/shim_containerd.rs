@@ -16,11 +16,11 @@ use std::time::{Duration, Instant};
 
 use k8s_cri::v1::{DnsConfig, LinuxContainerResources};
 use runv_tests::containerd::{
-    assert_clean, require_runv, run_with_deadline, wait_until, Containerd, RunvConfig,
-    RUNV_HANDLER, RUNV_RUNTIME, TEST_IMAGE,
+    assert_clean, pattern, run_with_deadline, wait_until, Containerd, Runtime, RunvConfig,
+    TEST_IMAGE,
 };
 use runv_tests::cri::{container_config, envs, pod_config, pod_config_annotated};
-use runv_tests::host::{pids_named, processes_matching, require_kvm};
+use runv_tests::host::{pids_named, processes_matching};
 use runv_tests::scratch::Scratch;
 
 /// A runv config value that pod annotations may override (the shim's
@@ -30,72 +30,8 @@ const VCPUS_ANNOTATION: &str = "io.pouch.runv.default_vcpus";
 /// `max_memory_mib`.
 const MEMORY_ANNOTATION: &str = "io.pouch.runv.default_memory_mib";
 
-/// The runtime under test.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-enum Runtime {
-    Runv,
-    /// runc, to check the suite itself (`RUNV_TIER4_PEER=runc`).
-    Runc,
-}
-
-impl Runtime {
-    /// runv unless `RUNV_TIER4_PEER=runc`; checks runv's preconditions.
-    fn under_test() -> Self {
-        match std::env::var("RUNV_TIER4_PEER").as_deref() {
-            Ok("runc") => Runtime::Runc,
-            Ok(other) if !other.is_empty() => panic!("RUNV_TIER4_PEER must be runc, not {other:?}"),
-            _ => {
-                require_kvm();
-                require_runv();
-                Runtime::Runv
-            }
-        }
-    }
-
-    /// `ctr run` with this runtime, then `args`.
-    fn run_args(self, containerd: &Containerd, args: &[&str]) -> Vec<String> {
-        let mut all = vec!["run".to_owned()];
-        if self == Runtime::Runv {
-            let config = containerd.runv_config_path().display().to_string();
-            all.extend(["--runtime".into(), RUNV_RUNTIME.into()]);
-            all.extend(["--runtime-config-path".into(), config]);
-        }
-        all.extend(args.iter().map(|arg| arg.to_string()));
-        all
-    }
-
-    /// A short name for ids.
-    fn name(self) -> &'static str {
-        match self {
-            Runtime::Runv => "runv",
-            Runtime::Runc => "runc",
-        }
-    }
-
-    /// The CRI runtime handler.
-    fn handler(self) -> &'static str {
-        match self {
-            Runtime::Runv => RUNV_HANDLER,
-            Runtime::Runc => "",
-        }
-    }
-}
-
 fn strs(args: &[String]) -> Vec<&str> {
     args.iter().map(String::as_str).collect()
-}
-
-/// `len` bytes of a fixed pseudo-random pattern (every byte value occurs).
-fn pattern(len: usize) -> Vec<u8> {
-    let mut state = 0x9e37_79b9_7f4a_7c15u64;
-    (0..len)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            (state >> 24) as u8
-        })
-        .collect()
 }
 
 /// Waits up to `timeout` for task `id` to reach `status`.
@@ -940,4 +876,103 @@ fn wait_output(mut child: std::process::Child, timeout: Duration) -> Result<Outp
     }
     let _ = child.kill();
     Err(child.wait_with_output().expect("collect ctr's output"))
+}
+
+/// A CRI pod's sandbox task stands for its VM, through the VMM's API: `ctr task
+/// metrics` reports the VM's memory (the VMM's RSS, the guest's size as the
+/// limit), `ctr task pause`/`resume` stop and restart the vCPUs (the pod's
+/// container reports PAUSED meanwhile, and runs on after), and the pod's end
+/// asks the VMM to shut the VM down (the shim says so in containerd's log).
+#[test]
+fn cri_sandbox_task_is_the_vm() {
+    use runv_tests::containerd::CRI_NAMESPACE;
+    let runtime = Runtime::under_test();
+    if runtime != Runtime::Runv {
+        return eprintln!("skipped: runv's VMM API only");
+    }
+    let containerd = Containerd::start();
+    let cri = containerd.cri();
+    let pod = pod_config("vmapi");
+    let pod_id = cri.run_pod_sandbox(&pod, runtime.handler());
+    let config = container_config("ticker", TEST_IMAGE, &["sleep", "100000"]);
+    let id = cri.create_container(&pod_id, &config, &pod);
+    cri.start_container(&id);
+
+    let metrics = containerd.ctr_in(CRI_NAMESPACE, &["tasks", "metrics", &pod_id]);
+    let value = |name: &str| -> u64 {
+        metrics
+            .lines()
+            .find_map(|line| {
+                let mut fields = line.split_whitespace();
+                (fields.next() == Some(name)).then(|| fields.next()?.parse().ok())?
+            })
+            .unwrap_or_else(|| panic!("no {name} in ctr task metrics of the sandbox:\n{metrics}"))
+    };
+    let (usage, limit) = (value("memory.usage"), value("memory.usage_limit"));
+    let guest = u64::from(RunvConfig::from_env().default_memory_mib) << 20;
+    assert!(
+        usage > 0 && limit == guest,
+        "the VM's memory: usage {usage}, limit {limit} (guest memory {guest})\n{metrics}"
+    );
+
+    let statuses = || -> Vec<(String, String)> {
+        let list = containerd.ctr_in(CRI_NAMESPACE, &["tasks", "ls"]);
+        list.lines()
+            .skip(1)
+            .filter_map(
+                |line| match line.split_whitespace().collect::<Vec<_>>()[..] {
+                    [task, _, status] => Some((task.to_owned(), status.to_owned())),
+                    _ => None,
+                },
+            )
+            .collect()
+    };
+    let all_become = |status: &str| {
+        let reached = wait_until(Duration::from_secs(30), || {
+            let now = statuses();
+            now.len() == 2 && now.iter().all(|(_, s)| s == status)
+        });
+        assert!(
+            reached,
+            "the sandbox and its container did not become {status}: {:?}\n{}",
+            statuses(),
+            containerd.log_tail()
+        );
+    };
+    containerd.ctr_in(CRI_NAMESPACE, &["tasks", "pause", &pod_id]);
+    all_become("PAUSED");
+    let mut again = containerd.ctr_command(CRI_NAMESPACE);
+    again.args(["tasks", "pause", &pod_id]);
+    let again = run_with_deadline(again, None, Duration::from_secs(60))
+        .unwrap_or_else(|out| panic!("ctr tasks pause of a paused sandbox hung: {out:?}"));
+    assert!(
+        !again.status.success(),
+        "a paused sandbox paused again: {again:?}"
+    );
+    containerd.ctr_in(CRI_NAMESPACE, &["tasks", "resume", &pod_id]);
+    all_become("RUNNING");
+    let exec = cri.exec_sync(&id, &["echo", "resumed"], 60);
+    assert_eq!(text(&exec.stdout), "resumed\n", "{exec:?}");
+
+    cri.stop_pod_sandbox(&pod_id);
+    cri.remove_pod_sandbox(&pod_id);
+    // The agent powers the guest off 100 ms after answering DestroySandbox:
+    // the API's Shutdown, sent right after, usually comes first, but a slow
+    // host may let the guest win, which the shim says too.
+    let said = [
+        format!("pod {pod_id}: VMM API Shutdown sent"),
+        format!("pod {pod_id}: the guest powered off before the API's Shutdown"),
+    ];
+    let log_path = containerd.dir().join("containerd.log");
+    let shut_down = wait_until(Duration::from_secs(30), || {
+        std::fs::read_to_string(&log_path)
+            .is_ok_and(|log| said.iter().any(|line| log.contains(line)))
+    });
+    assert!(
+        shut_down,
+        "the pod's end went neither through the VMM API's Shutdown nor a power-off \
+         ({said:?} not logged)\n{}",
+        containerd.log_tail()
+    );
+    finish(containerd);
 }
