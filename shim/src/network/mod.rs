@@ -22,6 +22,7 @@ use std::io;
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 
+use netlink_packet_route::link::LinkMessage;
 use netlink_packet_route::RouteNetlinkMessage;
 use protocol::agent as api;
 use protocol::netlink::Netlink;
@@ -195,6 +196,33 @@ fn dump(
             },
             Stop::Error(err) => err,
         })
+}
+
+/// Hands each link of the calling thread's namespace to `each`; more than
+/// [`scan::MAX_LINKS`] links is an error.
+fn each_link(
+    nl: &mut Netlink,
+    mut each: impl FnMut(&LinkMessage) -> Result<(), NetworkError>,
+) -> Result<(), NetworkError> {
+    let mut seen = 0usize;
+    dump(
+        nl,
+        "list the links",
+        RouteNetlinkMessage::GetLink(LinkMessage::default()),
+        |reply| {
+            let RouteNetlinkMessage::NewLink(message) = reply else {
+                return Ok(());
+            };
+            seen += 1;
+            if seen > scan::MAX_LINKS {
+                return Err(NetworkError::TooMany {
+                    what: "links".into(),
+                    max: scan::MAX_LINKS,
+                });
+            }
+            each(&message)
+        },
+    )
 }
 
 /// In the pod's namespace: scans it and connects each interface to a tap.

@@ -14,7 +14,7 @@ use netlink_packet_route::RouteNetlinkMessage;
 use protocol::agent as api;
 use protocol::netlink::Netlink;
 
-use super::{dump, guest_name, tap, NetworkError};
+use super::{dump, each_link, guest_name, tap, NetworkError};
 
 /// Most links a pod's namespace may hold, whatever their kind (lo, the CNI's
 /// interfaces, the kernel's fallback tunnel devices, our taps).
@@ -73,28 +73,12 @@ pub fn scan(nl: &mut Netlink) -> Result<Scan, NetworkError> {
 /// with a MAC. Keyed (and so ordered) by ifindex.
 pub fn ethernet_links(nl: &mut Netlink) -> Result<BTreeMap<u32, PodLink>, NetworkError> {
     let mut links = BTreeMap::new();
-    let mut seen = 0usize;
-    dump(
-        nl,
-        "list the links",
-        RouteNetlinkMessage::GetLink(LinkMessage::default()),
-        |reply| {
-            let RouteNetlinkMessage::NewLink(message) = reply else {
-                return Ok(());
-            };
-            seen += 1;
-            if seen > MAX_LINKS {
-                return Err(NetworkError::TooMany {
-                    what: "links".into(),
-                    max: MAX_LINKS,
-                });
-            }
-            if let Some(link) = pod_link(&message) {
-                links.insert(link.index, link);
-            }
-            Ok(())
-        },
-    )?;
+    each_link(nl, |message| {
+        if let Some(link) = pod_link(message) {
+            links.insert(link.index, link);
+        }
+        Ok(())
+    })?;
     Ok(links)
 }
 

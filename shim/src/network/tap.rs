@@ -11,13 +11,11 @@ use netlink_packet_route::link::{InfoKind, LinkAttribute, LinkFlags, LinkInfo, L
 use netlink_packet_route::RouteNetlinkMessage;
 use protocol::netlink::Netlink;
 
-use super::{dump, NetworkError};
+use super::{each_link, NetworkError};
 
 /// Size of the `virtio_net_hdr_v1` (with `num_buffers`) in front of every
 /// frame, as runv-vmm sets it too.
 pub const VNET_HDR_LEN: libc::c_int = 12;
-/// Most of our taps teardown removes from one namespace.
-const MAX_TAPS: usize = 64;
 const TAP_FLAGS: libc::c_int = libc::IFF_TAP | libc::IFF_NO_PI | libc::IFF_VNET_HDR;
 
 /// A tap made for one pod interface.
@@ -81,37 +79,23 @@ pub fn create(nl: &mut Netlink, name: &str, mtu: u32) -> Result<Tap, NetworkErro
 /// VMM still holds, after a shim crash); the names of those it deleted.
 pub fn remove_all(nl: &mut Netlink) -> Result<Vec<String>, NetworkError> {
     let mut taps = Vec::new();
-    dump(
-        nl,
-        "list the links",
-        RouteNetlinkMessage::GetLink(LinkMessage::default()),
-        |reply| {
-            let RouteNetlinkMessage::NewLink(message) = reply else {
-                return Ok(());
-            };
-            let mut name = None;
-            let mut tun = false;
-            for attribute in &message.attributes {
-                match attribute {
-                    LinkAttribute::IfName(n) => name = Some(n.clone()),
-                    LinkAttribute::LinkInfo(infos) => {
-                        tun = infos.contains(&LinkInfo::Kind(InfoKind::Tun));
-                    }
-                    _ => {}
+    each_link(nl, |message| {
+        let mut name = None;
+        let mut tun = false;
+        for attribute in &message.attributes {
+            match attribute {
+                LinkAttribute::IfName(n) => name = Some(n.clone()),
+                LinkAttribute::LinkInfo(infos) => {
+                    tun = infos.contains(&LinkInfo::Kind(InfoKind::Tun));
                 }
+                _ => {}
             }
-            if let Some(name) = name.filter(|n| tun && is_ours(n)) {
-                if taps.len() == MAX_TAPS {
-                    return Err(NetworkError::TooMany {
-                        what: "runv taps".into(),
-                        max: MAX_TAPS,
-                    });
-                }
-                taps.push((message.header.index, name));
-            }
-            Ok(())
-        },
-    )?;
+        }
+        if let Some(name) = name.filter(|n| tun && is_ours(n)) {
+            taps.push((message.header.index, name));
+        }
+        Ok(())
+    })?;
     let mut removed = Vec::new();
     for (index, name) in taps {
         let mut message = LinkMessage::default();
