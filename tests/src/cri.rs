@@ -169,6 +169,17 @@ impl Cri {
 
     /// ExecSync of `cmd` in container `id`, killed after `timeout_secs` (0: none).
     pub fn exec_sync(&self, id: &str, cmd: &[&str], timeout_secs: i64) -> ExecSyncResponse {
+        self.try_exec_sync(id, cmd, timeout_secs)
+            .unwrap_or_else(|s| fail("ExecSync", s))
+    }
+
+    /// [`Cri::exec_sync`], returning the status on an error.
+    pub fn try_exec_sync(
+        &self,
+        id: &str,
+        cmd: &[&str],
+        timeout_secs: i64,
+    ) -> Result<ExecSyncResponse, Status> {
         let mut client = self.runtime.clone();
         let req = ExecSyncRequest {
             container_id: id.into(),
@@ -176,7 +187,6 @@ impl Cri {
             timeout: timeout_secs,
         };
         self.call(client.exec_sync(req))
-            .unwrap_or_else(|s| fail("ExecSync", s))
     }
 
     /// ContainerStats of container `id`.

@@ -133,7 +133,18 @@ impl Pod {
     /// Runs `script` with sh in the pod's container; its stdout. Panics unless
     /// it exits 0.
     fn sh(&self, cri: &Cri, script: &str) -> String {
-        let exec = cri.exec_sync(&self.container, &["sh", "-c", script], EXEC_TIMEOUT_SECS);
+        let exec = cri
+            .try_exec_sync(&self.container, &["sh", "-c", script], EXEC_TIMEOUT_SECS)
+            .unwrap_or_else(|status| {
+                panic!(
+                    "pod {} ({}): ExecSync of `{script}`: {:?}: {}{}",
+                    self.name,
+                    self.runtime.name(),
+                    status.code(),
+                    status.message(),
+                    self.diagnostics()
+                )
+            });
         let stdout = String::from_utf8_lossy(&exec.stdout).into_owned();
         assert_eq!(
             exec.exit_code,
@@ -473,15 +484,57 @@ fn check_nothing_left(containerd: &Containerd, baseline: &[Seen]) {
     assert!(vmms.is_empty(), "runv-vmm left: {vmms:?}");
 }
 
-/// containerd for a test or the benchmark; with `RUNV_DEBUG_CONSOLE=1` runv's
-/// guests keep their console in `/run/runv/<id>/console.log` (for failure messages).
+/// containerd for a test or the benchmark. With `RUNV_DEBUG_CONSOLE=1`, runv's
+/// guests keep their console in `/run/runv/<id>/console.log`, and [`keep_logs`]
+/// copies the logs out while the test runs.
 fn start_containerd() -> Containerd {
     let containerd = Containerd::start();
     if std::env::var("RUNV_DEBUG_CONSOLE").as_deref() == Ok("1") {
         let config = RunvConfig::from_env().to_toml() + "debug_console = true\n";
         containerd.write_runv_config(&config);
+        keep_logs(containerd.dir().join("containerd.log"));
     }
     containerd
+}
+
+/// Copies, every half second for as long as the process lives, containerd's
+/// log and every pod's `vmm.log` and `console.log` (which the shim removes with
+/// the pod, also when its VM dies) to `$RUNV_SCRATCH/pod-network-logs/<pid>/`
+/// (shared with the host that runs the test host), for a post-mortem.
+fn keep_logs(containerd_log: PathBuf) {
+    let Some(scratch) = std::env::var_os("RUNV_SCRATCH") else {
+        return eprintln!("RUNV_SCRATCH is unset: the pods' logs are not kept");
+    };
+    let kept = PathBuf::from(scratch)
+        .join("pod-network-logs")
+        .join(std::process::id().to_string());
+    if let Err(err) = std::fs::create_dir_all(&kept) {
+        return eprintln!("cannot keep the pods' logs in {}: {err}", kept.display());
+    }
+    eprintln!("keeping the pods' logs in {}", kept.display());
+    std::thread::spawn(move || {
+        let mut sizes: BTreeMap<PathBuf, u64> = BTreeMap::new();
+        loop {
+            let mut sources = vec![(containerd_log.clone(), "containerd.log".to_owned())];
+            let pods = std::fs::read_dir(RUNV_RUN_DIR)
+                .map(|entries| entries.filter_map(Result::ok).map(|e| e.path()).collect())
+                .unwrap_or_else(|_| Vec::new());
+            for pod in pods {
+                let id = pod.file_name().unwrap_or_default().to_string_lossy();
+                for log in ["vmm.log", "console.log"] {
+                    sources.push((pod.join(log), format!("{id}.{log}")));
+                }
+            }
+            for (source, name) in sources {
+                let size = std::fs::metadata(&source).map(|m| m.len()).unwrap_or(0);
+                if size > 0 && sizes.get(&source) != Some(&size) {
+                    let _ = std::fs::copy(&source, kept.join(name));
+                    sizes.insert(source, size);
+                }
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    });
 }
 
 /// Checks left to the end of every test: nothing of containerd's or runv's stays.
