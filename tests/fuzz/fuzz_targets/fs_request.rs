@@ -192,6 +192,13 @@ impl FileSystem for Model {
         Ok(FsOptions::empty())
     }
 
+    fn destroy(&self) {
+        // As the passthrough file system: every inode and handle is dropped.
+        let mut state = self.state();
+        state.lookups.clear();
+        state.handles.clear();
+    }
+
     fn lookup(&self, _ctx: &Context, parent: u64, name: &CStr) -> io::Result<Entry> {
         assert!(
             !matches!(name.to_bytes(), b"." | b".."),
