@@ -154,13 +154,13 @@ fn guest_pings_the_tap_and_moves_4_mib_each_way() {
     assert!(run.status.success(), "exit {}:\n{transcript}", run.status);
     assert!(run.saw(&format!("mac={GUEST_MAC}")), "{transcript}");
     // Negotiated: checksum and TSO both ways (the tap takes TUNSETOFFLOAD),
-    // mergeable rx buffers, MAC, status.
+    // mergeable rx buffers, MAC, status, event index.
     let features = run
         .lines
         .iter()
         .find_map(|line| line.split_once("features=").map(|(_, bits)| bits.trim()))
         .unwrap_or_else(|| panic!("no feature line:\n{transcript}"));
-    for bit in [0, 1, 5, 7, 8, 11, 12, 15, 16, 32] {
+    for bit in [0, 1, 5, 7, 8, 11, 12, 15, 16, 29, 32] {
         assert_eq!(
             features.as_bytes().get(bit),
             Some(&b'1'),

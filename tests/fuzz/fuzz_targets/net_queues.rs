@@ -2,7 +2,8 @@
 //! receive path (frames spread over the guest's buffers), over chains a guest
 //! lays out.
 //!
-//! Input: a mode byte (bit 0: the tap refuses frames), the transmit queue's
+//! Input: a mode byte (bit 0: the tap refuses frames; bit 1: the driver acked
+//! `VIRTIO_RING_F_EVENT_IDX`), the transmit queue's
 //! chains, the receive queue's chains (`Driver::decode_chains`), then frames
 //! for the guest, each a u16 length and its bytes.
 
@@ -12,7 +13,7 @@ use libfuzzer_sys::fuzz_target;
 use runv_fuzz::{memory, Driver, Input, Ring};
 use std::io::{self, Write};
 use virtio_queue::QueueT;
-use vmm::devices::virtio::net::rx::{deliver, RxOutcome};
+use vmm::devices::virtio::net::rx::{ask_for_buffers, deliver, needs_interrupt, RxOutcome};
 use vmm::devices::virtio::net::tap::VNET_HDR_LEN;
 use vmm::devices::virtio::net::tx::{process_tx, MAX_TX_LEN};
 
@@ -54,14 +55,15 @@ fuzz_target!(|data: &[u8]| {
     let mut rx_driver = Driver::new(&mem, rx_ring, 0x8000);
     rx_driver.decode_chains(&mut input);
 
-    let mut tx = tx_ring.queue(false);
+    let event_idx = mode & 2 != 0;
+    let mut tx = tx_ring.queue(event_idx);
     let mut buf = vec![0u8; MAX_TX_LEN];
     let mut tap = Tap {
         refuse: mode & 1 != 0,
     };
     process_tx(&mut tx, &mem, &mut tap, &mut buf);
 
-    let mut rx = rx_ring.queue(false);
+    let mut rx = rx_ring.queue(event_idx);
     for _ in 0..MAX_FRAMES {
         if input.is_empty() {
             break;
@@ -80,11 +82,15 @@ fuzz_target!(|data: &[u8]| {
                     .sum();
                 assert_eq!(total, frame.len() as u64, "delivered bytes");
             }
-            RxOutcome::NoBuffers => assert_eq!(used, 0),
+            RxOutcome::NoBuffers => {
+                assert_eq!(used, 0);
+                let _ = ask_for_buffers(&rx, &mem);
+            }
             RxOutcome::Dropped => {
                 assert!((0..used).all(|i| rx_ring.used_entry(&mem, before.wrapping_add(i)).1 == 0));
             }
             RxOutcome::Broken => break,
         }
+        let _ = needs_interrupt(&rx, &mem, before);
     }
 });

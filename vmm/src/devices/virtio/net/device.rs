@@ -4,7 +4,9 @@
 use super::tap::{Tap, TapError, TUN_OFFLOADS};
 use super::worker::{NetQueues, Worker};
 use crate::devices::virtio::device_thread::DeviceThread;
-use crate::devices::virtio::{ActivateError, ActiveQueue, VirtioDevice, VirtioInterrupt};
+use crate::devices::virtio::{
+    ActivateError, ActiveQueue, VirtioDevice, VirtioInterrupt, VIRTIO_RING_F_EVENT_IDX,
+};
 use std::sync::Arc;
 use vm_memory::GuestMemoryMmap;
 
@@ -62,15 +64,21 @@ pub struct Net {
 impl Net {
     /// A card with address `mac` on `tap`.
     ///
-    /// Offered: the MAC and link status, mergeable receive buffers, and
-    /// checksum and TCP segmentation offload both ways. A tap with a vnet
+    /// Offered: the MAC and link status, mergeable receive buffers,
+    /// notification suppression (event index), and checksum and TCP
+    /// segmentation offload both ways. A tap with a vnet
     /// header takes partial checksums and TSO frames from the guest whatever
     /// its offload setting; frames the other way carry them only if the tap
     /// accepts `TUNSETOFFLOAD`, so the guest-side offloads are offered only
     /// then, and switched on as the driver acks them.
     pub fn new(tap: Tap, mac: [u8; 6]) -> Result<Self, NetError> {
-        let mut avail_features =
-            bit(MAC) | bit(STATUS) | bit(MRG_RXBUF) | bit(CSUM) | bit(HOST_TSO4) | bit(HOST_TSO6);
+        let mut avail_features = bit(MAC)
+            | bit(STATUS)
+            | bit(MRG_RXBUF)
+            | bit(VIRTIO_RING_F_EVENT_IDX)
+            | bit(CSUM)
+            | bit(HOST_TSO4)
+            | bit(HOST_TSO6);
         if tap.set_offload(TUN_OFFLOADS).is_ok() {
             avail_features |= bit(GUEST_CSUM) | bit(GUEST_TSO4) | bit(GUEST_TSO6);
         }

@@ -1,10 +1,15 @@
 //! Receive: one frame from the tap (virtio-net header first) spread over as
 //! many receive chains as it needs (`VIRTIO_NET_F_MRG_RXBUF`), their count in
 //! the header's `num_buffers`, all published to the guest at once.
+//!
+//! With `VIRTIO_RING_F_EVENT_IDX` the guest is interrupted only when its
+//! `used_event` asks, and kicks the queue only when the device ran out of
+//! buffers and said so in `avail_event` ([`ask_for_buffers`]).
 
 use super::tap::VNET_HDR_LEN;
 use std::io::Write;
-use std::sync::atomic::Ordering;
+use std::num::Wrapping;
+use std::sync::atomic::{fence, Ordering};
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
@@ -13,6 +18,9 @@ const NUM_BUFFERS_OFFSET: usize = 10;
 /// Size of a used ring element and of the used ring's header.
 const USED_ELEM_LEN: u64 = 8;
 const USED_RING_HEADER_LEN: u64 = 4;
+/// Size of an available ring element and of the available ring's header.
+const AVAIL_ELEM_LEN: u64 = 2;
+const AVAIL_RING_HEADER_LEN: u64 = 4;
 
 /// What became of a frame.
 #[derive(Debug, PartialEq, Eq)]
@@ -134,4 +142,51 @@ fn publish_used(
     mem.store(next.to_le(), GuestAddress(idx_addr), Ordering::Release)?;
     queue.set_next_used(next);
     Ok(())
+}
+
+/// Whether the driver wants an interrupt for the frames delivered since the
+/// queue's used index was `since`: always without `VIRTIO_RING_F_EVENT_IDX`
+/// (and when `used_event` cannot be read, rather than stall the guest),
+/// otherwise when `used_event` lies in what was delivered.
+pub fn needs_interrupt(queue: &Queue, mem: &GuestMemoryMmap, since: u16) -> bool {
+    if !queue.event_idx_enabled() {
+        return true;
+    }
+    // The used ring's entries and index are written before `used_event` is
+    // read (the driver's side of the same race reads them after writing it).
+    fence(Ordering::SeqCst);
+    let used_event = queue
+        .avail_ring()
+        .checked_add(AVAIL_RING_HEADER_LEN + u64::from(queue.size()) * AVAIL_ELEM_LEN)
+        .and_then(|addr| mem.load::<u16>(GuestAddress(addr), Ordering::Relaxed).ok());
+    let Some(used_event) = used_event else {
+        return true;
+    };
+    let new = Wrapping(queue.next_used());
+    new - Wrapping(u16::from_le(used_event)) - Wrapping(1) < new - Wrapping(since)
+}
+
+/// Asks the driver to kick the queue once it posts a buffer past the one it
+/// has posted now: with `VIRTIO_RING_F_EVENT_IDX`, `avail_event` set to its
+/// current available index, which is returned (buffers posted up to it came
+/// without a kick: the caller tries them before it waits); None without the
+/// feature, when the driver kicks for every buffer.
+pub fn ask_for_buffers(
+    queue: &Queue,
+    mem: &GuestMemoryMmap,
+) -> Result<Option<u16>, virtio_queue::Error> {
+    if !queue.event_idx_enabled() {
+        return Ok(None);
+    }
+    let seen = queue.avail_idx(mem, Ordering::Acquire)?;
+    let avail_event = queue
+        .used_ring()
+        .checked_add(USED_RING_HEADER_LEN + u64::from(queue.size()) * USED_ELEM_LEN)
+        .ok_or(virtio_queue::Error::AddressOverflow)?;
+    mem.store(seen.0.to_le(), GuestAddress(avail_event), Ordering::Relaxed)
+        .map_err(virtio_queue::Error::GuestMemory)?;
+    // `avail_event` is visible before the caller reads the ring again: a
+    // buffer posted after `seen` is either seen then or kicked for.
+    fence(Ordering::SeqCst);
+    Ok(Some(seen.0))
 }

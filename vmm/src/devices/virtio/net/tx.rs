@@ -2,27 +2,27 @@
 //! first), written to the tap as it is.
 
 use super::tap::VNET_HDR_LEN;
+use crate::devices::virtio::drain_queue;
 use std::io::{Read, Write};
-use virtio_queue::{Queue, QueueT};
+use virtio_queue::Queue;
 use vm_memory::GuestMemoryMmap;
 
 /// Longest chain taken from the guest: the header and a 64 KiB segmentation
 /// offload frame with its headers. Longer chains are dropped.
 pub const MAX_TX_LEN: usize = VNET_HDR_LEN + 65536 + 256;
 
-/// Sends every frame the guest queued to `tap`; true if any chain was used.
-/// A chain that is malformed, outside guest memory, shorter than the header or
-/// longer than `buf` is dropped; so is a frame the tap refuses (as a full NIC
-/// queue would).
+/// Sends every frame the guest queued to `tap`, its notifications off
+/// meanwhile (`drain_queue`); true if any chain was used. A chain that is
+/// malformed, outside guest memory, shorter than the header or longer than
+/// `buf` is dropped; so is a frame the tap refuses (as a full NIC queue
+/// would).
 pub fn process_tx(
     queue: &mut Queue,
     mem: &GuestMemoryMmap,
     tap: &mut impl Write,
     buf: &mut [u8],
 ) -> bool {
-    let mut used = false;
-    while let Some(chain) = queue.pop_descriptor_chain(mem) {
-        let head = chain.head_index();
+    let drained = drain_queue(queue, mem, |chain| {
         let len = chain.reader(mem).ok().and_then(|mut reader| {
             let len = reader.available_bytes();
             if !(VNET_HDR_LEN..=buf.len()).contains(&len) {
@@ -34,11 +34,10 @@ pub fn process_tx(
             // A refused frame (bad offload header, interface gone) is dropped.
             let _ = tap.write(&buf[..len]);
         }
-        if queue.add_used(mem, head, 0).is_err() {
-            eprintln!("runv-vmm: virtio-net: the used ring is outside guest memory");
-            break;
-        }
-        used = true;
+        0
+    });
+    if let Some(err) = drained.broken {
+        eprintln!("runv-vmm: virtio-net: the transmit queue is broken: {err}");
     }
-    used
+    drained.completed
 }

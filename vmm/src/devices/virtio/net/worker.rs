@@ -1,14 +1,14 @@
 //! The virtio-net thread: carries frames between the guest's queues and the
 //! tap, woken by the queues' notifications, the tap and a stop event.
 
-use super::rx::{deliver, RxOutcome};
+use super::rx::{self, deliver, RxOutcome};
 use super::tap::Tap;
 use super::tx::{process_tx, MAX_TX_LEN};
-use crate::devices::virtio::VirtioInterrupt;
+use crate::devices::virtio::{needs_interrupt, VirtioInterrupt};
 use std::io::{self, Read};
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
-use virtio_queue::Queue;
+use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::EventFd;
@@ -47,6 +47,9 @@ pub struct Worker {
     /// buffers, so that a readable tap does not spin the loop).
     tap_polled: bool,
     tap_failed: bool,
+    /// The receive queue's used index when it was last checked for an
+    /// interrupt.
+    rx_checked: u16,
 }
 
 impl Worker {
@@ -60,6 +63,7 @@ impl Worker {
             tx_buf: vec![0; MAX_TX_LEN],
             tap_polled: false,
             tap_failed: false,
+            rx_checked: 0,
         }
     }
 
@@ -86,7 +90,7 @@ impl Worker {
                 Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
                 Err(err) => return Err(err),
             };
-            let mut used = false;
+            let mut interrupt = false;
             let mut try_rx = false;
             for event in &events[..ready] {
                 match event.data() {
@@ -98,16 +102,19 @@ impl Worker {
                     TOKEN_TX => {
                         let _ = self.queues.notify[1].read();
                         let q = &mut self.queues;
-                        used |=
-                            process_tx(&mut q.tx, &q.mem, &mut self.tap.file(), &mut self.tx_buf);
+                        if process_tx(&mut q.tx, &q.mem, &mut self.tap.file(), &mut self.tx_buf) {
+                            interrupt |= needs_interrupt(&mut q.tx, &q.mem, "virtio-net");
+                        }
                     }
                     _ => try_rx = true,
                 }
             }
-            if try_rx {
-                used |= self.receive(&epoll)?;
+            if try_rx && self.receive(&epoll)? {
+                let q = &self.queues;
+                interrupt |= rx::needs_interrupt(&q.rx, &q.mem, self.rx_checked);
+                self.rx_checked = q.rx.next_used();
             }
-            if used {
+            if interrupt {
                 if let Err(err) = self.queues.interrupt.signal_used_queue() {
                     eprintln!("runv-vmm: virtio-net: cannot interrupt the guest: {err}");
                 }
@@ -137,6 +144,8 @@ impl Worker {
     /// any receive buffer was used.
     fn receive(&mut self, epoll: &Epoll) -> io::Result<bool> {
         let mut used = false;
+        // The available index at which the device last asked for a kick.
+        let mut asked = None;
         loop {
             if self.pending == 0 {
                 match self.tap.file().read(&mut self.frame) {
@@ -165,7 +174,22 @@ impl Worker {
                 }
                 RxOutcome::NoBuffers => {
                     // Keep the frame; the guest's next receive notification
-                    // brings buffers.
+                    // brings buffers. With EVENT_IDX it kicks only for one
+                    // posted past where the device asked: what it posted
+                    // before that is tried first, waiting only when it
+                    // posted nothing since the last ask.
+                    match rx::ask_for_buffers(&q.rx, &q.mem) {
+                        Ok(Some(seen)) if asked != Some(seen) => {
+                            asked = Some(seen);
+                            continue;
+                        }
+                        Ok(_) => {}
+                        Err(err) => {
+                            return Err(io::Error::other(format!(
+                                "the receive queue is broken: {err}"
+                            )))
+                        }
+                    }
                     self.poll_tap(epoll, false)?;
                     return Ok(used);
                 }
