@@ -413,6 +413,7 @@ impl Drop for Containerd {
         for (pid, cmdline) in self.shims() {
             eprintln!("containerd fixture: killing shim {pid} ({cmdline}) and its descendants");
             kill_tree(pid);
+            delete_after_dead_shim(&cmdline);
         }
         let mut mounts = mounts_under(self.dir.path());
         mounts.reverse();
@@ -827,6 +828,42 @@ pub fn run_with_deadline(
 
 /// SIGKILLs `pid` and every process descending from it (children first found,
 /// then killed together so none is re-parented out of reach).
+/// What containerd does after a shim died: runs its binary's `delete` with the
+/// shim's own namespace, address and id, so that it cleans up what the pod had.
+fn delete_after_dead_shim(cmdline: &str) {
+    let words: Vec<&str> = cmdline.split(' ').collect();
+    let flag = |name: &str| {
+        words
+            .iter()
+            .position(|word| *word == name)
+            .and_then(|at| words.get(at + 1))
+            .copied()
+    };
+    let (Some(program), Some(namespace), Some(address), Some(id)) = (
+        words.first(),
+        flag("-namespace"),
+        flag("-address"),
+        flag("-id"),
+    ) else {
+        return;
+    };
+    let mut command = Command::new(program);
+    command
+        .args([
+            "-namespace",
+            namespace,
+            "-address",
+            address,
+            "-id",
+            id,
+            "delete",
+        ])
+        .current_dir("/")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let _ = run_with_deadline(command, None, Duration::from_secs(30));
+}
+
 fn kill_tree(pid: i32) {
     let mut tree = vec![pid];
     let mut i = 0;
