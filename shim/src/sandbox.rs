@@ -28,9 +28,6 @@ use std::time::Duration;
 pub const AGENT_CALL_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long the guest may take to power off after DestroySandbox.
 const POWER_OFF_GRACE: Duration = Duration::from_secs(10);
-/// Lines of the VMM's log quoted in a boot error.
-const LOG_TAIL_LINES: usize = 5;
-
 /// Context for an ordinary agent call.
 pub fn agent_ctx() -> ttrpc::context::Context {
     ttrpc::context::with_duration(AGENT_CALL_TIMEOUT)
@@ -181,7 +178,7 @@ fn connect_agent(dir: &SandboxDir, vm: &Vm, config: &RunvConfig) -> Result<Agent
         format!(
             "{reason}; VMM log {}: {}",
             dir.vmm_log().display(),
-            log_tail(dir)
+            vm::log_tail(&dir.vmm_log())
         )
     })?;
     let client = ttrpc::Client::new(stream.into_raw_fd())
@@ -316,17 +313,6 @@ fn detach_network(dir: &SandboxDir) {
             let _ = fs::remove_file(&record);
         }
         Err(err) => warn!("cleanup: network namespace {}: {err}", netns.display()),
-    }
-}
-
-fn log_tail(dir: &SandboxDir) -> String {
-    let text = fs::read_to_string(dir.vmm_log()).unwrap_or_default();
-    let lines: Vec<&str> = text.lines().collect();
-    let tail = lines[lines.len().saturating_sub(LOG_TAIL_LINES)..].join(" | ");
-    if tail.is_empty() {
-        "(empty)".into()
-    } else {
-        tail
     }
 }
 

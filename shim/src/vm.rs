@@ -23,6 +23,10 @@ use std::time::Duration;
 /// Most bytes of the VMM's stderr kept in `vmm.log`: the guest can make the VMM
 /// log, and the file is on the host's `/run`.
 const MAX_VMM_LOG_BYTES: u64 = 4 << 20;
+/// Lines of `vmm.log` quoted in the shim's log and errors.
+const LOG_TAIL_LINES: usize = 5;
+/// How long the exit watcher waits for the VMM's last words in `vmm.log`.
+const LOG_COPY_WAIT: Duration = Duration::from_secs(1);
 
 /// A virtio-net card of the VM: a tap the shim opened, inherited by the VMM.
 #[derive(Debug, Clone, Copy)]
@@ -59,6 +63,8 @@ impl Vm {
         let log = File::create(dir.vmm_log())
             .map_err(|err| format!("{}: {err}", dir.vmm_log().display()))?;
         let (copied, log_copied) = mpsc::channel::<()>();
+        let (copied_for_watcher, watcher_log_copied) = mpsc::channel::<()>();
+        let log_path = dir.vmm_log();
         let console = if config.debug_console {
             dir.console_log().display().to_string()
         } else {
@@ -114,6 +120,7 @@ impl Vm {
                 .spawn(move || {
                     copy_capped(stderr, log, MAX_VMM_LOG_BYTES);
                     drop(copied);
+                    drop(copied_for_watcher);
                 });
             if let Err(err) = spawned {
                 warn!("cannot copy the VMM's log: {err}");
@@ -135,7 +142,17 @@ impl Vm {
             .spawn(move || {
                 for event in subscription.rx.iter() {
                     if matches!(event.subject, Subject::Pid(exited) if exited == pid) {
-                        info!("VMM {pid} exited with {}", event.exit_code);
+                        if event.exit_code == 0 {
+                            info!("VMM {pid} exited with 0");
+                        } else {
+                            // Why, for the operator: its last lines.
+                            let _ = watcher_log_copied.recv_timeout(LOG_COPY_WAIT);
+                            warn!(
+                                "VMM {pid} exited with {}: {}",
+                                event.exit_code,
+                                log_tail(&log_path)
+                            );
+                        }
                         let status = u32::try_from(event.exit_code).unwrap_or(255);
                         watched.set(crate::exit::Exit::now(status));
                         on_exit(event.exit_code);
@@ -280,6 +297,19 @@ fn is_zombie(pid: i32) -> bool {
         .unwrap_or(false)
 }
 
+/// The last lines of the VMM's log at `path`, joined with " | " ("(empty)"
+/// when there are none).
+pub fn log_tail(path: &Path) -> String {
+    let text = fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    let tail = lines[lines.len().saturating_sub(LOG_TAIL_LINES)..].join(" | ");
+    if tail.is_empty() {
+        "(empty)".into()
+    } else {
+        tail
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -294,5 +324,21 @@ mod tests {
         assert!(log.starts_with(&[b'x'; 1000]));
         assert!(log.ends_with(b"[vmm.log: over its limit, the rest dropped]\n"));
         assert!(log.len() < 1100, "{} bytes", log.len());
+    }
+
+    #[test]
+    fn the_log_tail_is_the_last_lines_or_says_empty() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("vmm.log");
+        assert_eq!(log_tail(&path), "(empty)", "no file yet");
+        fs::write(
+            &path,
+            "1\n2\n3\n4\n5\n6\nrunv-vmm: error: the guest triple-faulted\n",
+        )
+        .unwrap();
+        assert_eq!(
+            log_tail(&path),
+            "3 | 4 | 5 | 6 | runv-vmm: error: the guest triple-faulted"
+        );
     }
 }
