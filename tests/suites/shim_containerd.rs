@@ -281,7 +281,9 @@ fn ctr_task_exec_ps_pause_metrics_kill() {
 
 /// One pod (one VM) with two containers, through the CRI: ExecSync in both, both
 /// in the same VM with the pod's hostname and DNS, ContainerStats,
-/// UpdateContainerResources, StopPodSandbox, RemovePodSandbox.
+/// UpdateContainerResources, StopContainer (SIGKILL after the grace period for
+/// a container ignoring SIGTERM, at once for one that exits on it),
+/// StopPodSandbox, RemovePodSandbox.
 #[test]
 fn cri_pod_with_two_containers() {
     let runtime = Runtime::under_test();
@@ -386,6 +388,45 @@ fn cri_pod_with_two_containers() {
         limit.to_string(),
         "memory limit seen in the container: {exec:?}"
     );
+
+    // StopContainer: `sleep` as its container's init has no SIGTERM handler,
+    // so only the SIGKILL after the grace period ends it; a shell that traps
+    // SIGTERM ends at once, with its own status.
+    let polite = {
+        let script = "trap 'exit 3' TERM; while :; do sleep 1; done";
+        let config = container_config("polite", TEST_IMAGE, &["sh", "-c", script]);
+        let id = cri.create_container(&pod_id, &config, &pod);
+        cri.start_container(&id);
+        id
+    };
+    let grace = 4;
+    let started = Instant::now();
+    cri.stop_container(&ids[1], grace);
+    let took = started.elapsed();
+    let status = cri.container_status(&ids[1]);
+    assert!(
+        took >= Duration::from_secs(grace as u64) && took < Duration::from_secs(60),
+        "StopContainer of a container ignoring SIGTERM took {took:?} (grace {grace} s)"
+    );
+    assert_eq!(
+        (status.state, status.exit_code),
+        (k8s_cri::v1::ContainerState::ContainerExited as i32, 137),
+        "after StopContainer, SIGKILLed: {status:?}"
+    );
+    let started = Instant::now();
+    cri.stop_container(&polite, 120);
+    let took = started.elapsed();
+    let status = cri.container_status(&polite);
+    assert!(
+        took < Duration::from_secs(60),
+        "StopContainer of a container that exits on SIGTERM took {took:?}"
+    );
+    assert_eq!(
+        (status.state, status.exit_code),
+        (k8s_cri::v1::ContainerState::ContainerExited as i32, 3),
+        "after StopContainer, its own exit status: {status:?}"
+    );
+    ids.push(polite);
 
     cri.stop_pod_sandbox(&pod_id);
     for id in &ids {
