@@ -167,7 +167,6 @@ fn connect_agent(dir: &SandboxDir, vm: &Vm, config: &RunvConfig) -> Result<Agent
     )
     .map_err(|err| {
         let reason = if vm.has_exited() {
-            vm.wait_log_copied(Duration::from_secs(1));
             err.to_string()
         } else {
             format!(

@@ -11,13 +11,13 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use protocol::SHARED_FS_TAG;
 use std::fs::{self, File};
-use std::io::{Read, Write};
+use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::sync::mpsc::{self, Receiver};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::mpsc;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Most bytes of the VMM's stderr kept in `vmm.log`: the guest can make the VMM
@@ -25,7 +25,11 @@ use std::time::Duration;
 const MAX_VMM_LOG_BYTES: u64 = 4 << 20;
 /// Lines of `vmm.log` quoted in the shim's log and errors.
 const LOG_TAIL_LINES: usize = 5;
-/// How long the exit watcher waits for the VMM's last words in `vmm.log`.
+/// Bytes at the end of `vmm.log` those lines are taken from: a guest can make
+/// one line as long as the whole log.
+const LOG_TAIL_BYTES: u64 = 4096;
+/// How long the exit watcher waits for the VMM's last words in `vmm.log`
+/// before it reports the exit.
 const LOG_COPY_WAIT: Duration = Duration::from_secs(1);
 
 /// A virtio-net card of the VM: a tap the shim opened, inherited by the VMM.
@@ -41,8 +45,6 @@ pub struct NetCard<'a> {
 pub struct Vm {
     pid: i32,
     exit: Arc<ExitCell>,
-    /// Says (by closing) that the VMM's stderr was copied to its end.
-    log_copied: Mutex<Receiver<()>>,
 }
 
 impl Vm {
@@ -62,8 +64,9 @@ impl Vm {
             .map_err(|err| format!("cannot watch the VMM's exit: {err}"))?;
         let log = File::create(dir.vmm_log())
             .map_err(|err| format!("{}: {err}", dir.vmm_log().display()))?;
+        // Closed once the VMM's stderr is in `vmm.log`: the exit is reported
+        // after that (or LOG_COPY_WAIT), so whoever sees it can quote the log.
         let (copied, log_copied) = mpsc::channel::<()>();
-        let (copied_for_watcher, watcher_log_copied) = mpsc::channel::<()>();
         let log_path = dir.vmm_log();
         let console = if config.debug_console {
             dir.console_log().display().to_string()
@@ -120,7 +123,6 @@ impl Vm {
                 .spawn(move || {
                     copy_capped(stderr, log, MAX_VMM_LOG_BYTES);
                     drop(copied);
-                    drop(copied_for_watcher);
                 });
             if let Err(err) = spawned {
                 warn!("cannot copy the VMM's log: {err}");
@@ -142,11 +144,11 @@ impl Vm {
             .spawn(move || {
                 for event in subscription.rx.iter() {
                     if matches!(event.subject, Subject::Pid(exited) if exited == pid) {
+                        let _ = log_copied.recv_timeout(LOG_COPY_WAIT);
                         if event.exit_code == 0 {
                             info!("VMM {pid} exited with 0");
                         } else {
                             // Why, for the operator: its last lines.
-                            let _ = watcher_log_copied.recv_timeout(LOG_COPY_WAIT);
                             warn!(
                                 "VMM {pid} exited with {}: {}",
                                 event.exit_code,
@@ -161,21 +163,7 @@ impl Vm {
                 }
             })
             .map_err(|err| format!("cannot start the VMM watcher: {err}"))?;
-        Ok(Self {
-            pid,
-            exit,
-            log_copied: Mutex::new(log_copied),
-        })
-    }
-
-    /// Waits at most `timeout` until everything the VMM wrote to its stderr is
-    /// in `vmm.log` (once it has exited).
-    pub fn wait_log_copied(&self, timeout: Duration) {
-        let copied = self
-            .log_copied
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        let _ = copied.recv_timeout(timeout);
+        Ok(Self { pid, exit })
     }
 
     /// The VMM's host pid.
@@ -300,7 +288,13 @@ fn is_zombie(pid: i32) -> bool {
 /// The last lines of the VMM's log at `path`, joined with " | " ("(empty)"
 /// when there are none).
 pub fn log_tail(path: &Path) -> String {
-    let text = fs::read_to_string(path).unwrap_or_default();
+    let mut end = Vec::new();
+    if let Ok(mut log) = File::open(path) {
+        let len = log.metadata().map_or(0, |meta| meta.len());
+        let _ = log.seek(SeekFrom::Start(len.saturating_sub(LOG_TAIL_BYTES)));
+        let _ = log.take(LOG_TAIL_BYTES).read_to_end(&mut end);
+    }
+    let text = String::from_utf8_lossy(&end);
     let lines: Vec<&str> = text.lines().collect();
     let tail = lines[lines.len().saturating_sub(LOG_TAIL_LINES)..].join(" | ");
     if tail.is_empty() {
@@ -340,5 +334,13 @@ mod tests {
             log_tail(&path),
             "3 | 4 | 5 | 6 | runv-vmm: error: the guest triple-faulted"
         );
+    }
+
+    #[test]
+    fn the_log_tail_of_one_endless_line_is_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("vmm.log");
+        fs::write(&path, vec![b'x'; 1 << 20]).unwrap();
+        assert_eq!(log_tail(&path).len(), LOG_TAIL_BYTES as usize);
     }
 }
