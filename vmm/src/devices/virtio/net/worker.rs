@@ -20,6 +20,11 @@ const TOKEN_STOP: u64 = 0;
 const TOKEN_RX: u64 = 1;
 const TOKEN_TX: u64 = 2;
 const TOKEN_TAP: u64 = 3;
+/// Times one receive round asks the guest for buffers and tries again: a guest
+/// that keeps moving its available index would otherwise hold the thread;
+/// past it the round ends with a notification of its own, so the event loop
+/// (and its stop event) comes first.
+const MAX_ASKS_PER_ROUND: usize = 8;
 
 /// The device's queues once the driver set them up.
 pub struct NetQueues {
@@ -146,6 +151,7 @@ impl Worker {
         let mut used = false;
         // The available index at which the device last asked for a kick.
         let mut asked = None;
+        let mut asks = 0;
         loop {
             if self.pending == 0 {
                 match self.tap.file().read(&mut self.frame) {
@@ -181,7 +187,11 @@ impl Worker {
                     match rx::ask_for_buffers(&q.rx, &q.mem) {
                         Ok(Some(seen)) if asked != Some(seen) => {
                             asked = Some(seen);
-                            continue;
+                            asks += 1;
+                            if asks <= MAX_ASKS_PER_ROUND {
+                                continue;
+                            }
+                            q.notify[0].write(1)?;
                         }
                         Ok(_) => {}
                         Err(err) => {
@@ -210,7 +220,7 @@ mod tests {
     use std::io::Write;
     use std::os::fd::{FromRawFd, OwnedFd};
     use virtio_queue::mock::MockSplitQueue;
-    use vm_memory::GuestAddress;
+    use vm_memory::{Bytes, GuestAddress};
 
     #[test]
     fn without_receive_buffers_the_tap_is_left_alone_until_the_guest_posts_some() {
@@ -263,5 +273,60 @@ mod tests {
         assert_eq!(lens, [100, 200]);
         assert!(worker.tap_polled, "the tap is watched again once drained");
         assert_eq!(worker.pending, 0);
+    }
+
+    #[test]
+    fn a_guest_that_keeps_moving_its_available_index_cannot_hold_the_thread() {
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x40_0000)]).unwrap();
+        let rx = MockSplitQueue::create(&mem, GuestAddress(0), 16);
+        let tx = MockSplitQueue::create(&mem, GuestAddress(0x8000), 16);
+        let (ours, peer) = std::os::unix::net::UnixDatagram::pair().unwrap();
+        ours.set_nonblocking(true).unwrap();
+        let eventfd = || EventFd::new(libc::EFD_NONBLOCK).unwrap();
+        let mut rx_queue: Queue = rx.create_queue().unwrap();
+        rx_queue.set_event_idx(true);
+        let queues = NetQueues {
+            mem: mem.clone(),
+            rx: rx_queue,
+            tx: tx.create_queue().unwrap(),
+            notify: [eventfd(), eventfd()],
+            interrupt: Arc::new(VirtioInterrupt::new(eventfd())),
+        };
+        let mut worker = Worker::new(Tap::from_raw_for_test(OwnedFd::from(ours)), queues);
+        let epoll = Epoll::new().unwrap();
+        peer.send(&[0u8; 100]).unwrap();
+        // The "guest" moves its available index on and on, always out of
+        // range, so that no buffer is ever usable and every ask sees a new one.
+        let avail_idx = GuestAddress(rx.avail_addr().0 + 2);
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let guest = {
+            let (mem, stop) = (mem.clone(), Arc::clone(&stop));
+            std::thread::spawn(move || {
+                let mut idx = 1000u16;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    idx = idx.wrapping_add(1) | 0x100;
+                    mem.write_obj(idx, avail_idx).unwrap();
+                }
+            })
+        };
+        // A round may also end because two asks met the same index (the
+        // "guest" thread was not scheduled in between); one that hit the
+        // bound ends with a notification of its own.
+        while mem.read_obj::<u16>(avail_idx).unwrap() == 0 {
+            std::thread::yield_now();
+        }
+        let mut self_notified = false;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while std::time::Instant::now() < deadline {
+            assert!(!worker.receive(&epoll).unwrap(), "nothing was delivered");
+            assert_eq!(worker.pending, 100, "the frame is kept");
+            if worker.queues.notify[0].read().is_ok() {
+                self_notified = true;
+                break;
+            }
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        guest.join().unwrap();
+        assert!(self_notified, "no round ended at the bound");
     }
 }
