@@ -7,20 +7,18 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
-use libcontainer::container::builder::ContainerBuilder;
 use libcontainer::container::{Container as Runtime, ContainerStatus};
-use libcontainer::syscall::syscall::SyscallType;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
-use oci_spec::runtime::{LinuxSeccomp, Process as OciProcess, Spec};
+use oci_spec::runtime::{Process as OciProcess, Spec};
 use protocol::agent::Stdio;
 
 use crate::cgroup::Cgroup;
 use crate::console::ConsoleSocket;
 use crate::error::{AgentError, Result};
-use crate::exec_seccomp::ExecSeccomp;
 use crate::process::Process;
 use crate::reaper::Reaper;
+use crate::spawn::{spawn, SpawnRequest};
 
 /// How long a forced remove waits for SIGKILLed processes to be reaped.
 const KILL_TIMEOUT: Duration = Duration::from_secs(10);
@@ -62,8 +60,6 @@ pub struct Container {
     paths: StatePaths,
     reaper: Arc<Reaper>,
     cgroup: OnceLock<Cgroup>,
-    /// The spec's seccomp profile, which execs get too.
-    seccomp: Option<LinuxSeccomp>,
 }
 
 impl Container {
@@ -83,8 +79,7 @@ impl Container {
             spec.set_process(Some(process));
         }
         write_bundle(&bundle, &spec)?;
-        let seccomp = spec.linux().as_ref().and_then(|l| l.seccomp().clone());
-        let created = Self::create_in(id, &bundle, stdio, paths, reaper, seccomp);
+        let created = Self::create_in(id, &bundle, stdio, paths, reaper);
         if created.is_err() {
             let _ = fs::remove_dir_all(&bundle);
         }
@@ -97,28 +92,32 @@ impl Container {
         stdio: &Stdio,
         paths: &StatePaths,
         reaper: &Arc<Reaper>,
-        seccomp: Option<LinuxSeccomp>,
     ) -> Result<Arc<Self>> {
         let (init, child) = Process::new("", stdio)?;
         let console = console_socket(stdio, paths)?;
-        let runtime = {
+        let request = SpawnRequest::Init {
+            root: paths.runtime_root.clone(),
+            id: id.to_string(),
+            bundle: bundle.to_path_buf(),
+            console: console.as_ref().map(|c| c.path().to_path_buf()),
+        };
+        let spawned = {
             let _guard = reaper.spawn_guard();
-            let built = ContainerBuilder::new(id.to_string(), SyscallType::default())
-                .with_root_path(&paths.runtime_root)
-                .map_err(AgentError::runtime("state root"))?
-                .with_console_socket(console.as_ref().map(ConsoleSocket::path))
-                .with_stdin(child.stdin)
-                .with_stdout(child.stdout)
-                .with_stderr(child.stderr)
-                .validate_id()
-                .map_err(AgentError::runtime("container id"))?
-                .as_init(bundle)
-                .with_systemd(false)
-                .with_detach(true)
-                .build()
-                .map_err(AgentError::runtime(format!("create container {id}")));
+            let spawned = spawn(&request, child);
             reaper.child_spawned();
-            built?
+            spawned
+        };
+        let runtime = match spawned.and_then(|_| load(&paths.runtime_root, id)) {
+            Ok(runtime) => runtime,
+            Err(err) => {
+                // The helper may have left a half-made container: its state
+                // would block the id, its processes would run untracked.
+                if let Ok(mut runtime) = load(&paths.runtime_root, id) {
+                    let _guard = reaper.spawn_guard();
+                    let _ = runtime.delete(true);
+                }
+                return Err(err);
+            }
         };
         let pid = runtime
             .pid()
@@ -143,7 +142,6 @@ impl Container {
             paths: paths.clone(),
             reaper: Arc::clone(reaper),
             cgroup: OnceLock::new(),
-            seccomp,
         }))
     }
 
@@ -200,29 +198,22 @@ impl Container {
 
         let (exec, child) = Process::new(exec_id, stdio)?;
         let console = console_socket(stdio, &self.paths)?;
+        let request = SpawnRequest::Exec {
+            root: self.paths.runtime_root.clone(),
+            id: self.id.clone(),
+            exec_id: exec_id.to_string(),
+            bundle: self.bundle.clone(),
+            process: process_file.clone(),
+            console: console.as_ref().map(|c| c.path().to_path_buf()),
+        };
         let built = {
             let _guard = self.reaper.spawn_guard();
-            let built = ContainerBuilder::new(self.id.clone(), SyscallType::default())
-                .with_root_path(&self.paths.runtime_root)
-                .map_err(AgentError::runtime("state root"))?
-                .with_console_socket(console.as_ref().map(ConsoleSocket::path))
-                .with_stdin(child.stdin)
-                .with_stdout(child.stdout)
-                .with_stderr(child.stderr)
-                .with_executor(ExecSeccomp::new(self.seccomp.clone()))
-                .as_tenant()
-                .with_process(Some(&process_file))
-                .with_detach(true)
-                .build()
-                .map_err(AgentError::runtime(format!(
-                    "exec {exec_id} in {}",
-                    self.id
-                )));
+            let built = spawn(&request, child);
             self.reaper.child_spawned();
             built
         };
         let _ = fs::remove_file(&process_file);
-        let pid = built?.as_raw();
+        let pid = built?;
         exec.set_pid(pid);
         self.reaper.watch(pid, Arc::clone(&exec));
         if let Some(console) = console {
@@ -371,6 +362,11 @@ fn console_socket(stdio: &Stdio, paths: &StatePaths) -> Result<Option<ConsoleSoc
     ConsoleSocket::bind(&paths.consoles)
         .map(Some)
         .map_err(AgentError::io("listen on a console socket"))
+}
+
+/// The libcontainer state of container `id`, which a spawn helper made.
+fn load(root: &Path, id: &str) -> Result<Runtime> {
+    Runtime::load(root.join(id)).map_err(AgentError::runtime(format!("load container {id}")))
 }
 
 fn refresh(runtime: &mut Runtime) -> Result<()> {

@@ -59,6 +59,14 @@ pub enum AgentError {
         /// The OS error.
         source: io::Error,
     },
+    /// The spawn helper failed: its error, with the status code it chose.
+    #[error("{message}")]
+    Spawned {
+        /// The status code of the helper's error.
+        code: Code,
+        /// The helper's error and its causes.
+        message: String,
+    },
     /// The kernel refused an rtnetlink request (or the socket failed).
     #[error("{step}: {source}")]
     Netlink {
@@ -118,6 +126,7 @@ impl AgentError {
             Self::DeadlineExceeded(_) => Code::DEADLINE_EXCEEDED,
             Self::Runtime { source, .. } => runtime_code(source),
             Self::Io { .. } => Code::INTERNAL,
+            Self::Spawned { code, .. } => *code,
             Self::Netlink { source, .. } => netlink_code(source),
         }
     }

@@ -17,6 +17,7 @@ mod reaper;
 mod rpc;
 mod sandbox;
 mod shutdown;
+mod spawn;
 mod stdio_server;
 
 use std::process::ExitCode;
@@ -28,6 +29,9 @@ fn main() -> ExitCode {
         return init_mode();
     }
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some(spawn::SPAWN_ARG) {
+        return spawn::helper_main(&args[1..]);
+    }
     if args.is_empty() {
         eprintln!(
             "runv-agent: must run as PID 1 of a runv guest, or in host mode: \

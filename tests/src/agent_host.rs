@@ -113,6 +113,14 @@ impl HostAgent {
         }
     }
 
+    /// A second ttrpc client of the agent, on a connection of its own.
+    pub fn connect(&self) -> AgentClient {
+        let addr = format!("unix://{}", self.dir.path().join("agent.sock").display());
+        AgentClient::new(
+            ttrpc::Client::connect(&addr).unwrap_or_else(|e| panic!("connect {addr}: {e}")),
+        )
+    }
+
     /// The agent's pid.
     pub fn pid(&self) -> u32 {
         self.child.id()

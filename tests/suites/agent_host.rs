@@ -892,6 +892,84 @@ fn a_hundred_cycles_leave_nothing_behind() {
     }
 }
 
+/// The agent's threads (one per ttrpc connection and per stdio stream) start
+/// and end while it makes containers and execs: none of those may hang. Made
+/// in the agent itself, a container's intermediate process could inherit a lock
+/// a starting or ending thread held and wait on it for ever.
+#[test]
+fn containers_and_execs_are_made_while_agent_threads_come_and_go() {
+    let f = fixture();
+    /// Ends the churn however the scope ends (a panic included).
+    struct StopOnDrop<'a>(&'a std::sync::atomic::AtomicBool);
+    impl Drop for StopOnDrop<'_> {
+        fn drop(&mut self) {
+            self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let churned = std::thread::scope(|scope| {
+        let churn = scope.spawn(|| {
+            let mut connections = 0u32;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let client = f.agent.connect();
+                client
+                    .check(ctx(), &CheckRequest::default())
+                    .expect("check on a new connection");
+                drop(client);
+                // A stream of no process: its server thread ends at once.
+                let _ = f.agent.try_stream("none", "", StreamKind::Stdout);
+                connections += 1;
+            }
+            connections
+        });
+        let stopper = StopOnDrop(&stop);
+        for i in 0..12 {
+            let cid = format!("churn{i}");
+            f.agent.create(
+                &cid,
+                &f.rootfs,
+                &spec(&cid, &sh("sleep 60"), &SpecOptions::default()),
+                false,
+            );
+            let init = f.agent.collect(&cid, "");
+            f.agent.start_container(&cid);
+            for e in 0..3 {
+                let eid = format!("e{e}");
+                let req = ExecProcessRequest {
+                    container_id: cid.clone(),
+                    exec_id: eid.clone(),
+                    process: exec_process(&sh("echo $$")),
+                    stdio: Some(Stdio {
+                        stdout: true,
+                        stderr: true,
+                        ..Default::default()
+                    })
+                    .into(),
+                    ..Default::default()
+                };
+                f.agent
+                    .client
+                    .exec_process(ctx(), &req)
+                    .unwrap_or_else(|err| panic!("exec {cid}/{eid}: {err:?}"));
+                let out = f.agent.collect(&cid, &eid).finish(f.agent.wait(&cid, &eid));
+                assert_eq!(out.status, 0, "{cid}/{eid}: {out:?}");
+            }
+            let kill = SignalProcessRequest {
+                container_id: cid.clone(),
+                signal: 9,
+                ..Default::default()
+            };
+            f.agent.client.signal_process(ctx(), &kill).expect("kill");
+            assert_eq!(init.finish(f.agent.wait(&cid, "")).status, 137);
+            remove(&f.agent, &cid);
+        }
+        drop(stopper);
+        churn.join().expect("churn thread")
+    });
+    assert!(churned > 0, "no connection came and went");
+    assert!(children_of(f.agent.pid()).is_empty());
+}
+
 /// Benchmark, not a test (`bench/agent-start`): create+start → first output byte,
 /// the agent against `runc run` of the same bundle, median of `RUNV_BENCH_RUNS`.
 #[test]
