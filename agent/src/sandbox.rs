@@ -447,7 +447,36 @@ fn load_spec(req: &CreateContainerRequest) -> Result<Spec> {
             "the spec has no process".into(),
         ));
     }
+    normalize_rootfs_propagation(&mut spec)?;
     Ok(spec)
+}
+
+/// Gives `linux.rootfsPropagation` the spelling libcontainer 0.7 knows. CRI
+/// asks for "rslave" (a volume propagated host to container) and "rshared"
+/// (bidirectional), as runc accepts; libcontainer knows only the plain names and
+/// refuses the others, though it always applies them recursively.
+fn normalize_rootfs_propagation(spec: &mut Spec) -> Result<()> {
+    let Some(mut linux) = spec.linux().clone() else {
+        return Ok(());
+    };
+    let Some(asked) = linux.rootfs_propagation().clone() else {
+        return Ok(());
+    };
+    let plain = match asked.as_str() {
+        "shared" | "rshared" => "shared",
+        "slave" | "rslave" => "slave",
+        "private" | "rprivate" => "private",
+        "unbindable" | "runbindable" => "unbindable",
+        other => {
+            return Err(AgentError::InvalidArgument(format!(
+                "linux.rootfsPropagation {other:?} is none of shared, slave, private, \
+                 unbindable (or their r-forms)"
+            )))
+        }
+    };
+    linux.set_rootfs_propagation(Some(plain.to_string()));
+    spec.set_linux(Some(linux));
+    Ok(())
 }
 
 fn parse_spec(json: &[u8]) -> Result<Spec> {
@@ -552,6 +581,42 @@ mod tests {
         );
         let options = mounts[1].options().clone().unwrap_or_default();
         assert!(options.iter().any(|o| o == "ro"), "{options:?}");
+    }
+
+    #[test]
+    fn rootfs_propagation_gets_libcontainers_spelling() {
+        let with = |propagation: Option<&str>| {
+            let mut spec = Spec::default();
+            let mut linux = spec.linux().clone().unwrap_or_default();
+            linux.set_rootfs_propagation(propagation.map(String::from));
+            spec.set_linux(Some(linux));
+            spec
+        };
+        for (asked, plain) in [
+            ("rslave", "slave"),
+            ("rshared", "shared"),
+            ("rprivate", "private"),
+            ("runbindable", "unbindable"),
+            ("slave", "slave"),
+            ("shared", "shared"),
+        ] {
+            let mut spec = with(Some(asked));
+            normalize_rootfs_propagation(&mut spec).unwrap();
+            let linux = spec.linux().as_ref().unwrap();
+            assert_eq!(
+                linux.rootfs_propagation().as_deref(),
+                Some(plain),
+                "{asked}"
+            );
+        }
+        let mut spec = with(None);
+        normalize_rootfs_propagation(&mut spec).unwrap();
+        assert_eq!(spec.linux().as_ref().unwrap().rootfs_propagation(), &None);
+        let err = normalize_rootfs_propagation(&mut with(Some("rsideways"))).unwrap_err();
+        assert!(
+            matches!(&err, AgentError::InvalidArgument(m) if m.contains("rsideways")),
+            "{err}"
+        );
     }
 
     #[test]

@@ -444,6 +444,70 @@ fn a_bind_mounted_volume_is_shared() {
     remove(&f.agent, "vol");
 }
 
+/// CRI asks for `rootfsPropagation` "rslave" (a volume propagated host to
+/// container) or "rshared" (bidirectional), with the same option on the volume;
+/// a container with either starts, and with "rslave" a mount the host makes
+/// under the volume after the start appears in it.
+#[test]
+fn a_volume_with_propagation_starts_and_sees_later_host_mounts() {
+    let f = fixture();
+    let volume = Scratch::new("runv-agent-propagated");
+    let dir = volume.path().join("vol");
+    std::fs::create_dir_all(dir.join("sub")).expect("make the volume");
+    // The volume is a shared mount of its own, as CRI requires of its source.
+    let mount = |args: &[&str]| {
+        let status = std::process::Command::new("mount")
+            .args(args)
+            .status()
+            .expect("run mount");
+        assert!(status.success(), "mount {args:?}");
+    };
+    /// Unmounts the volume and what is under it however the test ends.
+    struct Unmount(String);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount")
+                .args(["-R", &self.0])
+                .status();
+        }
+    }
+    let dir_str = dir.display().to_string();
+    mount(&["--bind", &dir_str, &dir_str]);
+    let _unmount = Unmount(dir_str.clone());
+    mount(&["--make-shared", &dir_str]);
+    for (cid, propagation) in [("rslave", "rslave"), ("rshared", "rshared")] {
+        let script = "while [ ! -f /v/sub/marker ]; do sleep 0.05; done; cat /v/sub/marker";
+        let mut spec: serde_json::Value =
+            serde_json::from_str(&spec(cid, &sh(script), &SpecOptions::default()))
+                .expect("spec JSON");
+        spec["linux"]["rootfsPropagation"] = propagation.into();
+        spec["mounts"]
+            .as_array_mut()
+            .expect("mounts")
+            .push(serde_json::json!({
+                "destination": "/v", "type": "bind", "source": dir,
+                "options": ["rbind", "rw", propagation]
+            }));
+        f.agent.create(cid, &f.rootfs, &spec.to_string(), false);
+        let output = f.agent.collect(cid, "");
+        f.agent.start_container(cid);
+        // After the start: the host mounts a tmpfs under the volume.
+        let sub = dir.join("sub");
+        mount(&["-t", "tmpfs", "tmpfs", &sub.display().to_string()]);
+        std::fs::write(sub.join("marker"), format!("{cid} sees the host's mount\n"))
+            .expect("write the marker");
+        let out = output.finish(f.agent.wait(cid, ""));
+        let _ = std::process::Command::new("umount").arg(&sub).status();
+        assert_eq!(out.status, 0, "{cid}: {out:?}");
+        assert_eq!(
+            out.stdout,
+            format!("{cid} sees the host's mount\n"),
+            "{out:?}"
+        );
+        remove(&f.agent, cid);
+    }
+}
+
 #[test]
 fn bad_requests_get_precise_errors_and_the_agent_keeps_serving() {
     let f = fixture();
