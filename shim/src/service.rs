@@ -310,6 +310,7 @@ impl Inner {
             .flatten();
         let size = VmSize::for_pod(&config, resources);
         let files = PodFiles::of(spec).map_err(TaskError::InvalidArgument)?;
+        spec::refuse_host_namespaces(spec).map_err(TaskError::InvalidArgument)?;
         let network = spec::pod_network(spec).map_err(TaskError::InvalidArgument)?;
         let weak = Arc::downgrade(self);
         let sandbox = Sandbox::boot(&sandbox_id, config, size, &files, &network, move |status| {

@@ -118,6 +118,49 @@ pub fn pod_network(spec: &Value) -> Result<PodNetworkRequest, String> {
     }
 }
 
+/// The host namespaces a pod or container may ask for, which a VM cannot share:
+/// the `linux.namespaces` type and the Kubernetes field that leaves it out.
+const HOST_NAMESPACES: &[(&str, &str)] = &[
+    ("network", "hostNetwork"),
+    ("pid", "hostPID"),
+    ("ipc", "hostIPC"),
+];
+
+/// Refuses a spec that asks for one of the host's namespaces (it has no
+/// `linux.namespaces` entry of that type): the guest's processes cannot join the
+/// host's, and giving them the guest's own instead would hand a container the
+/// agent's, so the error names what was asked for.
+pub fn refuse_host_namespaces(spec: &Value) -> Result<(), String> {
+    let kinds: Vec<&str> = spec
+        .pointer("/linux/namespaces")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|ns| ns.get("type").and_then(Value::as_str))
+        .collect();
+    let asked: Vec<&(&'static str, &'static str)> = HOST_NAMESPACES
+        .iter()
+        .filter(|(kind, _)| !kinds.contains(kind))
+        .collect();
+    if asked.is_empty() {
+        return Ok(());
+    }
+    let list = |pick: fn(&(&'static str, &'static str)) -> &'static str| {
+        asked
+            .iter()
+            .map(|entry| pick(entry))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    Err(format!(
+        "the spec asks for the host's {} namespace{} ({}: no linux.namespaces entry of \
+         that type): a runv pod runs in a VM and cannot share the host's namespaces",
+        list(|(kind, _)| kind),
+        if asked.len() > 1 { "s" } else { "" },
+        list(|(_, field)| field),
+    ))
+}
+
 /// The pod (and so the shim and VM) task `task_id` belongs to.
 pub fn sandbox_id(task_id: &str, annotations: &HashMap<String, String>) -> String {
     match annotations.get(SANDBOX_ID_ANNOTATION) {
@@ -206,6 +249,7 @@ pub struct GuestSpec {
 /// `rootfs.guest`, bind sources move into the share, host hooks go, and joins of
 /// the pod's host namespaces become the guest's own.
 pub fn guest_spec(spec: &Value, cid: &str, rootfs: &SharedPath) -> Result<GuestSpec, String> {
+    refuse_host_namespaces(spec)?;
     let mut spec = spec.clone();
     let top = spec
         .as_object_mut()
@@ -434,10 +478,34 @@ mod tests {
     }
 
     #[test]
+    fn host_namespaces_are_refused_by_name() {
+        let with = |kinds: &[&str]| {
+            let namespaces: Vec<Value> = kinds.iter().map(|k| json!({"type": k})).collect();
+            json!({"linux": {"namespaces": namespaces}})
+        };
+        refuse_host_namespaces(&with(&["pid", "network", "ipc", "uts", "mount"])).unwrap();
+        let err = refuse_host_namespaces(&with(&["network", "ipc", "mount"])).unwrap_err();
+        assert!(err.contains("host's pid namespace (hostPID"), "{err}");
+        let err = refuse_host_namespaces(&with(&["pid", "network", "mount"])).unwrap_err();
+        assert!(err.contains("host's ipc namespace (hostIPC"), "{err}");
+        let err = refuse_host_namespaces(&with(&["mount"])).unwrap_err();
+        assert!(
+            err.contains("network, pid, ipc namespaces (hostNetwork, hostPID, hostIPC"),
+            "{err}"
+        );
+        assert!(refuse_host_namespaces(&json!({})).is_err());
+        let rootfs = SharedPath::new("c1", "rootfs");
+        let err = guest_spec(&with(&["network", "ipc"]), "c1", &rootfs).unwrap_err();
+        assert!(err.contains("hostPID"), "{err}");
+    }
+
+    #[test]
     fn a_relative_bind_source_is_refused() {
         let rootfs = SharedPath::new("c1", "rootfs");
-        let spec =
-            json!({"mounts": [{"destination": "/d", "type": "bind", "source": "../../etc"}]});
+        let spec = json!({
+            "mounts": [{"destination": "/d", "type": "bind", "source": "../../etc"}],
+            "linux": {"namespaces": [{"type": "pid"}, {"type": "network"}, {"type": "ipc"}]}
+        });
         let err = guest_spec(&spec, "c1", &rootfs).unwrap_err();
         assert!(err.contains("/d"), "{err}");
     }

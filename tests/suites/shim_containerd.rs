@@ -14,7 +14,10 @@
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use k8s_cri::v1::{DnsConfig, LinuxContainerResources};
+use k8s_cri::v1::{
+    DnsConfig, LinuxContainerResources, LinuxPodSandboxConfig, LinuxSandboxSecurityContext,
+    NamespaceMode, NamespaceOption,
+};
 use runv_tests::containerd::{
     assert_clean, pattern, run_with_deadline, wait_until, Containerd, Runtime, RunvConfig,
     TEST_IMAGE,
@@ -617,6 +620,52 @@ fn bad_input_is_refused_by_name() {
         cri.list_pod_sandboxes(None).is_empty(),
         "a failed RunPodSandbox left a pod"
     );
+
+    // The host's namespaces: a VM cannot share them; each is refused, naming
+    // the field that asked for it, before a VM boots.
+    refused("b6", &["--net-host"], &["hostNetwork"]);
+    let node = NamespaceMode::Node as i32;
+    for (field, options) in [
+        (
+            "hostPID",
+            NamespaceOption {
+                pid: node,
+                ..Default::default()
+            },
+        ),
+        (
+            "hostIPC",
+            NamespaceOption {
+                ipc: node,
+                ..Default::default()
+            },
+        ),
+        (
+            "hostNetwork",
+            NamespaceOption {
+                network: node,
+                ..Default::default()
+            },
+        ),
+    ] {
+        let mut pod = pod_config(&format!("host-{}", field.to_lowercase()));
+        pod.linux = Some(LinuxPodSandboxConfig {
+            security_context: Some(LinuxSandboxSecurityContext {
+                namespace_options: Some(options),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        let status = cri
+            .try_run_pod_sandbox(&pod, runtime.handler())
+            .expect_err(field);
+        assert!(status.message().contains(field), "{field}: {status:?}");
+        assert!(
+            cri.list_pod_sandboxes(None).is_empty(),
+            "a refused {field} pod was left"
+        );
+        assert_clean();
+    }
     finish(containerd);
 }
 
