@@ -19,6 +19,7 @@ mod sandbox;
 mod shutdown;
 mod spawn;
 mod stdio_server;
+mod sysctl;
 
 use std::process::ExitCode;
 

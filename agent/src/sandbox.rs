@@ -17,6 +17,7 @@ use crate::error::{AgentError, Result};
 use crate::mount::{self, MountPlan};
 use crate::oom::OomMonitor;
 use crate::reaper::Reaper;
+use crate::sysctl::{self, SysctlRoot};
 
 /// Longest container or exec id accepted.
 const MAX_ID_LEN: usize = 128;
@@ -38,6 +39,8 @@ pub struct SandboxHome {
     pub mount_root: PathBuf,
     /// Whether CreateSandbox sets the kernel's hostname (sethostname).
     pub set_hostname: bool,
+    /// Where the pod's sysctls go (`/proc/sys` in the guest).
+    pub sysctls: SysctlRoot,
 }
 
 impl SandboxHome {
@@ -47,14 +50,23 @@ impl SandboxHome {
             files: PathBuf::from(GUEST_SANDBOX_DIR),
             mount_root: PathBuf::from("/"),
             set_hostname: true,
+            sysctls: SysctlRoot {
+                dir: PathBuf::from("/proc/sys"),
+                create: false,
+            },
         }
     }
 
-    /// Host mode: `<state_dir>/sandbox`, mounts under `<state_dir>/sandbox/mounts`.
+    /// Host mode: `<state_dir>/sandbox`, mounts under `<state_dir>/sandbox/mounts`,
+    /// the pod's sysctls as files under `<state_dir>/sandbox/sysctl`.
     pub fn host(state_dir: &Path) -> Self {
         let files = state_dir.join("sandbox");
         Self {
             mount_root: files.join("mounts"),
+            sysctls: SysctlRoot {
+                dir: files.join("sysctl"),
+                create: true,
+            },
             files,
             set_hostname: false,
         }
@@ -135,6 +147,7 @@ impl Sandbox {
             check_hostname(&req.hostname)?;
         }
         let files = etc_files(req)?;
+        let sysctls = sysctl::plan(&self.home.sysctls, &req.sysctls)?;
         let plans = req
             .mounts
             .iter()
@@ -151,6 +164,7 @@ impl Sandbox {
             write_file(&path, &content)?;
             etc.push((destination, path));
         }
+        sysctl::write_all(&self.home.sysctls, &sysctls)?;
         if self.home.set_hostname && !req.hostname.is_empty() {
             nix::unistd::sethostname(&req.hostname).map_err(|e| {
                 AgentError::io(format!("set the hostname to {}", req.hostname))(e.into())

@@ -1,10 +1,12 @@
-//! The pod's hostname, hosts and resolv.conf, as CreateSandbox hands them to
-//! the guest. They come from the spec of the container that boots the VM: its
-//! `hostname`, and the files bind-mounted on `/etc/hosts` and
+//! The pod's hostname, hosts, resolv.conf and sysctls, as CreateSandbox hands
+//! them to the guest. They come from the spec of the container that boots the
+//! VM: its `hostname`, the files bind-mounted on `/etc/hosts` and
 //! `/etc/resolv.conf` (containerd's CRI gives the sandbox container its pod's
-//! resolv.conf this way, for VM runtimes).
+//! resolv.conf this way, for VM runtimes), and its `linux.sysctl` (containerd
+//! puts the pod's sysctls in the sandbox's spec only).
 
 use serde_json::Value;
+use std::collections::HashMap;
 use std::fs::File;
 use std::io::Read;
 use std::path::Path;
@@ -26,6 +28,8 @@ pub struct PodFiles {
     pub hosts: String,
     /// The lines of /etc/resolv.conf.
     pub dns: Vec<String>,
+    /// The pod's sysctls (the agent checks the names and values).
+    pub sysctls: HashMap<String, String>,
 }
 
 impl PodFiles {
@@ -46,10 +50,21 @@ impl PodFiles {
             .transpose()?
             .map(|text| resolv_lines(&text))
             .unwrap_or_default();
+        let sysctls = spec
+            .pointer("/linux/sysctl")
+            .and_then(Value::as_object)
+            .into_iter()
+            .flatten()
+            .map(|(key, value)| match value.as_str() {
+                Some(value) => Ok((key.clone(), value.to_string())),
+                None => Err(format!("linux.sysctl: the value of {key} is not a string")),
+            })
+            .collect::<Result<_, String>>()?;
         Ok(Self {
             hostname,
             hosts,
             dns,
+            sysctls,
         })
     }
 }
@@ -146,8 +161,20 @@ mod tests {
                 hostname: "pod-a".into(),
                 hosts: "127.0.0.1 localhost\n192.0.2.9 db\n".into(),
                 dns: vec!["nameserver 192.0.2.53".into(), "search example.test".into()],
+                sysctls: HashMap::new(),
             }
         );
+    }
+
+    #[test]
+    fn sysctls_come_from_the_spec_and_must_be_strings() {
+        let spec = json!({"linux": {"sysctl": {"kernel.shm_rmid_forced": "1", "net.ipv4.ip_forward": "0"}}});
+        let files = PodFiles::of(&spec).expect("pod files");
+        assert_eq!(files.sysctls.len(), 2);
+        assert_eq!(files.sysctls["kernel.shm_rmid_forced"], "1");
+        let spec = json!({"linux": {"sysctl": {"net.ipv4.ip_forward": 1}}});
+        let err = PodFiles::of(&spec).expect_err("a number");
+        assert!(err.contains("net.ipv4.ip_forward"), "{err}");
     }
 
     #[test]

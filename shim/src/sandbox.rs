@@ -213,6 +213,7 @@ fn prepare_guest(agent: &AgentClient, id: &str, files: &PodFiles) -> Result<(), 
         hostname: files.hostname.clone(),
         hosts: files.hosts.clone(),
         dns: files.dns.clone(),
+        sysctls: files.sysctls.clone(),
         shared_dir: GUEST_SHARED_DIR.to_string(),
         ..Default::default()
     };

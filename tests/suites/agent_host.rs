@@ -508,6 +508,46 @@ fn a_volume_with_propagation_starts_and_sees_later_host_mounts() {
     }
 }
 
+/// CreateSandbox sets the pod's sysctls in the pod's (the guest's own) IPC
+/// and network namespaces: in host mode, as files under the state dir. A
+/// container with namespaces of its own gets its spec's sysctls inside them.
+#[test]
+fn pod_sysctls_go_to_the_pod_and_a_containers_own_to_it() {
+    let f = fixture();
+    let sandbox = CreateSandboxRequest {
+        sysctls: [
+            ("kernel.shm_rmid_forced", "1"),
+            ("net.ipv4.ip_unprivileged_port_start", "80"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect(),
+        ..Default::default()
+    };
+    f.agent
+        .client
+        .create_sandbox(ctx(), &sandbox)
+        .expect("create sandbox with sysctls");
+    let pod_file = |rel: &str| {
+        std::fs::read_to_string(f.agent.state_dir().join("sandbox/sysctl").join(rel))
+            .unwrap_or_else(|e| panic!("the pod's sysctl {rel}: {e}"))
+    };
+    assert_eq!(pod_file("kernel/shm_rmid_forced"), "1");
+    assert_eq!(pod_file("net/ipv4/ip_unprivileged_port_start"), "80");
+
+    let script = "cat /proc/sys/kernel/domainname /proc/sys/net/ipv4/ip_unprivileged_port_start";
+    let mut own: serde_json::Value =
+        serde_json::from_str(&spec("own", &sh(script), &SpecOptions::default()))
+            .expect("spec JSON");
+    own["linux"]["sysctl"] = serde_json::json!({
+        "kernel.domainname": "pod.test",
+        "net.ipv4.ip_unprivileged_port_start": "81"
+    });
+    let out = f.agent.run("own", &f.rootfs, &own.to_string());
+    assert_eq!(out.stdout, "pod.test\n81\n", "{out:?}");
+    remove(&f.agent, "own");
+}
+
 #[test]
 fn bad_requests_get_precise_errors_and_the_agent_keeps_serving() {
     let f = fixture();
@@ -1395,6 +1435,22 @@ fn bad_sandbox_requests_are_refused_and_change_nothing() {
             ttrpc::Code::INVALID_ARGUMENT,
         ),
         (
+            "sysctl outside the pod's namespaces",
+            CreateSandboxRequest {
+                sysctls: [("kernel.panic".to_string(), "1".to_string())].into(),
+                ..Default::default()
+            },
+            ttrpc::Code::INVALID_ARGUMENT,
+        ),
+        (
+            "sysctl name leaving /proc/sys",
+            CreateSandboxRequest {
+                sysctls: [("net.ipv4/../../x".to_string(), "1".to_string())].into(),
+                ..Default::default()
+            },
+            ttrpc::Code::INVALID_ARGUMENT,
+        ),
+        (
             // The first mount is made, the second fails: the first is undone.
             "unknown file system",
             CreateSandboxRequest {
@@ -1412,6 +1468,10 @@ fn bad_sandbox_requests_are_refused_and_change_nothing() {
             mounts_under(&root)
         );
     }
+    assert!(
+        !f.agent.state_dir().join("sandbox/sysctl").exists(),
+        "a refused sysctl was written"
+    );
     // None of them counted as the sandbox's creation.
     c.create_sandbox(ctx(), &CreateSandboxRequest::new())
         .expect("create sandbox after refusals");

@@ -283,7 +283,7 @@ fn ctr_task_exec_ps_pause_metrics_kill() {
 }
 
 /// One pod (one VM) with two containers, through the CRI: ExecSync in both, both
-/// in the same VM with the pod's hostname and DNS, ContainerStats,
+/// in the same VM with the pod's hostname, DNS and sysctls, ContainerStats,
 /// UpdateContainerResources, StopContainer (SIGKILL after the grace period for
 /// a container ignoring SIGTERM, at once for one that exits on it),
 /// StopPodSandbox, RemovePodSandbox.
@@ -298,6 +298,16 @@ fn cri_pod_with_two_containers() {
         searches: vec!["pods.example.test".into()],
         options: vec!["ndots:2".into()],
     });
+    // The pod's sysctls, one of its IPC and one of its network namespace.
+    if let Some(linux) = pod.linux.as_mut() {
+        linux.sysctls = [
+            ("kernel.shm_rmid_forced", "1"),
+            ("net.ipv4.ip_unprivileged_port_start", "80"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    }
     let pod_id = cri.run_pod_sandbox(&pod, runtime.handler());
     let mut ids = Vec::new();
     for name in ["first", "second"] {
@@ -326,6 +336,8 @@ fn cri_pod_with_two_containers() {
                 "sh",
                 "-c",
                 "echo $NAME; cat /proc/sys/kernel/random/boot_id; hostname; \
+                 cat /proc/sys/kernel/shm_rmid_forced \
+                 /proc/sys/net/ipv4/ip_unprivileged_port_start; \
                  grep -v '^#' /etc/resolv.conf; exit 4",
             ],
             60,
@@ -336,6 +348,16 @@ fn cri_pod_with_two_containers() {
         assert_eq!(lines.next(), Some(name), "{out}");
         boot_ids.push(lines.next().unwrap_or_default().to_owned());
         assert_eq!(lines.next(), Some("two"), "the pod's hostname: {out}");
+        assert_eq!(
+            lines.next(),
+            Some("1"),
+            "the pod's kernel.shm_rmid_forced: {out}"
+        );
+        assert_eq!(
+            lines.next(),
+            Some("80"),
+            "the pod's net.ipv4.ip_unprivileged_port_start: {out}"
+        );
         let resolv: Vec<&str> = lines.collect();
         for expected in [
             "nameserver 192.0.2.53",
