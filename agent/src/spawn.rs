@@ -467,37 +467,17 @@ mod tests {
     #[test]
     fn bad_helper_command_lines_are_refused() {
         for bad in [
-            &[][..],
-            &["init"],
-            &["init", "--root", "/r", "--id", "c"],
-            &["exec", "--root", "/r", "--id", "c", "--bundle", "/b"],
-            &[
-                "exec",
-                "--root",
-                "/r",
-                "--id",
-                "c",
-                "--bundle",
-                "/b",
-                "--process",
-                "/p",
-            ],
-            &[
-                "init",
-                "--root",
-                "/r",
-                "--id",
-                "c",
-                "--bundle",
-                "/b",
-                "--process",
-                "/p",
-            ],
-            &["init", "--root"],
-            &["init", "init"],
-            &["run", "--root", "/r", "--id", "c", "--bundle", "/b"],
+            "",
+            "init",
+            "init --root /r --id c",
+            "exec --root /r --id c --bundle /b",
+            "exec --root /r --id c --bundle /b --process /p",
+            "init --root /r --id c --bundle /b --process /p",
+            "init --root",
+            "init init",
+            "run --root /r --id c --bundle /b",
         ] {
-            let args: Vec<String> = bad.iter().map(|s| s.to_string()).collect();
+            let args: Vec<String> = bad.split_whitespace().map(String::from).collect();
             assert!(
                 matches!(
                     SpawnRequest::parse(&args),

@@ -9,7 +9,8 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use protocol::agent::{
-    AgentClient, CreateContainerRequest, StartContainerRequest, Stdio, WaitProcessRequest,
+    AgentClient, CreateContainerRequest, ExecProcessRequest, StartContainerRequest, Stdio,
+    WaitProcessRequest,
 };
 use protocol::stdio::{StreamHeader, StreamKind};
 
@@ -379,6 +380,22 @@ pub fn spec(cid: &str, args: &[&str], opts: &SpecOptions) -> String {
         spec["linux"]["seccomp"] = seccomp.clone();
     }
     spec.to_string()
+}
+
+/// ExecProcess of `args` as exec `eid` in container `cid`, stdout and stderr on.
+pub fn exec_request(cid: &str, eid: &str, args: &[&str]) -> ExecProcessRequest {
+    ExecProcessRequest {
+        container_id: cid.into(),
+        exec_id: eid.into(),
+        process: exec_process(args),
+        stdio: Some(Stdio {
+            stdout: true,
+            stderr: true,
+            ..Default::default()
+        })
+        .into(),
+        ..Default::default()
+    }
 }
 
 /// An OCI `process` JSON for ExecProcess running `args` as root.

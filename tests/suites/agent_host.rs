@@ -16,7 +16,7 @@ use protocol::agent::{
     UpdateInterfaceRequest, UpdateRoutesRequest, WaitProcessRequest,
 };
 use protocol::stdio::StreamKind;
-use runv_tests::agent_host::{ctx, exec_process, spec, HostAgent, SpecOptions};
+use runv_tests::agent_host::{ctx, exec_request, spec, HostAgent, SpecOptions};
 use runv_tests::host::require_root;
 use runv_tests::scratch::Scratch;
 
@@ -159,20 +159,11 @@ fn exec_runs_in_the_running_container() {
     let init = f.agent.collect(cid, "");
     f.agent.start_container(cid);
 
-    let req = ExecProcessRequest {
-        container_id: cid.into(),
-        exec_id: "e1".into(),
-        process: exec_process(&sh(
-            "while [ ! -f /tmp/mark ]; do sleep 0.05; done; cat /tmp/mark; echo $$; exit 3",
-        )),
-        stdio: Some(Stdio {
-            stdout: true,
-            stderr: true,
-            ..Default::default()
-        })
-        .into(),
-        ..Default::default()
-    };
+    let req = exec_request(
+        cid,
+        "e1",
+        &sh("while [ ! -f /tmp/mark ]; do sleep 0.05; done; cat /tmp/mark; echo $$; exit 3"),
+    );
     let pid = f.agent.client.exec_process(ctx(), &req).expect("exec").pid;
     assert!(pid > 0);
     let out = f.agent.collect(cid, "e1").finish(f.agent.wait(cid, "e1"));
@@ -377,18 +368,7 @@ fn a_seccomp_profile_filters_the_container_and_its_execs() {
         false,
     );
     f.agent.start_container("sc2");
-    let req = ExecProcessRequest {
-        container_id: "sc2".into(),
-        exec_id: "mk".into(),
-        process: exec_process(&sh("mkdir /tmp/e; echo mkdir=$?")),
-        stdio: Some(Stdio {
-            stdout: true,
-            stderr: true,
-            ..Default::default()
-        })
-        .into(),
-        ..Default::default()
-    };
+    let req = exec_request("sc2", "mk", &sh("mkdir /tmp/e; echo mkdir=$?"));
     f.agent
         .client
         .exec_process(ctx(), &req)
@@ -1039,18 +1019,7 @@ fn containers_and_execs_are_made_while_agent_threads_come_and_go() {
             f.agent.start_container(&cid);
             for e in 0..3 {
                 let eid = format!("e{e}");
-                let req = ExecProcessRequest {
-                    container_id: cid.clone(),
-                    exec_id: eid.clone(),
-                    process: exec_process(&sh("echo $$")),
-                    stdio: Some(Stdio {
-                        stdout: true,
-                        stderr: true,
-                        ..Default::default()
-                    })
-                    .into(),
-                    ..Default::default()
-                };
+                let req = exec_request(&cid, &eid, &sh("echo $$"));
                 f.agent
                     .client
                     .exec_process(ctx(), &req)
