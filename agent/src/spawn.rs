@@ -213,7 +213,7 @@ pub fn spawn(request: &SpawnRequest, stdio: ChildStdio) -> Result<i32> {
         .spawn()
         .map_err(AgentError::io(format!("{step}: start the spawn helper")))?;
     drop(answer_in_child);
-    let line = read_answer(&answer, &mut child, &step);
+    let line = read_answer(answer, &mut child, &step);
     let status = reap(&mut child);
     let line = line?;
     parse_answer(&line).unwrap_or_else(|| {
@@ -229,18 +229,11 @@ pub fn spawn(request: &SpawnRequest, stdio: ChildStdio) -> Result<i32> {
 
 /// Reads the helper's answer line (empty if it ended without one); kills the
 /// helper once [`SPAWN_TIMEOUT`] has passed.
-fn read_answer(answer: &OwnedFd, child: &mut Child, step: &str) -> Result<String> {
+fn read_answer(answer: OwnedFd, child: &mut Child, step: &str) -> Result<String> {
     let deadline = Instant::now() + SPAWN_TIMEOUT;
     let mut buffer = Vec::new();
-    let mut file = File::from(
-        answer
-            .try_clone()
-            .map_err(AgentError::io(format!("{step}: answer pipe")))?,
-    );
-    loop {
-        if buffer.contains(&b'\n') || buffer.len() >= MAX_ANSWER {
-            break;
-        }
+    let mut file = File::from(answer);
+    while !buffer.contains(&b'\n') && buffer.len() < MAX_ANSWER {
         let now = Instant::now();
         if now >= deadline {
             let _ = child.kill();
@@ -248,39 +241,44 @@ fn read_answer(answer: &OwnedFd, child: &mut Child, step: &str) -> Result<String
                 "{step}: the spawn helper gave no answer within {SPAWN_TIMEOUT:?}"
             )));
         }
-        let wait = (deadline - now).min(Duration::from_millis(100));
-        let mut fds = [PollFd::new(answer.as_fd(), PollFlags::POLLIN)];
-        let ready = poll(
-            &mut fds,
-            PollTimeout::try_from(wait).unwrap_or(PollTimeout::MAX),
-        )
-        .unwrap_or(0);
-        if ready > 0 {
-            let mut chunk = [0u8; 4096];
-            match file.read(&mut chunk) {
-                Ok(0) => break,
-                Ok(n) => buffer.extend_from_slice(&chunk[..n]),
-                Err(err) if err.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(err) => return Err(AgentError::io(format!("{step}: answer pipe"))(err)),
+        let wait = PollTimeout::try_from((deadline - now).min(Duration::from_millis(100)))
+            .unwrap_or(PollTimeout::MAX);
+        match read_within(&mut file, wait, &mut buffer) {
+            Ok(Some(0)) => break,
+            Ok(Some(_)) => {}
+            Ok(None) if matches!(child.try_wait(), Ok(Some(_))) => {
+                // The container's init may hold the pipe open (it has not
+                // exec'd yet): the helper's exit, not EOF, says no answer is
+                // coming. Take what it wrote just before.
+                let _ = read_within(&mut file, PollTimeout::ZERO, &mut buffer);
+                break;
             }
-        } else if matches!(child.try_wait(), Ok(Some(_))) {
-            // The container's init may hold the pipe open (it has not exec'd
-            // yet): the helper's exit, not EOF, says no answer is coming. Take
-            // what it wrote just before.
-            let mut fds = [PollFd::new(answer.as_fd(), PollFlags::POLLIN)];
-            if poll(&mut fds, PollTimeout::ZERO).unwrap_or(0) > 0 {
-                let mut chunk = [0u8; 4096];
-                if let Ok(n) = file.read(&mut chunk) {
-                    buffer.extend_from_slice(&chunk[..n]);
-                }
-            }
-            break;
+            Ok(None) => {}
+            Err(err) if err.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(err) => return Err(AgentError::io(format!("{step}: answer pipe"))(err)),
         }
     }
     buffer.truncate(MAX_ANSWER);
     let end = buffer.iter().position(|&b| b == b'\n').unwrap_or(0);
     buffer.truncate(end);
     Ok(String::from_utf8_lossy(&buffer).into_owned())
+}
+
+/// Appends what `file` has within `wait` to `buffer`: the count read (0 at
+/// EOF), or `None` if nothing came.
+fn read_within(
+    file: &mut File,
+    wait: PollTimeout,
+    buffer: &mut Vec<u8>,
+) -> std::io::Result<Option<usize>> {
+    let mut fds = [PollFd::new(file.as_fd(), PollFlags::POLLIN)];
+    if poll(&mut fds, wait)? == 0 {
+        return Ok(None);
+    }
+    let mut chunk = [0u8; 4096];
+    let n = file.read(&mut chunk)?;
+    buffer.extend_from_slice(&chunk[..n]);
+    Ok(Some(n))
 }
 
 /// Reaps the helper, which exits right after its answer; kills it if it does
@@ -368,7 +366,7 @@ fn make(request: &SpawnRequest) -> Result<i32> {
             .map(|copy| unsafe { OwnedFd::from_raw_fd(copy) })
             .map_err(|e| AgentError::io(format!("copy stdio fd {fd}"))(e.into()))
     };
-    let (stdin, stdout, stderr) = (stdio_copy(0)?, stdio_copy(1)?, stdio_copy(2)?);
+    let stdio = [stdio_copy(0)?, stdio_copy(1)?, stdio_copy(2)?];
     match request {
         SpawnRequest::Init {
             root,
@@ -376,13 +374,7 @@ fn make(request: &SpawnRequest) -> Result<i32> {
             bundle,
             console,
         } => {
-            let container = ContainerBuilder::new(id.clone(), SyscallType::default())
-                .with_root_path(root)
-                .map_err(AgentError::runtime("state root"))?
-                .with_console_socket(console.as_deref())
-                .with_stdin(stdin)
-                .with_stdout(stdout)
-                .with_stderr(stderr)
+            let container = builder(root, id, console.as_deref(), stdio)?
                 .validate_id()
                 .map_err(AgentError::runtime("container id"))?
                 .as_init(bundle)
@@ -404,13 +396,7 @@ fn make(request: &SpawnRequest) -> Result<i32> {
             ..
         } => {
             let seccomp = container_seccomp(bundle)?;
-            let pid = ContainerBuilder::new(id.clone(), SyscallType::default())
-                .with_root_path(root)
-                .map_err(AgentError::runtime("state root"))?
-                .with_console_socket(console.as_deref())
-                .with_stdin(stdin)
-                .with_stdout(stdout)
-                .with_stderr(stderr)
+            let pid = builder(root, id, console.as_deref(), stdio)?
                 .with_executor(ExecSeccomp::new(seccomp))
                 .as_tenant()
                 .with_process(Some(process))
@@ -420,6 +406,25 @@ fn make(request: &SpawnRequest) -> Result<i32> {
             Ok(pid.as_raw())
         }
     }
+}
+
+/// libcontainer's builder for container `id` under `root`, with `stdio`
+/// (stdin, stdout, stderr) and the console socket.
+fn builder(
+    root: &Path,
+    id: &str,
+    console: Option<&Path>,
+    [stdin, stdout, stderr]: [OwnedFd; 3],
+) -> Result<ContainerBuilder> {
+    Ok(
+        ContainerBuilder::new(id.to_string(), SyscallType::default())
+            .with_root_path(root)
+            .map_err(AgentError::runtime("state root"))?
+            .with_console_socket(console)
+            .with_stdin(stdin)
+            .with_stdout(stdout)
+            .with_stderr(stderr),
+    )
 }
 
 /// The seccomp profile of the container whose bundle is `bundle`.

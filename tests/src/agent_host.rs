@@ -382,18 +382,22 @@ pub fn spec(cid: &str, args: &[&str], opts: &SpecOptions) -> String {
     spec.to_string()
 }
 
+/// Stdio with stdout and stderr streams, no stdin.
+pub fn output_stdio() -> Stdio {
+    Stdio {
+        stdout: true,
+        stderr: true,
+        ..Default::default()
+    }
+}
+
 /// ExecProcess of `args` as exec `eid` in container `cid`, stdout and stderr on.
 pub fn exec_request(cid: &str, eid: &str, args: &[&str]) -> ExecProcessRequest {
     ExecProcessRequest {
         container_id: cid.into(),
         exec_id: eid.into(),
         process: exec_process(args),
-        stdio: Some(Stdio {
-            stdout: true,
-            stderr: true,
-            ..Default::default()
-        })
-        .into(),
+        stdio: Some(output_stdio()).into(),
         ..Default::default()
     }
 }

@@ -16,7 +16,7 @@ use protocol::agent::{
     UpdateInterfaceRequest, UpdateRoutesRequest, WaitProcessRequest,
 };
 use protocol::stdio::StreamKind;
-use runv_tests::agent_host::{ctx, exec_request, spec, HostAgent, SpecOptions};
+use runv_tests::agent_host::{ctx, exec_request, output_stdio, spec, HostAgent, SpecOptions};
 use runv_tests::host::require_root;
 use runv_tests::scratch::Scratch;
 
@@ -1165,12 +1165,7 @@ fn paths_outside_the_shared_dir_are_refused() {
         container_id: cid.into(),
         oci_spec: spec(cid, &sh("cat /data/in"), opts),
         rootfs: rootfs.display().to_string(),
-        stdio: Some(Stdio {
-            stdout: true,
-            stderr: true,
-            ..Default::default()
-        })
-        .into(),
+        stdio: Some(output_stdio()).into(),
         ..Default::default()
     };
     let (code, msg) = rpc_code(c.create_container(

@@ -10,7 +10,7 @@ use protocol::agent::{
 };
 use protocol::stdio::{StreamHeader, StreamKind, AGENT_STDIO_VSOCK_PORT};
 use protocol::{AGENT_VSOCK_PORT, BOOT_MARKER, GUEST_SHARED_DIR};
-use runv_tests::agent_host::{ctx, read_all, spec, unpack_test_image, SpecOptions};
+use runv_tests::agent_host::{ctx, output_stdio, read_all, spec, unpack_test_image, SpecOptions};
 use runv_tests::artefacts::{vmm_binary, GuestArtefacts};
 use runv_tests::console::VmProcess;
 use runv_tests::host::{assert_no_process_left, require_kvm};
@@ -97,12 +97,7 @@ fn agent_in_the_guest_runs_a_container_from_the_shared_directory() {
             &SpecOptions::default(),
         ),
         rootfs: format!("{GUEST_SHARED_DIR}/c1/bundle/rootfs"),
-        stdio: Some(Stdio {
-            stdout: true,
-            stderr: true,
-            ..Default::default()
-        })
-        .into(),
+        stdio: Some(output_stdio()).into(),
         ..Default::default()
     };
     client
