@@ -178,13 +178,37 @@ impl Containerd {
 
     /// The last 60 lines of containerd's log, for failure messages.
     pub fn log_tail(&self) -> String {
-        let log = fs::read_to_string(self.dir().join("containerd.log")).unwrap_or_default();
-        let lines: Vec<&str> = log.lines().collect();
-        let tail = lines[lines.len().saturating_sub(60)..].join("\n");
-        format!(
-            "--- containerd.log (last {} lines)\n{tail}",
-            lines.len().min(60)
-        )
+        file_tail(&self.dir().join("containerd.log"), 60)
+    }
+
+    /// What a test that panicked leaves to read on stderr: containerd's log
+    /// (the shims write theirs into it), the threads of every live shim of
+    /// this instance as gdb sees them (a hung call shows where it waits), and
+    /// the tail of each pod's `vmm.log` and `console.log`.
+    fn report_failure(&self) {
+        eprintln!("containerd fixture: the test failed; what runv and containerd left:");
+        eprintln!("{}", file_tail(&self.dir().join("containerd.log"), 200));
+        for (pid, _) in self.shims() {
+            let mut gdb = Command::new("gdb");
+            gdb.args(["-p", &pid.to_string(), "-batch", "-nx"])
+                .args(["-ex", "thread apply all bt 30"]);
+            let report = match run_with_deadline(gdb, None, Duration::from_secs(120)) {
+                Ok(out) | Err(out) => String::from_utf8_lossy(&out.stdout).into_owned(),
+            };
+            let threads: Vec<&str> = report
+                .lines()
+                .filter(|line| line.starts_with("Thread ") || line.starts_with('#'))
+                .collect();
+            eprintln!("--- shim {pid}: its threads\n{}", threads.join("\n"));
+        }
+        let pods = fs::read_dir(RUNV_RUN_DIR)
+            .map(|entries| entries.filter_map(Result::ok).map(|e| e.path()).collect())
+            .unwrap_or_else(|_| Vec::new());
+        for pod in pods {
+            for log in ["vmm.log", "console.log"] {
+                eprintln!("{}", file_tail(&pod.join(log), 40));
+            }
+        }
     }
 
     /// `ctr --address <socket> --namespace <namespace>`, for a caller that runs it itself.
@@ -409,6 +433,9 @@ impl Containerd {
 
 impl Drop for Containerd {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.report_failure();
+        }
         self.stop();
         for (pid, cmdline) in self.shims() {
             eprintln!("containerd fixture: killing shim {pid} ({cmdline}) and its descendants");
@@ -759,6 +786,19 @@ pub struct Feed {
     pub close_when: Box<dyn Fn() -> bool + Send>,
 }
 
+/// The last `count` lines of the file at `path`, under a header naming it.
+fn file_tail(path: &Path, count: usize) -> String {
+    let text = fs::read(path).unwrap_or_default();
+    let text = String::from_utf8_lossy(&text);
+    let lines: Vec<&str> = text.lines().collect();
+    let tail = lines[lines.len().saturating_sub(count)..].join("\n");
+    format!(
+        "--- {} (last {} lines)\n{tail}",
+        path.display(),
+        lines.len().min(count)
+    )
+}
+
 /// Runs `command` with `stdin` (or none) and its output captured; `Err` with what
 /// it printed if it ran past `timeout` and was killed.
 pub fn run_with_deadline(
@@ -858,10 +898,16 @@ fn delete_after_dead_shim(cmdline: &str) {
             id,
             "delete",
         ])
-        .current_dir("/")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    let _ = run_with_deadline(command, None, Duration::from_secs(30));
+        .current_dir("/");
+    // Only after a test left a shim: what the cleanup said is worth reading.
+    let output = match run_with_deadline(command, None, Duration::from_secs(30)) {
+        Ok(output) | Err(output) => output,
+    };
+    eprintln!(
+        "containerd fixture: {program} delete {id}: {}\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr).trim_end()
+    );
 }
 
 fn kill_tree(pid: i32) {
