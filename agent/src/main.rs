@@ -12,6 +12,7 @@ mod init;
 mod mount;
 mod network;
 mod oom;
+mod pid_namespace;
 mod process;
 mod reaper;
 mod rpc;
@@ -24,6 +25,12 @@ mod sysctl;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
+    // The pod's PID namespace holder is PID 1 of its namespace: recognised
+    // before the guest's PID 1 (whose kernel command line, written by the
+    // shim, never carries this argument).
+    if std::env::args().nth(1).as_deref() == Some(pid_namespace::HOLDER_ARG) {
+        return pid_namespace::holder_main();
+    }
     // As PID 1 the arguments are whatever the kernel passed on from its command
     // line: never read them as host-mode flags.
     if std::process::id() == 1 {

@@ -57,6 +57,17 @@ pub struct ChildStdio {
     pub stderr: OwnedFd,
 }
 
+impl ChildStdio {
+    /// /dev/null on all three.
+    pub fn null() -> Result<Self> {
+        Ok(Self {
+            stdin: dev_null(false)?,
+            stdout: dev_null(true)?,
+            stderr: dev_null(true)?,
+        })
+    }
+}
+
 /// One stdio stream of a process, seen from the agent.
 enum Slot<T> {
     /// The request did not ask for this stream.

@@ -9,13 +9,17 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use oci_spec::runtime::{Mount as OciMount, MountBuilder, Spec};
+use oci_spec::runtime::{
+    LinuxNamespace, LinuxNamespaceBuilder, LinuxNamespaceType, Mount as OciMount, MountBuilder,
+    Spec,
+};
 use protocol::agent::{CreateContainerRequest, CreateSandboxRequest};
 
 use crate::container::{Container, StatePaths};
 use crate::error::{AgentError, Result};
 use crate::mount::{self, MountPlan};
 use crate::oom::OomMonitor;
+use crate::pid_namespace::PodPidNamespace;
 use crate::reaper::Reaper;
 use crate::sysctl::{self, SysctlRoot};
 
@@ -92,6 +96,8 @@ pub struct Sandbox {
     setup: Mutex<Option<Setup>>,
     /// Ids being created: taken, but not yet in `containers`.
     creating: Mutex<HashSet<String>>,
+    /// The PID namespace the pod's containers share, once one asked for it.
+    pod_pid_namespace: Mutex<Option<PodPidNamespace>>,
     paths: StatePaths,
     home: SandboxHome,
     reaper: Arc<Reaper>,
@@ -111,6 +117,7 @@ impl Sandbox {
         Self {
             containers: Mutex::new(HashMap::new()),
             creating: Mutex::new(HashSet::new()),
+            pod_pid_namespace: Mutex::new(None),
             setup: Mutex::new(None),
             paths,
             home,
@@ -179,10 +186,12 @@ impl Sandbox {
         Ok(())
     }
 
-    /// Removes every container, then undoes the sandbox mounts; CreateSandbox
-    /// may be called again afterwards. Reports the first failure.
+    /// Removes every container, ends the pod's shared PID namespace, then
+    /// undoes the sandbox mounts; CreateSandbox may be called again
+    /// afterwards. Reports the first failure.
     pub fn destroy(&self) -> Result<()> {
         let removed = self.remove_all();
+        self.lock_pod_pid_namespace().take();
         if let Some(setup) = self.lock_setup().take() {
             mount::unmount_all(&setup.mounts);
         }
@@ -193,6 +202,10 @@ impl Sandbox {
     pub fn create_container(&self, req: &CreateContainerRequest) -> Result<()> {
         check_id("container_id", &req.container_id)?;
         let mut spec = load_spec(req)?;
+        if req.sandbox_pidns {
+            let path = self.pod_pid_namespace_path()?;
+            join_pid_namespace(&mut spec, path)?;
+        }
         {
             let setup = self.lock_setup();
             if let Some(shared) = setup.as_ref().and_then(|s| s.shared_dir.as_ref()) {
@@ -270,6 +283,22 @@ impl Sandbox {
             }
         }
         first_error.map_or(Ok(()), Err)
+    }
+
+    /// The pod's shared PID namespace, started on first use.
+    fn pod_pid_namespace_path(&self) -> Result<PathBuf> {
+        let mut slot = self.lock_pod_pid_namespace();
+        let namespace = match &mut *slot {
+            Some(namespace) => namespace,
+            empty => empty.insert(PodPidNamespace::start(&self.reaper)?),
+        };
+        namespace.path()
+    }
+
+    fn lock_pod_pid_namespace(&self) -> MutexGuard<'_, Option<PodPidNamespace>> {
+        self.pod_pid_namespace
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
     }
 
     fn lock_setup(&self) -> MutexGuard<'_, Option<Setup>> {
@@ -463,6 +492,28 @@ fn load_spec(req: &CreateContainerRequest) -> Result<Spec> {
     }
     normalize_rootfs_propagation(&mut spec)?;
     Ok(spec)
+}
+
+/// Puts the container's processes into the PID namespace at `path`: its spec's
+/// pid namespace entry gets the path (one is added if it has none).
+fn join_pid_namespace(spec: &mut Spec, path: PathBuf) -> Result<()> {
+    let mut linux = spec.linux().clone().unwrap_or_default();
+    let mut namespaces: Vec<LinuxNamespace> = linux
+        .namespaces()
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|ns| ns.typ() != LinuxNamespaceType::Pid)
+        .collect();
+    let joined = LinuxNamespaceBuilder::default()
+        .typ(LinuxNamespaceType::Pid)
+        .path(path)
+        .build()
+        .map_err(|e| AgentError::InvalidArgument(format!("pid namespace entry: {e}")))?;
+    namespaces.push(joined);
+    linux.set_namespaces(Some(namespaces));
+    spec.set_linux(Some(linux));
+    Ok(())
 }
 
 /// Gives `linux.rootfsPropagation` the spelling libcontainer 0.7 knows. CRI

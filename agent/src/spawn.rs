@@ -13,7 +13,7 @@
 
 use std::fs::File;
 use std::io::{Read, Write};
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitCode};
@@ -29,6 +29,7 @@ use protobuf::Enum;
 
 use crate::error::{AgentError, Result};
 use crate::exec_seccomp::ExecSeccomp;
+use crate::pid_namespace;
 use crate::process::ChildStdio;
 
 /// The first argument that makes the agent binary a spawn helper.
@@ -72,13 +73,19 @@ pub enum SpawnRequest {
         /// The console socket, when the process has a terminal.
         console: Option<PathBuf>,
     },
+    /// The pod's shared PID namespace and its holder (see `pid_namespace`).
+    PodPidNamespace,
 }
+
+/// The helper argument for [`SpawnRequest::PodPidNamespace`].
+const POD_PID_NAMESPACE: &str = "pod-pid-namespace";
 
 impl SpawnRequest {
     /// The helper's arguments after [`SPAWN_ARG`].
     fn to_args(&self) -> Vec<&std::ffi::OsStr> {
         let mut args: Vec<&std::ffi::OsStr> = Vec::new();
         let (kind, root, id, bundle, console) = match self {
+            Self::PodPidNamespace => return vec![POD_PID_NAMESPACE.as_ref()],
             Self::Init {
                 root,
                 id,
@@ -120,6 +127,11 @@ impl SpawnRequest {
     /// Reads the arguments [`SpawnRequest::to_args`] wrote.
     fn parse(args: &[String]) -> Result<Self> {
         let usage = |what: String| AgentError::InvalidArgument(format!("spawn helper: {what}"));
+        if let [only] = args {
+            if only == POD_PID_NAMESPACE {
+                return Ok(Self::PodPidNamespace);
+            }
+        }
         let (mut kind, mut root, mut id, mut bundle, mut console) = (None, None, None, None, None);
         let (mut exec_id, mut process) = (None, None);
         let mut rest = args.iter();
@@ -177,6 +189,7 @@ impl SpawnRequest {
         match self {
             Self::Init { id, .. } => format!("create container {id}"),
             Self::Exec { id, exec_id, .. } => format!("exec {exec_id} in {id}"),
+            Self::PodPidNamespace => "start the pod's shared PID namespace".into(),
         }
     }
 }
@@ -185,7 +198,19 @@ impl SpawnRequest {
 /// the pid of the container's init or of the exec'd process. The caller holds
 /// the reaper's spawn guard, so the helper's exit is this function's to reap.
 pub fn spawn(request: &SpawnRequest, stdio: ChildStdio) -> Result<i32> {
+    spawn_with_lifeline(request, stdio, None)
+}
+
+/// [`spawn`], with `lifeline` (if any) as the helper's fd
+/// [`pid_namespace::LIFELINE_FD`], for what it leaves behind. `lifeline` must
+/// not be fd 3 or 4.
+pub fn spawn_with_lifeline(
+    request: &SpawnRequest,
+    stdio: ChildStdio,
+    lifeline: Option<BorrowedFd<'_>>,
+) -> Result<i32> {
     let step = request.step();
+    let lifeline = lifeline.map(|fd| fd.as_raw_fd());
     let (answer, answer_in_child) =
         pipe2(OFlag::O_CLOEXEC).map_err(|e| AgentError::io(format!("{step}: pipe"))(e.into()))?;
     let answer_fd = answer_in_child.as_raw_fd();
@@ -205,6 +230,9 @@ pub fn spawn(request: &SpawnRequest, stdio: ChildStdio) -> Result<i32> {
             } else {
                 // dup2 leaves the new fd without FD_CLOEXEC.
                 dup2(answer_fd, RESULT_FD)?;
+            }
+            if let Some(lifeline) = lifeline {
+                dup2(lifeline, pid_namespace::LIFELINE_FD)?;
             }
             Ok(())
         });
@@ -387,6 +415,7 @@ fn make(request: &SpawnRequest) -> Result<i32> {
                 .map(|pid| pid.as_raw())
                 .ok_or_else(|| AgentError::FailedPrecondition("the container has no pid".into()))
         }
+        SpawnRequest::PodPidNamespace => pid_namespace::start_in_helper(),
         SpawnRequest::Exec {
             root,
             id,

@@ -356,6 +356,7 @@ impl Inner {
                 oci_spec: guest.spec.to_string(),
                 rootfs: rootfs.guest.clone(),
                 stdio: Some(process.uris.agent_stdio()).into(),
+                sandbox_pidns: guest.sandbox_pidns,
                 ..Default::default()
             };
             sandbox

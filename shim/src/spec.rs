@@ -243,11 +243,16 @@ pub struct GuestSpec {
     pub spec: Value,
     /// Host paths to bind into the share first.
     pub binds: Vec<ShareBind>,
+    /// Whether the container joins the pod's PID namespace (its spec joined the
+    /// sandbox's by path: Kubernetes' shareProcessNamespace); the agent then
+    /// fills in the guest's.
+    pub sandbox_pidns: bool,
 }
 
 /// Rewrites `spec` of container `cid` for the guest: its root becomes
-/// `rootfs.guest`, bind sources move into the share, host hooks go, and joins of
-/// the pod's host namespaces become the guest's own.
+/// `rootfs.guest`, bind sources move into the share, host hooks go, joins of
+/// the pod's host namespaces become the guest's own, and a join of the pod's
+/// PID namespace becomes a join of the pod's in the guest.
 pub fn guest_spec(spec: &Value, cid: &str, rootfs: &SharedPath) -> Result<GuestSpec, String> {
     refuse_host_namespaces(spec)?;
     let mut spec = spec.clone();
@@ -266,6 +271,7 @@ pub fn guest_spec(spec: &Value, cid: &str, rootfs: &SharedPath) -> Result<GuestS
     top.remove("hooks");
 
     let mut binds = Vec::new();
+    let mut sandbox_pidns = false;
     if let Some(mounts) = top.get_mut("mounts").and_then(Value::as_array_mut) {
         for (index, mount) in mounts.iter_mut().enumerate() {
             if let Some(bind) = share_bind(mount, cid, index)? {
@@ -283,6 +289,7 @@ pub fn guest_spec(spec: &Value, cid: &str, rootfs: &SharedPath) -> Result<GuestS
         if let Some(namespaces) = linux.get_mut("namespaces").and_then(Value::as_array_mut) {
             namespaces.retain(|ns| {
                 let kind = ns.get("type").and_then(Value::as_str).unwrap_or_default();
+                sandbox_pidns |= kind == "pid" && ns.get("path").is_some();
                 !(ns.get("path").is_some() && POD_NAMESPACES.contains(&kind))
             });
             for ns in namespaces.iter_mut().filter_map(Value::as_object_mut) {
@@ -297,7 +304,11 @@ pub fn guest_spec(spec: &Value, cid: &str, rootfs: &SharedPath) -> Result<GuestS
             linux.insert("cgroupsPath".into(), format!("/runv/{cid}").into());
         }
     }
-    Ok(GuestSpec { spec, binds })
+    Ok(GuestSpec {
+        spec,
+        binds,
+        sandbox_pidns,
+    })
 }
 
 /// The share bind for mount number `index` of the spec, if it is a bind mount.
@@ -405,6 +416,19 @@ mod tests {
     }
 
     #[test]
+    fn a_join_of_the_pods_pid_namespace_becomes_the_guests_pod_one() {
+        let rootfs = SharedPath::new("c1", "rootfs");
+        let spec = json!({"linux": {"namespaces": [
+            {"type": "pid", "path": "/proc/42/ns/pid"},
+            {"type": "network", "path": "/var/run/netns/cni-1"},
+            {"type": "ipc", "path": "/proc/42/ns/ipc"}
+        ]}});
+        let out = guest_spec(&spec, "c1", &rootfs).unwrap();
+        assert!(out.sandbox_pidns);
+        assert_eq!(out.spec["linux"]["namespaces"], json!([{"type": "pid"}]));
+    }
+
+    #[test]
     fn guest_spec_moves_root_and_binds_into_the_share() {
         let rootfs = SharedPath::new("c1", "rootfs");
         let spec = json!({
@@ -456,6 +480,7 @@ mod tests {
             out.spec["linux"]["namespaces"],
             json!([{"type": "pid"}, {"type": "mount"}])
         );
+        assert!(!out.sandbox_pidns, "a pid namespace of its own");
         assert_eq!(out.spec["linux"]["cgroupsPath"], "/runv/c1");
     }
 

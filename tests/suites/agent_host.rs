@@ -277,6 +277,71 @@ fn the_container_has_its_own_pid_namespace() {
     remove(&f.agent, "pidns");
 }
 
+/// Containers created with `sandbox_pidns` share one PID namespace, whose
+/// PID 1 is the agent's holder (`/pause`), as the pause container is with
+/// runc; one without it still gets its own. DestroySandbox ends the holder.
+#[test]
+fn containers_of_a_pod_share_its_pid_namespace_under_pause() {
+    let f = fixture();
+    let create = |cid: &str, script: &str| {
+        let req = CreateContainerRequest {
+            container_id: cid.into(),
+            oci_spec: spec(cid, &sh(script), &SpecOptions::default()),
+            rootfs: f.rootfs.display().to_string(),
+            stdio: Some(output_stdio()).into(),
+            sandbox_pidns: true,
+            ..Default::default()
+        };
+        f.agent
+            .client
+            .create_container(ctx(), &req)
+            .unwrap_or_else(|err| panic!("create {cid} in the pod's PID namespace: {err:?}"));
+    };
+    create("pp-sleeper", "exec sleep 1000");
+    let sleeper = f.agent.collect("pp-sleeper", "");
+    f.agent.start_container("pp-sleeper");
+    create(
+        "pp-looker",
+        "echo self $$; for p in /proc/[0-9]*; do echo \"${p#/proc/} $(tr '\\0' ' ' <$p/cmdline)\"; done",
+    );
+    let looker = f.agent.collect("pp-looker", "");
+    f.agent.start_container("pp-looker");
+    let out = looker.finish(f.agent.wait("pp-looker", ""));
+    assert_eq!(out.status, 0, "{out:?}");
+    let seen: Vec<&str> = out.stdout.lines().collect();
+    assert!(
+        seen.contains(&"1 /pause --pod-pid-holder "),
+        "PID 1 of the pod's namespace is the holder: {seen:?}"
+    );
+    assert!(
+        seen.iter().any(|line| line.ends_with(" sleep 1000 ")),
+        "the other container's process is seen: {seen:?}"
+    );
+    assert!(
+        !seen.contains(&"self 1"),
+        "the looker is not PID 1: {seen:?}"
+    );
+    let own = f.agent.run(
+        "pp-own",
+        &f.rootfs,
+        &spec("pp-own", &sh("echo $$"), &SpecOptions::default()),
+    );
+    assert_eq!(own.stdout, "1\n", "without sandbox_pidns: {own:?}");
+
+    let holders = || runv_tests::host::pids_matching("--pod-pid-holder");
+    assert_eq!(holders().len(), 1, "one holder: {:?}", holders());
+    f.agent
+        .client
+        .destroy_sandbox(ctx(), &DestroySandboxRequest::new())
+        .expect("destroy sandbox");
+    let _ = sleeper.finish(137);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !holders().is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(holders().is_empty(), "holder left: {:?}", holders());
+}
+
 #[test]
 fn sixteen_mib_go_through_cat_unchanged() {
     let f = fixture();

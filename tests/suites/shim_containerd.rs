@@ -15,8 +15,8 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use k8s_cri::v1::{
-    DnsConfig, LinuxContainerResources, LinuxPodSandboxConfig, LinuxSandboxSecurityContext,
-    NamespaceMode, NamespaceOption,
+    ContainerConfig, DnsConfig, LinuxContainerResources, LinuxPodSandboxConfig,
+    LinuxSandboxSecurityContext, NamespaceMode, NamespaceOption,
 };
 use runv_tests::containerd::{
     assert_clean, pattern, run_with_deadline, wait_until, Containerd, Runtime, RunvConfig,
@@ -283,7 +283,9 @@ fn ctr_task_exec_ps_pause_metrics_kill() {
 }
 
 /// One pod (one VM) with two containers, through the CRI: ExecSync in both, both
-/// in the same VM with the pod's hostname, DNS and sysctls, ContainerStats,
+/// in the same VM with the pod's hostname, DNS and sysctls, the first (and a
+/// third) in the pod's PID namespace under its pause, the second in its own,
+/// ContainerStats,
 /// UpdateContainerResources, StopContainer (SIGKILL after the grace period for
 /// a container ignoring SIGTERM, at once for one that exits on it),
 /// StopPodSandbox, RemovePodSandbox.
@@ -313,6 +315,14 @@ fn cri_pod_with_two_containers() {
     for name in ["first", "second"] {
         let mut config = container_config(name, TEST_IMAGE, &["sleep", "100000"]);
         config.envs = envs(&[("NAME", name)]);
+        // CRI's default (POD) shares the pod's; kubelet asks for CONTAINER
+        // unless the pod has shareProcessNamespace.
+        let pid_namespace = if name == "first" {
+            NamespaceMode::Pod
+        } else {
+            NamespaceMode::Container
+        };
+        set_pid_namespace(&mut config, pid_namespace);
         let id = cri.create_container(&pod_id, &config, &pod);
         cri.start_container(&id);
         ids.push(id);
@@ -338,6 +348,7 @@ fn cri_pod_with_two_containers() {
                 "echo $NAME; cat /proc/sys/kernel/random/boot_id; hostname; \
                  cat /proc/sys/kernel/shm_rmid_forced \
                  /proc/sys/net/ipv4/ip_unprivileged_port_start; \
+                 echo \"pid1 $(tr '\\0' ' ' </proc/1/cmdline)\"; \
                  grep -v '^#' /etc/resolv.conf; exit 4",
             ],
             60,
@@ -357,6 +368,12 @@ fn cri_pod_with_two_containers() {
             lines.next(),
             Some("80"),
             "the pod's net.ipv4.ip_unprivileged_port_start: {out}"
+        );
+        let own_pid1 = lines.next() == Some("pid1 sleep 100000 ");
+        assert_eq!(
+            own_pid1,
+            name == "second",
+            "PID 1 is its own init only outside the pod's PID namespace: {out}"
         );
         let resolv: Vec<&str> = lines.collect();
         for expected in [
@@ -419,11 +436,20 @@ fn cri_pod_with_two_containers() {
     // SIGTERM ends at once, with its own status.
     let polite = {
         let script = "trap 'exit 3' TERM; while :; do sleep 1; done";
-        let config = container_config("polite", TEST_IMAGE, &["sh", "-c", script]);
+        let mut config = container_config("polite", TEST_IMAGE, &["sh", "-c", script]);
+        set_pid_namespace(&mut config, NamespaceMode::Pod);
         let id = cri.create_container(&pod_id, &config, &pod);
         cri.start_container(&id);
         id
     };
+    // In the pod's PID namespace: the first container's init, not the second's.
+    let seen = "cat /proc/[0-9]*/cmdline | tr '\\0' ' ' | grep -o 'sleep 1[0]0000' | wc -l";
+    let exec = cri.exec_sync(&polite, &["sh", "-c", seen], 60);
+    assert_eq!(
+        text(&exec.stdout).trim(),
+        "1",
+        "sleepers seen in the pod's PID namespace: {exec:?}"
+    );
     let grace = 4;
     let started = Instant::now();
     cri.stop_container(&ids[1], grace);
@@ -472,6 +498,17 @@ fn cri_pod_with_two_containers() {
         "containers left after RemovePodSandbox"
     );
     finish(containerd);
+}
+
+/// Gives the container the pod's PID namespace (`Pod`, Kubernetes'
+/// shareProcessNamespace) or one of its own (`Container`).
+fn set_pid_namespace(config: &mut ContainerConfig, mode: NamespaceMode) {
+    let linux = config.linux.get_or_insert_with(Default::default);
+    let context = linux.security_context.get_or_insert_with(Default::default);
+    let namespaces = context
+        .namespace_options
+        .get_or_insert_with(Default::default);
+    namespaces.pid = mode as i32;
 }
 
 /// SIGKILL of runv-vmm under a running `ctr run --rm`: the task exits, ctr
