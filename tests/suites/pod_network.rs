@@ -22,7 +22,7 @@ use std::net::{IpAddr, Ipv4Addr, Shutdown, SocketAddr, TcpListener};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use k8s_cri::v1::PodSandboxState;
+use k8s_cri::v1::{Mount, PodSandboxState};
 use runv_tests::containerd::{
     assert_clean, pattern, wait_until, Containerd, Runtime, RunvConfig, CRI_NAMESPACE,
     RUNV_RUN_DIR, TEST_IMAGE,
@@ -90,7 +90,10 @@ impl Pod {
             .unwrap_or_else(|_| panic!("pod {name}: no IPv4 address in its status: {status:?}"));
         let netns = sandbox_netns(containerd, &id);
         let netns_inode = netns_inode(&netns);
-        let sleeper = container_config("c", TEST_IMAGE, &["sleep", "100000"]);
+        let mut sleeper = container_config("c", TEST_IMAGE, &["sleep", "100000"]);
+        sleeper
+            .mounts
+            .push(kubelet_hosts_file(containerd, name, ip));
         let container = cri.create_container(&id, &sleeper, &config);
         cri.start_container(&container);
         let mut pod = Self {
@@ -303,6 +306,51 @@ impl GuestEth0 {
         }
         eth0
     }
+}
+
+/// The `/etc/hosts` kubelet gives a pod's containers (its `etc-hosts` file):
+/// localhost and the pod's address under its hostname, bound over the CRI's own.
+fn kubelet_hosts_file(containerd: &Containerd, name: &str, ip: Ipv4Addr) -> Mount {
+    let path = containerd.dir().join(format!("etc-hosts-{name}"));
+    let text = format!("# Kubernetes-managed hosts file.\n127.0.0.1\tlocalhost\n{ip}\t{name}\n");
+    std::fs::write(&path, text).unwrap_or_else(|err| panic!("write {}: {err}", path.display()));
+    Mount {
+        container_path: "/etc/hosts".into(),
+        host_path: path.display().to_string(),
+        ..Default::default()
+    }
+}
+
+/// Inside the pod, its hostname is its name and resolves (through the hosts
+/// file kubelet gives it) to its address, where its own httpd answers.
+fn check_hostname_resolves(cri: &Cri, pod: &Pod) {
+    let out = pod.sh(
+        cri,
+        &format!(
+            "hostname; busybox ping -c 1 -W 5 $(hostname) | head -n 1
+             busybox wget -q -O - http://$(hostname):{HTTPD_PORT}/small | sha256sum"
+        ),
+    );
+    let mut lines = out.lines();
+    assert_eq!(
+        lines.next(),
+        Some(pod.name.as_str()),
+        "pod {}: its hostname:\n{out}",
+        pod.name
+    );
+    let resolved = format!("PING {} ({})", pod.name, pod.ip);
+    assert!(
+        lines.next().is_some_and(|line| line.starts_with(&resolved)),
+        "pod {}: its hostname does not resolve to {}:\n{out}",
+        pod.name,
+        pod.ip
+    );
+    assert_eq!(
+        lines.next().and_then(|line| line.split_whitespace().next()),
+        Some(pod.small_sha.as_str()),
+        "pod {}: /small fetched by its hostname:\n{out}",
+        pod.name
+    );
 }
 
 /// The pod's eth0, seen from inside, is its veth's twin: the CNI's address (on
@@ -557,7 +605,7 @@ fn finish(containerd: Containerd, cri: &Cri) {
 }
 
 /// One pod: its eth0 has the CNI result's address, the veth's MAC and MTU and the
-/// default route; the host fetches 4 MiB from the pod's httpd and the pod
+/// default route; its hostname resolves to its address; the host fetches 4 MiB from the pod's httpd and the pod
 /// fetches 4 MiB from the host (a server on the bridge's address), SHA-256
 /// checked both ways; its datapath exists while it runs; after StopPodSandbox
 /// and RemovePodSandbox nothing of it is left.
@@ -569,6 +617,7 @@ fn pod_address_and_files_both_ways_with_host() {
     let baseline = ingress_qdiscs_everywhere();
     let pod = Pod::start(&containerd, &cri, "solo", runtime);
     check_eth0(&containerd, &cri, &pod);
+    check_hostname_resolves(&cri, &pod);
 
     // Host → pod: the pod's httpd, by its address.
     let addr = SocketAddr::new(IpAddr::V4(pod.ip), HTTPD_PORT);
