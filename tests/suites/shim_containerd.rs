@@ -15,7 +15,7 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use k8s_cri::v1::{
-    ContainerConfig, DnsConfig, LinuxContainerResources, LinuxPodSandboxConfig,
+    Capability, ContainerConfig, DnsConfig, LinuxContainerResources, LinuxPodSandboxConfig,
     LinuxSandboxSecurityContext, NamespaceMode, NamespaceOption,
 };
 use runv_tests::containerd::{
@@ -285,6 +285,7 @@ fn ctr_task_exec_ps_pause_metrics_kill() {
 /// One pod (one VM) with two containers, through the CRI: ExecSync in both, both
 /// in the same VM with the pod's hostname, DNS and sysctls, the first (and a
 /// third) in the pod's PID namespace under its pause, the second in its own,
+/// a bridge made with CAP_NET_ADMIN, netfilter in the guest's kernel,
 /// ContainerStats,
 /// UpdateContainerResources, StopContainer (SIGKILL after the grace period for
 /// a container ignoring SIGTERM, at once for one that exits on it),
@@ -323,6 +324,14 @@ fn cri_pod_with_two_containers() {
             NamespaceMode::Container
         };
         set_pid_namespace(&mut config, pid_namespace);
+        if name == "first" {
+            let linux = config.linux.get_or_insert_with(Default::default);
+            let context = linux.security_context.get_or_insert_with(Default::default);
+            context.capabilities = Some(Capability {
+                add_capabilities: vec!["NET_ADMIN".into()],
+                ..Default::default()
+            });
+        }
         let id = cri.create_container(&pod_id, &config, &pod);
         cri.start_container(&id);
         ids.push(id);
@@ -398,6 +407,23 @@ fn cri_pod_with_two_containers() {
             "the containers run in the pod's VM, not on the host"
         );
     }
+
+    // With CAP_NET_ADMIN a container makes a bridge (critest's check); the
+    // guest's kernel has netfilter for iptables, legacy and nft, and conntrack.
+    let mut script =
+        String::from("brctl addbr runvbr0 && ip link show runvbr0 >/dev/null && echo bridge");
+    if runtime == Runtime::Runv {
+        script.push_str(
+            "; for f in /proc/net/ip_tables_names /proc/net/ip6_tables_names \
+             /proc/sys/net/netfilter/nf_conntrack_max; do test -e $f || echo no $f; done",
+        );
+    }
+    let exec = cri.exec_sync(&ids[0], &["sh", "-c", &script], 60);
+    assert_eq!(
+        (exec.exit_code, text(&exec.stdout).trim()),
+        (0, "bridge"),
+        "a bridge and netfilter in the pod: {exec:?}"
+    );
 
     let stats = cri.container_stats(&ids[0]);
     let memory = stats
