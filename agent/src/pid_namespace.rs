@@ -8,6 +8,12 @@
 //! lifeline, a pipe whose only write end the agent keeps: it ends when the
 //! agent lets it go (DestroySandbox) or dies, and the kernel then ends every
 //! process left in the namespace.
+//!
+//! Every container in the namespace sees the holder as its PID 1, and one
+//! allowed to ptrace it would see its root and mount namespace through
+//! `/proc/1/`: the holder first gives itself an empty, read-only root in a
+//! mount namespace of its own, then drops to `nobody` with no capabilities,
+//! no new privileges and no core dumps.
 
 use std::fs::File;
 use std::io::Read;
@@ -18,12 +24,16 @@ use std::process::{Command, ExitCode};
 
 use nix::errno::Errno;
 use nix::fcntl::{fcntl, FcntlArg, OFlag};
+use nix::mount::{mount, MsFlags};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sched::{unshare, CloneFlags};
+use nix::sys::prctl;
 use nix::sys::signal::{kill, SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
-use nix::unistd::{fork, pipe2, ForkResult, Pid};
+use nix::unistd::{
+    chdir, chroot, fork, pipe2, setgid, setgroups, setuid, ForkResult, Gid, Pid, Uid,
+};
 
 use crate::error::{AgentError, Result};
 use crate::process::ChildStdio;
@@ -40,6 +50,13 @@ const HOLDER_ARGV0: &str = "/pause";
 /// The holder's fd for the read end of its lifeline.
 pub const LIFELINE_FD: RawFd = 4;
 
+/// The holder's uid and gid once confined (`nobody`, `nogroup`).
+const HOLDER_ID: u32 = 65534;
+
+/// Where, in its own mount namespace, the holder mounts its empty root: a
+/// directory every guest and host has.
+const HOLDER_ROOT_MOUNT: &str = "/proc";
+
 /// The pod's shared PID namespace and its holder.
 #[derive(Debug)]
 pub struct PodPidNamespace {
@@ -48,6 +65,9 @@ pub struct PodPidNamespace {
     /// The holder's start time (clock ticks after boot), which tells it from a
     /// later process that got its pid.
     started: u64,
+    /// The namespace, open: specs name it through the agent's fd, so a pid
+    /// reused after the holder died cannot stand in for it.
+    namespace: File,
     /// The write end of the holder's lifeline.
     _lifeline: OwnedFd,
 }
@@ -72,14 +92,21 @@ impl PodPidNamespace {
             reaper.child_spawned();
             spawned?
         };
-        let started = start_time(pid).ok_or_else(|| {
+        let ended = || {
             AgentError::FailedPrecondition(format!(
                 "the pod's PID namespace holder (pid {pid}) ended at once"
             ))
-        })?;
+        };
+        let started = start_time(pid).ok_or_else(ended)?;
+        let namespace = File::open(format!("/proc/{pid}/ns/pid"))
+            .map_err(AgentError::io(format!("{step}: open its namespace")))?;
+        if start_time(pid) != Some(started) {
+            return Err(ended());
+        }
         Ok(Self {
             pid,
             started,
+            namespace,
             _lifeline: write,
         })
     }
@@ -92,7 +119,11 @@ impl PodPidNamespace {
                 self.pid
             )));
         }
-        Ok(PathBuf::from(format!("/proc/{}/ns/pid", self.pid)))
+        Ok(PathBuf::from(format!(
+            "/proc/{}/fd/{}",
+            std::process::id(),
+            self.namespace.as_raw_fd()
+        )))
     }
 
     fn holder_lives(&self) -> bool {
@@ -146,6 +177,15 @@ pub fn start_in_helper() -> Result<i32> {
 /// ends when its lifeline closes; all signals are blocked (only SIGKILL, from
 /// outside the namespace, ends it otherwise).
 pub fn holder_main() -> ExitCode {
+    // Not started by the agent (no lifeline): nothing to hold.
+    if fcntl(LIFELINE_FD, FcntlArg::F_GETFD).is_err() {
+        eprintln!("runv-agent: {HOLDER_ARG} is the agent's own: no lifeline on fd {LIFELINE_FD}");
+        return ExitCode::FAILURE;
+    }
+    if let Err(err) = confine() {
+        eprintln!("runv-agent: the pod's PID namespace holder cannot confine itself: {err}");
+        return ExitCode::FAILURE;
+    }
     if SigSet::all().thread_block().is_err() {
         return ExitCode::FAILURE;
     }
@@ -175,6 +215,44 @@ pub fn holder_main() -> ExitCode {
         while let Ok(Some(_)) = children.read_signal() {}
         reap_orphans();
     }
+}
+
+/// Gives the holder an empty, read-only root in a mount namespace of its own,
+/// then makes it `nobody` with no capabilities, no new privileges and no core
+/// dumps.
+fn confine() -> nix::Result<()> {
+    unshare(CloneFlags::CLONE_NEWNS)?;
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        None::<&str>,
+    )?;
+    let empty = MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+    mount(
+        Some("tmpfs"),
+        HOLDER_ROOT_MOUNT,
+        Some("tmpfs"),
+        empty,
+        Some("size=4k"),
+    )?;
+    chdir(HOLDER_ROOT_MOUNT)?;
+    chroot(".")?;
+    chdir("/")?;
+    for capability in 0..=libc::c_ulong::from(u8::MAX) {
+        // SAFETY: PR_CAPBSET_DROP takes a capability number and touches no
+        // memory; numbers past the kernel's last capability fail with EINVAL.
+        if unsafe { libc::prctl(libc::PR_CAPBSET_DROP, capability, 0, 0, 0) } != 0 {
+            break;
+        }
+    }
+    setgroups(&[])?;
+    setgid(Gid::from_raw(HOLDER_ID))?;
+    // Leaving uid 0 clears every capability set.
+    setuid(Uid::from_raw(HOLDER_ID))?;
+    prctl::set_no_new_privs()?;
+    prctl::set_dumpable(false)
 }
 
 /// Reaps every child that has exited, without waiting.

@@ -202,10 +202,6 @@ impl Sandbox {
     pub fn create_container(&self, req: &CreateContainerRequest) -> Result<()> {
         check_id("container_id", &req.container_id)?;
         let mut spec = load_spec(req)?;
-        if req.sandbox_pidns {
-            let path = self.pod_pid_namespace_path()?;
-            join_pid_namespace(&mut spec, path)?;
-        }
         {
             let setup = self.lock_setup();
             if let Some(shared) = setup.as_ref().and_then(|s| s.shared_dir.as_ref()) {
@@ -230,8 +226,16 @@ impl Sandbox {
             }
         }
         let stdio = req.stdio.clone().unwrap_or_default();
-        let created =
-            Container::create(&req.container_id, &spec, &stdio, &self.paths, &self.reaper);
+        // Only a create that passed every check starts the pod's namespace.
+        let joined = if req.sandbox_pidns {
+            self.pod_pid_namespace_path()
+                .and_then(|path| join_pid_namespace(&mut spec, path))
+        } else {
+            Ok(())
+        };
+        let created = joined.and_then(|()| {
+            Container::create(&req.container_id, &spec, &stdio, &self.paths, &self.reaper)
+        });
         if let Ok(container) = &created {
             // While the id is still reserved: a remove cannot come first.
             self.watch_oom(container);

@@ -329,7 +329,29 @@ fn containers_of_a_pod_share_its_pid_namespace_under_pause() {
     assert_eq!(own.stdout, "1\n", "without sandbox_pidns: {own:?}");
 
     let holders = || runv_tests::host::pids_matching("--pod-pid-holder");
-    assert_eq!(holders().len(), 1, "one holder: {:?}", holders());
+    let [(holder, _)] = holders()[..] else {
+        panic!("not one holder: {:?}", holders());
+    };
+    // Confined: nobody, no capabilities, an empty root of its own.
+    let status = std::fs::read_to_string(format!("/proc/{holder}/status")).expect("its status");
+    for (key, want) in [
+        ("Uid:", "65534"),
+        ("Gid:", "65534"),
+        ("CapEff:", "0000000000000000"),
+        ("CapPrm:", "0000000000000000"),
+        ("CapBnd:", "0000000000000000"),
+        ("NoNewPrivs:", "1"),
+    ] {
+        let value = status
+            .lines()
+            .find_map(|line| line.strip_prefix(key))
+            .and_then(|rest| rest.split_whitespace().next());
+        assert_eq!(value, Some(want), "the holder's {key}\n{status}");
+    }
+    let root: Vec<_> = std::fs::read_dir(format!("/proc/{holder}/root"))
+        .expect("the holder's root")
+        .collect();
+    assert!(root.is_empty(), "the holder's root is not empty: {root:?}");
     f.agent
         .client
         .destroy_sandbox(ctx(), &DestroySandboxRequest::new())

@@ -378,12 +378,18 @@ fn cri_pod_with_two_containers() {
             Some("80"),
             "the pod's net.ipv4.ip_unprivileged_port_start: {out}"
         );
-        let own_pid1 = lines.next() == Some("pid1 sleep 100000 ");
+        let pid1 = lines.next().unwrap_or_default();
         assert_eq!(
-            own_pid1,
+            pid1 == "pid1 sleep 100000 ",
             name == "second",
             "PID 1 is its own init only outside the pod's PID namespace: {out}"
         );
+        if name == "first" && runtime == Runtime::Runv {
+            assert_eq!(
+                pid1, "pid1 /pause --pod-pid-holder ",
+                "PID 1 of the pod's namespace: {out}"
+            );
+        }
         let resolv: Vec<&str> = lines.collect();
         for expected in [
             "nameserver 192.0.2.53",
