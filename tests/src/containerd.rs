@@ -188,7 +188,12 @@ impl Containerd {
     fn report_failure(&self) {
         eprintln!("containerd fixture: the test failed; what runv and containerd left:");
         eprintln!("{}", file_tail(&self.dir().join("containerd.log"), 200));
-        for (pid, _) in self.shims() {
+        let gdb_installed = std::env::var_os("PATH")
+            .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join("gdb").is_file()));
+        if !gdb_installed {
+            eprintln!("--- the shims' threads: gdb is not installed");
+        }
+        for (pid, _) in self.shims().into_iter().filter(|_| gdb_installed) {
             let mut gdb = Command::new("gdb");
             gdb.args(["-p", &pid.to_string(), "-batch", "-nx"])
                 .args(["-ex", "thread apply all bt 30"]);
