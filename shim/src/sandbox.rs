@@ -59,6 +59,7 @@ impl Sandbox {
         size: VmSize,
         files: &PodFiles,
         network: &PodNetworkRequest,
+        oom_score_adj: Option<i32>,
         on_vm_exit: impl FnOnce(i32) + Send + 'static,
     ) -> Result<Self, String> {
         config.check_files()?;
@@ -96,7 +97,7 @@ impl Sandbox {
                 mac,
             })
             .collect();
-        let launched = Vm::launch(&config, &dir, size, &cards, on_vm_exit);
+        let launched = Vm::launch(&config, &dir, size, &cards, oom_score_adj, on_vm_exit);
         // The VMM holds the taps now: with the shim's copies closed, they go
         // when it does, however it ends.
         drop(cards);

@@ -312,12 +312,22 @@ impl Inner {
         let files = PodFiles::of(spec).map_err(TaskError::InvalidArgument)?;
         spec::refuse_host_namespaces(spec).map_err(TaskError::InvalidArgument)?;
         let network = spec::pod_network(spec).map_err(TaskError::InvalidArgument)?;
+        let oom_score_adj = spec::oom_score_adj(spec).map_err(TaskError::InvalidArgument)?;
         let weak = Arc::downgrade(self);
-        let sandbox = Sandbox::boot(&sandbox_id, config, size, &files, &network, move |status| {
+        let on_vm_exit = move |status| {
             if let Some(inner) = Weak::upgrade(&weak) {
                 inner.vm_exited(status);
             }
-        })
+        };
+        let sandbox = Sandbox::boot(
+            &sandbox_id,
+            config,
+            size,
+            &files,
+            &network,
+            oom_score_adj,
+            on_vm_exit,
+        )
         .map_err(|err| TaskError::Internal(format!("pod {sandbox_id}: {err}")))?;
         Ok(sandbox)
     }

@@ -90,6 +90,24 @@ pub enum PodNetworkRequest {
     Namespace(PathBuf),
 }
 
+/// Bounds of `process.oomScoreAdj` (the kernel's `oom_score_adj`).
+const OOM_SCORE_ADJ_RANGE: std::ops::RangeInclusive<i64> = -1000..=1000;
+
+/// The OOM score adjustment the spec gives its process (CRI gives a pod's
+/// sandbox -998), which the pod's VMM takes on the host; none keeps the
+/// shim's. A value outside [-1000, 1000] is an error naming it.
+pub fn oom_score_adj(spec: &Value) -> Result<Option<i32>, String> {
+    let Some(value) = spec.pointer("/process/oomScoreAdj") else {
+        return Ok(None);
+    };
+    value
+        .as_i64()
+        .filter(|adj| OOM_SCORE_ADJ_RANGE.contains(adj))
+        .and_then(|adj| i32::try_from(adj).ok())
+        .map(Some)
+        .ok_or_else(|| format!("process.oomScoreAdj {value} is not an integer in [-1000, 1000]"))
+}
+
 /// The network the spec gives the pod: the `linux.namespaces` entry of type
 /// `network`. A spec without one asks for the host's network, which a VM
 /// cannot share: that is an error naming it.
@@ -413,6 +431,18 @@ mod tests {
             size.memory_mib, config.max_memory_mib,
             "capped by max_memory_mib"
         );
+    }
+
+    #[test]
+    fn the_oom_score_adjustment_is_bounded() {
+        assert_eq!(oom_score_adj(&json!({})), Ok(None));
+        let with = |adj: Value| json!({"process": {"oomScoreAdj": adj}});
+        assert_eq!(oom_score_adj(&with(json!(-998))), Ok(Some(-998)));
+        assert_eq!(oom_score_adj(&with(json!(1000))), Ok(Some(1000)));
+        for bad in [json!(-1001), json!(1_i64 << 40), json!("5"), json!(1.5)] {
+            let err = oom_score_adj(&with(bad)).unwrap_err();
+            assert!(err.contains("process.oomScoreAdj"), "{err}");
+        }
     }
 
     #[test]

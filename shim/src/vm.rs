@@ -51,6 +51,9 @@ impl Vm {
     /// Starts `config.vmm` for sandbox `dir` with `size` and the network cards
     /// `nets`; `on_exit` runs once, on a thread, when the VMM exits.
     ///
+    /// The VMM gets an empty environment, no new privileges (nothing it execs
+    /// could gain any) and the pod's `oom_score_adj`, if the spec has one.
+    ///
     /// The shim's reaper (containerd-shim's SIGCHLD handler) reaps every child, so
     /// the VMM's exit is learnt from its monitor, subscribed before the spawn.
     pub fn launch(
@@ -58,6 +61,7 @@ impl Vm {
         dir: &SandboxDir,
         size: VmSize,
         nets: &[NetCard<'_>],
+        oom_score_adj: Option<i32>,
         on_exit: impl FnOnce(i32) + Send + 'static,
     ) -> Result<Self, String> {
         let subscription = monitor_subscribe(Topic::Pid)
@@ -104,11 +108,20 @@ impl Vm {
                 .arg(format!("fd={},mac={}", net.tap.as_raw_fd(), net.mac));
         }
         let inherited: Vec<RawFd> = nets.iter().map(|net| net.tap.as_raw_fd()).collect();
+        let oom_score_adj = oom_score_adj.map(|adj| format!("{adj}\n").into_bytes());
+        command.env_clear();
         // SAFETY: the closure runs in the child between fork and exec and only
-        // calls fcntl(2), which is async-signal-safe, on fds the parent holds
-        // open for the whole spawn (borrowed in `nets`).
+        // makes async-signal-safe system calls (fcntl on fds the parent holds
+        // open for the whole spawn, borrowed in `nets`; prctl; open, write and
+        // close on a path and bytes made before the fork); it allocates nothing.
         unsafe {
-            command.pre_exec(move || inherit_fds(&inherited));
+            command.pre_exec(move || {
+                inherit_fds(&inherited)?;
+                if let Some(adj) = &oom_score_adj {
+                    write_own_oom_score_adj(adj)?;
+                }
+                set_no_new_privs()
+            });
         }
         command
             .stdin(Stdio::null())
@@ -193,6 +206,40 @@ impl Vm {
             warn!("VMM {} did not exit 10 s after SIGKILL", self.pid);
         }
     }
+}
+
+/// Writes `adj` (a number and a newline) to this process's `oom_score_adj`.
+/// Async-signal-safe: for a child between fork and exec.
+fn write_own_oom_score_adj(adj: &[u8]) -> std::io::Result<()> {
+    // SAFETY: the path is a NUL-terminated literal; open(2) reads only it.
+    let fd = unsafe {
+        libc::open(
+            c"/proc/self/oom_score_adj".as_ptr(),
+            libc::O_WRONLY | libc::O_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: `adj` is a live slice of `adj.len()` bytes; `fd` was just opened.
+    let written = unsafe { libc::write(fd, adj.as_ptr().cast(), adj.len()) };
+    let result = if written < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(())
+    };
+    // SAFETY: `fd` is ours and closed once.
+    unsafe { libc::close(fd) };
+    result
+}
+
+/// Sets no_new_privs on this process. Async-signal-safe.
+fn set_no_new_privs() -> std::io::Result<()> {
+    // SAFETY: PR_SET_NO_NEW_PRIVS takes plain integers and touches no memory.
+    if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// Clears close-on-exec on `fds`, so that the exec'd VMM has them under the

@@ -1059,8 +1059,9 @@ fn wait_output(mut child: std::process::Child, timeout: Duration) -> Result<Outp
     Err(child.wait_with_output().expect("collect ctr's output"))
 }
 
-/// A CRI pod's sandbox task stands for its VM, through the VMM's API: `ctr task
-/// metrics` reports the VM's memory (the VMM's RSS, the guest's size as the
+/// A CRI pod's sandbox task stands for its VM, through the VMM's API (the VMM
+/// runs with no environment, no new privileges and the sandbox's OOM score
+/// adjustment): `ctr task metrics` reports the VM's memory (the VMM's RSS, the guest's size as the
 /// limit), `ctr task pause`/`resume` stop and restart the vCPUs (the pod's
 /// container reports PAUSED meanwhile, and runs on after), and the pod's end
 /// asks the VMM to shut the VM down (the shim says so in containerd's log).
@@ -1078,6 +1079,29 @@ fn cri_sandbox_task_is_the_vm() {
     let config = container_config("ticker", TEST_IMAGE, &["sleep", "100000"]);
     let id = cri.create_container(&pod_id, &config, &pod);
     cri.start_container(&id);
+
+    // The VMM runs with an empty environment, no new privileges and the
+    // sandbox's OOM score adjustment (containerd's CRI gives it -998).
+    let [vmm] = vmm_pids()[..] else {
+        panic!("not one runv-vmm: {:?}", processes_matching("runv-vmm"));
+    };
+    let proc_file = |name: &str| {
+        std::fs::read_to_string(format!("/proc/{vmm}/{name}"))
+            .unwrap_or_else(|err| panic!("/proc/{vmm}/{name}: {err}"))
+    };
+    assert_eq!(proc_file("environ"), "", "the VMM's environment");
+    assert_eq!(
+        proc_file("oom_score_adj").trim(),
+        "-998",
+        "the VMM's oom_score_adj"
+    );
+    let status = proc_file("status");
+    assert!(
+        status
+            .lines()
+            .any(|line| line.split_whitespace().eq(["NoNewPrivs:", "1"])),
+        "the VMM may gain privileges:\n{status}"
+    );
 
     let metrics = containerd.ctr_in(CRI_NAMESPACE, &["tasks", "metrics", &pod_id]);
     let value = |name: &str| -> u64 {
