@@ -903,7 +903,12 @@ fn delete_after_dead_shim(cmdline: &str) {
             id,
             "delete",
         ])
-        .current_dir("/");
+        .current_dir("/")
+        // What containerd gives a shim binary it runs (the shim crate needs
+        // TTRPC_ADDRESS; without it `delete` failed and the pod's directory stayed).
+        .env("NAMESPACE", namespace)
+        .env("GRPC_ADDRESS", address)
+        .env("TTRPC_ADDRESS", format!("{address}.ttrpc"));
     // Only after a test left a shim: what the cleanup said is worth reading.
     let output = match run_with_deadline(command, None, Duration::from_secs(30)) {
         Ok(output) | Err(output) => output,
