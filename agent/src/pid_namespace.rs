@@ -38,7 +38,7 @@ use nix::unistd::{
 use crate::error::{AgentError, Result};
 use crate::process::ChildStdio;
 use crate::reaper::Reaper;
-use crate::spawn::{spawn_with_lifeline, SpawnRequest};
+use crate::spawn::{dup_above, spawn_with_lifeline, SpawnRequest};
 
 /// The argument that makes the agent binary a holder (checked before anything
 /// else: the holder is PID 1 of its namespace, like the agent in the guest).
@@ -46,6 +46,9 @@ pub const HOLDER_ARG: &str = "--pod-pid-holder";
 
 /// The holder's name, as `ps` in the pod's containers shows its PID 1.
 const HOLDER_ARGV0: &str = "/pause";
+
+/// What starting the namespace is called in errors.
+pub const STEP: &str = "start the pod's shared PID namespace";
 
 /// The holder's fd for the read end of its lifeline.
 pub const LIFELINE_FD: RawFd = 4;
@@ -75,13 +78,9 @@ pub struct PodPidNamespace {
 impl PodPidNamespace {
     /// Starts a holder through a spawn helper.
     pub fn start(reaper: &Reaper) -> Result<Self> {
-        let step = "start the pod's shared PID namespace";
-        let (read, write) = pipe2(OFlag::O_CLOEXEC).map_err(|e| AgentError::io(step)(e.into()))?;
+        let (read, write) = pipe2(OFlag::O_CLOEXEC).map_err(|e| AgentError::io(STEP)(e.into()))?;
         // Above the helper's fixed fds (3, 4), so that its dup2s cannot clobber it.
-        let read = fcntl(read.as_raw_fd(), FcntlArg::F_DUPFD_CLOEXEC(10))
-            // SAFETY: F_DUPFD_CLOEXEC returned a new fd that only this owns.
-            .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) })
-            .map_err(|e| AgentError::io(step)(e.into()))?;
+        let read = dup_above(read.as_raw_fd(), 10, STEP)?;
         let pid = {
             let _guard = reaper.spawn_guard();
             let spawned = spawn_with_lifeline(
@@ -99,7 +98,7 @@ impl PodPidNamespace {
         };
         let started = start_time(pid).ok_or_else(ended)?;
         let namespace = File::open(format!("/proc/{pid}/ns/pid"))
-            .map_err(AgentError::io(format!("{step}: open its namespace")))?;
+            .map_err(AgentError::io(format!("{STEP}: open its namespace")))?;
         if start_time(pid) != Some(started) {
             return Err(ended());
         }
@@ -156,8 +155,7 @@ fn start_time(pid: i32) -> Option<u64> {
 /// In the (single-threaded) spawn helper: unshares a PID namespace and forks
 /// its init, which execs the holder; the init's pid, in the agent's namespace.
 pub fn start_in_helper() -> Result<i32> {
-    let step = "start the pod's shared PID namespace";
-    unshare(CloneFlags::CLONE_NEWPID).map_err(|e| AgentError::io(step)(e.into()))?;
+    unshare(CloneFlags::CLONE_NEWPID).map_err(|e| AgentError::io(STEP)(e.into()))?;
     // SAFETY: the spawn helper is single-threaded, so the child may run any code.
     match unsafe { fork() } {
         Ok(ForkResult::Parent { child }) => Ok(child.as_raw()),
@@ -169,7 +167,7 @@ pub fn start_in_helper() -> Result<i32> {
             eprintln!("runv-agent: cannot start the pod's PID namespace holder: {err}");
             std::process::exit(127);
         }
-        Err(err) => Err(AgentError::io(step)(err.into())),
+        Err(err) => Err(AgentError::io(STEP)(err.into())),
     }
 }
 

@@ -189,7 +189,7 @@ impl SpawnRequest {
         match self {
             Self::Init { id, .. } => format!("create container {id}"),
             Self::Exec { id, exec_id, .. } => format!("exec {exec_id} in {id}"),
-            Self::PodPidNamespace => "start the pod's shared PID namespace".into(),
+            Self::PodPidNamespace => pid_namespace::STEP.into(),
         }
     }
 }
@@ -385,16 +385,6 @@ fn error_chain(err: &AgentError) -> String {
 
 /// Runs libcontainer's builder for `request` with this process's stdio.
 fn make(request: &SpawnRequest) -> Result<i32> {
-    // The builder dup2()s each fd onto 0–2 in the container's process and then
-    // closes the fd it was given: give it copies, or it would close the stdio
-    // it just set up.
-    let stdio_copy = |fd: RawFd| {
-        fcntl(fd, FcntlArg::F_DUPFD_CLOEXEC(10))
-            // SAFETY: F_DUPFD_CLOEXEC returned a new fd that only this owns.
-            .map(|copy| unsafe { OwnedFd::from_raw_fd(copy) })
-            .map_err(|e| AgentError::io(format!("copy stdio fd {fd}"))(e.into()))
-    };
-    let stdio = [stdio_copy(0)?, stdio_copy(1)?, stdio_copy(2)?];
     match request {
         SpawnRequest::Init {
             root,
@@ -402,7 +392,7 @@ fn make(request: &SpawnRequest) -> Result<i32> {
             bundle,
             console,
         } => {
-            let container = builder(root, id, console.as_deref(), stdio)?
+            let container = builder(root, id, console.as_deref(), stdio_copies()?)?
                 .validate_id()
                 .map_err(AgentError::runtime("container id"))?
                 .as_init(bundle)
@@ -425,7 +415,7 @@ fn make(request: &SpawnRequest) -> Result<i32> {
             ..
         } => {
             let seccomp = container_seccomp(bundle)?;
-            let pid = builder(root, id, console.as_deref(), stdio)?
+            let pid = builder(root, id, console.as_deref(), stdio_copies()?)?
                 .with_executor(ExecSeccomp::new(seccomp))
                 .as_tenant()
                 .with_process(Some(process))
@@ -435,6 +425,23 @@ fn make(request: &SpawnRequest) -> Result<i32> {
             Ok(pid.as_raw())
         }
     }
+}
+
+/// Copies of this process's fds 0–2, for libcontainer's builder: it dup2()s
+/// each fd onto 0–2 in the container's process and then closes the fd it was
+/// given, which would close the stdio it just set up.
+fn stdio_copies() -> Result<[OwnedFd; 3]> {
+    let copy = |fd: RawFd| dup_above(fd, 10, &format!("copy stdio fd {fd}"));
+    Ok([copy(0)?, copy(1)?, copy(2)?])
+}
+
+/// A close-on-exec copy of `fd` numbered `min` or above (clear of the fixed
+/// fds a helper gets); `step` names it in an error.
+pub fn dup_above(fd: RawFd, min: RawFd, step: &str) -> Result<OwnedFd> {
+    fcntl(fd, FcntlArg::F_DUPFD_CLOEXEC(min))
+        // SAFETY: F_DUPFD_CLOEXEC returned a new fd that only this owns.
+        .map(|copy| unsafe { OwnedFd::from_raw_fd(copy) })
+        .map_err(|e| AgentError::io(step)(e.into()))
 }
 
 /// libcontainer's builder for container `id` under `root`, with `stdio`

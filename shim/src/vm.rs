@@ -120,7 +120,7 @@ impl Vm {
                 if let Some(adj) = &oom_score_adj {
                     write_own_oom_score_adj(adj)?;
                 }
-                set_no_new_privs()
+                nix::sys::prctl::set_no_new_privs().map_err(std::io::Error::from)
             });
         }
         command
@@ -231,15 +231,6 @@ fn write_own_oom_score_adj(adj: &[u8]) -> std::io::Result<()> {
     // SAFETY: `fd` is ours and closed once.
     unsafe { libc::close(fd) };
     result
-}
-
-/// Sets no_new_privs on this process. Async-signal-safe.
-fn set_no_new_privs() -> std::io::Result<()> {
-    // SAFETY: PR_SET_NO_NEW_PRIVS takes plain integers and touches no memory.
-    if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(())
 }
 
 /// Clears close-on-exec on `fds`, so that the exec'd VMM has them under the

@@ -792,7 +792,7 @@ pub struct Feed {
 }
 
 /// The last `count` lines of the file at `path`, under a header naming it.
-fn file_tail(path: &Path, count: usize) -> String {
+pub fn file_tail(path: &Path, count: usize) -> String {
     let text = fs::read(path).unwrap_or_default();
     let text = String::from_utf8_lossy(&text);
     let lines: Vec<&str> = text.lines().collect();

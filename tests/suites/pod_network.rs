@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use k8s_cri::v1::{Mount, PodSandboxState};
 use runv_tests::containerd::{
-    assert_clean, pattern, wait_until, Containerd, Runtime, RunvConfig, CRI_NAMESPACE,
+    assert_clean, file_tail, pattern, wait_until, Containerd, Runtime, RunvConfig, CRI_NAMESPACE,
     RUNV_RUN_DIR, TEST_IMAGE,
 };
 use runv_tests::cri::{container_config, pod_config, Cri};
@@ -187,10 +187,8 @@ impl Pod {
             .collect();
         let mut text = format!("\n--- runv-vmm of pod {}: {vmms:?}", self.name);
         for log in ["vmm.log", "console.log"] {
-            let content = std::fs::read_to_string(dir.join(log)).unwrap_or_default();
-            let lines: Vec<&str> = content.lines().collect();
-            let tail = lines[lines.len().saturating_sub(40)..].join("\n");
-            text.push_str(&format!("\n--- {log} (last 40 lines)\n{tail}"));
+            text.push('\n');
+            text.push_str(&file_tail(&dir.join(log), 40));
         }
         text
     }
