@@ -150,9 +150,31 @@ impl VmProcess {
 
 impl Drop for VmProcess {
     fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
+        let status = match self.child.try_wait() {
+            Ok(None) => {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                None
+            }
+            Ok(status) => status,
+            Err(_) => None,
+        };
+        // A failed test shows how the VMM fared: its exit, stderr and console.
+        if thread::panicking() {
+            let stderr = self
+                .stderr
+                .take()
+                .and_then(|thread| thread.join().ok())
+                .unwrap_or_default();
+            self.seen.extend(self.lines.try_iter());
+            let console = &self.seen[self.seen.len().saturating_sub(20)..];
+            eprintln!(
+                "--- the VMM {} before the test ended it\n--- stderr\n{stderr}\n\
+                 --- console (last {} lines)\n{}",
+                status.map_or("was running".to_owned(), |s| format!("had exited: {s}")),
+                console.len(),
+                console.join("\n")
+            );
         }
     }
 }

@@ -390,7 +390,11 @@ fn attach_virtio_devices(
         devices.push(Box::new(Fs::new(share)?));
     }
     if config.rng {
-        devices.push(Box::new(Rng::new()));
+        let rng = Rng::new().map_err(|source| BuildError::Device {
+            what: "the virtio-rng thread",
+            source,
+        })?;
+        devices.push(Box::new(rng));
     }
     if let Some(vsock) = &config.vsock {
         devices.push(Box::new(Vsock::new(vsock.cid, &vsock.uds)?));

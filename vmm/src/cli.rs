@@ -8,7 +8,7 @@ pub const USAGE: &str = "usage: runv-vmm --kernel PATH [--initrd PATH] [--cpus N
                 [--cmdline EXTRA] [--console stdout|off|PATH] [--api-sock PATH] [--rng]
                 [--disk path=FILE[,readonly][,id=S]]... [--vsock cid=N,uds=PATH]
                 [--fs tag=T,path=DIR[,cache=never|auto|always][,privileged][,max-fds=N]]...
-                [--net tap=NAME|fd=N[,mac=M]]...
+                [--net tap=NAME|fd=N[,mac=M]]... [--seccomp enforce|log|off]
        runv-vmm --config FILE [flags that override the file's fields]
        runv-vmm --help | --version";
 
@@ -85,6 +85,9 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Command, ConfigE
                 .net
                 .get_or_insert_with(Vec::new)
                 .push(value()?.parse()?),
+            "--seccomp" => {
+                flags.seccomp = Some(value()?.parse().map_err(ConfigError::Usage)?);
+            }
             "--config" => config_file = Some(value()?.into()),
             other => {
                 return Err(ConfigError::Usage(format!(

@@ -2,6 +2,7 @@
 //! validated once before anything is built.
 
 use crate::arch::x86_64::mptable::MAX_VCPUS;
+pub use crate::seccomp::SeccompMode;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
@@ -405,6 +406,8 @@ pub struct PartialConfig {
     pub fs: Option<Vec<FsConfig>>,
     /// virtio-net cards.
     pub net: Option<Vec<NetConfig>>,
+    /// Seccomp filters of the VMM's threads.
+    pub seccomp: Option<SeccompMode>,
 }
 
 impl PartialConfig {
@@ -435,6 +438,7 @@ impl PartialConfig {
             vsock: top.vsock.or(self.vsock),
             fs: top.fs.or(self.fs),
             net: top.net.or(self.net),
+            seccomp: top.seccomp.or(self.seccomp),
         }
     }
 
@@ -456,6 +460,7 @@ impl PartialConfig {
             vsock: self.vsock,
             fs: self.fs.unwrap_or_default(),
             net: self.net.unwrap_or_default(),
+            seccomp: self.seccomp.unwrap_or_default(),
         };
         config.validate()?;
         Ok(config)
@@ -489,6 +494,8 @@ pub struct VmConfig {
     pub fs: Vec<FsConfig>,
     /// virtio-net cards, in order (`eth0`, `eth1`, ...).
     pub net: Vec<NetConfig>,
+    /// Seccomp filters of the VMM's threads (enforced unless asked).
+    pub seccomp: SeccompMode,
 }
 
 fn file_size(what: &'static str, path: &Path) -> Result<u64, ConfigError> {

@@ -12,6 +12,7 @@ pub mod config;
 pub mod devices;
 pub mod metrics;
 pub mod runtime;
+pub mod seccomp;
 pub mod signals;
 pub mod vm_exit;
 pub mod vstate;

@@ -35,8 +35,14 @@ fn run(process_start: Instant) -> Result<u8, String> {
         None => PartialConfig::default(),
     };
     let config = base.overlay(*flags).finish().map_err(|e| e.to_string())?;
+    // Before the first thread starts (device threads start with their
+    // devices): each thread inherits the blocked stop signals, and confines
+    // itself as it starts.
+    let signals = vmm::signals::StopSignals::new()
+        .map_err(|e| format!("cannot set up the stop signals: {e}"))?;
+    vmm::seccomp::prepare(config.seccomp).map_err(|e| e.to_string())?;
     let vmm = vmm::builder::build_microvm(&config, process_start).map_err(|e| e.to_string())?;
-    let exit = vmm.run().map_err(|e| e.to_string())?;
+    let exit = vmm.run(signals).map_err(|e| e.to_string())?;
     let code = exit.exit_code();
     if code == 0 {
         eprintln!("runv-vmm: {exit}");

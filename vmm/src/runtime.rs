@@ -5,6 +5,7 @@ use crate::api::{self, ApiServer};
 use crate::config::VmConfig;
 use crate::devices::legacy::GuestPanic;
 use crate::devices::virtio::mmio::MmioTransport;
+use crate::seccomp::{self, SeccompError, ThreadKind};
 use crate::signals::StopSignals;
 use crate::vm_exit::VmExit;
 use crate::vstate::vcpu::{self, RunState, Vcpu, VcpuError, VcpuShared};
@@ -38,6 +39,31 @@ pub enum RunError {
     /// The API server could not start.
     #[error(transparent)]
     Api(#[from] api::ApiError),
+    /// A thread could not be confined.
+    #[error(transparent)]
+    Seccomp(#[from] SeccompError),
+    /// The API server's thread could not start.
+    #[error("cannot start the API thread: {0}")]
+    ApiThread(std::io::Error),
+}
+
+/// Starts the API server from a thread of its own, confined first, so that
+/// ttrpc's threads inherit its filter.
+fn start_api(path: &std::path::Path, handle: &Arc<VmHandle>) -> Result<ApiServer, RunError> {
+    let (path, handle) = (path.to_owned(), handle.clone());
+    std::thread::Builder::new()
+        .name("api".into())
+        .spawn(move || {
+            seccomp::confine(ThreadKind::Api)?;
+            Ok(ApiServer::start(&path, handle)?)
+        })
+        .map_err(RunError::ApiThread)?
+        .join()
+        .unwrap_or_else(|_| {
+            Err(RunError::ApiThread(std::io::Error::other(
+                "the API thread panicked",
+            )))
+        })
 }
 
 /// What the API and the event loop share about the running VM.
@@ -163,9 +189,9 @@ impl Vmm {
         }
     }
 
-    /// Runs the VM until it ends; every thread is joined and the API socket
-    /// removed before this returns.
-    pub fn run(self) -> Result<VmExit, RunError> {
+    /// Runs the VM until it ends, stopping it on `signals`; every thread is
+    /// joined and the API socket removed before this returns.
+    pub fn run(self, mut signals: StopSignals) -> Result<VmExit, RunError> {
         // Bindings drop in reverse order: vCPUs, then the VM, then its memory.
         let Vmm {
             mem,
@@ -176,7 +202,6 @@ impl Vmm {
             vcpus,
             config,
         } = self;
-        let mut signals = StopSignals::new().map_err(RunError::EventLoop)?;
         vcpu::register_kick_handler()?;
         let handle = Arc::new(VmHandle {
             threads: Mutex::new(Vec::new()),
@@ -188,10 +213,13 @@ impl Vmm {
                 .map_err(RunError::EventLoop)?,
         });
         let api = match &config.api_sock {
-            Some(path) => Some(ApiServer::start(path, handle.clone())?),
+            Some(path) => Some(start_api(path, &handle)?),
             None => None,
         };
 
+        // The vCPUs confine themselves and wait, parked, until this thread
+        // (which starts them) is confined too.
+        handle.shared.control.set_target(RunState::Paused);
         let started = vcpus.into_iter().try_for_each(|vcpu| {
             let thread = vcpu.start()?;
             handle
@@ -202,7 +230,12 @@ impl Vmm {
             Ok::<(), VcpuError>(())
         });
         let outcome = match started {
-            Ok(()) => event_loop(&handle, &mut signals, &virtio).map_err(RunError::EventLoop),
+            Ok(()) => seccomp::confine(ThreadKind::EventLoop)
+                .map_err(RunError::from)
+                .and_then(|()| {
+                    handle.shared.control.resume_if_paused();
+                    event_loop(&handle, &mut signals, &virtio).map_err(RunError::EventLoop)
+                }),
             Err(err) => Err(err.into()),
         };
 
@@ -291,6 +324,10 @@ fn event_loop(
                 }
                 TOKEN_SIGNAL => {
                     if let Some(signal) = signals.read()? {
+                        #[cfg(feature = "seccomp-trigger")]
+                        if signal == libc::SIGUSR2 as u32 {
+                            seccomp::break_the_filter();
+                        }
                         eprintln!("runv-vmm: stopping the VM on signal {signal}");
                         return Ok(VmExit::Stopped);
                     }

@@ -20,6 +20,8 @@ impl StopSignals {
             libc::sigemptyset(&mut set);
             libc::sigaddset(&mut set, libc::SIGTERM);
             libc::sigaddset(&mut set, libc::SIGINT);
+            #[cfg(feature = "seccomp-trigger")]
+            libc::sigaddset(&mut set, libc::SIGUSR2);
         }
         // SAFETY: `set` is initialised; a null old-set pointer is allowed.
         let ret = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };

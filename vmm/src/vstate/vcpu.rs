@@ -264,6 +264,11 @@ impl Vcpu {
     }
 
     fn run(mut self) {
+        // Before the guest runs a single instruction on this vCPU.
+        if let Err(err) = crate::seccomp::confine(crate::seccomp::ThreadKind::Vcpu) {
+            self.shared.exits.report(VmExit::Crashed(err.to_string()));
+            return;
+        }
         KVM_RUN.with(|run| run.set(self.fd.get_kvm_run() as *mut kvm_run));
         if let Some(exit) = self.run_loop() {
             self.shared.exits.report(exit);

@@ -1,72 +1,102 @@
 //! A device's own thread, for devices that poll their queues and host fds
-//! themselves: started at activation, told to stop through an eventfd, and
-//! joined when the device is dropped.
+//! themselves. The thread starts when the device is built, confines itself
+//! with its kind's seccomp filter and waits; each activation hands it the
+//! serving loop, which is told to stop through an eventfd at reset, and the
+//! thread ends with the device.
 
+use crate::seccomp::{self, ThreadKind};
 use std::io;
 use std::os::fd::AsRawFd;
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
-use std::thread::JoinHandle;
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender};
 use std::time::Duration;
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::EventFd;
 
 /// How long stopping a device waits for the request in progress: one blocked
 /// in the host kernel (a FIFO in a share, a hung network file system) leaves
-/// the thread detached instead, to end with the process.
+/// the thread to finish on its own, with the device unable to restart.
 const STOP_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// A running device thread; stopped and joined on drop.
-pub struct DeviceThread {
+/// A serving loop handed to the thread.
+type Job = Box<dyn FnOnce() + Send>;
+
+/// A device's thread, confined and idle until the device is activated.
+pub struct DeviceWorker {
     name: &'static str,
-    stop: EventFd,
-    /// Disconnected when the thread ends.
-    ended: Receiver<()>,
-    thread: Option<JoinHandle<()>>,
+    jobs: SyncSender<Job>,
 }
 
-impl DeviceThread {
-    /// Runs `serve` on a thread called `name`. `serve` gets the eventfd that
-    /// is signalled when the thread must end, and returns then.
-    pub fn spawn<F>(name: &'static str, serve: F) -> io::Result<Self>
+impl DeviceWorker {
+    /// Starts the thread called `name` and waits until it has installed the
+    /// seccomp filter of `kind`.
+    pub fn start(name: &'static str, kind: ThreadKind) -> io::Result<Self> {
+        // One job at a time: a second activation waits for none.
+        let (jobs, queue) = mpsc::sync_channel::<Job>(1);
+        let (confined, ready) = mpsc::channel();
+        std::thread::Builder::new()
+            .name(name.into())
+            .spawn(move || {
+                let outcome = seccomp::confine(kind);
+                let ok = outcome.is_ok();
+                let _ = confined.send(outcome);
+                if ok {
+                    // Ends when the device, and with it `jobs`, is dropped.
+                    for job in queue {
+                        job();
+                    }
+                }
+            })?;
+        match ready.recv() {
+            Ok(Ok(())) => Ok(Self { name, jobs }),
+            Ok(Err(err)) => Err(io::Error::other(err)),
+            Err(_) => Err(io::Error::other(format!(
+                "the {name} thread ended at start"
+            ))),
+        }
+    }
+
+    /// Runs `serve` on the thread. `serve` gets the eventfd that is signalled
+    /// when it must end, and returns then.
+    pub fn serve<F>(&self, serve: F) -> io::Result<DeviceThread>
     where
         F: FnOnce(&EventFd) -> io::Result<()> + Send + 'static,
     {
         let stop = EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC)?;
         let thread_stop = stop.try_clone()?;
         let (ending, ended) = mpsc::channel::<()>();
-        let thread = std::thread::Builder::new()
-            .name(name.into())
-            .spawn(move || {
-                // Dropped when the thread ends, which `drop` waits for.
-                let _ending = ending;
-                if let Err(err) = serve(&thread_stop) {
-                    eprintln!("runv-vmm: {name} stopped: {err}");
-                }
-            })?;
-        Ok(Self {
-            name,
-            stop,
-            ended,
-            thread: Some(thread),
-        })
+        let name = self.name;
+        let job: Job = Box::new(move || {
+            // Dropped when the loop ends, which `DeviceThread::drop` waits for.
+            let _ending = ending;
+            if let Err(err) = serve(&thread_stop) {
+                eprintln!("runv-vmm: {name} stopped: {err}");
+            }
+        });
+        self.jobs.try_send(job).map_err(|_| {
+            io::Error::other(format!(
+                "the {name} thread is still busy with an earlier activation"
+            ))
+        })?;
+        Ok(DeviceThread { name, stop, ended })
     }
+}
+
+/// A serving loop running on a device's thread; stopped on drop.
+pub struct DeviceThread {
+    name: &'static str,
+    stop: EventFd,
+    /// Disconnected when the loop ends.
+    ended: Receiver<()>,
 }
 
 impl Drop for DeviceThread {
     fn drop(&mut self) {
-        let Some(thread) = self.thread.take() else {
-            return;
-        };
         if let Err(err) = self.stop.write(1) {
             eprintln!("runv-vmm: cannot stop the {} thread: {err}", self.name);
             return;
         }
         match self.ended.recv_timeout(STOP_TIMEOUT) {
-            Err(RecvTimeoutError::Disconnected) | Ok(()) => {
-                if thread.join().is_err() {
-                    eprintln!("runv-vmm: the {} thread panicked", self.name);
-                }
-            }
+            Err(RecvTimeoutError::Disconnected) | Ok(()) => {}
             Err(RecvTimeoutError::Timeout) => {
                 eprintln!(
                     "runv-vmm: {}: a request is still running; not waiting for it",
@@ -128,24 +158,29 @@ mod tests {
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::Arc;
 
+    fn worker(name: &'static str) -> DeviceWorker {
+        DeviceWorker::start(name, ThreadKind::Rng).unwrap()
+    }
+
     #[test]
     fn the_thread_runs_until_dropped() {
         let ended = Arc::new(AtomicBool::new(false));
         let seen = ended.clone();
-        let thread = DeviceThread::spawn("test-device", move |stop| {
-            // Blocks until the drop signals the eventfd.
-            let epoll = vmm_sys_util::epoll::Epoll::new()?;
-            epoll.ctl(
-                vmm_sys_util::epoll::ControlOperation::Add,
-                std::os::fd::AsRawFd::as_raw_fd(stop),
-                vmm_sys_util::epoll::EpollEvent::new(vmm_sys_util::epoll::EventSet::IN, 0),
-            )?;
-            let mut events = [vmm_sys_util::epoll::EpollEvent::default()];
-            epoll.wait(-1, &mut events)?;
-            seen.store(true, Ordering::SeqCst);
-            Ok(())
-        })
-        .unwrap();
+        let thread = worker("test-device")
+            .serve(move |stop| {
+                // Blocks until the drop signals the eventfd.
+                let epoll = vmm_sys_util::epoll::Epoll::new()?;
+                epoll.ctl(
+                    vmm_sys_util::epoll::ControlOperation::Add,
+                    std::os::fd::AsRawFd::as_raw_fd(stop),
+                    vmm_sys_util::epoll::EpollEvent::new(vmm_sys_util::epoll::EventSet::IN, 0),
+                )?;
+                let mut events = [vmm_sys_util::epoll::EpollEvent::default()];
+                epoll.wait(-1, &mut events)?;
+                seen.store(true, Ordering::SeqCst);
+                Ok(())
+            })
+            .unwrap();
         assert!(!ended.load(Ordering::SeqCst));
         drop(thread);
         assert!(ended.load(Ordering::SeqCst));
@@ -153,12 +188,13 @@ mod tests {
 
     #[test]
     fn a_thread_stuck_in_a_request_is_left_after_the_timeout() {
-        let thread = DeviceThread::spawn("stuck-device", |_stop| {
-            // Never looks at `stop`, like a read blocked on a host FIFO.
-            std::thread::sleep(STOP_TIMEOUT * 5);
-            Ok(())
-        })
-        .unwrap();
+        let thread = worker("stuck-device")
+            .serve(|_stop| {
+                // Never looks at `stop`, like a read blocked on a host FIFO.
+                std::thread::sleep(STOP_TIMEOUT * 5);
+                Ok(())
+            })
+            .unwrap();
         let started = std::time::Instant::now();
         drop(thread);
         assert!(
@@ -176,13 +212,14 @@ mod tests {
         let ours: Vec<EventFd> = notifies.iter().map(|n| n.try_clone().unwrap()).collect();
         let rounds = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let counted = rounds.clone();
-        let thread = DeviceThread::spawn("notified-device", move |stop| {
-            serve_notified(&notifies, stop, || {
-                counted.fetch_add(1, Ordering::SeqCst);
-                true
+        let thread = worker("notified-device")
+            .serve(move |stop| {
+                serve_notified(&notifies, stop, || {
+                    counted.fetch_add(1, Ordering::SeqCst);
+                    true
+                })
             })
-        })
-        .unwrap();
+            .unwrap();
         let reached = |n: usize| {
             let deadline = std::time::Instant::now() + Duration::from_secs(10);
             while rounds.load(Ordering::SeqCst) < n {

@@ -9,11 +9,12 @@ use super::request::{
     Parsed, Request, RequestError, MAX_DATA_LEN, MAX_DISCARD_SECTORS, MAX_DISCARD_SEG,
     MAX_WRITE_ZEROES_SECTORS, MAX_WRITE_ZEROES_SEG, SEG_MAX,
 };
-use crate::devices::virtio::device_thread::{serve_notified, DeviceThread};
+use crate::devices::virtio::device_thread::{serve_notified, DeviceThread, DeviceWorker};
 use crate::devices::virtio::{
     drain_queue, read_config_space, ActivateError, ActiveQueue, SingleQueue, VirtioDevice,
     VirtioInterrupt, VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC,
 };
+use crate::seccomp::ThreadKind;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, TryLockError};
@@ -62,7 +63,9 @@ const LOG_EVERY: u64 = 1024;
 pub struct Block {
     served: Arc<Served>,
     config: [u8; CONFIG_LEN],
+    /// The serving loop while active; stopped before `thread` ends.
     worker: Option<DeviceThread>,
+    thread: DeviceWorker,
 }
 
 /// What the device's thread serves requests with.
@@ -116,6 +119,8 @@ impl Block {
             }),
             config: config.to_bytes(),
             worker: None,
+            thread: DeviceWorker::start("virtio-blk", ThreadKind::Block)
+                .map_err(BlockError::Thread)?,
         })
     }
 }
@@ -260,7 +265,7 @@ impl VirtioDevice for Block {
             .lock()
             .unwrap_or_else(PoisonError::into_inner) = Some(active);
         let served = self.served.clone();
-        self.worker = Some(DeviceThread::spawn("virtio-blk", move |stop| {
+        self.worker = Some(self.thread.serve(move |stop| {
             serve_notified(&[notify], stop, || {
                 served.process();
                 true

@@ -22,6 +22,9 @@ pub enum BlockError {
     /// The image cannot be opened.
     #[error("cannot open disk {path}: {source}")]
     Open { path: PathBuf, source: io::Error },
+    /// The device's thread.
+    #[error("cannot start the virtio-blk thread: {0}")]
+    Thread(io::Error),
 }
 
 /// Why a disk operation failed (the guest sees an I/O error).

@@ -6,11 +6,12 @@ use super::backend::{self, FdReservation};
 use super::filter::Policy;
 use super::handler::Served;
 use crate::config::{FsCache, FsConfig};
-use crate::devices::virtio::device_thread::{serve_notified, DeviceThread};
+use crate::devices::virtio::device_thread::{serve_notified, DeviceThread, DeviceWorker};
 use crate::devices::virtio::{
     read_config_space, ActivateError, ActiveQueue, VirtioDevice, VirtioInterrupt,
     VIRTIO_RING_F_EVENT_IDX,
 };
+use crate::seccomp::ThreadKind;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use vm_memory::GuestMemoryMmap;
@@ -41,6 +42,9 @@ pub enum FsError {
     /// The process may not hold the fds the share may need.
     #[error("virtio-fs tag '{tag}': {source}")]
     Fds { tag: String, source: std::io::Error },
+    /// The device's thread.
+    #[error("cannot start the virtio-fs thread: {0}")]
+    Thread(std::io::Error),
 }
 
 /// A virtio-fs device sharing one host directory.
@@ -53,7 +57,9 @@ pub struct Fs {
     config: [u8; CONFIG_LEN],
     /// The active state, shared with the device's thread.
     served: Arc<Mutex<Option<Served>>>,
+    /// The serving loop while active; stopped before `own_thread` ends.
     thread: Option<DeviceThread>,
+    own_thread: DeviceWorker,
 }
 
 /// Locks the active state; a panic elsewhere leaves it usable.
@@ -99,6 +105,8 @@ impl Fs {
             config,
             served: Arc::new(Mutex::new(None)),
             thread: None,
+            own_thread: DeviceWorker::start("virtio-fs", ThreadKind::Fs)
+                .map_err(FsError::Thread)?,
         })
     }
 }
@@ -140,18 +148,21 @@ impl VirtioDevice for Fs {
         }
         // A second activation (only tests do that) first stops the first thread.
         self.reset();
-        let server = backend::server(&self.root, self.cache, self.policy)?;
         let (queues, notifies): (Vec<_>, Vec<_>) =
             queues.into_iter().map(|a| (a.queue, a.notify)).unzip();
-        *lock(&self.served) = Some(Served {
-            mem,
-            queues,
-            interrupt,
-            server,
-            failed: false,
-        });
+        let (root, cache, policy) = (self.root.clone(), self.cache, self.policy);
         let served = self.served.clone();
-        self.thread = Some(DeviceThread::spawn("virtio-fs", move |stop| {
+        // The file system is made on the device's thread: only its filter
+        // allows opening files.
+        self.thread = Some(self.own_thread.serve(move |stop| {
+            let server = backend::server(&root, cache, policy)?;
+            *lock(&served) = Some(Served {
+                mem,
+                queues,
+                interrupt,
+                server,
+                failed: false,
+            });
             serve_notified(&notifies, stop, || {
                 lock(&served).as_mut().is_some_and(Served::serve_all)
             })

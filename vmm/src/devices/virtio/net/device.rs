@@ -3,10 +3,11 @@
 
 use super::tap::{Tap, TapError, TUN_OFFLOADS};
 use super::worker::{NetQueues, Worker};
-use crate::devices::virtio::device_thread::DeviceThread;
+use crate::devices::virtio::device_thread::{DeviceThread, DeviceWorker};
 use crate::devices::virtio::{
     ActivateError, ActiveQueue, VirtioDevice, VirtioInterrupt, VIRTIO_RING_F_EVENT_IDX,
 };
+use crate::seccomp::ThreadKind;
 use std::sync::Arc;
 use vm_memory::GuestMemoryMmap;
 
@@ -51,6 +52,9 @@ pub enum NetError {
     /// The tap.
     #[error(transparent)]
     Tap(#[from] TapError),
+    /// The device's thread.
+    #[error("cannot start the virtio-net thread: {0}")]
+    Thread(std::io::Error),
 }
 
 /// A network card on a tap.
@@ -58,7 +62,9 @@ pub struct Net {
     tap: Option<Tap>,
     mac: [u8; 6],
     avail_features: u64,
+    /// The serving loop while active; stopped before `thread` ends.
     backend: Option<DeviceThread>,
+    thread: DeviceWorker,
 }
 
 impl Net {
@@ -88,6 +94,7 @@ impl Net {
             mac,
             avail_features,
             backend: None,
+            thread: DeviceWorker::start("virtio-net", ThreadKind::Net).map_err(NetError::Thread)?,
         })
     }
 
@@ -173,7 +180,7 @@ impl VirtioDevice for Net {
                 interrupt,
             },
         );
-        let thread = DeviceThread::spawn("virtio-net", move |stop| worker.run(stop))?;
+        let thread = self.thread.serve(move |stop| worker.run(stop))?;
         self.backend = Some(thread);
         Ok(())
     }

@@ -12,10 +12,11 @@
 //! spin.
 
 use super::bucket::TokenBucket;
-use crate::devices::virtio::device_thread::{serve_notified, DeviceThread};
+use crate::devices::virtio::device_thread::{serve_notified, DeviceThread, DeviceWorker};
 use crate::devices::virtio::{
     ActivateError, ActiveQueue, SingleQueue, VirtioDevice, VirtioInterrupt,
 };
+use crate::seccomp::ThreadKind;
 use std::os::fd::AsRawFd;
 use std::sync::{Arc, Mutex, PoisonError, TryLockError};
 use std::time::{Duration, Instant};
@@ -46,7 +47,9 @@ const _: () = assert!(MAX_BYTES_PER_REQUEST as u64 <= BURST_BYTES);
 /// The entropy device.
 pub struct Rng {
     state: Arc<Mutex<State>>,
+    /// The serving loop while active; stopped before `thread` ends.
     worker: Option<DeviceThread>,
+    thread: DeviceWorker,
 }
 
 /// What the device's thread serves requests with.
@@ -58,15 +61,9 @@ struct State {
     bucket: TokenBucket,
 }
 
-impl Default for Rng {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
 impl Rng {
-    /// A new, inactive device.
-    pub fn new() -> Self {
+    /// A new, inactive device, its thread started.
+    pub fn new() -> std::io::Result<Self> {
         Self::limited(TokenBucket::new(
             RATE_BYTES_PER_SEC,
             BURST_BYTES,
@@ -75,14 +72,15 @@ impl Rng {
     }
 
     /// A new, inactive device whose guest takes what `bucket` allows.
-    fn limited(bucket: TokenBucket) -> Self {
-        Self {
+    fn limited(bucket: TokenBucket) -> std::io::Result<Self> {
+        Ok(Self {
             state: Arc::new(Mutex::new(State {
                 active: None,
                 bucket,
             })),
             worker: None,
-        }
+            thread: DeviceWorker::start("virtio-rng", ThreadKind::Rng)?,
+        })
     }
 }
 
@@ -249,7 +247,7 @@ impl VirtioDevice for Rng {
             .unwrap_or_else(PoisonError::into_inner)
             .active = Some(active);
         let state = self.state.clone();
-        self.worker = Some(DeviceThread::spawn("virtio-rng", move |stop| {
+        self.worker = Some(self.thread.serve(move |stop| {
             serve_notified(&[notify], stop, || {
                 process(&state, &mut |time| wait_unless_stopped(stop, time))
             })
@@ -299,7 +297,7 @@ mod tests {
         mem: &GuestMemoryMmap,
         queue: &MockSplitQueue<'_, GuestMemoryMmap>,
     ) -> (Rng, Arc<VirtioInterrupt>) {
-        let mut rng = Rng::new();
+        let mut rng = Rng::new().unwrap();
         let interrupt = activate_on(&mut rng, mem, queue);
         (rng, interrupt)
     }
@@ -398,7 +396,7 @@ mod tests {
             .build_multiple_desc_chains(&requests(4, 8192))
             .unwrap();
         // 8 KiB at once, then 8 KiB every 31.25 ms.
-        let mut rng = Rng::limited(TokenBucket::new(256 << 10, 8192, Instant::now()));
+        let mut rng = Rng::limited(TokenBucket::new(256 << 10, 8192, Instant::now())).unwrap();
         activate_on(&mut rng, &mem, &queue);
         let started = Instant::now();
         rng.process_queue(0);
@@ -420,7 +418,8 @@ mod tests {
         queue.build_multiple_desc_chains(&requests(4, 1)).unwrap();
         // One minimal request at once, then one every 10 ms.
         let rate = MIN_REQUEST_COST * 100;
-        let mut rng = Rng::limited(TokenBucket::new(rate, MIN_REQUEST_COST, Instant::now()));
+        let mut rng =
+            Rng::limited(TokenBucket::new(rate, MIN_REQUEST_COST, Instant::now())).unwrap();
         activate_on(&mut rng, &mem, &queue);
         let started = Instant::now();
         rng.process_queue(0);
@@ -449,7 +448,7 @@ mod tests {
         let mem = guest_memory();
         let queue = MockSplitQueue::create(&mem, GuestAddress(0), 16);
         // The first request empties the bucket; the second needs 10 s more.
-        let mut rng = Rng::limited(TokenBucket::new(4, 40, Instant::now()));
+        let mut rng = Rng::limited(TokenBucket::new(4, 40, Instant::now())).unwrap();
         assert!(
             rng.polls_own_queues(),
             "the event loop leaves the queue alone"

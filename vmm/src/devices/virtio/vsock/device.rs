@@ -2,10 +2,11 @@
 //! [`Muxer`] on a thread of its own once the driver is ready.
 
 use super::muxer::{GuestQueues, Muxer};
-use crate::devices::virtio::device_thread::DeviceThread;
+use crate::devices::virtio::device_thread::{DeviceThread, DeviceWorker};
 use crate::devices::virtio::{
     read_config_space, ActivateError, ActiveQueue, VirtioDevice, VirtioInterrupt,
 };
+use crate::seccomp::ThreadKind;
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -25,6 +26,9 @@ pub enum VsockError {
         path: PathBuf,
         source: std::io::Error,
     },
+    /// The device's thread.
+    #[error("cannot start the virtio-vsock thread: {0}")]
+    Thread(std::io::Error),
 }
 
 /// A vsock device for guest `cid`, its host side at a Unix socket.
@@ -32,12 +36,16 @@ pub struct Vsock {
     cid: u64,
     uds_path: PathBuf,
     listener: Option<UnixListener>,
+    /// The serving loop while active; stopped before `thread` ends.
     backend: Option<DeviceThread>,
+    thread: DeviceWorker,
 }
 
 impl Vsock {
     /// Binds `uds_path` (which must not exist) for guest context id `cid`.
     pub fn new(cid: u64, uds_path: &Path) -> Result<Self, VsockError> {
+        let thread =
+            DeviceWorker::start("virtio-vsock", ThreadKind::Vsock).map_err(VsockError::Thread)?;
         let listener = UnixListener::bind(uds_path).map_err(|source| VsockError::Bind {
             path: uds_path.to_owned(),
             source,
@@ -47,6 +55,7 @@ impl Vsock {
             uds_path: uds_path.to_owned(),
             listener: Some(listener),
             backend: None,
+            thread,
         })
     }
 }
@@ -93,7 +102,7 @@ impl VirtioDevice for Vsock {
             notify: [rx.notify, tx.notify, event.notify],
             interrupt,
         };
-        let thread = DeviceThread::spawn("virtio-vsock", move |stop| muxer.run(queues, stop))?;
+        let thread = self.thread.serve(move |stop| muxer.run(queues, stop))?;
         self.backend = Some(thread);
         Ok(())
     }
