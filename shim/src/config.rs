@@ -81,6 +81,33 @@ pub struct RunvConfig {
     pub debug_console: bool,
     /// Keys of this file that pod annotations `io.pouch.runv.<key>` may override.
     pub enable_annotations: Vec<String>,
+    /// The VMM's seccomp filters: `enforce` (a forbidden syscall kills it),
+    /// `log` (the host's audit log names it) or `off`. Never overridable.
+    pub vmm_seccomp: VmmSeccomp,
+}
+
+/// `vmm_seccomp`: runv-vmm's `--seccomp` mode.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum VmmSeccomp {
+    /// A syscall outside a thread's list kills the VMM.
+    #[default]
+    Enforce,
+    /// Logged, not refused.
+    Log,
+    /// No filters.
+    Off,
+}
+
+impl VmmSeccomp {
+    /// The value of runv-vmm's `--seccomp`.
+    pub fn flag(self) -> &'static str {
+        match self {
+            Self::Enforce => "enforce",
+            Self::Log => "log",
+            Self::Off => "off",
+        }
+    }
 }
 
 impl Default for RunvConfig {
@@ -98,6 +125,7 @@ impl Default for RunvConfig {
             log_level: "info".into(),
             debug_console: false,
             enable_annotations: vec!["default_vcpus".into(), "default_memory_mib".into()],
+            vmm_seccomp: VmmSeccomp::Enforce,
         }
     }
 }
@@ -335,9 +363,11 @@ mod tests {
             log_level = "debug"
             debug_console = true
             enable_annotations = ["default_vcpus"]
+            vmm_seccomp = "log"
             "#,
         )
         .unwrap();
+        assert_eq!(config.vmm_seccomp, VmmSeccomp::Log);
         assert_eq!(config.kernel, PathBuf::from("/k"));
         assert_eq!(config.default_vcpus, 2);
         assert_eq!(config.default_memory_mib, 512);

@@ -11,6 +11,7 @@ mod network;
 mod oom;
 mod options;
 mod paths;
+mod pod_cgroup;
 mod pod_files;
 mod process;
 mod sandbox;

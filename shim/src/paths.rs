@@ -78,6 +78,12 @@ impl SandboxDir {
         self.root.join("netns")
     }
 
+    /// `cgroups`: the pod cgroup's leaf directories, one a line, for their
+    /// removal after the VMM.
+    pub fn cgroup_record(&self) -> PathBuf {
+        self.root.join("cgroups")
+    }
+
     /// The host-only directory where the shim builds every container's rootfs
     /// and volumes (a tmpfs of the shim's mount namespace).
     pub fn mounts(&self) -> PathBuf {

@@ -5,10 +5,11 @@ use crate::config::RunvConfig;
 use crate::mounts;
 use crate::network::{self, PodNetwork};
 use crate::paths::SandboxDir;
+use crate::pod_cgroup::{self, PodCgroup};
 use crate::pod_files::PodFiles;
 use crate::share::{self, PodShare};
-use crate::spec::{PodNetworkRequest, VmSize};
-use crate::vm::{self, NetCard, Vm};
+use crate::spec::{HostPlacement, PodNetworkRequest, VmSize};
+use crate::vm::{self, NetCard, Vm, VmmPlacement};
 use log::{info, warn};
 use protocol::agent::{
     AgentClient, CheckRequest, CreateSandboxRequest, DestroySandboxRequest, GuestDetailsRequest,
@@ -59,7 +60,7 @@ impl Sandbox {
         size: VmSize,
         files: &PodFiles,
         network: &PodNetworkRequest,
-        oom_score_adj: Option<i32>,
+        placement: &HostPlacement,
         on_vm_exit: impl FnOnce(i32) + Send + 'static,
     ) -> Result<Self, String> {
         config.check_files()?;
@@ -97,7 +98,28 @@ impl Sandbox {
                 mac,
             })
             .collect();
-        let launched = Vm::launch(&config, &dir, size, &cards, oom_score_adj, on_vm_exit);
+        let cgroup = match placement.cgroups_path.as_deref().map(|path| {
+            PodCgroup::create(&dir, path).and_then(|cgroup| Ok((cgroup.procs_files()?, cgroup)))
+        }) {
+            Some(Ok((procs, _cgroup))) => procs,
+            Some(Err(err)) => {
+                cleanup(&dir);
+                return Err(err);
+            }
+            None => Vec::new(),
+        };
+        let launched = Vm::launch(
+            &config,
+            &dir,
+            size,
+            &cards,
+            VmmPlacement {
+                oom_score_adj: placement.oom_score_adj,
+                cgroup_procs: &cgroup,
+            },
+            on_vm_exit,
+        );
+        drop(cgroup);
         // The VMM holds the taps now: with the shim's copies closed, they go
         // when it does, however it ends.
         drop(cards);
@@ -323,6 +345,7 @@ fn detach_network(dir: &SandboxDir) {
 /// must never reach into a volume).
 pub fn cleanup(dir: &SandboxDir) {
     vm::kill_orphan(dir);
+    pod_cgroup::remove_recorded(dir);
     if let Err(err) = share::teardown(dir) {
         warn!("cleanup of {}: {err}", dir.path().display());
     }

@@ -312,7 +312,7 @@ impl Inner {
         let files = PodFiles::of(spec).map_err(TaskError::InvalidArgument)?;
         spec::refuse_host_namespaces(spec).map_err(TaskError::InvalidArgument)?;
         let network = spec::pod_network(spec).map_err(TaskError::InvalidArgument)?;
-        let oom_score_adj = spec::oom_score_adj(spec).map_err(TaskError::InvalidArgument)?;
+        let placement = spec::host_placement(spec).map_err(TaskError::InvalidArgument)?;
         let weak = Arc::downgrade(self);
         let on_vm_exit = move |status| {
             if let Some(inner) = Weak::upgrade(&weak) {
@@ -325,7 +325,7 @@ impl Inner {
             size,
             &files,
             &network,
-            oom_score_adj,
+            &placement,
             on_vm_exit,
         )
         .map_err(|err| TaskError::Internal(format!("pod {sandbox_id}: {err}")))?;

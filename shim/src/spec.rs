@@ -108,6 +108,32 @@ pub fn oom_score_adj(spec: &Value) -> Result<Option<i32>, String> {
         .ok_or_else(|| format!("process.oomScoreAdj {value} is not an integer in [-1000, 1000]"))
 }
 
+/// Where the spec puts the pod's VMM on the host.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HostPlacement {
+    /// `process.oomScoreAdj` (see [`oom_score_adj`]).
+    pub oom_score_adj: Option<i32>,
+    /// `linux.cgroupsPath`: the pod's cgroup, none to stay in the shim's.
+    pub cgroups_path: Option<String>,
+}
+
+/// The VMM's place on the host from the spec that boots the pod.
+pub fn host_placement(spec: &Value) -> Result<HostPlacement, String> {
+    let cgroups_path = match spec.pointer("/linux/cgroupsPath") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(path)) if path.is_empty() => None,
+        Some(Value::String(path)) => {
+            crate::pod_cgroup::relative_path(path)?;
+            Some(path.clone())
+        }
+        Some(other) => return Err(format!("linux.cgroupsPath {other} is not a string")),
+    };
+    Ok(HostPlacement {
+        oom_score_adj: oom_score_adj(spec)?,
+        cgroups_path,
+    })
+}
+
 /// The network the spec gives the pod: the `linux.namespaces` entry of type
 /// `network`. A spec without one asks for the host's network, which a VM
 /// cannot share: that is an error naming it.
@@ -442,6 +468,25 @@ mod tests {
         for bad in [json!(-1001), json!(1_i64 << 40), json!("5"), json!(1.5)] {
             let err = oom_score_adj(&with(bad)).unwrap_err();
             assert!(err.contains("process.oomScoreAdj"), "{err}");
+        }
+    }
+
+    #[test]
+    fn the_pods_cgroup_is_taken_from_the_spec_and_checked() {
+        let with = |path: Value| json!({"linux": {"cgroupsPath": path}});
+        let placement = host_placement(&with(json!("/kubepods/pod1/abc"))).unwrap();
+        assert_eq!(
+            placement.cgroups_path.as_deref(),
+            Some("/kubepods/pod1/abc")
+        );
+        assert_eq!(
+            host_placement(&json!({})).unwrap(),
+            HostPlacement::default()
+        );
+        assert_eq!(host_placement(&with(json!(""))).unwrap().cgroups_path, None);
+        for bad in [json!("/a/../../etc"), json!(5)] {
+            let err = host_placement(&with(bad)).unwrap_err();
+            assert!(err.contains("linux.cgroupsPath"), "{err}");
         }
     }
 

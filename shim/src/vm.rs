@@ -41,6 +41,96 @@ pub struct NetCard<'a> {
     pub mac: &'a str,
 }
 
+/// The capabilities the VMM keeps (bounding set; as root its effective set
+/// after exec): what virtio-fs's passthrough needs to keep the guest's file
+/// ownership and modes (chown, reach and change files of any owner, create
+/// as the caller's uid and gid), and raising its fd limit for the share's
+/// fds. Everything else goes (CAP_SYS_ADMIN, CAP_NET_ADMIN, CAP_SYS_PTRACE,
+/// CAP_SYS_MODULE, ...): the tap comes open, `/dev/kvm` needs none, and the
+/// pod's share is not `privileged` (no device nodes, no file capabilities).
+const VMM_CAPABILITIES: [u32; 8] = [
+    0,  // CAP_CHOWN
+    1,  // CAP_DAC_OVERRIDE
+    2,  // CAP_DAC_READ_SEARCH
+    3,  // CAP_FOWNER
+    4,  // CAP_FSETID
+    6,  // CAP_SETGID
+    7,  // CAP_SETUID
+    24, // CAP_SYS_RESOURCE
+];
+/// The kernel's capability count, where it cannot be read.
+const DEFAULT_LAST_CAP: u32 = 40;
+
+/// The capability bounding set bits to drop before exec: every capability up
+/// to the kernel's last but [`VMM_CAPABILITIES`].
+fn capabilities_to_drop() -> Vec<u32> {
+    let last = fs::read_to_string("/proc/sys/kernel/cap_last_cap")
+        .ok()
+        .and_then(|text| text.trim().parse().ok())
+        .unwrap_or(DEFAULT_LAST_CAP);
+    (0..=last)
+        .filter(|cap| !VMM_CAPABILITIES.contains(cap))
+        .collect()
+}
+
+/// `struct __user_cap_header_struct`.
+#[repr(C)]
+struct CapHeader {
+    version: u32,
+    pid: i32,
+}
+
+/// `struct __user_cap_data_struct`.
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct CapData {
+    effective: u32,
+    permitted: u32,
+    inheritable: u32,
+}
+
+/// `_LINUX_CAPABILITY_VERSION_3`: two `CapData`, for 64 capabilities.
+const CAP_VERSION_3: u32 = 0x2008_0522;
+
+/// Drops `drop` from the bounding set and empties the inheritable set, so
+/// that the exec'd VMM (root) gets only what the bounding set keeps.
+fn confine_capabilities(drop: &[u32]) -> std::io::Result<()> {
+    for cap in drop {
+        // SAFETY: PR_CAPBSET_DROP takes a capability number; no memory.
+        let ret = unsafe { libc::prctl(libc::PR_CAPBSET_DROP, *cap as libc::c_ulong, 0, 0, 0) };
+        // EINVAL: a capability this kernel does not have.
+        if ret != 0 && std::io::Error::last_os_error().raw_os_error() != Some(libc::EINVAL) {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    let mut header = CapHeader {
+        version: CAP_VERSION_3,
+        pid: 0,
+    };
+    let mut data = [CapData::default(); 2];
+    // SAFETY: `header` and `data` are the v3 layout capget fills.
+    if unsafe { libc::syscall(libc::SYS_capget, &mut header, data.as_mut_ptr()) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    for half in &mut data {
+        half.inheritable = 0;
+    }
+    // SAFETY: as for capget; capset only reads them.
+    if unsafe { libc::syscall(libc::SYS_capset, &mut header, data.as_ptr()) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Where the VMM process goes on the host.
+#[derive(Debug, Clone, Copy)]
+pub struct VmmPlacement<'a> {
+    /// Its `oom_score_adj`, none to keep the shim's.
+    pub oom_score_adj: Option<i32>,
+    /// The pod cgroup's `cgroup.procs` files, one per hierarchy, to join.
+    pub cgroup_procs: &'a [File],
+}
+
 /// A running (or exited) VMM.
 pub struct Vm {
     pid: i32,
@@ -52,7 +142,9 @@ impl Vm {
     /// `nets`; `on_exit` runs once, on a thread, when the VMM exits.
     ///
     /// The VMM gets an empty environment, no new privileges (nothing it execs
-    /// could gain any) and the pod's `oom_score_adj`, if the spec has one.
+    /// could gain any), the pod's `oom_score_adj`, if the spec has one, and
+    /// joins the pod's cgroup before its exec, so that all it uses is charged
+    /// there.
     ///
     /// The shim's reaper (containerd-shim's SIGCHLD handler) reaps every child, so
     /// the VMM's exit is learnt from its monitor, subscribed before the spawn.
@@ -61,7 +153,7 @@ impl Vm {
         dir: &SandboxDir,
         size: VmSize,
         nets: &[NetCard<'_>],
-        oom_score_adj: Option<i32>,
+        placement: VmmPlacement<'_>,
         on_exit: impl FnOnce(i32) + Send + 'static,
     ) -> Result<Self, String> {
         let subscription = monitor_subscribe(Topic::Pid)
@@ -101,25 +193,41 @@ impl Vm {
                 "tag={SHARED_FS_TAG},path={}",
                 dir.shared().display()
             ))
-            .arg("--rng");
+            .arg("--rng")
+            .arg("--seccomp")
+            .arg(config.vmm_seccomp.flag());
         for net in nets {
             command
                 .arg("--net")
                 .arg(format!("fd={},mac={}", net.tap.as_raw_fd(), net.mac));
         }
         let inherited: Vec<RawFd> = nets.iter().map(|net| net.tap.as_raw_fd()).collect();
-        let oom_score_adj = oom_score_adj.map(|adj| format!("{adj}\n").into_bytes());
+        let oom_score_adj = placement
+            .oom_score_adj
+            .map(|adj| format!("{adj}\n").into_bytes());
+        let cgroup_procs: Vec<RawFd> = placement
+            .cgroup_procs
+            .iter()
+            .map(AsRawFd::as_raw_fd)
+            .collect();
+        let drop_capabilities = capabilities_to_drop();
         command.env_clear();
         // SAFETY: the closure runs in the child between fork and exec and only
         // makes async-signal-safe system calls (fcntl on fds the parent holds
-        // open for the whole spawn, borrowed in `nets`; prctl; open, write and
-        // close on a path and bytes made before the fork); it allocates nothing.
+        // open for the whole spawn, borrowed in `nets`; writes to the cgroup
+        // files `placement` borrows; prctl, capget and capset on data made
+        // before the fork or on its stack; open, write and close on a path
+        // and bytes made before the fork); it allocates nothing.
         unsafe {
             command.pre_exec(move || {
                 inherit_fds(&inherited)?;
+                for fd in &cgroup_procs {
+                    join_cgroup(*fd)?;
+                }
                 if let Some(adj) = &oom_score_adj {
                     write_own_oom_score_adj(adj)?;
                 }
+                confine_capabilities(&drop_capabilities)?;
                 nix::sys::prctl::set_no_new_privs().map_err(std::io::Error::from)
             });
         }
@@ -163,8 +271,8 @@ impl Vm {
                         } else {
                             // Why, for the operator: its last lines.
                             warn!(
-                                "VMM {pid} exited with {}: {}",
-                                event.exit_code,
+                                "VMM {pid} {}: {}",
+                                exit_cause(event.exit_code),
                                 log_tail(&log_path)
                             );
                         }
@@ -206,6 +314,15 @@ impl Vm {
             warn!("VMM {} did not exit 10 s after SIGKILL", self.pid);
         }
     }
+}
+
+/// Moves this process into the cgroup whose `cgroup.procs` is open as `fd`.
+fn join_cgroup(fd: RawFd) -> std::io::Result<()> {
+    // SAFETY: a two-byte literal; `fd` is held open by the parent's `File`.
+    if unsafe { libc::write(fd, b"0\n".as_ptr().cast(), 2) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// Writes `adj` (a number and a newline) to this process's `oom_score_adj`.
@@ -323,6 +440,22 @@ fn is_zombie(pid: i32) -> bool {
         .unwrap_or(false)
 }
 
+/// How the VMM ended, from the status the shim's reaper reports (128 plus
+/// the signal's number for a signal).
+pub fn exit_cause(status: i32) -> String {
+    let signal = status
+        .checked_sub(128)
+        .filter(|n| *n > 0)
+        .and_then(|n| Signal::try_from(n).ok());
+    match signal {
+        Some(Signal::SIGSYS) => "was killed by SIGSYS: one of its threads made a syscall \
+             its seccomp filter forbids (the host kernel's audit log names it)"
+            .into(),
+        Some(signal) => format!("was killed by {signal}"),
+        None => format!("exited with {status}"),
+    }
+}
+
 /// The last lines of the VMM's log at `path`, joined with " | " ("(empty)"
 /// when there are none).
 pub fn log_tail(path: &Path) -> String {
@@ -356,6 +489,25 @@ mod tests {
         assert!(log.starts_with(&[b'x'; 1000]));
         assert!(log.ends_with(b"[vmm.log: over its limit, the rest dropped]\n"));
         assert!(log.len() < 1100, "{} bytes", log.len());
+    }
+
+    #[test]
+    fn the_vmm_keeps_only_virtio_fs_capabilities() {
+        let drop = capabilities_to_drop();
+        assert!(VMM_CAPABILITIES.iter().all(|cap| !drop.contains(cap)));
+        // CAP_NET_ADMIN, CAP_SYS_PTRACE, CAP_SYS_ADMIN.
+        assert!(
+            [12, 19, 21].iter().all(|cap| drop.contains(cap)),
+            "{drop:?}"
+        );
+    }
+
+    #[test]
+    fn a_seccomp_kill_is_named_and_other_ends_told_apart() {
+        assert!(exit_cause(128 + libc::SIGSYS).contains("seccomp"));
+        assert_eq!(exit_cause(137), "was killed by SIGKILL");
+        assert_eq!(exit_cause(1), "exited with 1");
+        assert_eq!(exit_cause(128), "exited with 128");
     }
 
     #[test]

@@ -484,11 +484,50 @@ pub fn assert_clean() {
                     .map(|e| format!("entry: {}", e.path().display())),
             );
         }
+        left.extend(
+            pod_cgroups_left()
+                .iter()
+                .map(|dir| format!("cgroup: {}", dir.display())),
+        );
         left
     };
     if !wait_until(Duration::from_secs(10), || leftovers().is_empty()) {
         panic!("runv left behind:\n{}", leftovers().join("\n"));
     }
+}
+
+/// Cgroups that `ctr run` pods (`/default/<id>`) left in the host's memory
+/// and pids hierarchies (v1) or the unified one (v2).
+pub fn pod_cgroups_left() -> Vec<PathBuf> {
+    ["memory/default", "pids/default", "default"]
+        .iter()
+        .filter_map(|dir| fs::read_dir(Path::new("/sys/fs/cgroup").join(dir)).ok())
+        .flatten()
+        .filter_map(Result::ok)
+        .filter(|entry| entry.file_type().is_ok_and(|t| t.is_dir()))
+        .map(|entry| entry.path())
+        .collect()
+}
+
+/// The cgroup of process `pid` in the hierarchy holding `controller` (v1),
+/// or its unified one (v2), as `/proc/<pid>/cgroup` names it.
+pub fn cgroup_of(pid: i32, controller: &str) -> String {
+    let text = fs::read_to_string(format!("/proc/{pid}/cgroup"))
+        .unwrap_or_else(|err| panic!("/proc/{pid}/cgroup: {err}"));
+    let in_line = |line: &str| {
+        let mut fields = line.splitn(3, ':');
+        let (_, controllers, path) = (fields.next()?, fields.next()?, fields.next()?);
+        (controllers.split(',').any(|c| c == controller) || controllers.is_empty())
+            .then(|| (controllers.is_empty(), path.to_owned()))
+    };
+    let mut found: Vec<(bool, String)> = text.lines().filter_map(in_line).collect();
+    // A v1 controller's own line first; the unified line where there is none.
+    found.sort();
+    found
+        .into_iter()
+        .next()
+        .map(|(_, path)| path)
+        .unwrap_or_else(|| panic!("no {controller} cgroup in /proc/{pid}/cgroup:\n{text}"))
 }
 
 /// runv's config file for the shim, with the keys the shim reads.

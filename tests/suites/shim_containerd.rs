@@ -11,6 +11,7 @@
 //! runtime) instead, to check the suite's own expectations; checks that only make
 //! sense for runv (its VMM, its config) are then skipped.
 
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
@@ -19,8 +20,8 @@ use k8s_cri::v1::{
     LinuxSandboxSecurityContext, NamespaceMode, NamespaceOption,
 };
 use runv_tests::containerd::{
-    assert_clean, pattern, run_with_deadline, wait_until, Containerd, Runtime, RunvConfig,
-    TEST_IMAGE,
+    assert_clean, cgroup_of, pattern, run_with_deadline, wait_until, Containerd, Runtime,
+    RunvConfig, TEST_IMAGE,
 };
 use runv_tests::cri::{container_config, envs, pod_config, pod_config_annotated};
 use runv_tests::host::{pids_named, processes_matching};
@@ -585,6 +586,121 @@ fn fault_vmm_killed() {
     finish(containerd);
 }
 
+/// The CRI cgroup parent of `cri_sandbox_task_is_the_vm`'s pod.
+const POD_CGROUP_PARENT: &str = "/runv-tests-cri";
+
+/// Removes the cgroup parent a test's pods had, after checking that the
+/// pods' own cgroups below it are gone.
+fn remove_cgroup_parent(parent: &str) {
+    let dirs: Vec<PathBuf> = std::fs::read_dir("/sys/fs/cgroup")
+        .into_iter()
+        .flatten()
+        .filter_map(Result::ok)
+        .map(|hierarchy| hierarchy.path().join(parent.trim_start_matches('/')))
+        .chain([Path::new("/sys/fs/cgroup").join(parent.trim_start_matches('/'))])
+        .filter(|dir| dir.is_dir())
+        .collect();
+    let mut left = Vec::new();
+    for dir in &dirs {
+        for entry in std::fs::read_dir(dir)
+            .into_iter()
+            .flatten()
+            .filter_map(Result::ok)
+        {
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                left.push(entry.path());
+            }
+        }
+        let _ = std::fs::remove_dir(dir);
+    }
+    assert!(left.is_empty(), "pod cgroups left: {left:?}");
+}
+
+/// Every thread of process `pid` runs under a seccomp filter (`Seccomp: 2`).
+fn assert_every_thread_filtered(pid: i32) {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap_or_else(|err| panic!("/proc/{pid}/task: {err}"));
+    let mut threads = Vec::new();
+    for task in tasks {
+        let path = task.expect("a task entry").path();
+        let Ok(status) = std::fs::read_to_string(path.join("status")) else {
+            continue; // the thread ended meanwhile
+        };
+        let field = |name: &str| {
+            status
+                .lines()
+                .find_map(|line| line.strip_prefix(name))
+                .map(|value| value.trim().to_owned())
+                .unwrap_or_default()
+        };
+        threads.push((field("Name:"), field("Seccomp:")));
+    }
+    assert!(threads.len() > 1, "threads of {pid}: {threads:?}");
+    assert!(
+        threads.iter().all(|(_, mode)| mode == "2"),
+        "threads of runv-vmm {pid} without a seccomp filter: {threads:?}"
+    );
+}
+
+/// A VMM that makes a syscall outside its seccomp filter dies by SIGSYS: its
+/// pod's task exits, and the shim's log names the cause. The VMM under test
+/// is a build with the test-only `seccomp-trigger` feature
+/// (`RUNV_VMM_SECCOMP_TRIGGER`), whose event loop makes such a call on SIGUSR2.
+#[test]
+fn fault_vmm_killed_by_seccomp() {
+    let runtime = Runtime::under_test();
+    if runtime != Runtime::Runv {
+        return eprintln!("skipped: runv's VMM only");
+    }
+    let trigger = std::env::var_os("RUNV_VMM_SECCOMP_TRIGGER").unwrap_or_else(|| {
+        panic!(
+            "RUNV_VMM_SECCOMP_TRIGGER is not set: cargo build --release -p runv-vmm \
+             --features seccomp-trigger --target-dir target/seccomp-trigger (scripts/test does)"
+        )
+    });
+    let containerd = Containerd::start();
+    containerd.write_runv_config(
+        &RunvConfig {
+            vmm: trigger.into(),
+            ..RunvConfig::from_env()
+        }
+        .to_toml(),
+    );
+    let args = runtime.run_args(&containerd, &["-d", TEST_IMAGE, "sc1", "sleep", "100000"]);
+    containerd.ctr(&strs(&args));
+    wait_task_status(&containerd, "sc1", "RUNNING", Duration::from_secs(180));
+    let [vmm] = vmm_pids()[..] else {
+        panic!("not one runv-vmm: {:?}", processes_matching("runv-vmm"));
+    };
+    assert_every_thread_filtered(vmm);
+    // ctr puts a container in the cgroup /<namespace>/<id>: so is its VM.
+    assert_eq!(
+        cgroup_of(vmm, "memory"),
+        "/default/sc1",
+        "the VMM's memory cgroup"
+    );
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(vmm),
+        nix::sys::signal::Signal::SIGUSR2,
+    )
+    .expect("SIGUSR2 runv-vmm");
+    wait_task_status(&containerd, "sc1", "STOPPED", Duration::from_secs(60));
+    let log_path = containerd.dir().join("containerd.log");
+    let said = wait_until(Duration::from_secs(30), || {
+        std::fs::read_to_string(&log_path).is_ok_and(|log| {
+            log.contains(&format!("VMM {vmm} was killed by SIGSYS")) && log.contains("seccomp")
+        })
+    });
+    assert!(
+        said,
+        "the shim's log does not say the VMM died by seccomp\n{}",
+        containerd.log_tail()
+    );
+    containerd.ctr(&["tasks", "rm", "-f", "sc1"]);
+    containerd.ctr(&["containers", "rm", "sc1"]);
+    finish(containerd);
+}
+
 /// SIGKILL of the shim: `ctr task rm -f` and `ctr c rm` still clean everything
 /// (containerd runs the shim's `delete` for a dead shim).
 #[test]
@@ -1074,7 +1190,10 @@ fn cri_sandbox_task_is_the_vm() {
     }
     let containerd = Containerd::start();
     let cri = containerd.cri();
-    let pod = pod_config("vmapi");
+    let mut pod = pod_config("vmapi");
+    if let Some(linux) = pod.linux.as_mut() {
+        linux.cgroup_parent = POD_CGROUP_PARENT.into();
+    }
     let pod_id = cri.run_pod_sandbox(&pod, runtime.handler());
     let config = container_config("ticker", TEST_IMAGE, &["sleep", "100000"]);
     let id = cri.create_container(&pod_id, &config, &pod);
@@ -1102,6 +1221,28 @@ fn cri_sandbox_task_is_the_vm() {
             .any(|line| line.split_whitespace().eq(["NoNewPrivs:", "1"])),
         "the VMM may gain privileges:\n{status}"
     );
+    assert_every_thread_filtered(vmm);
+    // Of root's capabilities it keeps what virtio-fs needs: CHOWN,
+    // DAC_OVERRIDE, DAC_READ_SEARCH, FOWNER, FSETID, SETGID, SETUID and
+    // SYS_RESOURCE.
+    for set in ["CapEff:", "CapBnd:"] {
+        assert!(
+            status
+                .lines()
+                .any(|line| line.split_whitespace().eq([set, "00000000010000df"])),
+            "the VMM's {set} is not virtio-fs's set:\n{status}"
+        );
+    }
+    // The VMM is charged to the pod's cgroup (CRI's cgroup parent + the
+    // sandbox id), not to containerd's.
+    let pod_cgroup = format!("{POD_CGROUP_PARENT}/{pod_id}");
+    for controller in ["memory", "pids"] {
+        assert_eq!(
+            cgroup_of(vmm, controller),
+            pod_cgroup,
+            "the VMM's {controller} cgroup"
+        );
+    }
 
     let metrics = containerd.ctr_in(CRI_NAMESPACE, &["tasks", "metrics", &pod_id]);
     let value = |name: &str| -> u64 {
@@ -1179,5 +1320,6 @@ fn cri_sandbox_task_is_the_vm() {
          ({said:?} not logged)\n{}",
         containerd.log_tail()
     );
+    remove_cgroup_parent(POD_CGROUP_PARENT);
     finish(containerd);
 }
