@@ -616,6 +616,80 @@ fn remove_cgroup_parent(parent: &str) {
     assert!(left.is_empty(), "pod cgroups left: {left:?}");
 }
 
+/// A CRI pod's VM cannot take more host memory than its cgroup parent allows
+/// (as kubelet sets a pod's limit): a 512 MiB guest whose container touches
+/// 400 MiB, under a 256 MiB parent, has its VMM OOM-killed on the host, not
+/// the host's memory taken; its task exits and the pod goes cleanly.
+#[test]
+fn cri_pod_memory_is_bounded_by_its_host_cgroup() {
+    let runtime = Runtime::under_test();
+    if runtime != Runtime::Runv {
+        return eprintln!("skipped: runv's VM in the pod's cgroup");
+    }
+    const PARENT: &str = "/runv-tests-memory";
+    const LIMIT: u64 = 256 << 20;
+    let root = Path::new("/sys/fs/cgroup");
+    let v2 = root.join("cgroup.controllers").exists();
+    let parent = if v2 {
+        // The memory controller must reach the parent.
+        std::fs::write(root.join("cgroup.subtree_control"), "+memory")
+            .expect("enable the memory controller at the cgroup root");
+        root.join(PARENT.trim_start_matches('/'))
+    } else {
+        root.join("memory").join(PARENT.trim_start_matches('/'))
+    };
+    std::fs::create_dir_all(&parent).expect("create the pod's cgroup parent");
+    let (limit_file, events_file) = if v2 {
+        ("memory.max", "memory.events")
+    } else {
+        ("memory.limit_in_bytes", "memory.oom_control")
+    };
+    std::fs::write(parent.join(limit_file), LIMIT.to_string()).expect("set the memory limit");
+    if v2 {
+        // No swap to escape to.
+        let _ = std::fs::write(parent.join("memory.swap.max"), "0");
+    }
+
+    let containerd = Containerd::start();
+    let cri = containerd.cri();
+    let mut pod = pod_config_annotated("memhog", &[(MEMORY_ANNOTATION, "512")]);
+    if let Some(linux) = pod.linux.as_mut() {
+        linux.cgroup_parent = PARENT.into();
+    }
+    let pod_id = cri.run_pod_sandbox(&pod, runtime.handler());
+    let config = container_config(
+        "hog",
+        TEST_IMAGE,
+        &[
+            "sh",
+            "-c",
+            "dd if=/dev/zero of=/dev/null bs=400M count=1; echo survived; sleep 100000",
+        ],
+    );
+    let id = cri.create_container(&pod_id, &config, &pod);
+    cri.start_container(&id);
+    let vmm_gone = wait_until(Duration::from_secs(240), || vmm_pids().is_empty());
+    let events = std::fs::read_to_string(parent.join(events_file)).unwrap_or_default();
+    let oom_kills: u64 = events
+        .lines()
+        .find_map(|line| line.strip_prefix("oom_kill "))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(0);
+    assert!(
+        vmm_gone && oom_kills >= 1,
+        "the VM was not bounded by its 256 MiB host cgroup: VMM gone {vmm_gone}, \
+         {events_file}:\n{events}\n{}",
+        containerd.log_tail()
+    );
+    if let Ok(peak) = std::fs::read_to_string(parent.join("memory.peak")) {
+        eprintln!("the pod's cgroup peaked at {} bytes", peak.trim());
+    }
+    cri.stop_pod_sandbox(&pod_id);
+    cri.remove_pod_sandbox(&pod_id);
+    finish(containerd);
+    remove_cgroup_parent(PARENT);
+}
+
 /// Every thread of process `pid` runs under a seccomp filter (`Seccomp: 2`).
 fn assert_every_thread_filtered(pid: i32) {
     let tasks = std::fs::read_dir(format!("/proc/{pid}/task"))

@@ -285,9 +285,10 @@ impl VirtioDevice for Block {
     }
 
     fn reset(&mut self) -> bool {
-        // Dropping the thread stops and joins it, or after a while leaves it to
-        // a request blocked in the host kernel (a hung network file system),
-        // which still holds the queue: the device then cannot be reset.
+        // Dropping the loop stops it and waits for its end, or after a while
+        // leaves it to a request blocked in the host kernel (a hung network
+        // file system), which still holds the queue: the device then cannot
+        // be reset.
         self.worker = None;
         match self.served.active.try_lock() {
             Ok(mut active) => *active = None,

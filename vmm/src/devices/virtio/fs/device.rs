@@ -183,9 +183,9 @@ impl VirtioDevice for Fs {
     }
 
     fn reset(&mut self) -> bool {
-        // Dropping the thread stops and joins it, or after a while leaves it
-        // to a request blocked in the host kernel (a FIFO in the share), which
-        // may then hold the old state for ever: the device starts afresh.
+        // Dropping the loop stops it and waits for its end, or after a while
+        // leaves it to a request blocked in the host kernel (a FIFO in the
+        // share): the device's thread serves a new activation once that ends.
         self.thread = None;
         self.served = Arc::new(Mutex::new(None));
         true

@@ -269,7 +269,7 @@ impl VirtioDevice for Rng {
     }
 
     fn reset(&mut self) -> bool {
-        // Dropping the thread stops and joins it; one waiting for the bucket
+        // Dropping the loop stops it and waits for its end; one waiting for the bucket
         // sees the stop at once.
         self.worker = None;
         match self.state.try_lock() {

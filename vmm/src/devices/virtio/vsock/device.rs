@@ -116,7 +116,7 @@ impl VirtioDevice for Vsock {
 
 impl Drop for Vsock {
     fn drop(&mut self) {
-        // Stops and joins the thread before its socket goes.
+        // Stops the serving loop (and waits for it) before its socket goes.
         self.backend.take();
         let _ = std::fs::remove_file(&self.uds_path);
     }
