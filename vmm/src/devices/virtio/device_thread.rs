@@ -187,6 +187,30 @@ mod tests {
     }
 
     #[test]
+    fn one_thread_serves_each_activation_in_turn() {
+        let worker = worker("reactivated-device");
+        let thread_of = |worker: &DeviceWorker| {
+            let (tx, rx) = mpsc::channel();
+            let running = worker
+                .serve(move |_stop| {
+                    tx.send(std::thread::current().id()).unwrap();
+                    Ok(())
+                })
+                .unwrap();
+            let id = rx.recv_timeout(Duration::from_secs(10)).unwrap();
+            drop(running);
+            id
+        };
+        let first = thread_of(&worker);
+        assert_eq!(
+            thread_of(&worker),
+            first,
+            "a second activation, same thread"
+        );
+        assert_ne!(first, std::thread::current().id());
+    }
+
+    #[test]
     fn a_thread_stuck_in_a_request_is_left_after_the_timeout() {
         let thread = worker("stuck-device")
             .serve(|_stop| {
