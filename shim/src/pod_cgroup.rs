@@ -45,10 +45,10 @@ impl PodCgroup {
         let mut leaves = Vec::new();
         for hierarchy in hierarchies(Path::new(CGROUP_ROOT)) {
             let leaf = hierarchy.join(&relative);
+            fs::create_dir_all(&leaf).map_err(|err| bad(&leaf, err))?;
             if hierarchy.join("cgroup.controllers").exists() {
                 enable_controllers(&hierarchy, &relative);
             }
-            fs::create_dir_all(&leaf).map_err(|err| bad(&leaf, err))?;
             leaves.push(leaf);
         }
         let cgroup = Self { leaves };
@@ -164,9 +164,6 @@ fn enable_controllers(root: &Path, relative: &Path) {
             let _ = fs::write(dir.join("cgroup.subtree_control"), controller);
         }
         dir.push(component);
-        if fs::create_dir(&dir).is_err() && !dir.is_dir() {
-            return;
-        }
     }
 }
 

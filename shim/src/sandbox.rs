@@ -98,14 +98,14 @@ impl Sandbox {
                 mac,
             })
             .collect();
-        let cgroup = match placement.cgroups_path.as_deref().map(|path| {
-            PodCgroup::create(&dir, path).and_then(|cgroup| Ok((cgroup.procs_files()?, cgroup)))
-        }) {
-            Some(Ok((procs, _cgroup))) => procs,
-            Some(Err(err)) => {
-                cleanup(&dir);
-                return Err(err);
-            }
+        let cgroup = match &placement.cgroups_path {
+            Some(path) => match PodCgroup::create(&dir, path).and_then(|c| c.procs_files()) {
+                Ok(procs) => procs,
+                Err(err) => {
+                    cleanup(&dir);
+                    return Err(err);
+                }
+            },
             None => Vec::new(),
         };
         let launched = Vm::launch(
