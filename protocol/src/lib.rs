@@ -14,6 +14,16 @@ pub const AGENT_VSOCK_PORT: u32 = 1024;
 /// virtio-fs tag of the pod's shared directory (`<sandbox dir>/shared` on the host).
 pub const SHARED_FS_TAG: &str = "runv";
 
+/// Host fds runv-vmm may hold besides its shares' (KVM, vCPUs, eventfds,
+/// disks, taps, up to 1024 vsock connections, API clients).
+pub const VMM_BASE_FDS: u64 = 4096;
+
+/// Host fds one virtio-fs share may hold by default (one per inode the guest
+/// knows, one per file it has open). The shim gives its VMM an open-file limit
+/// of [`VMM_BASE_FDS`] plus this, which the VMM may raise its soft limit to
+/// without any capability.
+pub const SHARE_MAX_FDS: u64 = 65536;
+
 /// Where the agent mounts the shared directory in the guest.
 pub const GUEST_SHARED_DIR: &str = "/run/runv/shared";
 

@@ -1,6 +1,6 @@
 //! The VMM control API (`protos/vmm.proto`, ttrpc service `runv.vmm.v1.Vmm`).
 //!
-//! runv-vmm serves it on `<sandbox dir>/api.sock`; the shim calls it (see `README.md`).
+//! runv-vmm serves it on `<sandbox dir>/vm/api.sock`; the shim calls it (see `README.md`).
 //! Everything is re-exported here: the messages and [`VmState`] (generated into
 //! [`vmm`]), and the sync ttrpc service trait [`Vmm`], its client [`VmmClient`] and
 //! [`create_vmm`], the method table for `ttrpc::Server::register_service` (generated
@@ -22,7 +22,7 @@
 //!
 //! # let dir = tempfile::tempdir().unwrap();
 //! # let api_sock = dir.path().join("api.sock");
-//! // VMM side: serve on <sandbox dir>/api.sock (remove a stale socket file first).
+//! // VMM side: serve on <sandbox dir>/vm/api.sock (remove a stale socket file first).
 //! let addr = format!("unix://{}", api_sock.display());
 //! let mut server = ttrpc::Server::new()
 //!     .bind(&addr)?

@@ -84,6 +84,10 @@ pub struct RunvConfig {
     /// The VMM's seccomp filters: `enforce` (a forbidden syscall kills it),
     /// `log` (the host's audit log names it) or `off`. Never overridable.
     pub vmm_seccomp: VmmSeccomp,
+    /// Start the VMM in its jail (own mount and pid namespaces, a root that
+    /// holds only its VM's files; `jail`). Needs a static runv-vmm. Never
+    /// overridable.
+    pub vmm_jail: bool,
 }
 
 /// `vmm_seccomp`: runv-vmm's `--seccomp` mode.
@@ -126,6 +130,7 @@ impl Default for RunvConfig {
             debug_console: false,
             enable_annotations: vec!["default_vcpus".into(), "default_memory_mib".into()],
             vmm_seccomp: VmmSeccomp::Enforce,
+            vmm_jail: true,
         }
     }
 }
@@ -364,10 +369,12 @@ mod tests {
             debug_console = true
             enable_annotations = ["default_vcpus"]
             vmm_seccomp = "log"
+            vmm_jail = false
             "#,
         )
         .unwrap();
         assert_eq!(config.vmm_seccomp, VmmSeccomp::Log);
+        assert!(!config.vmm_jail);
         assert_eq!(config.kernel, PathBuf::from("/k"));
         assert_eq!(config.default_vcpus, 2);
         assert_eq!(config.default_memory_mib, 512);

@@ -47,19 +47,31 @@ impl SandboxDir {
         &self.root
     }
 
+    /// `vm/`: the one directory of the sandbox the VMM may write (its
+    /// sockets and console); the shim's own files stay out of its reach.
+    pub fn vm_dir(&self) -> PathBuf {
+        self.root.join("vm")
+    }
+
+    /// `jail/`: where the VMM's jail root is mounted, in its own mount
+    /// namespace only (see `jail`).
+    pub fn jail_root(&self) -> PathBuf {
+        self.root.join("jail")
+    }
+
     /// The VMM's control socket.
     pub fn api_sock(&self) -> PathBuf {
-        self.root.join("api.sock")
+        self.vm_dir().join("api.sock")
     }
 
     /// The VMM's hybrid vsock socket.
     pub fn vsock_sock(&self) -> PathBuf {
-        self.root.join("vsock.sock")
+        self.vm_dir().join("vsock.sock")
     }
 
     /// The guest's serial console (with `debug_console`).
     pub fn console_log(&self) -> PathBuf {
-        self.root.join("console.log")
+        self.vm_dir().join("console.log")
     }
 
     /// The VMM's own stderr.
@@ -135,7 +147,7 @@ mod tests {
     #[test]
     fn shared_paths_match_on_both_sides() {
         let dir = SandboxDir::new("pod");
-        assert_eq!(dir.vsock_sock(), Path::new("/run/runv/pod/vsock.sock"));
+        assert_eq!(dir.vsock_sock(), Path::new("/run/runv/pod/vm/vsock.sock"));
         assert_eq!(dir.shared(), Path::new("/run/runv/pod/shared"));
         let rootfs = SharedPath::new("c1", "rootfs");
         assert_eq!(rootfs.rel, Path::new("c1/rootfs"));

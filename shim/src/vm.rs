@@ -3,16 +3,19 @@
 
 use crate::config::RunvConfig;
 use crate::exit::ExitCell;
+use crate::jail::{self, Jail};
 use crate::paths::{SandboxDir, GUEST_CID};
+use crate::privileges::VmmPrivileges;
 use crate::spec::VmSize;
 use containerd_shim::monitor::{monitor_subscribe, Subject, Topic};
 use log::{info, warn};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
-use protocol::SHARED_FS_TAG;
+use protocol::{SHARED_FS_TAG, SHARE_MAX_FDS};
 use std::fs::{self, File};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
+use std::os::unix::fs::DirBuilderExt;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -41,87 +44,6 @@ pub struct NetCard<'a> {
     pub mac: &'a str,
 }
 
-/// The capabilities the VMM keeps (bounding set; as root its effective set
-/// after exec): what virtio-fs's passthrough needs to keep the guest's file
-/// ownership and modes (chown, reach and change files of any owner, create
-/// as the caller's uid and gid), and raising its fd limit for the share's
-/// fds. Everything else goes (CAP_SYS_ADMIN, CAP_NET_ADMIN, CAP_SYS_PTRACE,
-/// CAP_SYS_MODULE, ...): the tap comes open, `/dev/kvm` needs none, and the
-/// pod's share is not `privileged` (no device nodes, no file capabilities).
-const VMM_CAPABILITIES: [u32; 8] = [
-    0,  // CAP_CHOWN
-    1,  // CAP_DAC_OVERRIDE
-    2,  // CAP_DAC_READ_SEARCH
-    3,  // CAP_FOWNER
-    4,  // CAP_FSETID
-    6,  // CAP_SETGID
-    7,  // CAP_SETUID
-    24, // CAP_SYS_RESOURCE
-];
-/// The kernel's capability count, where it cannot be read.
-const DEFAULT_LAST_CAP: u32 = 40;
-
-/// The capability bounding set bits to drop before exec: every capability up
-/// to the kernel's last but [`VMM_CAPABILITIES`].
-fn capabilities_to_drop() -> Vec<u32> {
-    let last = fs::read_to_string("/proc/sys/kernel/cap_last_cap")
-        .ok()
-        .and_then(|text| text.trim().parse().ok())
-        .unwrap_or(DEFAULT_LAST_CAP);
-    (0..=last)
-        .filter(|cap| !VMM_CAPABILITIES.contains(cap))
-        .collect()
-}
-
-/// `struct __user_cap_header_struct`.
-#[repr(C)]
-struct CapHeader {
-    version: u32,
-    pid: i32,
-}
-
-/// `struct __user_cap_data_struct`.
-#[repr(C)]
-#[derive(Clone, Copy, Default)]
-struct CapData {
-    effective: u32,
-    permitted: u32,
-    inheritable: u32,
-}
-
-/// `_LINUX_CAPABILITY_VERSION_3`: two `CapData`, for 64 capabilities.
-const CAP_VERSION_3: u32 = 0x2008_0522;
-
-/// Drops `drop` from the bounding set and empties the inheritable set, so
-/// that the exec'd VMM (root) gets only what the bounding set keeps.
-fn confine_capabilities(drop: &[u32]) -> std::io::Result<()> {
-    for cap in drop {
-        // SAFETY: PR_CAPBSET_DROP takes a capability number; no memory.
-        let ret = unsafe { libc::prctl(libc::PR_CAPBSET_DROP, *cap as libc::c_ulong, 0, 0, 0) };
-        // EINVAL: a capability this kernel does not have.
-        if ret != 0 && std::io::Error::last_os_error().raw_os_error() != Some(libc::EINVAL) {
-            return Err(std::io::Error::last_os_error());
-        }
-    }
-    let mut header = CapHeader {
-        version: CAP_VERSION_3,
-        pid: 0,
-    };
-    let mut data = [CapData::default(); 2];
-    // SAFETY: `header` and `data` are the v3 layout capget fills.
-    if unsafe { libc::syscall(libc::SYS_capget, &mut header, data.as_mut_ptr()) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    for half in &mut data {
-        half.inheritable = 0;
-    }
-    // SAFETY: as for capget; capset only reads them.
-    if unsafe { libc::syscall(libc::SYS_capset, &mut header, data.as_ptr()) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(())
-}
-
 /// Where the VMM process goes on the host.
 #[derive(Debug, Clone, Copy)]
 pub struct VmmPlacement<'a> {
@@ -142,9 +64,10 @@ impl Vm {
     /// `nets`; `on_exit` runs once, on a thread, when the VMM exits.
     ///
     /// The VMM gets an empty environment, no new privileges (nothing it execs
-    /// could gain any), the pod's `oom_score_adj`, if the spec has one, and
+    /// could gain any), virtio-fs's capabilities and its resource limits
+    /// (`privileges`), the pod's `oom_score_adj`, if the spec has one, and
     /// joins the pod's cgroup before its exec, so that all it uses is charged
-    /// there.
+    /// there. With `vmm_jail` it starts in its jail (`jail`).
     ///
     /// The shim's reaper (containerd-shim's SIGCHLD handler) reaps every child, so
     /// the VMM's exit is learnt from its monitor, subscribed before the spawn.
@@ -169,6 +92,19 @@ impl Vm {
         } else {
             "off".to_string()
         };
+        for own in [dir.vm_dir(), dir.jail_root()] {
+            fs::DirBuilder::new()
+                .mode(0o700)
+                .create(&own)
+                .map_err(|err| format!("{}: {err}", own.display()))?;
+        }
+        let jail = if config.vmm_jail {
+            let plan = Jail::plan(dir, &config.vmm, &[&config.kernel, &config.initrd])
+                .map_err(|err| err.to_string())?;
+            Some(Arc::new(plan))
+        } else {
+            None
+        };
         let mut command = Command::new(&config.vmm);
         command
             .arg("--kernel")
@@ -190,7 +126,7 @@ impl Vm {
             ))
             .arg("--fs")
             .arg(format!(
-                "tag={SHARED_FS_TAG},path={}",
+                "tag={SHARED_FS_TAG},path={},max-fds={SHARE_MAX_FDS}",
                 dir.shared().display()
             ))
             .arg("--rng")
@@ -210,14 +146,16 @@ impl Vm {
             .iter()
             .map(AsRawFd::as_raw_fd)
             .collect();
-        let drop_capabilities = capabilities_to_drop();
+        let privileges = VmmPrivileges::new();
+        let jailer = jail.clone();
         command.env_clear();
         // SAFETY: the closure runs in the child between fork and exec and only
         // makes async-signal-safe system calls (fcntl on fds the parent holds
         // open for the whole spawn, borrowed in `nets`; writes to the cgroup
-        // files `placement` borrows; prctl, capget and capset on data made
-        // before the fork or on its stack; open, write and close on a path
-        // and bytes made before the fork); it allocates nothing.
+        // files `placement` borrows; open, write and close on a path and bytes
+        // made before the fork; the jail's and the privileges' system calls on
+        // their plans, see `Jail::enter` and `VmmPrivileges::apply`); it
+        // allocates nothing.
         unsafe {
             command.pre_exec(move || {
                 inherit_fds(&inherited)?;
@@ -227,17 +165,27 @@ impl Vm {
                 if let Some(adj) = &oom_score_adj {
                     write_own_oom_score_adj(adj)?;
                 }
-                confine_capabilities(&drop_capabilities)?;
-                nix::sys::prctl::set_no_new_privs().map_err(std::io::Error::from)
+                if let Some(jail) = &jailer {
+                    jail.enter()?;
+                }
+                privileges.apply()
             });
         }
         command
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
-        let mut child = command
-            .spawn()
-            .map_err(|err| format!("cannot start the VMM {}: {err}", config.vmm.display()))?;
+        let spawn_started = std::time::Instant::now();
+        let spawned = match &jail {
+            Some(_) => jail::spawn(&mut command),
+            None => command.spawn(),
+        };
+        let mut child = spawned.map_err(|err| {
+            let why = jail
+                .as_ref()
+                .map_or(err.to_string(), |jail| jail.describe(&err));
+            format!("cannot start the VMM {}: {why}", config.vmm.display())
+        })?;
         if let Some(stderr) = child.stderr.take() {
             let spawned = std::thread::Builder::new()
                 .name("vmm-log".into())
@@ -254,9 +202,18 @@ impl Vm {
         drop(child);
         fs::write(dir.vmm_pid_file(), pid.to_string())
             .map_err(|err| format!("{}: {err}", dir.vmm_pid_file().display()))?;
+        // The spawn returns once the VMM was exec'd: the time includes the
+        // jail's making (bench/start-latency compares it).
         info!(
-            "VMM {pid} started: {} vCPUs, {} MiB",
-            size.vcpus, size.memory_mib
+            "VMM {pid} started: {} vCPUs, {} MiB; spawned {} in {:.2} ms",
+            size.vcpus,
+            size.memory_mib,
+            if jail.is_some() {
+                "in its jail"
+            } else {
+                "without a jail"
+            },
+            spawn_started.elapsed().as_secs_f64() * 1000.0
         );
         let exit = Arc::new(ExitCell::default());
         let watched = Arc::clone(&exit);
@@ -489,17 +446,6 @@ mod tests {
         assert!(log.starts_with(&[b'x'; 1000]));
         assert!(log.ends_with(b"[vmm.log: over its limit, the rest dropped]\n"));
         assert!(log.len() < 1100, "{} bytes", log.len());
-    }
-
-    #[test]
-    fn the_vmm_keeps_only_virtio_fs_capabilities() {
-        let drop = capabilities_to_drop();
-        assert!(VMM_CAPABILITIES.iter().all(|cap| !drop.contains(cap)));
-        // CAP_NET_ADMIN, CAP_SYS_PTRACE, CAP_SYS_ADMIN.
-        assert!(
-            [12, 19, 21].iter().all(|cap| drop.contains(cap)),
-            "{drop:?}"
-        );
     }
 
     #[test]

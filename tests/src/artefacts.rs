@@ -25,10 +25,7 @@ impl GuestArtefacts {
 
 /// The `runv-vmm` binary under test (`RUNV_VMM`, set by `scripts/test`).
 pub fn vmm_binary() -> PathBuf {
-    required_file(
-        "RUNV_VMM",
-        "cargo build --release (target/release/runv-vmm)",
-    )
+    required_file("RUNV_VMM", "scripts/build-vmm (a static runv-vmm)")
 }
 
 /// The guest end of the vsock suite (`RUNV_VSOCK_PEER`, from

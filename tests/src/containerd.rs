@@ -210,7 +210,7 @@ impl Containerd {
             .map(|entries| entries.filter_map(Result::ok).map(|e| e.path()).collect())
             .unwrap_or_else(|_| Vec::new());
         for pod in pods {
-            for log in ["vmm.log", "console.log"] {
+            for log in ["vmm.log", "vm/console.log"] {
                 eprintln!("{}", file_tail(&pod.join(log), 40));
             }
         }
@@ -547,6 +547,8 @@ pub struct RunvConfig {
     pub boot_timeout_secs: u32,
     /// The shim's log level.
     pub log_level: String,
+    /// Whether the VMM starts in its jail (the product's default).
+    pub vmm_jail: bool,
 }
 
 impl RunvConfig {
@@ -562,6 +564,7 @@ impl RunvConfig {
             default_memory_mib: 256,
             boot_timeout_secs: 120,
             log_level: "debug".into(),
+            vmm_jail: true,
         }
     }
 
@@ -569,7 +572,7 @@ impl RunvConfig {
     pub fn to_toml(&self) -> String {
         format!(
             "vmm = {}\nkernel = {}\ninitrd = {}\ndefault_vcpus = {}\ndefault_memory_mib = {}\n\
-             boot_timeout_secs = {}\nlog_level = {}\n",
+             boot_timeout_secs = {}\nlog_level = {}\nvmm_jail = {}\n",
             toml_string(&self.vmm.display().to_string()),
             toml_string(&self.kernel.display().to_string()),
             toml_string(&self.initrd.display().to_string()),
@@ -577,6 +580,7 @@ impl RunvConfig {
             self.default_memory_mib,
             self.boot_timeout_secs,
             toml_string(&self.log_level),
+            self.vmm_jail,
         )
     }
 }
@@ -589,10 +593,7 @@ pub fn require_runv() {
             "RUNV_SHIM",
             "cargo build --release (target/release/containerd-shim-runv-v2)",
         ),
-        (
-            "RUNV_VMM",
-            "cargo build --release (target/release/runv-vmm)",
-        ),
+        ("RUNV_VMM", "scripts/build-vmm (a static runv-vmm)"),
         ("RUNV_KERNEL", "guest-kernel/build.sh"),
         ("RUNV_INITRD", "images/build-initrd.sh"),
     ] {

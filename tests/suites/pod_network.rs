@@ -186,7 +186,7 @@ impl Pod {
             .map(|(pid, _)| pid)
             .collect();
         let mut text = format!("\n--- runv-vmm of pod {}: {vmms:?}", self.name);
-        for log in ["vmm.log", "console.log"] {
+        for log in ["vmm.log", "vm/console.log"] {
             text.push('\n');
             text.push_str(&file_tail(&dir.join(log), 40));
         }
@@ -542,7 +542,7 @@ fn check_nothing_left(containerd: &Containerd, baseline: &[Seen]) {
 }
 
 /// containerd for a test or the benchmark. With `RUNV_DEBUG_CONSOLE=1`, runv's
-/// guests keep their console in `/run/runv/<id>/console.log`, and [`keep_logs`]
+/// guests keep their console in `/run/runv/<id>/vm/console.log`, and [`keep_logs`]
 /// copies the logs out while the test runs.
 fn start_containerd() -> Containerd {
     let containerd = Containerd::start();
@@ -578,8 +578,8 @@ fn keep_logs(containerd_log: PathBuf) {
                 .unwrap_or_else(|_| Vec::new());
             for pod in pods {
                 let id = pod.file_name().unwrap_or_default().to_string_lossy();
-                for log in ["vmm.log", "console.log"] {
-                    sources.push((pod.join(log), format!("{id}.{log}")));
+                for log in ["vmm.log", "vm/console.log"] {
+                    sources.push((pod.join(log), format!("{id}.{}", log.replace('/', "-"))));
                 }
             }
             for (source, name) in sources {

@@ -690,6 +690,61 @@ fn cri_pod_memory_is_bounded_by_its_host_cgroup() {
     remove_cgroup_parent(PARENT);
 }
 
+/// runv-vmm `vmm` of pod `pod_id` is confined: an empty environment, no new
+/// privileges, only virtio-fs's capabilities, a seccomp filter on every
+/// thread, and its jail: its own mount and pid namespaces (where it is pid 1)
+/// and a root that holds its pod's share but none of the host's `/etc`, `/usr`
+/// or `/home`.
+fn assert_vmm_confined(vmm: i32, pod_id: &str) {
+    let proc_file = |name: &str| {
+        std::fs::read_to_string(format!("/proc/{vmm}/{name}"))
+            .unwrap_or_else(|err| panic!("/proc/{vmm}/{name}: {err}"))
+    };
+    assert_eq!(proc_file("environ"), "", "the VMM's environment");
+    let status = proc_file("status");
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix(name))
+            .map(|value| value.split_whitespace().collect::<Vec<_>>().join(" "))
+            .unwrap_or_default()
+    };
+    assert_eq!(
+        field("NoNewPrivs:"),
+        "1",
+        "the VMM may gain privileges:\n{status}"
+    );
+    // Of root's capabilities it keeps what virtio-fs needs: CHOWN,
+    // DAC_OVERRIDE, FOWNER, FSETID, SETGID and SETUID.
+    for set in ["CapEff:", "CapBnd:"] {
+        assert_eq!(field(set), "00000000000000db", "the VMM's {set}\n{status}");
+    }
+    assert_eq!(
+        field("NSpid:"),
+        format!("{vmm} 1"),
+        "the VMM's pid namespace"
+    );
+    assert_every_thread_filtered(vmm);
+    for ns in ["mnt", "pid"] {
+        let of =
+            |pid: &str| std::fs::read_link(format!("/proc/{pid}/ns/{ns}")).expect("a namespace");
+        assert_ne!(
+            of(&vmm.to_string()),
+            of("self"),
+            "the VMM shares the host's {ns} namespace"
+        );
+    }
+    let root = std::path::PathBuf::from(format!("/proc/{vmm}/root"));
+    for host_dir in ["etc", "usr", "home"] {
+        assert!(
+            !root.join(host_dir).exists(),
+            "the VMM's root has the host's /{host_dir}"
+        );
+    }
+    let share = format!("run/runv/{pod_id}/shared");
+    assert!(root.join(&share).is_dir(), "the VMM's root has no /{share}");
+}
+
 /// Every thread of process `pid` runs under a seccomp filter (`Seccomp: 2`).
 fn assert_every_thread_filtered(pid: i32) {
     let tasks = std::fs::read_dir(format!("/proc/{pid}/task"))
@@ -746,7 +801,7 @@ fn fault_vmm_killed_by_seccomp() {
     let [vmm] = vmm_pids()[..] else {
         panic!("not one runv-vmm: {:?}", processes_matching("runv-vmm"));
     };
-    assert_every_thread_filtered(vmm);
+    assert_vmm_confined(vmm, "sc1");
     // ctr puts a container in the cgroup /<namespace>/<id>: so is its VM.
     assert_eq!(
         cgroup_of(vmm, "memory"),
@@ -1099,6 +1154,45 @@ fn start_latency_memory_and_concurrency_against_runc() {
         runv_median.as_secs_f64() / runc.as_secs_f64()
     );
 
+    // The jail's cost: the same runs without it, and the shim's spawn times
+    // (fork to exec, where the jail is made) from its log.
+    containerd.write_runv_config(
+        &RunvConfig {
+            vmm_jail: false,
+            ..RunvConfig::from_env()
+        }
+        .to_toml(),
+    );
+    let mut unjailed_times: Vec<Duration> = (0..runs)
+        .map(|i| timed_echo(Runtime::Runv, &format!("lat-nojail-{i}")))
+        .collect();
+    containerd.write_runv_config(&RunvConfig::from_env().to_toml());
+    unjailed_times.sort();
+    let unjailed = unjailed_times[runs / 2];
+    let log = std::fs::read_to_string(containerd.dir().join("containerd.log")).unwrap_or_default();
+    let spawn_ms = |how: &str| -> f64 {
+        let mut times: Vec<f64> = log
+            .lines()
+            .filter_map(|line| {
+                let (_, rest) = line.split_once(&format!("spawned {how} in "))?;
+                rest.split_whitespace().next()?.parse().ok()
+            })
+            .collect();
+        assert!(!times.is_empty(), "no VMM spawned {how} in the shim's log");
+        times.sort_by(f64::total_cmp);
+        times[times.len() / 2]
+    };
+    let (jailed_spawn, unjailed_spawn) = (spawn_ms("in its jail"), spawn_ms("without a jail"));
+    println!(
+        "the VMM's jail, median of {runs}: ctr run --rm echo {:.2} s with it, {:.2} s without \
+         (ratio {:.3}); the shim's VMM spawn (fork to exec) {jailed_spawn:.1} ms with it, \
+         {unjailed_spawn:.1} ms without: the jail costs {:.1} ms",
+        runv_median.as_secs_f64(),
+        unjailed.as_secs_f64(),
+        runv_median.as_secs_f64() / unjailed.as_secs_f64(),
+        jailed_spawn - unjailed_spawn
+    );
+
     let guest_kib = u64::from(RunvConfig::from_env().default_memory_mib) * 1024;
     let (runv_host, runv_total) = idle_pods_pss(&containerd, runv, pods, guest_kib);
     let (runc_total, _) = idle_pods_pss(&containerd, Runtime::Runc, pods, guest_kib);
@@ -1273,40 +1367,19 @@ fn cri_sandbox_task_is_the_vm() {
     let id = cri.create_container(&pod_id, &config, &pod);
     cri.start_container(&id);
 
-    // The VMM runs with an empty environment, no new privileges and the
-    // sandbox's OOM score adjustment (containerd's CRI gives it -998).
     let [vmm] = vmm_pids()[..] else {
         panic!("not one runv-vmm: {:?}", processes_matching("runv-vmm"));
     };
-    let proc_file = |name: &str| {
-        std::fs::read_to_string(format!("/proc/{vmm}/{name}"))
-            .unwrap_or_else(|err| panic!("/proc/{vmm}/{name}: {err}"))
-    };
-    assert_eq!(proc_file("environ"), "", "the VMM's environment");
+    assert_vmm_confined(vmm, &pod_id);
+    // The VMM has the sandbox's OOM score adjustment (containerd's CRI gives
+    // it -998).
     assert_eq!(
-        proc_file("oom_score_adj").trim(),
+        std::fs::read_to_string(format!("/proc/{vmm}/oom_score_adj"))
+            .expect("the VMM's oom_score_adj")
+            .trim(),
         "-998",
         "the VMM's oom_score_adj"
     );
-    let status = proc_file("status");
-    assert!(
-        status
-            .lines()
-            .any(|line| line.split_whitespace().eq(["NoNewPrivs:", "1"])),
-        "the VMM may gain privileges:\n{status}"
-    );
-    assert_every_thread_filtered(vmm);
-    // Of root's capabilities it keeps what virtio-fs needs: CHOWN,
-    // DAC_OVERRIDE, DAC_READ_SEARCH, FOWNER, FSETID, SETGID, SETUID and
-    // SYS_RESOURCE.
-    for set in ["CapEff:", "CapBnd:"] {
-        assert!(
-            status
-                .lines()
-                .any(|line| line.split_whitespace().eq([set, "00000000010000df"])),
-            "the VMM's {set} is not virtio-fs's set:\n{status}"
-        );
-    }
     // The VMM is charged to the pod's cgroup (CRI's cgroup parent + the
     // sandbox id), not to containerd's.
     let pod_cgroup = format!("{POD_CGROUP_PARENT}/{pod_id}");

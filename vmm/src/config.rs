@@ -298,9 +298,8 @@ pub enum FsCache {
     Always,
 }
 
-/// Host fds a share may hold by default (one per inode the guest knows, one
-/// per file it has open).
-pub const DEFAULT_FS_MAX_FDS: u64 = 65536;
+/// Host fds a share may hold by default.
+pub const DEFAULT_FS_MAX_FDS: u64 = protocol::SHARE_MAX_FDS;
 /// Smallest and largest `max-fds` accepted.
 pub const FS_MAX_FDS_RANGE: std::ops::RangeInclusive<u64> = 64..=1 << 20;
 

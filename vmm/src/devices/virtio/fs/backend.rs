@@ -27,9 +27,8 @@ use std::time::Duration;
 /// The FUSE server of one share.
 pub type FsServer = Server<Filtered<PassthroughFs>>;
 
-/// Fds the VMM may need besides its shares' (KVM, vCPUs, eventfds, disks,
-/// taps, up to 1024 vsock connections, API clients).
-const BASE_FDS: u64 = 4096;
+/// Fds the VMM may need besides its shares'.
+const BASE_FDS: u64 = protocol::VMM_BASE_FDS;
 
 /// Host fds the live shares may hold together.
 static RESERVED_FDS: Mutex<u64> = Mutex::new(0);
