@@ -29,7 +29,7 @@ use std::process::{Child, Command};
 /// The device the VMM opens.
 const DEV_KVM: &str = "/dev/kvm";
 /// Options of the jail's root tmpfs: only directories and mount points.
-const ROOT_TMPFS_OPTIONS: &std::ffi::CStr = c"mode=0755,size=64k,nr_inodes=64";
+const ROOT_TMPFS_OPTIONS: &std::ffi::CStr = c"mode=0755,size=64k,nr_inodes=256";
 /// `/proc` with nothing but process directories (Linux 5.8+): no `/proc/sys`,
 /// no `/proc/kcore`, no host-wide files.
 const PROC_OPTIONS: &std::ffi::CStr = c"subset=pid";

@@ -57,6 +57,8 @@ pub struct VmmPlacement<'a> {
 pub struct Vm {
     pid: i32,
     exit: Arc<ExitCell>,
+    spawn_time: Duration,
+    jailed: bool,
 }
 
 impl Vm {
@@ -203,17 +205,11 @@ impl Vm {
         fs::write(dir.vmm_pid_file(), pid.to_string())
             .map_err(|err| format!("{}: {err}", dir.vmm_pid_file().display()))?;
         // The spawn returns once the VMM was exec'd: the time includes the
-        // jail's making (bench/start-latency compares it).
+        // jail's making.
+        let spawn_time = spawn_started.elapsed();
         info!(
-            "VMM {pid} started: {} vCPUs, {} MiB; spawned {} in {:.2} ms",
-            size.vcpus,
-            size.memory_mib,
-            if jail.is_some() {
-                "in its jail"
-            } else {
-                "without a jail"
-            },
-            spawn_started.elapsed().as_secs_f64() * 1000.0
+            "VMM {pid} started: {} vCPUs, {} MiB",
+            size.vcpus, size.memory_mib
         );
         let exit = Arc::new(ExitCell::default());
         let watched = Arc::clone(&exit);
@@ -241,7 +237,18 @@ impl Vm {
                 }
             })
             .map_err(|err| format!("cannot start the VMM watcher: {err}"))?;
-        Ok(Self { pid, exit })
+        Ok(Self {
+            pid,
+            exit,
+            spawn_time,
+            jailed: jail.is_some(),
+        })
+    }
+
+    /// How long its spawn took, fork to exec (with the jail's making), and
+    /// whether it is jailed.
+    pub fn spawn_time(&self) -> (Duration, bool) {
+        (self.spawn_time, self.jailed)
     }
 
     /// The VMM's host pid.

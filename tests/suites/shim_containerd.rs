@@ -1170,27 +1170,51 @@ fn start_latency_memory_and_concurrency_against_runc() {
     unjailed_times.sort();
     let unjailed = unjailed_times[runs / 2];
     let log = std::fs::read_to_string(containerd.dir().join("containerd.log")).unwrap_or_default();
-    let spawn_ms = |how: &str| -> f64 {
-        let mut times: Vec<f64> = log
-            .lines()
-            .filter_map(|line| {
-                let (_, rest) = line.split_once(&format!("spawned {how} in "))?;
-                rest.split_whitespace().next()?.parse().ok()
-            })
-            .collect();
-        assert!(!times.is_empty(), "no VMM spawned {how} in the shim's log");
-        times.sort_by(f64::total_cmp);
-        times[times.len() / 2]
+    // The shim's line per boot: "VMM spawn S ms (in its jail|no jail), VMM
+    // setup T ms, guest boot B ms".
+    let phases = |how: &str| -> (f64, f64) {
+        let mut spawns = Vec::new();
+        let mut setups = Vec::new();
+        for line in log.lines() {
+            let Some((_, rest)) = line.split_once("VMM spawn ") else {
+                continue;
+            };
+            if !rest.contains(&format!("({how})")) {
+                continue;
+            }
+            let number_after = |key: &str| -> Option<f64> {
+                rest.split_once(key)?
+                    .1
+                    .split_whitespace()
+                    .next()?
+                    .parse()
+                    .ok()
+            };
+            if let (Some(spawn), Some(setup)) = (number_after(""), number_after("VMM setup ")) {
+                spawns.push(spawn);
+                setups.push(setup);
+            }
+        }
+        assert!(!spawns.is_empty(), "no VMM spawn ({how}) in the shim's log");
+        let median = |mut values: Vec<f64>| {
+            values.sort_by(f64::total_cmp);
+            values[values.len() / 2]
+        };
+        (median(spawns), median(setups))
     };
-    let (jailed_spawn, unjailed_spawn) = (spawn_ms("in its jail"), spawn_ms("without a jail"));
+    let (jailed_spawn, jailed_setup) = phases("in its jail");
+    let (unjailed_spawn, unjailed_setup) = phases("no jail");
+    let jail_cost = jailed_spawn - unjailed_spawn;
     println!(
-        "the VMM's jail, median of {runs}: ctr run --rm echo {:.2} s with it, {:.2} s without \
-         (ratio {:.3}); the shim's VMM spawn (fork to exec) {jailed_spawn:.1} ms with it, \
-         {unjailed_spawn:.1} ms without: the jail costs {:.1} ms",
+        "the VMM's jail, medians of {runs}: ctr run --rm echo {:.2} s with it, {:.2} s without \
+         (ratio {:.3}); VMM spawn (fork to exec) {jailed_spawn:.1} ms with it, \
+         {unjailed_spawn:.1} ms without; VMM setup (exec to first KVM_RUN) {jailed_setup:.1} ms \
+         with it, {unjailed_setup:.1} ms without: the jail costs {jail_cost:.1} ms, {:.1}% of \
+         the VMM's setup (spawn + setup) without it",
         runv_median.as_secs_f64(),
         unjailed.as_secs_f64(),
         runv_median.as_secs_f64() / unjailed.as_secs_f64(),
-        jailed_spawn - unjailed_spawn
+        100.0 * jail_cost / (unjailed_spawn + unjailed_setup)
     );
 
     let guest_kib = u64::from(RunvConfig::from_env().default_memory_mib) * 1024;
