@@ -3,9 +3,11 @@
 
 Boot time: process start to the agent's boot marker on the serial console, runs
 alternating between the two VMMs, and runv-vmm's own setup time (process start to
-the first KVM_RUN, its `vmm-setup-us`) with and without its seccomp filters. Memory: the resident size of every mapping of a
-VMM process except guest RAM, sampled while an idle guest runs (the way Firecracker
-measures its overhead).
+the first KVM_RUN, its `vmm-setup-us`) with and without its seccomp filters, and
+with and without the jail the shim puts it in (started by `runv-vmm-jailed`, which
+makes the shim's jail and privileges and times the spawn, fork to exec). Memory: the
+resident size of every mapping of a VMM process except guest RAM, sampled while an
+idle guest runs (the way Firecracker measures its overhead).
 """
 import argparse
 import os
@@ -29,6 +31,13 @@ def runv_cmd(args, initrd, console="stdout", seccomp="enforce"):
             "--memory-mib", str(MEMORY_MIB), "--console", console, "--seccomp", seccomp]
 
 
+def jailed_cmd(args, sandbox, jail=True):
+    """runv-vmm through runv-vmm-jailed: in the shim's jail, or with its privileges only."""
+    return ([args.jailer] + ([] if jail else ["--no-jail"])
+            + ["--sandbox", sandbox, "--data", args.kernel, "--data", args.initrd, "--"]
+            + runv_cmd(args, args.initrd))
+
+
 def qemu_cmd(args, initrd):
     return ["qemu-system-x86_64", "-M", "microvm,acpi=off,x-option-roms=off,rtc=off,isa-serial=on",
             "-enable-kvm", "-cpu", "host", "-smp", str(CPUS), "-m", str(MEMORY_MIB),
@@ -45,27 +54,32 @@ def wait_marker(proc, marker):
     return None
 
 
-def boot_time(cmd):
-    """Seconds to the boot marker, and runv-vmm's setup time in µs (None for QEMU)."""
+def boot_time(cmd, spawn=False):
+    """Seconds to the boot marker, and runv-vmm's setup time in µs (None for QEMU);
+    with `spawn`, also runv-vmm-jailed's spawn time in µs."""
     start = time.monotonic()
     with tempfile.TemporaryFile() as stderr:
+        # A session of its own: a VMM under runv-vmm-jailed goes with it.
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                stderr=stderr)
+                                stderr=stderr, start_new_session=True)
         try:
             seen = wait_marker(proc, BOOT_MARKER)
             proc.wait(timeout=TIMEOUT_S)
         finally:
             if proc.poll() is None:
-                proc.kill()
+                os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
         stderr.seek(0)
-        setup_us = None
+        found = {}
         for line in stderr.read().decode(errors="replace").splitlines():
-            if "vmm-setup-us=" in line:
-                setup_us = int(line.rsplit("=", 1)[1])
+            for key in ("vmm-setup-us=", "jail-spawn-us="):
+                if key in line:
+                    found[key] = int(line.rsplit("=", 1)[1])
     if seen is None:
         sys.exit(f"vmm-boot: no boot marker from {cmd[0]}")
-    return seen - start, setup_us
+    if spawn:
+        return seen - start, found.get("vmm-setup-us="), found.get("jail-spawn-us=")
+    return seen - start, found.get("vmm-setup-us=")
 
 
 def overhead_kib(pid, guest_bytes):
@@ -118,6 +132,7 @@ def main():
     parser.add_argument("--vmm", required=True)
     parser.add_argument("--kernel", required=True)
     parser.add_argument("--initrd", required=True)
+    parser.add_argument("--jailer", required=True, help="runv-vmm-jailed")
     parser.add_argument("--runs", type=int, default=5)
     args = parser.parse_args()
 
@@ -131,6 +146,18 @@ def main():
         setup["off"].append(boot_time(runv_cmd(args, args.initrd, seccomp="off"))[1])
     runv, qemu = statistics.median(times["runv"]), statistics.median(times["qemu"])
     with_filters, without = (statistics.median(setup[mode]) for mode in ("enforce", "off"))
+
+    jail = {True: ([], []), False: ([], [])}
+    with tempfile.TemporaryDirectory() as tmp:
+        for _ in range(args.runs):
+            for jailed in (True, False):
+                _, setup_us, spawn_us = boot_time(
+                    jailed_cmd(args, os.path.join(tmp, "pod"), jailed), spawn=True)
+                jail[jailed][0].append(spawn_us)
+                jail[jailed][1].append(setup_us)
+    (spawn_in, setup_in), (spawn_out, setup_out) = (
+        tuple(statistics.median(values) / 1000 for values in jail[jailed])
+        for jailed in (True, False))
 
     with tempfile.TemporaryDirectory() as tmp:
         initrd = idle_initrd(tmp)
@@ -146,6 +173,12 @@ def main():
     print(f"runv-vmm setup to first KVM_RUN (median): {with_filters / 1000:.1f} ms with its "
           f"seccomp filters, {without / 1000:.1f} ms without (--seccomp off): "
           f"ratio {with_filters / without:.2f} (goal <= 1.05)")
+    cost = spawn_in - spawn_out
+    print(f"the shim's jail (medians): spawn, fork to exec, {spawn_in:.1f} ms with it, "
+          f"{spawn_out:.1f} ms without; setup to first KVM_RUN {setup_in:.1f} ms with it, "
+          f"{setup_out:.1f} ms without: the jail costs {cost:.1f} ms, "
+          f"{100 * cost / (spawn_out + setup_out):.1f}% of the VMM's setup (spawn + setup) "
+          f"without it (goal < 5%)")
 
 
 if __name__ == "__main__":

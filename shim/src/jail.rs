@@ -19,12 +19,16 @@
 //! the step and the path.
 
 use crate::paths::SandboxDir;
+use crate::privileges::VmmPrivileges;
 use nix::errno::Errno;
 use std::ffi::CString;
 use std::io::{self, Read};
 use std::os::unix::ffi::OsStrExt;
+use std::os::unix::process::CommandExt;
 use std::path::{Component, Path, PathBuf};
 use std::process::{Child, Command};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 /// The device the VMM opens.
 const DEV_KVM: &str = "/dev/kvm";
@@ -396,10 +400,51 @@ impl Bind {
     }
 }
 
+/// Spawns the VMM `command` confined: in the child, `prepare`, then the
+/// entry into `jail` (if any; the child is then the first process of a new pid
+/// namespace), then `privileges`. Returns the child and how long the spawn
+/// took, fork to exec (with the jail's making), or what failed (a jail step
+/// names itself).
+///
+/// # Safety
+///
+/// `prepare` runs in the child between fork and exec: it must be
+/// async-signal-safe (system calls only; no allocation, no lock).
+pub unsafe fn spawn_confined(
+    command: &mut Command,
+    jail: Option<Arc<Jail>>,
+    privileges: VmmPrivileges,
+    prepare: impl Fn() -> io::Result<()> + Send + Sync + 'static,
+) -> Result<(Child, Duration), String> {
+    let entering = jail.clone();
+    // SAFETY: the caller vouches for `prepare`; `Jail::enter` and
+    // `VmmPrivileges::apply` make system calls on plans made before the fork
+    // and allocate nothing.
+    unsafe {
+        command.pre_exec(move || {
+            prepare()?;
+            if let Some(jail) = &entering {
+                jail.enter()?;
+            }
+            privileges.apply()
+        });
+    }
+    let started = Instant::now();
+    let spawned = match &jail {
+        Some(_) => spawn(command),
+        None => command.spawn(),
+    };
+    let took = started.elapsed();
+    match spawned {
+        Ok(child) => Ok((child, took)),
+        Err(err) => Err(jail.map_or(err.to_string(), |jail| jail.describe(&err))),
+    }
+}
+
 /// Spawns `command` as the first process of a new pid namespace: from a
 /// thread of its own that unshares the namespace for its children (the shim's
 /// other threads keep theirs), so that the VMM is still the shim's child.
-pub fn spawn(command: &mut Command) -> io::Result<Child> {
+fn spawn(command: &mut Command) -> io::Result<Child> {
     std::thread::scope(|scope| {
         scope
             .spawn(|| {
@@ -505,7 +550,6 @@ mod tests {
     /// busybox-static (scripts/setup) and `/dev/kvm` must exist.
     #[test]
     fn a_jailed_program_sees_only_its_files_and_its_own_processes() {
-        use std::os::unix::process::CommandExt;
         let run = tempfile::tempdir().unwrap();
         let dir = SandboxDir::under(run.path(), "pod");
         for made in [dir.shared(), dir.vm_dir(), dir.jail_root()] {
@@ -515,7 +559,7 @@ mod tests {
         let data = run.path().join("vmlinux");
         std::fs::write(&data, "kernel").unwrap();
         let busybox = Path::new("/bin/busybox");
-        let jail = std::sync::Arc::new(Jail::plan(&dir, busybox, &[&data]).unwrap());
+        let jail = Arc::new(Jail::plan(&dir, busybox, &[&data]).unwrap());
         let script = format!(
             "echo pid $$; echo root $(ls /); echo share $(ls {}); echo proc $(ls /proc | grep -v '^[0-9]'); \
              cat {}; touch /new 2>&- || echo root read-only; \
@@ -526,11 +570,11 @@ mod tests {
         );
         let mut command = Command::new(busybox);
         command.args(["sh", "-c", &script]).env_clear();
-        let entering = std::sync::Arc::clone(&jail);
-        // SAFETY: `enter` is async-signal-safe (system calls on its plan).
-        unsafe { command.pre_exec(move || entering.enter()) };
         command.stdout(std::process::Stdio::piped());
-        let child = spawn(&mut command).unwrap_or_else(|err| panic!("{}", jail.describe(&err)));
+        // SAFETY: nothing is prepared.
+        let (child, _) =
+            unsafe { spawn_confined(&mut command, Some(jail), VmmPrivileges::new(), || Ok(())) }
+                .unwrap_or_else(|err| panic!("{err}"));
         let output = child.wait_with_output().unwrap();
         let stdout = String::from_utf8_lossy(&output.stdout);
         let top = run

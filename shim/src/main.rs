@@ -5,16 +5,13 @@ mod config;
 mod error;
 mod events;
 mod exit;
-mod jail;
 mod metrics;
 mod mounts;
 mod network;
 mod oom;
 mod options;
-mod paths;
 mod pod_cgroup;
 mod pod_files;
-mod privileges;
 mod process;
 mod sandbox;
 mod service;
@@ -27,6 +24,7 @@ mod vmm_api;
 
 use containerd_shim::protos::protobuf::Message;
 use containerd_shim::protos::types::introspection::{RuntimeInfo, RuntimeVersion};
+use containerd_shim_runv_v2::{jail, paths, privileges};
 use std::io::Write;
 use std::process::ExitCode;
 

@@ -79,14 +79,7 @@ impl VmmPrivileges {
     /// data made before the fork or on the stack, no allocation.
     pub fn apply(&self) -> io::Result<()> {
         for (resource, value) in VMM_RLIMITS {
-            let limit = libc::rlimit {
-                rlim_cur: value,
-                rlim_max: value,
-            };
-            // SAFETY: `limit` is a valid rlimit the kernel only reads.
-            if unsafe { libc::setrlimit(resource, &limit) } != 0 {
-                return Err(io::Error::last_os_error());
-            }
+            set_limit(resource, value)?;
         }
         for cap in &self.drop {
             // SAFETY: PR_CAPBSET_DROP takes a capability number; no memory.
@@ -103,6 +96,45 @@ impl VmmPrivileges {
         }
         Ok(())
     }
+}
+
+impl Default for VmmPrivileges {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Sets `resource`'s soft and hard limits to `value`; where raising the hard
+/// limit that far is refused (a shim without CAP_SYS_RESOURCE), the soft
+/// limit goes up to the hard one instead (the VMM then says if its share's
+/// fds do not fit). Async-signal-safe.
+fn set_limit(resource: libc::__rlimit_resource_t, value: u64) -> io::Result<()> {
+    let wanted = libc::rlimit {
+        rlim_cur: value,
+        rlim_max: value,
+    };
+    // SAFETY: `wanted` is a valid rlimit the kernel only reads.
+    if unsafe { libc::setrlimit(resource, &wanted) } == 0 {
+        return Ok(());
+    }
+    let refused = io::Error::last_os_error();
+    if refused.raw_os_error() != Some(libc::EPERM) {
+        return Err(refused);
+    }
+    let mut current = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `current` is a valid rlimit for the kernel to fill.
+    if unsafe { libc::getrlimit(resource, &mut current) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    current.rlim_cur = current.rlim_max.min(value);
+    // SAFETY: as above; a soft limit up to the hard one is always allowed.
+    if unsafe { libc::setrlimit(resource, &current) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// `struct __user_cap_header_struct`.

@@ -16,7 +16,6 @@ use std::fs::{self, File};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
 use std::os::unix::fs::DirBuilderExt;
-use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
@@ -148,18 +147,19 @@ impl Vm {
             .iter()
             .map(AsRawFd::as_raw_fd)
             .collect();
-        let privileges = VmmPrivileges::new();
-        let jailer = jail.clone();
         command.env_clear();
-        // SAFETY: the closure runs in the child between fork and exec and only
-        // makes async-signal-safe system calls (fcntl on fds the parent holds
-        // open for the whole spawn, borrowed in `nets`; writes to the cgroup
-        // files `placement` borrows; open, write and close on a path and bytes
-        // made before the fork; the jail's and the privileges' system calls on
-        // their plans, see `Jail::enter` and `VmmPrivileges::apply`); it
-        // allocates nothing.
-        unsafe {
-            command.pre_exec(move || {
+        command
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        let jailed = jail.is_some();
+        // SAFETY: the closure makes only async-signal-safe system calls (fcntl
+        // on fds the parent holds open for the whole spawn, borrowed in
+        // `nets`; writes to the cgroup files `placement` borrows; open, write
+        // and close on a path and bytes made before the fork); it allocates
+        // nothing.
+        let spawned = unsafe {
+            jail::spawn_confined(&mut command, jail, VmmPrivileges::new(), move || {
                 inherit_fds(&inherited)?;
                 for fd in &cgroup_procs {
                     join_cgroup(*fd)?;
@@ -167,27 +167,11 @@ impl Vm {
                 if let Some(adj) = &oom_score_adj {
                     write_own_oom_score_adj(adj)?;
                 }
-                if let Some(jail) = &jailer {
-                    jail.enter()?;
-                }
-                privileges.apply()
-            });
-        }
-        command
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        let spawn_started = std::time::Instant::now();
-        let spawned = match &jail {
-            Some(_) => jail::spawn(&mut command),
-            None => command.spawn(),
+                Ok(())
+            })
         };
-        let mut child = spawned.map_err(|err| {
-            let why = jail
-                .as_ref()
-                .map_or(err.to_string(), |jail| jail.describe(&err));
-            format!("cannot start the VMM {}: {why}", config.vmm.display())
-        })?;
+        let (mut child, spawn_time) = spawned
+            .map_err(|why| format!("cannot start the VMM {}: {why}", config.vmm.display()))?;
         if let Some(stderr) = child.stderr.take() {
             let spawned = std::thread::Builder::new()
                 .name("vmm-log".into())
@@ -204,9 +188,6 @@ impl Vm {
         drop(child);
         fs::write(dir.vmm_pid_file(), pid.to_string())
             .map_err(|err| format!("{}: {err}", dir.vmm_pid_file().display()))?;
-        // The spawn returns once the VMM was exec'd: the time includes the
-        // jail's making.
-        let spawn_time = spawn_started.elapsed();
         info!(
             "VMM {pid} started: {} vCPUs, {} MiB",
             size.vcpus, size.memory_mib
@@ -241,7 +222,7 @@ impl Vm {
             pid,
             exit,
             spawn_time,
-            jailed: jail.is_some(),
+            jailed,
         })
     }
 

@@ -1,0 +1,7 @@
+//! What the shim shares with runv's other tools: the VMM's jail and
+//! privileges and the sandbox paths they name (`runv-vmm-jailed` starts a
+//! VMM in them by hand, for bench/vmm-boot).
+
+pub mod jail;
+pub mod paths;
+pub mod privileges;
