@@ -5,15 +5,18 @@
 //! Input: a mode byte (bit 0: the tap refuses frames; bit 1: the driver acked
 //! `VIRTIO_RING_F_EVENT_IDX`), the transmit queue's
 //! chains, the receive queue's chains (`Driver::decode_chains`), then frames
-//! for the guest, each a u16 length and its bytes.
+//! for the guest, each a u16 length and its bytes, received into the buffers
+//! the device holds as the VMM's receive loop does.
 
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 use runv_fuzz::{memory, Driver, Input, Ring};
-use std::io::{self, Write};
 use virtio_queue::QueueT;
-use vmm::devices::virtio::net::rx::{ask_for_buffers, deliver, needs_interrupt, RxOutcome};
+use vmm::devices::virtio::net::frame_io::FrameQueue;
+use vmm::devices::virtio::net::rx::{
+    ask_for_buffers, needs_interrupt, RxBuffers, RxOutcome, MAX_RX_LEN,
+};
 use vmm::devices::virtio::net::tap::VNET_HDR_LEN;
 use vmm::devices::virtio::net::tx::{process_tx, MAX_TX_LEN};
 
@@ -21,29 +24,6 @@ use vmm::devices::virtio::net::tx::{process_tx, MAX_TX_LEN};
 const QUEUE_SIZE: u16 = 256;
 /// Most frames delivered in one run.
 const MAX_FRAMES: usize = 16;
-
-/// The tap's end: takes whole frames only.
-struct Tap {
-    refuse: bool,
-}
-
-impl Write for Tap {
-    fn write(&mut self, frame: &[u8]) -> io::Result<usize> {
-        assert!(
-            (VNET_HDR_LEN..=MAX_TX_LEN).contains(&frame.len()),
-            "a frame of {} bytes reached the tap",
-            frame.len()
-        );
-        if self.refuse {
-            return Err(io::Error::from_raw_os_error(libc::EINVAL));
-        }
-        Ok(frame.len())
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
 
 fuzz_target!(|data: &[u8]| {
     let mut input = Input::new(data);
@@ -57,21 +37,41 @@ fuzz_target!(|data: &[u8]| {
 
     let event_idx = mode & 2 != 0;
     let mut tx = tx_ring.queue(event_idx);
-    let mut buf = vec![0u8; MAX_TX_LEN];
-    let mut tap = Tap {
+    let mut tap = FrameQueue {
         refuse: mode & 1 != 0,
+        ..FrameQueue::default()
     };
-    process_tx(&mut tx, &mem, &mut tap, &mut buf);
+    process_tx(&mut tx, &mem, &mut tap);
+    for frame in &tap.sent {
+        assert!(
+            (VNET_HDR_LEN..=MAX_TX_LEN).contains(&frame.len()),
+            "a frame of {} bytes reached the tap",
+            frame.len()
+        );
+    }
 
     let mut rx = rx_ring.queue(event_idx);
+    let mut buffers = RxBuffers::new();
     for _ in 0..MAX_FRAMES {
         if input.is_empty() {
             break;
         }
         let len = usize::from(input.u16());
-        let frame = input.bytes(len);
+        tap.incoming.push_back(input.bytes(len).to_vec());
+        let before_fill = rx.next_used();
+        let Ok(_) = buffers.fill(&mut rx, &mem, MAX_RX_LEN) else {
+            break;
+        };
+        let returned = rx.next_used().wrapping_sub(before_fill);
+        assert!((0..returned).all(|i| rx_ring
+            .used_entry(&mem, before_fill.wrapping_add(i))
+            .1
+            == 0));
+        let capacity = buffers.capacity();
         let before = rx.next_used();
-        let outcome = deliver(&mut rx, &mem, frame);
+        let Ok(outcome) = buffers.receive(&mut rx, &mem, &mut tap) else {
+            continue;
+        };
         let used = rx.next_used().wrapping_sub(before);
         match outcome {
             RxOutcome::Delivered(count) => {
@@ -80,14 +80,18 @@ fuzz_target!(|data: &[u8]| {
                 let total: u64 = (0..used)
                     .map(|i| u64::from(rx_ring.used_entry(&mem, before.wrapping_add(i)).1))
                     .sum();
-                assert_eq!(total, frame.len() as u64, "delivered bytes");
+                assert!(total >= VNET_HDR_LEN as u64 && total <= capacity as u64);
+                assert!(buffers.capacity() + total as usize <= capacity);
+            }
+            RxOutcome::Dropped => {
+                assert_eq!(used, 0);
+                assert_eq!(buffers.capacity(), capacity, "the buffers are kept");
             }
             RxOutcome::NoBuffers => {
                 assert_eq!(used, 0);
+                assert_eq!(capacity, 0);
+                let _ = tap.incoming.pop_front();
                 let _ = ask_for_buffers(&rx, &mem);
-            }
-            RxOutcome::Dropped => {
-                assert!((0..used).all(|i| rx_ring.used_entry(&mem, before.wrapping_add(i)).1 == 0));
             }
             RxOutcome::Broken => break,
         }

@@ -8,6 +8,7 @@
 pub mod block;
 pub mod device_thread;
 pub mod fs;
+pub mod iovec;
 pub mod mmio;
 pub mod net;
 pub mod rng;

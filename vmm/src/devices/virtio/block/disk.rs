@@ -3,6 +3,7 @@
 //! buffer), after every range is checked against the disk and guest memory.
 
 use super::request::{DataBuffer, Segment, SECTOR_SIZE};
+use crate::devices::virtio::iovec::{iov_count, with_iovecs, IOV_MAX};
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::fd::AsRawFd;
@@ -11,8 +12,6 @@ use std::path::{Path, PathBuf};
 use vm_memory::bitmap::Bitmap;
 use vm_memory::{GuestMemory, GuestMemoryError, GuestMemoryMmap, VolatileSlice};
 
-/// Most iovecs one preadv/pwritev takes (Linux's `UIO_MAXIOV`).
-const IOV_MAX: usize = 1024;
 /// Zeroes written where the file system cannot zero a range itself.
 static ZEROES: [u8; 64 << 10] = [0; 64 << 10];
 
@@ -267,29 +266,21 @@ fn transfer(
             let skip = if i == 0 { done } else { 0 };
             pending.push(slice.offset(skip).map_err(GuestMemoryError::from)?);
         }
-        let guards: Vec<_> = pending.iter().map(|s| s.ptr_guard_mut()).collect();
-        let iovecs: Vec<libc::iovec> = guards
-            .iter()
-            .map(|guard| libc::iovec {
-                iov_base: guard.as_ptr().cast(),
-                iov_len: guard.len(),
-            })
-            .collect();
         let file_offset = libc::off_t::try_from(offset)
             .map_err(|_| io::Error::from_raw_os_error(libc::EOVERFLOW))?;
-        // At most IOV_MAX, so it fits.
-        let count = libc::c_int::try_from(iovecs.len()).unwrap_or(libc::c_int::MAX);
         let fd = file.as_raw_fd();
-        let moved = match direction {
+        let moved = with_iovecs(&pending, |iovecs| match direction {
             // SAFETY: every iovec is a VolatileSlice of guest memory that
             // get_slices checked to lie in a mapped region, kept mapped by its
             // guard for the call; the kernel writes at most iov_len bytes to each.
-            Direction::ToGuest => unsafe { libc::preadv(fd, iovecs.as_ptr(), count, file_offset) },
+            Direction::ToGuest => unsafe {
+                libc::preadv(fd, iovecs.as_ptr(), iov_count(iovecs), file_offset)
+            },
             // SAFETY: as above; the kernel only reads the iovecs' memory.
             Direction::FromGuest => unsafe {
-                libc::pwritev(fd, iovecs.as_ptr(), count, file_offset)
+                libc::pwritev(fd, iovecs.as_ptr(), iov_count(iovecs), file_offset)
             },
-        };
+        });
         let mut moved = match usize::try_from(moved) {
             Ok(0) => {
                 return Err(match direction {

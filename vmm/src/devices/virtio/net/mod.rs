@@ -3,6 +3,8 @@
 
 mod device;
 #[doc(hidden)] // public for the fuzz targets (tests/fuzz)
+pub mod frame_io;
+#[doc(hidden)] // public for the fuzz targets (tests/fuzz)
 pub mod rx;
 pub mod tap;
 #[cfg(test)]

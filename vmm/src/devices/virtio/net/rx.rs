@@ -1,17 +1,24 @@
-//! Receive: one frame from the tap (virtio-net header first) spread over as
-//! many receive chains as it needs (`VIRTIO_NET_F_MRG_RXBUF`), their count in
-//! the header's `num_buffers`, all published to the guest at once.
+//! Receive: the device holds receive chains enough for the longest frame
+//! ([`RxBuffers`]); the tap reads each frame (virtio-net header first) straight
+//! into them, and the chains it fills (`VIRTIO_NET_F_MRG_RXBUF`), their count
+//! in the header's `num_buffers`, are published to the guest at once.
 //!
 //! With `VIRTIO_RING_F_EVENT_IDX` the guest is interrupted only when its
 //! `used_event` asks, and kicks the queue only when the device ran out of
 //! buffers and said so in `avail_event` ([`ask_for_buffers`]).
 
+use super::frame_io::FrameIo;
 use super::tap::VNET_HDR_LEN;
-use std::io::Write;
+use super::tx::MAX_TX_LEN;
+use crate::devices::virtio::iovec::IOV_MAX;
+use std::collections::VecDeque;
+use std::io;
 use std::num::Wrapping;
 use std::sync::atomic::{fence, Ordering};
-use virtio_queue::{Queue, QueueOwnedT, QueueT};
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
+use vm_memory::{
+    Address, Bytes, GuestAddress, GuestMemory, GuestMemoryError, GuestMemoryMmap, VolatileSlice,
+};
 
 /// Offset of `num_buffers` in `struct virtio_net_hdr_v1`.
 const NUM_BUFFERS_OFFSET: usize = 10;
@@ -22,92 +29,190 @@ const USED_RING_HEADER_LEN: u64 = 4;
 const AVAIL_ELEM_LEN: u64 = 2;
 const AVAIL_RING_HEADER_LEN: u64 = 4;
 
+/// Longest frame read from the tap: the header and a 64 KiB offload frame.
+pub const MAX_RX_LEN: usize = MAX_TX_LEN;
+/// Most pieces of guest memory held for receive: one read takes them all.
+const MAX_HELD_PIECES: usize = IOV_MAX;
+
 /// What became of a frame.
 #[derive(Debug, PartialEq, Eq)]
 pub enum RxOutcome {
     /// The guest has it, in this many buffers.
     Delivered(u16),
-    /// The guest posted too few buffers: nothing was consumed, try again
-    /// after the next receive notification.
-    NoBuffers,
-    /// The guest's buffers were unusable (malformed chain, outside guest
-    /// memory, the frame fits no amount of them): the frame is dropped and
-    /// the buffers handed back empty.
+    /// The frame did not fit the buffers held, or is shorter than its
+    /// header: it is dropped, the buffers kept for the next one.
     Dropped,
+    /// No buffers are held: nothing was read.
+    NoBuffers,
     /// The used ring is outside guest memory.
     Broken,
 }
 
-/// Delivers `frame` (a virtio-net header then an Ethernet frame).
-pub fn deliver(queue: &mut Queue, mem: &GuestMemoryMmap, frame: &[u8]) -> RxOutcome {
-    if frame.len() < VNET_HDR_LEN {
-        return RxOutcome::Dropped;
+/// A receive chain taken from the guest and not used yet.
+#[derive(Debug)]
+struct HeldChain {
+    head: u16,
+    /// How many of the held pieces are this chain's.
+    pieces: usize,
+    len: usize,
+}
+
+/// The receive chains the device holds, in the order the guest made them
+/// available, as pieces of guest memory each within one memory region (so
+/// each is one iovec). A frame fills them from the front.
+#[derive(Debug, Default)]
+pub struct RxBuffers {
+    chains: VecDeque<HeldChain>,
+    pieces: VecDeque<(GuestAddress, usize)>,
+    capacity: usize,
+}
+
+impl RxBuffers {
+    /// No buffers held.
+    pub fn new() -> Self {
+        Self::default()
     }
-    let mut used: Vec<(u16, u32)> = Vec::new();
-    let mut num_buffers_field = None;
-    let mut offset = 0;
-    let mut usable = true;
-    while offset < frame.len() {
-        if used.len() >= usize::from(queue.size()) {
-            usable = false; // even a full ring cannot hold it
-            break;
-        }
-        let Some(chain) = queue.pop_descriptor_chain(mem) else {
-            for _ in 0..used.len() {
-                queue.go_to_previous_position();
-            }
-            return RxOutcome::NoBuffers;
-        };
-        let head = chain.head_index();
-        let written = chain.writer(mem).ok().and_then(|mut writer| {
-            if offset == 0 {
-                // The header goes first, `num_buffers` left for the end.
-                if writer.available_bytes() < VNET_HDR_LEN {
-                    return None;
-                }
-                let mut field = writer.split_at(NUM_BUFFERS_OFFSET).ok()?;
-                let mut body = field.split_at(2).ok()?;
-                writer.write_all(&frame[..NUM_BUFFERS_OFFSET]).ok()?;
-                let n = body.available_bytes().min(frame.len() - VNET_HDR_LEN);
-                body.write_all(&frame[VNET_HDR_LEN..VNET_HDR_LEN + n])
-                    .ok()?;
-                num_buffers_field = Some(field);
-                Some(VNET_HDR_LEN + n)
-            } else {
-                let n = writer.available_bytes().min(frame.len() - offset);
-                writer.write_all(&frame[offset..offset + n]).ok()?;
-                Some(n)
-            }
-        });
-        match written {
-            Some(n) if n > 0 => {
-                used.push((head, n as u32));
-                offset += n;
-            }
-            _ => {
-                used.push((head, 0));
-                usable = false;
+
+    /// Bytes the held buffers take.
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// Whether the buffers held are all there can be: the whole ring, or as
+    /// many pieces as one read takes.
+    pub fn at_limit(&self, queue: &Queue) -> bool {
+        self.chains.len() >= usize::from(queue.size()) || self.pieces.len() >= MAX_HELD_PIECES
+    }
+
+    /// Takes chains the guest made available until the held buffers take
+    /// `want` bytes or are [at their limit](Self::at_limit). A chain that can
+    /// take no frame (a device-readable or empty buffer, outside guest memory,
+    /// in too many pieces) goes back to the guest used and empty. True if any
+    /// did; an error if the used ring is outside guest memory.
+    pub fn fill(
+        &mut self,
+        queue: &mut Queue,
+        mem: &GuestMemoryMmap,
+        want: usize,
+    ) -> Result<bool, GuestMemoryError> {
+        let mut returned = false;
+        while self.capacity < want && !self.at_limit(queue) {
+            let Some(chain) = queue.pop_descriptor_chain(mem) else {
                 break;
+            };
+            let head = chain.head_index();
+            let room = MAX_HELD_PIECES - self.pieces.len();
+            match chain_pieces(mem, chain, MAX_HELD_PIECES) {
+                Some(pieces) if pieces.len() > room => {
+                    // It fits once the chains before it are used.
+                    queue.go_to_previous_position();
+                    break;
+                }
+                Some(pieces) => {
+                    let len = pieces.iter().map(|piece| piece.1).sum();
+                    self.chains.push_back(HeldChain {
+                        head,
+                        pieces: pieces.len(),
+                        len,
+                    });
+                    self.pieces.extend(pieces);
+                    self.capacity += len;
+                }
+                None => {
+                    publish_used(queue, mem, &[(head, 0)])?;
+                    returned = true;
+                }
             }
         }
+        Ok(returned)
     }
-    let count = used.len() as u16;
-    let filled = usable
-        && num_buffers_field
-            .as_mut()
-            .is_some_and(|field| field.write_all(&count.to_le_bytes()).is_ok());
-    if !filled {
-        for entry in &mut used {
-            entry.1 = 0;
+
+    /// Reads one frame from `io` straight into the held buffers and hands
+    /// the guest those it fills, `num_buffers` in its header set to their
+    /// count. `WouldBlock` from `io` means no frame waits.
+    pub fn receive(
+        &mut self,
+        queue: &mut Queue,
+        mem: &GuestMemoryMmap,
+        io: &mut impl FrameIo,
+    ) -> io::Result<RxOutcome> {
+        if self.chains.is_empty() {
+            return Ok(RxOutcome::NoBuffers);
+        }
+        let Ok(slices) = self
+            .pieces
+            .iter()
+            .map(|&(addr, len)| mem.get_slice(addr, len))
+            .collect::<Result<Vec<_>, _>>()
+        else {
+            // Checked when taken, and guest memory does not change.
+            return Ok(RxOutcome::Broken);
+        };
+        let len = io.recv(&slices)?;
+        if !(VNET_HDR_LEN..=self.capacity).contains(&len) {
+            return Ok(RxOutcome::Dropped);
+        }
+        let mut used = Vec::new();
+        let (mut left, mut pieces) = (len, 0);
+        while left > 0 {
+            let Some(chain) = self.chains.pop_front() else {
+                break; // cannot be: `len` is within the capacity
+            };
+            let n = chain.len.min(left);
+            used.push((chain.head, n as u32));
+            left -= n;
+            pieces += chain.pieces;
+            self.capacity -= chain.len;
+        }
+        // At most the queue's size (≤ 32768), so it fits.
+        let count = u16::try_from(used.len()).unwrap_or(u16::MAX);
+        write_at(&slices, NUM_BUFFERS_OFFSET, &count.to_le_bytes());
+        self.pieces.drain(..pieces);
+        if publish_used(queue, mem, &used).is_err() {
+            return Ok(RxOutcome::Broken);
+        }
+        Ok(RxOutcome::Delivered(count))
+    }
+}
+
+/// The guest memory of a receive chain as pieces each within one region; None
+/// if the chain cannot take a frame (see [`RxBuffers::fill`]) or is in more
+/// than `max` pieces.
+fn chain_pieces(
+    mem: &GuestMemoryMmap,
+    chain: DescriptorChain<&GuestMemoryMmap>,
+    max: usize,
+) -> Option<Vec<(GuestAddress, usize)>> {
+    let mut pieces = Vec::new();
+    for desc in chain {
+        if !desc.is_write_only() {
+            return None;
+        }
+        let mut addr = desc.addr();
+        for slice in mem.get_slices(addr, desc.len() as usize) {
+            let len = slice.ok()?.len();
+            pieces.push((addr, len));
+            if pieces.len() > max {
+                return None;
+            }
+            addr = addr.checked_add(len as u64)?;
         }
     }
-    if publish_used(queue, mem, &used).is_err() {
-        return RxOutcome::Broken;
-    }
-    if filled {
-        RxOutcome::Delivered(count)
-    } else {
-        RxOutcome::Dropped
+    (!pieces.is_empty()).then_some(pieces)
+}
+
+/// Writes `bytes` at `offset` of the memory `slices` lay end to end.
+fn write_at(slices: &[VolatileSlice<'_>], mut offset: usize, bytes: &[u8]) {
+    let mut bytes = bytes.iter();
+    for slice in slices {
+        while offset < slice.len() {
+            let Some(&byte) = bytes.next() else {
+                return;
+            };
+            let _ = slice.write_obj(byte, offset);
+            offset += 1;
+        }
+        offset -= slice.len();
     }
 }
 

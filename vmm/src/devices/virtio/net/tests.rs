@@ -1,16 +1,14 @@
 //! The device's data path driven step by step, the test playing the guest
-//! driver on mock queues and the tap's other end on a datagram socket.
+//! driver on mock queues and the tap's other end ([`FrameQueue`]).
 
 use super::device::{features, tap_offloads};
-use super::rx::{ask_for_buffers, deliver, needs_interrupt, RxOutcome};
+use super::frame_io::FrameQueue;
+use super::rx::{ask_for_buffers, needs_interrupt, RxBuffers, RxOutcome, MAX_RX_LEN};
 use super::tap::VNET_HDR_LEN;
-use super::tx::process_tx;
+use super::tx::{process_tx, MAX_TX_LEN};
 use crate::devices::virtio::test_utils::{
     desc, VRING_DESC_F_NEXT as NEXT, VRING_DESC_F_WRITE as WRITE,
 };
-use std::fs::File;
-use std::io::Read;
-use std::os::fd::{FromRawFd, OwnedFd};
 use virtio_queue::mock::MockSplitQueue;
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
@@ -19,24 +17,6 @@ const BUFFERS: u64 = 0x10_0000;
 
 fn memory() -> GuestMemoryMmap {
     GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x40_0000)]).unwrap()
-}
-
-/// Both ends of a datagram socket pair, non-blocking.
-fn socket_pair() -> (File, File) {
-    let mut fds = [0; 2];
-    // SAFETY: `fds` has room for the two descriptors socketpair writes.
-    let ret = unsafe {
-        libc::socketpair(
-            libc::AF_UNIX,
-            libc::SOCK_DGRAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
-            0,
-            fds.as_mut_ptr(),
-        )
-    };
-    assert_eq!(ret, 0);
-    // SAFETY: socketpair succeeded; each fd is open and owned by nobody else.
-    let (a, b) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
-    (File::from(a), File::from(b))
 }
 
 fn used(queue: &MockSplitQueue<'_, GuestMemoryMmap>) -> Vec<(u32, u32)> {
@@ -58,11 +38,24 @@ fn frame(len: usize) -> Vec<u8> {
     frame
 }
 
-fn tx(mem: &GuestMemoryMmap, queue: &MockSplitQueue<'_, GuestMemoryMmap>, tap: &mut File) -> Queue {
+fn tx(mem: &GuestMemoryMmap, queue: &MockSplitQueue<'_, GuestMemoryMmap>) -> FrameQueue {
     let mut q = queue.create_queue().unwrap();
-    let mut buf = vec![0u8; 2048];
-    process_tx(&mut q, mem, tap, &mut buf);
-    q
+    let mut tap = FrameQueue::default();
+    process_tx(&mut q, mem, &mut tap);
+    tap
+}
+
+/// Takes what the guest posted (up to the longest frame) and receives `data`.
+fn receive(
+    buffers: &mut RxBuffers,
+    q: &mut Queue,
+    mem: &GuestMemoryMmap,
+    data: &[u8],
+) -> RxOutcome {
+    buffers.fill(q, mem, MAX_RX_LEN).unwrap();
+    let mut tap = FrameQueue::default();
+    tap.incoming.push_back(data.to_vec());
+    buffers.receive(q, mem, &mut tap).unwrap()
 }
 
 #[test]
@@ -80,11 +73,7 @@ fn a_transmitted_frame_reaches_the_tap_whole() {
             desc(BUFFERS + 0x1000, 100, 0),
         ])
         .unwrap();
-    let (mut tap, mut peer) = socket_pair();
-    tx(&mem, &queue, &mut tap);
-    let mut got = [0u8; 4096];
-    let n = peer.read(&mut got).unwrap();
-    assert_eq!(&got[..n], &data[..]);
+    assert_eq!(tx(&mem, &queue).sent, [data]);
     assert_eq!(used(&queue), [(0, 0)]);
 }
 
@@ -96,19 +85,13 @@ fn malformed_transmit_chains_are_used_and_send_nothing() {
         .build_multiple_desc_chains(&[
             desc(0x3f_ff00, 0x1000, 0),                // runs past guest memory
             desc(BUFFERS, 4, 0),                       // shorter than the header
-            desc(BUFFERS, 4096, 0),                    // longer than the buffer
+            desc(BUFFERS, MAX_TX_LEN as u32 + 1, 0),   // longer than any frame
             desc(BUFFERS, VNET_HDR_LEN as u32, WRITE), // nothing readable
         ])
         .unwrap();
-    let (mut tap, mut peer) = socket_pair();
-    tx(&mem, &queue, &mut tap);
+    assert!(tx(&mem, &queue).sent.is_empty());
     assert_eq!(used(&queue).len(), 4);
     assert!(used(&queue).iter().all(|&(_, len)| len == 0));
-    let mut got = [0u8; 64];
-    assert_eq!(
-        peer.read(&mut got).unwrap_err().kind(),
-        std::io::ErrorKind::WouldBlock
-    );
 }
 
 /// Posts `count` one-descriptor receive buffers of `len` bytes.
@@ -125,8 +108,12 @@ fn a_received_frame_fills_mergeable_buffers_with_their_count() {
     let queue = MockSplitQueue::create(&mem, GuestAddress(0), 16);
     post_rx(&queue, 0, 4, 1526);
     let mut q = queue.create_queue().unwrap();
+    let mut buffers = RxBuffers::new();
     let data = frame(3000);
-    assert_eq!(deliver(&mut q, &mem, &data), RxOutcome::Delivered(2));
+    assert_eq!(
+        receive(&mut buffers, &mut q, &mem, &data),
+        RxOutcome::Delivered(2)
+    );
     assert_eq!(used(&queue), [(0, 1526), (1, 3000 - 1526)]);
     let mut got = vec![0u8; 3000];
     mem.read_slice(&mut got[..1526], GuestAddress(BUFFERS))
@@ -136,58 +123,90 @@ fn a_received_frame_fills_mergeable_buffers_with_their_count() {
     assert_eq!(u16::from_le_bytes([got[10], got[11]]), 2, "num_buffers");
     assert_eq!(got[..10], data[..10]);
     assert_eq!(got[12..], data[12..]);
-    // A small frame takes one buffer.
-    assert_eq!(deliver(&mut q, &mem, &frame(60)), RxOutcome::Delivered(1));
+    // A small frame takes one buffer: the next one held.
+    assert_eq!(
+        receive(&mut buffers, &mut q, &mem, &frame(60)),
+        RxOutcome::Delivered(1)
+    );
     assert_eq!(used(&queue)[2], (2, 60));
+    assert_eq!(buffers.capacity(), 1526, "the last one is still held");
 }
 
 #[test]
-fn a_frame_waits_until_the_guest_posts_enough_buffers() {
+fn buffers_are_taken_only_up_to_the_longest_frame() {
     let mem = memory();
     let queue = MockSplitQueue::create(&mem, GuestAddress(0), 16);
-    post_rx(&queue, 0, 1, 1000);
+    post_rx(&queue, 0, 16, 0x6000);
     let mut q = queue.create_queue().unwrap();
-    let data = frame(1800);
-    assert_eq!(deliver(&mut q, &mem, &data), RxOutcome::NoBuffers);
-    assert!(used(&queue).is_empty(), "nothing consumed");
-    assert_eq!(q.next_avail(), 0, "the buffer is handed back to the queue");
-    // The driver posts one more (as its refill would) and kicks.
-    queue
-        .add_desc_chains(&[desc(BUFFERS + 0x1_0000, 1000, WRITE)], 1)
-        .unwrap();
-    assert_eq!(deliver(&mut q, &mem, &data), RxOutcome::Delivered(2));
-    assert_eq!(used(&queue), [(0, 1000), (1, 800)]);
+    let mut buffers = RxBuffers::new();
+    buffers.fill(&mut q, &mem, MAX_RX_LEN).unwrap();
+    assert_eq!(
+        buffers.capacity(),
+        3 * 0x6000,
+        "enough for {MAX_RX_LEN} bytes"
+    );
+    assert_eq!(q.next_avail(), 3, "the rest stay with the driver");
+    assert!(!buffers.at_limit(&q));
 }
 
 #[test]
-fn unusable_receive_buffers_drop_the_frame_and_come_back_empty() {
+fn a_frame_cut_short_by_too_few_buffers_is_dropped_and_the_buffers_kept() {
+    let mem = memory();
+    let queue = MockSplitQueue::create(&mem, GuestAddress(0), 2);
+    post_rx(&queue, 0, 2, 1000);
+    let mut q = queue.create_queue().unwrap();
+    let mut buffers = RxBuffers::new();
+    buffers.fill(&mut q, &mem, MAX_RX_LEN).unwrap();
+    assert!(buffers.at_limit(&q), "the whole ring is held");
+    assert_eq!(
+        receive(&mut buffers, &mut q, &mem, &frame(2001)),
+        RxOutcome::Dropped
+    );
+    assert!(used(&queue).is_empty(), "nothing consumed");
+    assert_eq!(
+        receive(&mut buffers, &mut q, &mem, &frame(2000)),
+        RxOutcome::Delivered(2)
+    );
+    assert_eq!(used(&queue), [(0, 1000), (1, 1000)]);
+    let mut tap = FrameQueue::default();
+    tap.incoming.push_back(frame(100));
+    assert_eq!(
+        buffers.receive(&mut q, &mem, &mut tap).unwrap(),
+        RxOutcome::NoBuffers
+    );
+    assert_eq!(tap.incoming.len(), 1, "nothing was read");
+}
+
+#[test]
+fn unusable_receive_buffers_come_back_empty() {
     let mem = memory();
     let queue = MockSplitQueue::create(&mem, GuestAddress(0), 16);
     queue
         .build_multiple_desc_chains(&[
-            desc(BUFFERS, 1526, 0),         // read-only
-            desc(BUFFERS, 8, WRITE),        // too small for the header
-            desc(0x3f_ff00, 0x1000, WRITE), // past guest memory
+            desc(BUFFERS, 1526, 0),             // read-only
+            desc(0x3f_ff00, 0x1000, WRITE),     // past guest memory
+            desc(BUFFERS + 0x1_0000, 0, WRITE), // empty
             desc(BUFFERS, 1526, WRITE),
-            desc(BUFFERS + 0x1_0000, 0, WRITE), // empty, in the middle of a frame
         ])
         .unwrap();
     let mut q = queue.create_queue().unwrap();
-    for _ in 0..3 {
-        assert_eq!(deliver(&mut q, &mem, &frame(100)), RxOutcome::Dropped);
-    }
-    assert_eq!(deliver(&mut q, &mem, &frame(3000)), RxOutcome::Dropped);
-    assert_eq!(used(&queue), [(0, 0), (1, 0), (2, 0), (3, 0), (4, 0)]);
-}
-
-#[test]
-fn a_frame_larger_than_the_whole_ring_is_dropped() {
-    let mem = memory();
-    let queue = MockSplitQueue::create(&mem, GuestAddress(0), 4);
-    post_rx(&queue, 0, 4, 100);
-    let mut q = queue.create_queue().unwrap();
-    assert_eq!(deliver(&mut q, &mem, &frame(1000)), RxOutcome::Dropped);
-    assert!(used(&queue).iter().all(|&(_, len)| len == 0));
+    let mut buffers = RxBuffers::new();
+    assert!(
+        buffers.fill(&mut q, &mem, MAX_RX_LEN).unwrap(),
+        "some came back"
+    );
+    assert_eq!(used(&queue), [(0, 0), (1, 0), (2, 0)]);
+    assert_eq!(buffers.capacity(), 1526);
+    // A frame shorter than its header is dropped.
+    assert_eq!(
+        receive(&mut buffers, &mut q, &mem, &[0u8; 8]),
+        RxOutcome::Dropped
+    );
+    assert_eq!(
+        receive(&mut buffers, &mut q, &mem, &frame(100)),
+        RxOutcome::Delivered(1)
+    );
+    assert_eq!(used(&queue)[3], (3, 100));
 }
 
 #[test]
@@ -221,12 +240,19 @@ fn with_event_idx_the_guest_is_interrupted_only_when_its_used_event_asks() {
     let mut q: Queue = queue.create_queue().unwrap();
     q.set_event_idx(true);
     let (used_event, _) = event_fields(&q);
+    let mut buffers = RxBuffers::new();
     for _ in 0..3 {
-        assert_eq!(deliver(&mut q, &mem, &frame(100)), RxOutcome::Delivered(1));
+        assert_eq!(
+            receive(&mut buffers, &mut q, &mem, &frame(100)),
+            RxOutcome::Delivered(1)
+        );
     }
     mem.write_obj(0u16, used_event).unwrap();
     assert!(needs_interrupt(&q, &mem, 0), "entry 0 is in 0..3");
-    assert_eq!(deliver(&mut q, &mem, &frame(100)), RxOutcome::Delivered(1));
+    assert_eq!(
+        receive(&mut buffers, &mut q, &mem, &frame(100)),
+        RxOutcome::Delivered(1)
+    );
     mem.write_obj(10u16, used_event).unwrap();
     assert!(
         !needs_interrupt(&q, &mem, 3),
@@ -248,7 +274,6 @@ fn out_of_buffers_with_event_idx_the_device_asks_for_a_kick_at_the_next_one() {
     let mut q: Queue = queue.create_queue().unwrap();
     let (_, avail_event) = event_fields(&q);
     mem.write_obj(0xffffu16, avail_event).unwrap();
-    assert_eq!(deliver(&mut q, &mem, &frame(1800)), RxOutcome::NoBuffers);
     assert_eq!(ask_for_buffers(&q, &mem).unwrap(), None);
     assert_eq!(
         mem.read_obj::<u16>(avail_event).unwrap(),
@@ -267,7 +292,11 @@ fn out_of_buffers_with_event_idx_the_device_asks_for_a_kick_at_the_next_one() {
         .unwrap();
     assert_eq!(ask_for_buffers(&q, &mem).unwrap(), Some(2));
     assert_eq!(mem.read_obj::<u16>(avail_event).unwrap(), 2);
-    assert_eq!(deliver(&mut q, &mem, &frame(1800)), RxOutcome::Delivered(2));
+    let mut buffers = RxBuffers::new();
+    assert_eq!(
+        receive(&mut buffers, &mut q, &mem, &frame(1800)),
+        RxOutcome::Delivered(2)
+    );
 }
 
 #[test]
@@ -285,13 +314,9 @@ fn with_event_idx_the_transmit_queue_asks_for_a_kick_after_what_it_took() {
     let mut q: Queue = queue.create_queue().unwrap();
     q.set_event_idx(true);
     let (_, avail_event) = event_fields(&q);
-    let (mut tap, mut peer) = socket_pair();
-    let mut buf = vec![0u8; 2048];
-    assert!(process_tx(&mut q, &mem, &mut tap, &mut buf));
+    let mut tap = FrameQueue::default();
+    assert!(process_tx(&mut q, &mem, &mut tap));
     assert_eq!(used(&queue).len(), 2);
     assert_eq!(mem.read_obj::<u16>(avail_event).unwrap(), 2);
-    let mut got = [0u8; 4096];
-    for _ in 0..2 {
-        assert_eq!(peer.read(&mut got).unwrap(), data.len());
-    }
+    assert_eq!(tap.sent, [data.clone(), data]);
 }

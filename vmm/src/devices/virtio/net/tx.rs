@@ -1,11 +1,12 @@
 //! Transmit: each chain of the transmit queue is one frame (virtio-net header
-//! first), written to the tap as it is.
+//! first), handed to the tap straight from the guest's buffers.
 
+use super::frame_io::FrameIo;
 use super::tap::VNET_HDR_LEN;
 use crate::devices::virtio::drain_queue;
-use std::io::{Read, Write};
-use virtio_queue::Queue;
-use vm_memory::GuestMemoryMmap;
+use crate::devices::virtio::iovec::IOV_MAX;
+use virtio_queue::{DescriptorChain, Queue};
+use vm_memory::{GuestMemory, GuestMemoryMmap, VolatileSlice};
 
 /// Longest chain taken from the guest: the header and a 64 KiB segmentation
 /// offload frame with its headers. Longer chains are dropped.
@@ -13,26 +14,14 @@ pub const MAX_TX_LEN: usize = VNET_HDR_LEN + 65536 + 256;
 
 /// Sends every frame the guest queued to `tap`, its notifications off
 /// meanwhile (`drain_queue`); true if any chain was used. A chain that is
-/// malformed, outside guest memory, shorter than the header or longer than
-/// `buf` is dropped; so is a frame the tap refuses (as a full NIC queue
-/// would).
-pub fn process_tx(
-    queue: &mut Queue,
-    mem: &GuestMemoryMmap,
-    tap: &mut impl Write,
-    buf: &mut [u8],
-) -> bool {
+/// malformed, outside guest memory, shorter than the header, longer than
+/// [`MAX_TX_LEN`] or in more than `IOV_MAX` pieces is dropped; so is a frame
+/// the tap refuses (as a full NIC queue would).
+pub fn process_tx(queue: &mut Queue, mem: &GuestMemoryMmap, tap: &mut impl FrameIo) -> bool {
     let drained = drain_queue(queue, mem, |chain| {
-        let len = chain.reader(mem).ok().and_then(|mut reader| {
-            let len = reader.available_bytes();
-            if !(VNET_HDR_LEN..=buf.len()).contains(&len) {
-                return None;
-            }
-            reader.read_exact(&mut buf[..len]).ok().map(|()| len)
-        });
-        if let Some(len) = len {
+        if let Some(frame) = frame_slices(mem, chain) {
             // A refused frame (bad offload header, interface gone) is dropped.
-            let _ = tap.write(&buf[..len]);
+            let _ = tap.send(&frame);
         }
         0
     });
@@ -40,4 +29,29 @@ pub fn process_tx(
         eprintln!("runv-vmm: virtio-net: the transmit queue is broken: {err}");
     }
     drained.completed
+}
+
+/// The guest memory of a transmit chain, if it is a frame that may be sent.
+fn frame_slices<'m>(
+    mem: &'m GuestMemoryMmap,
+    chain: DescriptorChain<&'m GuestMemoryMmap>,
+) -> Option<Vec<VolatileSlice<'m>>> {
+    let mut slices = Vec::new();
+    let mut len = 0usize;
+    for desc in chain {
+        if desc.is_write_only() {
+            return None;
+        }
+        len = len.checked_add(desc.len() as usize)?;
+        if len > MAX_TX_LEN {
+            return None;
+        }
+        for slice in mem.get_slices(desc.addr(), desc.len() as usize) {
+            slices.push(slice.ok()?);
+            if slices.len() > IOV_MAX {
+                return None;
+            }
+        }
+    }
+    (len >= VNET_HDR_LEN).then_some(slices)
 }

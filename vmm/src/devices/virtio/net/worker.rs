@@ -1,20 +1,17 @@
 //! The virtio-net thread: carries frames between the guest's queues and the
 //! tap, woken by the queues' notifications, the tap and a stop event.
 
-use super::rx::{self, deliver, RxOutcome};
+use super::rx::{self, RxBuffers, RxOutcome, MAX_RX_LEN};
 use super::tap::Tap;
-use super::tx::{process_tx, MAX_TX_LEN};
+use super::tx::process_tx;
 use crate::devices::virtio::{needs_interrupt, VirtioInterrupt};
-use std::io::{self, Read};
+use std::io;
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::EventFd;
-
-/// Longest frame read from the tap: the header and a 64 KiB offload frame.
-pub const MAX_RX_LEN: usize = MAX_TX_LEN;
 
 const TOKEN_STOP: u64 = 0;
 const TOKEN_RX: u64 = 1;
@@ -44,12 +41,10 @@ pub struct NetQueues {
 pub struct Worker {
     tap: Tap,
     queues: NetQueues,
-    /// A frame read from the tap that waits for receive buffers.
-    frame: Vec<u8>,
-    pending: usize,
-    tx_buf: Vec<u8>,
-    /// Whether the tap is in the epoll set (not while a frame waits for
-    /// buffers, so that a readable tap does not spin the loop).
+    /// The receive chains held for the next frames.
+    rx_buffers: RxBuffers,
+    /// Whether the tap is in the epoll set (not while the guest has too few
+    /// receive buffers, so that a readable tap does not spin the loop).
     tap_polled: bool,
     tap_failed: bool,
     /// The receive queue's used index when it was last checked for an
@@ -63,9 +58,7 @@ impl Worker {
         Self {
             tap,
             queues,
-            frame: vec![0; MAX_RX_LEN],
-            pending: 0,
-            tx_buf: vec![0; MAX_TX_LEN],
+            rx_buffers: RxBuffers::new(),
             tap_polled: false,
             tap_failed: false,
             rx_checked: 0,
@@ -107,7 +100,7 @@ impl Worker {
                     TOKEN_TX => {
                         let _ = self.queues.notify[1].read();
                         let q = &mut self.queues;
-                        if process_tx(&mut q.tx, &q.mem, &mut self.tap.file(), &mut self.tx_buf) {
+                        if process_tx(&mut q.tx, &q.mem, &mut self.tap) {
                             interrupt |= needs_interrupt(&mut q.tx, &q.mem, "virtio-net");
                         }
                     }
@@ -147,66 +140,68 @@ impl Worker {
 
     /// Moves frames from the tap to the guest while both have some; true if
     /// any receive buffer was used.
+    ///
+    /// A frame is read only into buffers that can take the longest one (or
+    /// all the guest can give, see [`RxBuffers::at_limit`]): a tap read
+    /// cannot be undone, and a frame cut short would be lost.
     fn receive(&mut self, epoll: &Epoll) -> io::Result<bool> {
         let mut used = false;
         // The available index at which the device last asked for a kick.
         let mut asked = None;
         let mut asks = 0;
         loop {
-            if self.pending == 0 {
-                match self.tap.file().read(&mut self.frame) {
-                    Ok(n) => self.pending = n,
-                    Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
-                    Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
-                        self.poll_tap(epoll, true)?;
-                        return Ok(used);
-                    }
-                    Err(err) => {
-                        eprintln!(
-                            "runv-vmm: virtio-net: cannot read tap {}: {err}; receive stops",
-                            self.tap.name()
-                        );
-                        self.poll_tap(epoll, false)?;
-                        self.tap_failed = true;
-                        return Ok(used);
-                    }
-                }
-            }
             let q = &mut self.queues;
-            match deliver(&mut q.rx, &q.mem, &self.frame[..self.pending]) {
-                RxOutcome::Delivered(_) | RxOutcome::Dropped => {
-                    self.pending = 0;
-                    used = true;
-                }
-                RxOutcome::NoBuffers => {
-                    // Keep the frame; the guest's next receive notification
-                    // brings buffers. With EVENT_IDX it kicks only for one
-                    // posted past where the device asked: what it posted
-                    // before that is tried first, waiting only when it
-                    // posted nothing since the last ask.
-                    match rx::ask_for_buffers(&q.rx, &q.mem) {
-                        Ok(Some(seen)) if asked != Some(seen) => {
-                            asked = Some(seen);
-                            asks += 1;
-                            if asks <= MAX_ASKS_PER_ROUND {
-                                continue;
-                            }
-                            q.notify[0].write(1)?;
+            used |= self
+                .rx_buffers
+                .fill(&mut q.rx, &q.mem, MAX_RX_LEN)
+                .map_err(|err| {
+                    io::Error::other(format!("the receive used ring is broken: {err}"))
+                })?;
+            if self.rx_buffers.capacity() < MAX_RX_LEN && !self.rx_buffers.at_limit(&q.rx) {
+                // The guest's next receive notification brings buffers. With
+                // EVENT_IDX it kicks only for one posted past where the
+                // device asked: what it posted before that is taken first,
+                // waiting only when it posted nothing since the last ask.
+                match rx::ask_for_buffers(&q.rx, &q.mem) {
+                    Ok(Some(seen)) if asked != Some(seen) => {
+                        asked = Some(seen);
+                        asks += 1;
+                        if asks <= MAX_ASKS_PER_ROUND {
+                            continue;
                         }
-                        Ok(_) => {}
-                        Err(err) => {
-                            return Err(io::Error::other(format!(
-                                "the receive queue is broken: {err}"
-                            )))
-                        }
+                        q.notify[0].write(1)?;
                     }
-                    self.poll_tap(epoll, false)?;
-                    return Ok(used);
+                    Ok(_) => {}
+                    Err(err) => {
+                        return Err(io::Error::other(format!(
+                            "the receive queue is broken: {err}"
+                        )))
+                    }
                 }
-                RxOutcome::Broken => {
+                self.poll_tap(epoll, false)?;
+                return Ok(used);
+            }
+            match self.rx_buffers.receive(&mut q.rx, &q.mem, &mut self.tap) {
+                Ok(RxOutcome::Delivered(_)) => used = true,
+                Ok(RxOutcome::Dropped | RxOutcome::NoBuffers) => {}
+                Ok(RxOutcome::Broken) => {
                     return Err(io::Error::other(
                         "the receive used ring is outside guest memory",
                     ))
+                }
+                Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
+                    self.poll_tap(epoll, true)?;
+                    return Ok(used);
+                }
+                Err(err) => {
+                    eprintln!(
+                        "runv-vmm: virtio-net: cannot read tap {}: {err}; receive stops",
+                        self.tap.name()
+                    );
+                    self.poll_tap(epoll, false)?;
+                    self.tap_failed = true;
+                    return Ok(used);
                 }
             }
         }
@@ -223,7 +218,7 @@ mod tests {
     use vm_memory::{Bytes, GuestAddress};
 
     #[test]
-    fn without_receive_buffers_the_tap_is_left_alone_until_the_guest_posts_some() {
+    fn the_tap_is_left_alone_until_the_guest_posts_buffers_for_the_longest_frame() {
         let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x40_0000)]).unwrap();
         let rx = MockSplitQueue::create(&mem, GuestAddress(0), 16);
         let tx = MockSplitQueue::create(&mem, GuestAddress(0x8000), 16);
@@ -256,23 +251,38 @@ mod tests {
         peer.write_all(&[1u8; 200]).unwrap();
 
         assert!(!worker.receive(&epoll).unwrap(), "no buffer was used");
-        assert_eq!(worker.pending, 100, "the first frame is kept");
         assert!(!worker.tap_polled, "the tap is not watched meanwhile");
-        assert!(!worker.receive(&epoll).unwrap(), "still nothing to fill");
 
+        // Too few for the longest frame: the frames stay in the tap.
         rx.build_multiple_desc_chains(&[
             desc(0x10_0000, 1526, WRITE),
             desc(0x11_0000, 1526, WRITE),
         ])
         .unwrap();
+        assert!(!worker.receive(&epoll).unwrap(), "still nothing to fill");
+        assert_eq!(worker.rx_buffers.capacity(), 2 * 1526, "held meanwhile");
+        assert!(!worker.tap_polled);
+
+        let more: Vec<_> = (0..3)
+            .map(|i| desc(0x20_0000 + i * 0x1_0000, 0x6000, WRITE))
+            .collect();
+        rx.add_desc_chains(&more, 2).unwrap();
         assert!(worker.receive(&epoll).unwrap());
         assert_eq!(rx.used().idx().load(), 2, "both frames, in order");
-        let lens: Vec<_> = (0..2)
-            .map(|i| rx.used().ring().ref_at(i).unwrap().load().len())
+        let used: Vec<_> = (0..2)
+            .map(|i| {
+                let elem = rx.used().ring().ref_at(i).unwrap().load();
+                (elem.id(), elem.len())
+            })
             .collect();
-        assert_eq!(lens, [100, 200]);
+        assert_eq!(used, [(0, 100), (1, 200)], "each in its own buffer");
+        assert_eq!(mem.read_obj::<u16>(GuestAddress(0x10_000a)).unwrap(), 1);
+        assert_eq!(
+            mem.read_obj::<u8>(GuestAddress(0x11_0000 + 199)).unwrap(),
+            1
+        );
         assert!(worker.tap_polled, "the tap is watched again once drained");
-        assert_eq!(worker.pending, 0);
+        assert_eq!(worker.rx_buffers.capacity(), 3 * 0x6000);
     }
 
     #[test]
@@ -319,7 +329,7 @@ mod tests {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
         while std::time::Instant::now() < deadline {
             assert!(!worker.receive(&epoll).unwrap(), "nothing was delivered");
-            assert_eq!(worker.pending, 100, "the frame is kept");
+            assert_eq!(worker.rx_buffers.capacity(), 0, "no buffer is held");
             if worker.queues.notify[0].read().is_ok() {
                 self_notified = true;
                 break;
