@@ -22,6 +22,8 @@ use std::net::{IpAddr, Ipv4Addr, Shutdown, SocketAddr, TcpListener};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use protocol::vmm::{MetricsRequest, VmmClient};
+
 use k8s_cri::v1::{Mount, PodSandboxState};
 use runv_tests::containerd::{
     assert_clean, file_tail, pattern, wait_until, Containerd, Runtime, RunvConfig, CRI_NAMESPACE,
@@ -828,6 +830,7 @@ fn bench_pod_network_against_runc() {
     ];
     // (metric, runtime name) → samples
     let mut samples: BTreeMap<(&'static str, &'static str), Vec<f64>> = BTreeMap::new();
+    let mut vm_tally = VmTally::default();
     for run in 0..sizes.runs {
         for (index, (_, client, server)) in pairs.iter().enumerate() {
             let side = if index == 0 { "runc" } else { "runv" };
@@ -845,16 +848,20 @@ fn bench_pod_network_against_runc() {
                 );
             }
             if sizes.wants("tcp-host-pod") {
+                let before = vm_sample(server);
                 note(
                     "tcp-host-pod",
                     Some(host_to_pod_mibs(&cri, server, sizes.mib)),
                 );
+                vm_tally.add("tcp-host-pod", &before, &vm_sample(server));
             }
             if sizes.wants("tcp-pod-host") {
+                let before = vm_sample(client);
                 note(
                     "tcp-pod-host",
                     Some(pod_to_host_mibs(&containerd, &cri, client, sizes.mib)),
                 );
+                vm_tally.add("tcp-pod-host", &before, &vm_sample(client));
             }
             if sizes.wants("rtt-pod-pod") {
                 note(
@@ -883,11 +890,122 @@ fn bench_pod_network_against_runc() {
         }
     }
     report(&sizes, &samples);
+    vm_tally.report(sizes.mib * sizes.runs);
     for (_, client, server) in &pairs {
         client.remove(&cri);
         server.remove(&cri);
     }
     finish(containerd, &cri);
+}
+
+/// A runv pod's VMM so far: its VM exits by reason (from the VMM's API) and
+/// the CPU time of each of its threads by name (`vcpu0`, `virtio-net`, ...),
+/// in clock ticks. Empty for a runc pod.
+#[derive(Default)]
+struct VmSample {
+    exits: BTreeMap<String, u64>,
+    cpu_ticks: BTreeMap<String, u64>,
+    at: Option<Instant>,
+}
+
+fn vm_sample(pod: &Pod) -> VmSample {
+    if pod.runtime != Runtime::Runv {
+        return VmSample::default();
+    }
+    let dir = PathBuf::from(RUNV_RUN_DIR).join(&pod.id);
+    let address = format!("unix://{}", dir.join("vm/api.sock").display());
+    let api = VmmClient::new(
+        ttrpc::Client::connect(&address).unwrap_or_else(|e| panic!("connect {address}: {e}")),
+    );
+    let ctx = ttrpc::context::with_duration(Duration::from_secs(30));
+    let metrics = api
+        .metrics(ctx, &MetricsRequest::new())
+        .unwrap_or_else(|e| panic!("{}: VMM metrics: {e}", pod.name));
+    let pid = std::fs::read_to_string(dir.join("vmm.pid")).unwrap_or_default();
+    let tasks = PathBuf::from(format!("/proc/{}/task", pid.trim()));
+    let mut cpu_ticks = BTreeMap::new();
+    for task in std::fs::read_dir(&tasks).into_iter().flatten().flatten() {
+        let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else {
+            continue;
+        };
+        // "pid (comm) state ..." with utime and stime the 14th and 15th fields.
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+            continue;
+        };
+        let fields: Vec<&str> = stat[close + 1..].split_whitespace().collect();
+        let ticks = |i: usize| {
+            fields
+                .get(i)
+                .and_then(|f| f.parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        *cpu_ticks
+            .entry(stat[open + 1..close].to_string())
+            .or_default() += ticks(11) + ticks(12);
+    }
+    VmSample {
+        exits: metrics.exits_by_reason.into_iter().collect(),
+        cpu_ticks,
+        at: Some(Instant::now()),
+    }
+}
+
+/// What the VMM did during each throughput metric, summed over runs.
+#[derive(Default)]
+struct VmTally(BTreeMap<&'static str, (VmSample, Duration)>);
+
+impl VmTally {
+    fn add(&mut self, metric: &'static str, before: &VmSample, after: &VmSample) {
+        let (Some(from), Some(to)) = (before.at, after.at) else {
+            return;
+        };
+        let (tally, elapsed) = self.0.entry(metric).or_default();
+        *elapsed += to - from;
+        let delta = |sum: &mut BTreeMap<String, u64>,
+                     a: &BTreeMap<String, u64>,
+                     b: &BTreeMap<String, u64>| {
+            for (key, count) in b {
+                let d = count.saturating_sub(a.get(key).copied().unwrap_or(0));
+                *sum.entry(key.clone()).or_default() += d;
+            }
+        };
+        delta(&mut tally.exits, &before.exits, &after.exits);
+        delta(&mut tally.cpu_ticks, &before.cpu_ticks, &after.cpu_ticks);
+    }
+
+    /// Per metric: exits to the VMM per MiB moved, by reason (exits KVM
+    /// handles in the kernel, such as queue notifications, are not among
+    /// them), and how busy each VMM thread was (a vCPU thread's time includes
+    /// its guest's).
+    fn report(&self, mib: usize) {
+        // SAFETY: sysconf reads a constant.
+        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+        for (metric, (tally, elapsed)) in &self.0 {
+            let per_mib = |count: u64| count as f64 / mib.max(1) as f64;
+            let total: u64 = tally.exits.values().sum();
+            let by_reason: Vec<String> = tally
+                .exits
+                .iter()
+                .filter(|(_, count)| **count > 0)
+                .map(|(reason, count)| format!("{reason} {:.1}", per_mib(*count)))
+                .collect();
+            let busy: Vec<String> = tally
+                .cpu_ticks
+                .iter()
+                .filter(|(_, ticks)| **ticks > 0)
+                .map(|(thread, ticks)| {
+                    let share = *ticks as f64 / hz / elapsed.as_secs_f64().max(1e-9);
+                    format!("{thread} {:.0}%", share * 100.0)
+                })
+                .collect();
+            println!(
+                "runv VMM during {metric}: {:.1} exits to the VMM per MiB ({}); threads busy: {}",
+                per_mib(total),
+                by_reason.join(", "),
+                busy.join(", ")
+            );
+        }
+    }
 }
 
 /// Prints one line per metric: the medians and their ratio.
