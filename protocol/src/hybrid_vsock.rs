@@ -60,8 +60,14 @@ fn read_answer(stream: &mut DeadlineStream) -> io::Result<Vec<u8>> {
 /// Connects a stream socket to `uds`. A full backlog makes the kernel wait
 /// for room up to the socket's send timeout, set to the time left before
 /// `deadline`.
+///
+/// `uds` is in a directory the VMM writes: its last component is opened
+/// without following a symlink and must be a socket, and the connect goes
+/// through that open node (`/proc/self/fd/N`), so a VMM cannot point the
+/// caller at another socket on the host.
 pub fn connect_by(uds: &Path, deadline: Instant) -> io::Result<UnixStream> {
-    let addr = socket_address(uds)?;
+    let node = open_socket_node(uds)?;
+    let addr = socket_address(Path::new(&format!("/proc/self/fd/{}", node.as_raw_fd())))?;
     // SAFETY: plain socket creation; the result is checked.
     let fd = unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
     if fd < 0 {
@@ -87,6 +93,38 @@ pub fn connect_by(uds: &Path, deadline: Instant) -> io::Result<UnixStream> {
             return Err(late(err, "connecting (the VMM's backlog is full)"));
         }
     }
+}
+
+/// `path` opened as an `O_PATH` node without following a symlink in its last
+/// component; an error naming it unless it is a socket.
+fn open_socket_node(path: &Path) -> io::Result<OwnedFd> {
+    let c_path = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "socket path has a NUL byte"))?;
+    // SAFETY: `c_path` is a valid C string for the call; the result is checked.
+    let fd = unsafe {
+        libc::open(
+            c_path.as_ptr(),
+            libc::O_PATH | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` was just opened and is owned by nothing else.
+    let node = unsafe { OwnedFd::from_raw_fd(fd) };
+    // SAFETY: stat is plain data; all-zero is a valid value.
+    let mut stat: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: fstat writes one stat, which outlives the call, for an open fd.
+    if unsafe { libc::fstat(node.as_raw_fd(), &mut stat) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if stat.st_mode & libc::S_IFMT != libc::S_IFSOCK {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{} is not a socket", path.display()),
+        ));
+    }
+    Ok(node)
 }
 
 /// The address of the socket at `path`.
@@ -319,6 +357,22 @@ mod tests {
         let mut rest = String::new();
         stream.read_to_string(&mut rest).unwrap();
         assert_eq!(rest, "guest");
+    }
+
+    #[test]
+    fn a_symlink_or_a_file_in_the_sockets_place_is_refused() {
+        let (dir, path) = serve_with(|mut conn| {
+            conn.write_all(b"OK 1073741824\n").unwrap();
+        });
+        let link = dir.path().join("link.sock");
+        std::os::unix::fs::symlink(&path, &link).unwrap();
+        let err = connect(&link, 1024, Duration::from_secs(5)).unwrap_err();
+        assert!(err.to_string().contains("is not a socket"), "{err}");
+        let file = dir.path().join("file.sock");
+        std::fs::write(&file, b"").unwrap();
+        let err = connect(&file, 1024, Duration::from_secs(5)).unwrap_err();
+        assert!(err.to_string().contains("is not a socket"), "{err}");
+        connect(&path, 1024, Duration::from_secs(5)).expect("the socket itself");
     }
 
     #[test]
