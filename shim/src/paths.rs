@@ -53,6 +53,27 @@ impl SandboxDir {
         self.root.join("vm")
     }
 
+    /// Makes `vm/` and `jail/` (mode 0700), the VMM's directories; an
+    /// existing directory (not a symlink) is kept.
+    pub fn create_vmm_dirs(&self) -> std::io::Result<()> {
+        use std::os::unix::fs::DirBuilderExt;
+        for dir in [self.vm_dir(), self.jail_root()] {
+            let made = std::fs::DirBuilder::new().mode(0o700).create(&dir);
+            let kept = || std::fs::symlink_metadata(&dir).is_ok_and(|meta| meta.is_dir());
+            match made {
+                Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists && kept() => {}
+                Err(err) => {
+                    return Err(std::io::Error::new(
+                        err.kind(),
+                        format!("{}: {err}", dir.display()),
+                    ))
+                }
+                Ok(()) => {}
+            }
+        }
+        Ok(())
+    }
+
     /// `jail/`: where the VMM's jail root is mounted, in its own mount
     /// namespace only (see `jail`).
     pub fn jail_root(&self) -> PathBuf {

@@ -15,7 +15,6 @@ use protocol::{SHARED_FS_TAG, SHARE_MAX_FDS};
 use std::fs::{self, File};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
-use std::os::unix::fs::DirBuilderExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
@@ -93,12 +92,7 @@ impl Vm {
         } else {
             "off".to_string()
         };
-        for own in [dir.vm_dir(), dir.jail_root()] {
-            fs::DirBuilder::new()
-                .mode(0o700)
-                .create(&own)
-                .map_err(|err| format!("{}: {err}", own.display()))?;
-        }
+        dir.create_vmm_dirs().map_err(|err| err.to_string())?;
         let jail = if config.vmm_jail {
             let plan = Jail::plan(dir, &config.vmm, &[&config.kernel, &config.initrd])
                 .map_err(|err| err.to_string())?;

@@ -60,9 +60,9 @@ fn run(args: Args) -> Result<u8, String> {
         .ok_or("--sandbox names no directory")?
         .to_string_lossy();
     let dir = SandboxDir::under(parent, &name);
-    for made in [dir.shared(), dir.vm_dir(), dir.jail_root()] {
-        std::fs::create_dir_all(&made).map_err(|err| format!("{}: {err}", made.display()))?;
-    }
+    std::fs::create_dir_all(dir.shared())
+        .map_err(|err| format!("{}: {err}", dir.shared().display()))?;
+    dir.create_vmm_dirs().map_err(|err| err.to_string())?;
     let jail = if args.jailed {
         let data: Vec<&Path> = args.data.iter().map(PathBuf::as_path).collect();
         Some(Arc::new(
