@@ -770,6 +770,8 @@ struct BenchSizes {
     runs: usize,
     mib: usize,
     round_trips: usize,
+    /// vCPUs of each runv pod's VM.
+    vcpus: u32,
     /// The metrics to measure (`RUNV_BENCH_ONLY`, comma-separated); all if none.
     only: Vec<String>,
 }
@@ -787,6 +789,7 @@ impl BenchSizes {
             runs: env("RUNV_BENCH_RUNS", 5),
             mib: env("RUNV_BENCH_MIB", 32),
             round_trips: env("RUNV_BENCH_ROUND_TRIPS", 1000),
+            vcpus: u32::try_from(env("RUNV_BENCH_VCPUS", 1)).unwrap_or(1),
             only: std::env::var("RUNV_BENCH_ONLY")
                 .unwrap_or_default()
                 .split(',')
@@ -804,8 +807,9 @@ impl BenchSizes {
 
 /// Benchmark (bench/net), not a test: TCP throughput (pod → pod, host → pod,
 /// pod → host) and round trips (pod → pod, host → pod; TCP and ICMP) between two
-/// runv pods and between two runc pods on the same bridge, alternating, in
-/// `RUNV_BENCH_RUNS` runs; medians and the ratio runv/runc.
+/// runv pods and between two runc pods on the same bridge, and a pipe inside a
+/// pod as the baseline without network, alternating, in `RUNV_BENCH_RUNS` runs;
+/// medians and the ratio runv/runc.
 #[test]
 #[ignore = "benchmark: run through bench/net"]
 fn bench_pod_network_against_runc() {
@@ -815,6 +819,13 @@ fn bench_pod_network_against_runc() {
     }
     let sizes = BenchSizes::from_env();
     let containerd = start_containerd();
+    if sizes.vcpus != 1 {
+        let config = RunvConfig {
+            default_vcpus: sizes.vcpus,
+            ..RunvConfig::from_env()
+        };
+        containerd.write_runv_config(&config.to_toml());
+    }
     let cri = containerd.cri();
     let pairs = [
         (
@@ -845,6 +856,12 @@ fn bench_pod_network_against_runc() {
                 note(
                     "tcp-pod-pod",
                     Some(pod_to_pod_mibs(&cri, client, server, sizes.mib)),
+                );
+            }
+            if sizes.wants("pipe-in-pod") {
+                note(
+                    "pipe-in-pod",
+                    Some(pipe_in_pod_mibs(&cri, server, sizes.mib)),
                 );
             }
             if sizes.wants("tcp-host-pod") {
@@ -898,14 +915,48 @@ fn bench_pod_network_against_runc() {
     finish(containerd, &cri);
 }
 
-/// A runv pod's VMM so far: its VM exits by reason (from the VMM's API) and
-/// the CPU time of each of its threads by name (`vcpu0`, `virtio-net`, ...),
-/// in clock ticks. Empty for a runc pod.
+/// A runv pod's VMM so far: its VM exits by reason (from the VMM's API), the
+/// exits KVM counted, handled in the kernel or not (its debugfs statistics,
+/// where debugfs is mounted), and the CPU time of each of its threads by name
+/// (`vcpu0`, `virtio-net`, ...), in clock ticks. Empty for a runc pod.
 #[derive(Default)]
 struct VmSample {
     exits: BTreeMap<String, u64>,
+    kvm: BTreeMap<String, u64>,
     cpu_ticks: BTreeMap<String, u64>,
     at: Option<Instant>,
+}
+
+/// KVM's debugfs statistics of the VM of process `pid` (a directory
+/// `<pid>-<fd>`) that show where a guest's exits go.
+fn kvm_debugfs_stats(pid: &str) -> BTreeMap<String, u64> {
+    const STATS: [&str; 8] = [
+        "exits",
+        "halt_exits",
+        "irq_exits",
+        "io_exits",
+        "mmio_exits",
+        "irq_injections",
+        "irq_window_exits",
+        "signal_exits",
+    ];
+    let prefix = format!("{pid}-");
+    let mut stats = BTreeMap::new();
+    let vms = std::fs::read_dir("/sys/kernel/debug/kvm")
+        .into_iter()
+        .flatten()
+        .flatten();
+    for vm in vms.filter(|vm| vm.file_name().to_string_lossy().starts_with(&prefix)) {
+        for stat in STATS {
+            if let Some(value) = std::fs::read_to_string(vm.path().join(stat))
+                .ok()
+                .and_then(|v| v.trim().parse::<u64>().ok())
+            {
+                *stats.entry(stat.to_string()).or_default() += value;
+            }
+        }
+    }
+    stats
 }
 
 fn vm_sample(pod: &Pod) -> VmSample {
@@ -945,6 +996,7 @@ fn vm_sample(pod: &Pod) -> VmSample {
     }
     VmSample {
         exits: metrics.exits_by_reason.into_iter().collect(),
+        kvm: kvm_debugfs_stats(pid.trim()),
         cpu_ticks,
         at: Some(Instant::now()),
     }
@@ -970,6 +1022,7 @@ impl VmTally {
             }
         };
         delta(&mut tally.exits, &before.exits, &after.exits);
+        delta(&mut tally.kvm, &before.kvm, &after.kvm);
         delta(&mut tally.cpu_ticks, &before.cpu_ticks, &after.cpu_ticks);
     }
 
@@ -998,8 +1051,19 @@ impl VmTally {
                     format!("{thread} {:.0}%", share * 100.0)
                 })
                 .collect();
+            let kvm: Vec<String> = tally
+                .kvm
+                .iter()
+                .map(|(stat, count)| format!("{stat} {:.1}", per_mib(*count)))
+                .collect();
+            let kvm = if kvm.is_empty() {
+                "no KVM debugfs statistics (debugfs not mounted)".to_string()
+            } else {
+                format!("KVM per MiB: {}", kvm.join(", "))
+            };
             println!(
-                "runv VMM during {metric}: {:.1} exits to the VMM per MiB ({}); threads busy: {}",
+                "runv VMM during {metric}: {:.1} exits to the VMM per MiB ({}); {kvm}; threads \
+                 busy: {}",
                 per_mib(total),
                 by_reason.join(", "),
                 busy.join(", ")
@@ -1018,10 +1082,18 @@ fn report(sizes: &BenchSizes, samples: &BTreeMap<(&'static str, &'static str), V
     let (mib, n) = (sizes.mib, sizes.round_trips);
     println!(
         "pod network: runv pods vs runc pods on one CNI bridge; {} runs each, alternating; medians \
-         (runv pods: the fixture's default 1 vCPU, 256 MiB)",
-        sizes.runs
+         (runv pods: {} vCPU, 256 MiB)",
+        sizes.runs, sizes.vcpus
     );
-    let rows: [(&str, String, &str); 7] = [
+    let rows: [(&str, String, &str); 8] = [
+        (
+            "pipe-in-pod",
+            format!(
+                "Pipe inside the pod, no network ({} MiB, busybox dd to dd)",
+                4 * mib
+            ),
+            "MiB/s",
+        ),
         (
             "tcp-pod-pod",
             format!("TCP throughput pod → pod ({mib} MiB, busybox dd to dd)"),
@@ -1258,6 +1330,24 @@ fn pod_to_pod_rtt_us(cri: &Cri, client: &Pod, server: &Pod, round_trips: usize) 
         server.name
     );
     micros(&out) / round_trips as f64
+}
+
+/// 4 × `mib` MiB through a pipe inside `pod` (busybox dd to dd), timed
+/// inside, less the cost of reading the clock there: how fast the pod's CPU
+/// moves bytes with no network, the baseline the throughput ratios compare
+/// with.
+fn pipe_in_pod_mibs(cri: &Cri, pod: &Pod, mib: usize) -> f64 {
+    let mib = 4 * mib;
+    let n = blocks(mib);
+    let out = pod.sh(
+        cri,
+        &format!(
+            "{NOW_US}\nc0=$(now); c1=$(now); t0=$(now); busybox dd if=/dev/zero bs=64k count={n} \
+             2>/dev/null | busybox dd of=/dev/null bs=64k 2>/dev/null; t1=$(now); \
+             echo $((t1 - t0 - (c1 - c0)))"
+        ),
+    );
+    mib as f64 / (micros(&out) / 1e6)
 }
 
 fn host_to_pod_rtt_us(cri: &Cri, server: &Pod, round_trips: usize) -> f64 {
