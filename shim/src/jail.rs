@@ -238,11 +238,8 @@ impl Jail {
     pub fn enter(&self) -> io::Result<()> {
         let none = std::ptr::null::<libc::c_char>();
         // SAFETY: unshare takes flags; no memory.
-        check(
-            unsafe { libc::unshare(libc::CLONE_NEWNS) },
-            Step::Unshare,
-            0,
-        )?;
+        let unshared = unsafe { libc::unshare(libc::CLONE_NEWNS) };
+        check(unshared, Step::Unshare, 0)?;
         // SAFETY: a NUL-terminated literal target; no source, type or data.
         let slave = unsafe {
             libc::mount(
@@ -267,11 +264,8 @@ impl Jail {
         check(root, Step::MountRoot, 0)?;
         for (index, dir) in self.dirs.iter().enumerate() {
             // SAFETY: a NUL-terminated path of the plan.
-            check(
-                unsafe { libc::mkdir(dir.as_ptr(), 0o755) },
-                Step::MakeDir,
-                index,
-            )?;
+            let made = unsafe { libc::mkdir(dir.as_ptr(), 0o755) };
+            check(made, Step::MakeDir, index)?;
         }
         for (index, bind) in self.binds.iter().enumerate() {
             bind.mount(index)?;
@@ -288,11 +282,8 @@ impl Jail {
         };
         check(proc, Step::MountProc, 0)?;
         // SAFETY: a NUL-terminated path of the plan.
-        check(
-            unsafe { libc::chdir(self.root.as_ptr()) },
-            Step::PivotRoot,
-            0,
-        )?;
+        let in_root = unsafe { libc::chdir(self.root.as_ptr()) };
+        check(in_root, Step::PivotRoot, 0)?;
         // SAFETY: "." twice: the new root stacks over the old, which is then
         // detached from it.
         let pivot = unsafe { libc::syscall(libc::SYS_pivot_root, c".".as_ptr(), c".".as_ptr()) };
@@ -301,11 +292,8 @@ impl Jail {
         let detach = unsafe { libc::umount2(c".".as_ptr(), libc::MNT_DETACH) };
         check(detach, Step::DetachOldRoot, 0)?;
         // SAFETY: a NUL-terminated literal.
-        check(
-            unsafe { libc::chdir(c"/".as_ptr()) },
-            Step::DetachOldRoot,
-            0,
-        )?;
+        let at_root = unsafe { libc::chdir(c"/".as_ptr()) };
+        check(at_root, Step::DetachOldRoot, 0)?;
         // SAFETY: a NUL-terminated literal target; no source, type or data.
         let read_only = unsafe {
             libc::mount(

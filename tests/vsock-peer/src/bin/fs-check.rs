@@ -207,11 +207,11 @@ fn open_rw(file: &Path) -> io::Result<File> {
 fn locks(file: &Path) -> io::Result<String> {
     let mut ready = [0 as libc::c_int; 2];
     let mut release = [0 as libc::c_int; 2];
-    // SAFETY: each array has room for the two fds pipe(2) returns.
-    if unsafe { libc::pipe(ready.as_mut_ptr()) } != 0
-        || unsafe { libc::pipe(release.as_mut_ptr()) } != 0
-    {
-        return Err(io::Error::last_os_error());
+    for pipe in [&mut ready, &mut release] {
+        // SAFETY: each array has room for the two fds pipe(2) returns.
+        if unsafe { libc::pipe(pipe.as_mut_ptr()) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
     }
     // SAFETY: the process is single-threaded; the child only makes syscalls.
     let child = unsafe { libc::fork() };

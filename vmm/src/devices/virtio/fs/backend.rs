@@ -143,10 +143,8 @@ mod tests {
             rlim_max: 0,
         };
         // SAFETY: `limit` is a valid rlimit for the kernel to fill.
-        assert_eq!(
-            unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) },
-            0
-        );
+        let ret = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) };
+        assert_eq!(ret, 0);
         limit.rlim_cur
     }
 
