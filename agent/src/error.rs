@@ -171,5 +171,17 @@ impl From<AgentError> for ttrpc::Error {
     }
 }
 
+impl From<protocol::id::InvalidId> for AgentError {
+    fn from(err: protocol::id::InvalidId) -> Self {
+        AgentError::InvalidArgument(err.to_string())
+    }
+}
+
+impl From<protocol::mac::InvalidMac> for AgentError {
+    fn from(err: protocol::mac::InvalidMac) -> Self {
+        AgentError::InvalidArgument(err.to_string())
+    }
+}
+
 /// Result of the agent's operations.
 pub type Result<T> = std::result::Result<T, AgentError>;

@@ -10,7 +10,8 @@ use ttrpc::TtrpcContext;
 
 use crate::error::{AgentError, Result};
 use crate::network;
-use crate::sandbox::{check_id, Sandbox};
+use crate::sandbox::Sandbox;
+use protocol::id::check_id;
 
 /// Features GuestDetails reports.
 const FEATURES: &[&str] = &[

@@ -14,6 +14,7 @@ use oci_spec::runtime::{
     Spec,
 };
 use protocol::agent::{CreateContainerRequest, CreateSandboxRequest};
+use protocol::id::check_id;
 
 use crate::container::{Container, StatePaths};
 use crate::error::{AgentError, Result};
@@ -23,8 +24,6 @@ use crate::pid_namespace::PodPidNamespace;
 use crate::reaper::Reaper;
 use crate::sysctl::{self, SysctlRoot};
 
-/// Longest container or exec id accepted.
-const MAX_ID_LEN: usize = 128;
 /// Longest hostname the kernel takes (HOST_NAME_MAX).
 const MAX_HOSTNAME_LEN: usize = 64;
 /// Where the sandbox's hosts, resolv.conf and hostname files live in the guest.
@@ -318,24 +317,6 @@ impl Sandbox {
     }
 }
 
-/// Checks a container or exec id: non-empty `[A-Za-z0-9_.-]`, not `.` or `..`.
-pub fn check_id(field: &str, id: &str) -> Result<()> {
-    let valid = !id.is_empty()
-        && id.len() <= MAX_ID_LEN
-        && id != "."
-        && id != ".."
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
-    if valid {
-        Ok(())
-    } else {
-        Err(AgentError::InvalidArgument(format!(
-            "{field} {id:?} must be 1-{MAX_ID_LEN} characters of [A-Za-z0-9_.-]"
-        )))
-    }
-}
-
 /// Checks a hostname: 1-64 characters of `[A-Za-z0-9.-]`, not starting with
 /// `-` or `.`.
 fn check_hostname(hostname: &str) -> Result<()> {
@@ -555,24 +536,6 @@ fn parse_spec(json: &[u8]) -> Result<Spec> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn ids_are_checked() {
-        for good in ["c1", "a.b_c-d", &"x".repeat(MAX_ID_LEN)] {
-            assert!(check_id("id", good).is_ok(), "{good:?} refused");
-        }
-        for bad in [
-            "",
-            ".",
-            "..",
-            "a/b",
-            "a b",
-            "é",
-            &"x".repeat(MAX_ID_LEN + 1),
-        ] {
-            assert!(check_id("id", bad).is_err(), "{bad:?} accepted");
-        }
-    }
 
     #[test]
     fn hostnames_are_checked() {

@@ -2,6 +2,8 @@
 
 pub mod agent;
 pub mod hybrid_vsock;
+pub mod id;
+pub mod mac;
 #[cfg(feature = "netlink")]
 pub mod netlink;
 pub mod stdio;

@@ -34,6 +34,12 @@ pub enum TaskError {
     Unimplemented(&'static str),
 }
 
+impl From<protocol::id::InvalidId> for TaskError {
+    fn from(err: protocol::id::InvalidId) -> Self {
+        TaskError::InvalidArgument(err.to_string())
+    }
+}
+
 impl TaskError {
     /// An agent failure in `context`, its text bounded.
     pub fn agent(context: impl Into<String>) -> impl FnOnce(TtrpcError) -> Self {

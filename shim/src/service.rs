@@ -8,7 +8,7 @@ use crate::exit::{Exit, VM_GONE_STATUS};
 use crate::metrics;
 use crate::oom::{OomGate, Verdict, OOM_INTERVAL};
 use crate::options;
-use crate::paths::{check_id, SharedPath};
+use crate::paths::SharedPath;
 use crate::pod_files::PodFiles;
 use crate::process::Process;
 use crate::sandbox::{agent_ctx, Sandbox};
@@ -24,6 +24,7 @@ use containerd_shim::protos::topics;
 use containerd_shim::{ExitSignal, TtrpcContext};
 use log::{debug, info, warn};
 use protocol::agent::{self as agent_api, AgentClient};
+use protocol::id::check_id;
 use protocol::vmm::VmState;
 use protocol::GUEST_SHARED_DIR;
 use serde_json::Value;
@@ -166,7 +167,7 @@ impl Inner {
     }
 
     fn create(self: &Arc<Self>, req: &api::CreateTaskRequest) -> Result<api::CreateTaskResponse> {
-        check_id("container", &req.id).map_err(TaskError::InvalidArgument)?;
+        check_id("container id", &req.id)?;
         if !req.checkpoint.is_empty() {
             return Err(TaskError::Unimplemented("runv cannot restore a checkpoint"));
         }
@@ -294,7 +295,7 @@ impl Inner {
         role: &PodRole,
     ) -> Result<Sandbox> {
         let sandbox_id = spec::sandbox_id(&req.id, annotations);
-        check_id("sandbox", &sandbox_id).map_err(TaskError::InvalidArgument)?;
+        check_id("sandbox id", &sandbox_id)?;
         let config_path = options::config_path(req.options.as_ref())
             .map_err(TaskError::InvalidArgument)?
             .unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG_PATH));
@@ -724,7 +725,7 @@ impl Inner {
     }
 
     fn exec(&self, req: &api::ExecProcessRequest) -> Result<()> {
-        check_id("exec", &req.exec_id).map_err(TaskError::InvalidArgument)?;
+        check_id("exec id", &req.exec_id)?;
         let spec = req
             .spec
             .as_ref()

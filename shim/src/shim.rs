@@ -3,7 +3,7 @@
 
 use crate::events::EventQueue;
 use crate::exit::timestamp;
-use crate::paths::{check_id, SandboxDir};
+use crate::paths::SandboxDir;
 use crate::sandbox;
 use crate::service::Service;
 use crate::spec;
@@ -12,6 +12,7 @@ use containerd_shim::publisher::RemotePublisher;
 use containerd_shim::synchronous::util::write_address;
 use containerd_shim::{spawn, Config, Error, ExitSignal, Flags, StartOpts};
 use log::{info, warn};
+use protocol::id::check_id;
 use std::path::Path;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime};
@@ -62,7 +63,7 @@ impl containerd_shim::Shim for RunvShim {
 
     fn delete_shim(&mut self) -> containerd_shim::Result<DeleteResponse> {
         let pod = pod_of(&self.id, Path::new("."));
-        check_id("sandbox", &pod).map_err(Error::InvalidArgument)?;
+        check_id("sandbox id", &pod).map_err(|err| Error::InvalidArgument(err.to_string()))?;
         let dir = SandboxDir::new(&pod);
         if served_by_live_shim(&dir) {
             // Only this container's part of a pod whose shim still runs.
@@ -70,7 +71,7 @@ impl containerd_shim::Shim for RunvShim {
                 "delete {}: pod {pod} lives on; removing the container's share",
                 self.id
             );
-            if check_id("container", &self.id).is_ok() {
+            if check_id("container id", &self.id).is_ok() {
                 if let Err(err) = remove_in_pod_namespace(&dir, &self.id) {
                     warn!("delete {}: {err}", self.id);
                 }

@@ -3,6 +3,7 @@
 
 use crate::arch::x86_64::mptable::MAX_VCPUS;
 pub use crate::seccomp::SeccompMode;
+use protocol::mac::parse_mac;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
@@ -259,7 +260,7 @@ impl NetConfig {
             (None, Some(_)) => {}
         }
         if let Some(mac) = &self.mac {
-            parse_mac(mac)?;
+            parse_mac(mac).map_err(|err| err.to_string())?;
         }
         Ok(())
     }
@@ -268,21 +269,6 @@ impl NetConfig {
     pub fn mac_bytes(&self) -> Option<[u8; 6]> {
         self.mac.as_deref().and_then(|m| parse_mac(m).ok())
     }
-}
-
-/// Parses a unicast MAC address `aa:bb:cc:dd:ee:ff`.
-pub fn parse_mac(value: &str) -> Result<[u8; 6], String> {
-    let bad = || format!("mac '{value}' is not a unicast address like 02:00:00:00:00:01");
-    let mut mac = [0u8; 6];
-    let mut parts = value.split(':');
-    for byte in &mut mac {
-        let part = parts.next().filter(|p| p.len() == 2).ok_or_else(bad)?;
-        *byte = u8::from_str_radix(part, 16).map_err(|_| bad())?;
-    }
-    if parts.next().is_some() || mac[0] & 1 != 0 {
-        return Err(bad());
-    }
-    Ok(mac)
 }
 
 /// How much the guest may cache of a virtio-fs share.
@@ -836,9 +822,9 @@ mod tests {
         assert!(err("tap=abcdefghijklmnop").contains("1 to 15 bytes"));
         assert!(err("fd=1").contains("3 or more"));
         assert!(err("fd=x").contains("not a whole number"));
-        assert!(err("tap=t,mac=01:00:00:00:00:01").contains("unicast"));
-        assert!(err("tap=t,mac=02:00:00:00:00").contains("unicast"));
-        assert!(err("tap=t,mac=02:00:00:00:00:zz").contains("unicast"));
+        assert!(err("tap=t,mac=01:00:00:00:00:01").contains("multicast"));
+        assert!(err("tap=t,mac=02:00:00:00:00").contains("not six bytes"));
+        assert!(err("tap=t,mac=02:00:00:00:00:zz").contains("not hexadecimal"));
         assert!(err("tap=t,queues=2").contains("unknown option 'queues=2'"));
     }
 

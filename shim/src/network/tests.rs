@@ -273,11 +273,7 @@ fn carries(frame: &[u8], marker: &[u8]) -> bool {
 }
 
 fn parse_mac(text: &str) -> [u8; 6] {
-    let bytes: Vec<u8> = text
-        .split(':')
-        .map(|b| u8::from_str_radix(b, 16).expect("mac byte"))
-        .collect();
-    bytes.try_into().expect("six bytes")
+    protocol::mac::parse_mac(text).expect("the kernel's MAC")
 }
 
 /// Waits until `fd` is readable; false after `timeout`.
