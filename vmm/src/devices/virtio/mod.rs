@@ -24,20 +24,17 @@ use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
 /// Feature bit every modern (virtio 1.x) device offers.
-pub const VIRTIO_F_VERSION_1: u32 = 32;
-/// Feature bit: descriptors may point to a table of descriptors (virtio 1.1,
-/// 2.6.5.3); virtio-queue's descriptor chains follow them, so a device that
-/// reads its requests through them may offer it.
-pub const VIRTIO_RING_F_INDIRECT_DESC: u32 = 28;
-/// Feature bit: notification suppression through `used_event` / `avail_event`
-/// (virtio 1.1, 2.6.7 and 2.6.10). A device offers it only if it serves its
-/// queues with `disable_notification` / `enable_notification` and interrupts
-/// only when `needs_notification` says so.
-pub const VIRTIO_RING_F_EVENT_IDX: u32 = 29;
-/// Interrupt status: a used ring changed.
-pub const VIRTIO_MMIO_INT_VRING: u32 = 0x01;
-/// Interrupt status: the configuration changed.
-pub const VIRTIO_MMIO_INT_CONFIG: u32 = 0x02;
+pub use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
+/// Interrupt status bits: a used ring changed; the configuration changed.
+pub use virtio_bindings::virtio_mmio::{VIRTIO_MMIO_INT_CONFIG, VIRTIO_MMIO_INT_VRING};
+/// Feature bit `VIRTIO_RING_F_INDIRECT_DESC`: descriptors may point to a
+/// table of descriptors (virtio 1.1, 2.6.5.3); virtio-queue's descriptor
+/// chains follow them, so a device that reads its requests through them may
+/// offer it. `VIRTIO_RING_F_EVENT_IDX`: notification suppression through
+/// `used_event` / `avail_event` (virtio 1.1, 2.6.7 and 2.6.10); a device offers
+/// it only if it serves its queues with `disable_notification` /
+/// `enable_notification` and interrupts only when `needs_notification` says so.
+pub use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
 
 /// Copies the bytes of a device's configuration space `config` at `offset`
 /// into `data`; bytes past its end read as zero.

@@ -18,30 +18,31 @@ use crate::seccomp::ThreadKind;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, TryLockError};
+use virtio_bindings::{virtio_blk, virtio_ids};
 use vm_memory::{Bytes, GuestMemoryMmap};
 
-const TYPE_BLOCK: u32 = 2;
+const TYPE_BLOCK: u32 = virtio_ids::VIRTIO_ID_BLOCK;
 /// Size of the request queue.
 pub const QUEUE_SIZE: u16 = 256;
 /// Logical block size the device reports.
 const BLK_SIZE: u32 = 512;
 /// Feature: `size_max` bounds each data buffer of a request.
-const VIRTIO_BLK_F_SIZE_MAX: u64 = 1 << 1;
+const VIRTIO_BLK_F_SIZE_MAX: u64 = 1 << virtio_blk::VIRTIO_BLK_F_SIZE_MAX;
 /// Largest data buffer: with `SEG_MAX` of them a request stays within
 /// `MAX_DATA_LEN`, so the driver never builds one the device refuses.
 const SIZE_MAX: u32 = 256 << 10;
 /// Feature: `seg_max` bounds the data buffers of a request.
-const VIRTIO_BLK_F_SEG_MAX: u64 = 1 << 2;
+const VIRTIO_BLK_F_SEG_MAX: u64 = 1 << virtio_blk::VIRTIO_BLK_F_SEG_MAX;
 /// Feature: the device is read-only.
-pub(super) const VIRTIO_BLK_F_RO: u64 = 1 << 5;
+pub(super) const VIRTIO_BLK_F_RO: u64 = 1 << virtio_blk::VIRTIO_BLK_F_RO;
 /// Feature: `blk_size` holds the logical block size.
-const VIRTIO_BLK_F_BLK_SIZE: u64 = 1 << 6;
+const VIRTIO_BLK_F_BLK_SIZE: u64 = 1 << virtio_blk::VIRTIO_BLK_F_BLK_SIZE;
 /// Feature: the device supports flush.
-const VIRTIO_BLK_F_FLUSH: u64 = 1 << 9;
+const VIRTIO_BLK_F_FLUSH: u64 = 1 << virtio_blk::VIRTIO_BLK_F_FLUSH;
 /// Feature: the device supports discard (writable disks).
-pub(super) const VIRTIO_BLK_F_DISCARD: u64 = 1 << 13;
+pub(super) const VIRTIO_BLK_F_DISCARD: u64 = 1 << virtio_blk::VIRTIO_BLK_F_DISCARD;
 /// Feature: the device supports write zeroes (writable disks).
-pub(super) const VIRTIO_BLK_F_WRITE_ZEROES: u64 = 1 << 14;
+pub(super) const VIRTIO_BLK_F_WRITE_ZEROES: u64 = 1 << virtio_blk::VIRTIO_BLK_F_WRITE_ZEROES;
 /// Alignment asked of discards, in sectors: 4 KiB, the block of the host
 /// file systems that deallocate (smaller holes only zero data).
 const DISCARD_SECTOR_ALIGNMENT: u32 = 8;

@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use vm_memory::GuestMemoryMmap;
 
 /// virtio device type of a file system.
-const TYPE_FS: u32 = 26;
+const TYPE_FS: u32 = virtio_bindings::virtio_ids::VIRTIO_ID_FS;
 /// Size of the hiprio queue and of the request queue.
 const QUEUE_SIZES: [u16; 2] = [1024, 1024];
 /// Request queues (the hiprio queue is not counted).

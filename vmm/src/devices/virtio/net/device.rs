@@ -12,35 +12,36 @@ use std::sync::Arc;
 use vm_memory::GuestMemoryMmap;
 
 /// virtio device type of a network card.
-const TYPE_NET: u32 = 1;
+const TYPE_NET: u32 = virtio_bindings::virtio_ids::VIRTIO_ID_NET;
 /// Receive and transmit queue sizes.
 const QUEUE_SIZES: [u16; 2] = [256; 2];
 
 /// Feature bits (virtio 1.2, 5.1.3).
 pub mod features {
+    use virtio_bindings::virtio_net;
     /// The device takes frames with a partial checksum.
-    pub const CSUM: u32 = 0;
+    pub const CSUM: u32 = virtio_net::VIRTIO_NET_F_CSUM;
     /// The driver takes frames with a partial checksum.
-    pub const GUEST_CSUM: u32 = 1;
+    pub const GUEST_CSUM: u32 = virtio_net::VIRTIO_NET_F_GUEST_CSUM;
     /// The configuration space holds the MAC.
-    pub const MAC: u32 = 5;
+    pub const MAC: u32 = virtio_net::VIRTIO_NET_F_MAC;
     /// The driver takes TCPv4 / TCPv6 segmentation offload frames.
-    pub const GUEST_TSO4: u32 = 7;
+    pub const GUEST_TSO4: u32 = virtio_net::VIRTIO_NET_F_GUEST_TSO4;
     /// See `GUEST_TSO4`.
-    pub const GUEST_TSO6: u32 = 8;
+    pub const GUEST_TSO6: u32 = virtio_net::VIRTIO_NET_F_GUEST_TSO6;
     /// The device takes TCPv4 / TCPv6 segmentation offload frames.
-    pub const HOST_TSO4: u32 = 11;
+    pub const HOST_TSO4: u32 = virtio_net::VIRTIO_NET_F_HOST_TSO4;
     /// See `HOST_TSO4`.
-    pub const HOST_TSO6: u32 = 12;
+    pub const HOST_TSO6: u32 = virtio_net::VIRTIO_NET_F_HOST_TSO6;
     /// Receive frames may span several buffers.
-    pub const MRG_RXBUF: u32 = 15;
+    pub const MRG_RXBUF: u32 = virtio_net::VIRTIO_NET_F_MRG_RXBUF;
     /// The configuration space holds the link status.
-    pub const STATUS: u32 = 16;
+    pub const STATUS: u32 = virtio_net::VIRTIO_NET_F_STATUS;
 }
 use features::*;
 
 /// Link status bit in the configuration space.
-const LINK_UP: u16 = 1;
+const LINK_UP: u16 = virtio_bindings::virtio_net::VIRTIO_NET_S_LINK_UP as u16;
 
 fn bit(feature: u32) -> u64 {
     1 << feature

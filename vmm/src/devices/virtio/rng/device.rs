@@ -25,7 +25,7 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
 
 /// virtio device type of an entropy source.
-const TYPE_RNG: u32 = 4;
+const TYPE_RNG: u32 = virtio_bindings::virtio_ids::VIRTIO_ID_RNG;
 /// Queue size.
 const QUEUE_SIZE: u16 = 256;
 /// Most bytes one request gets, whatever length its buffers claim (the Linux

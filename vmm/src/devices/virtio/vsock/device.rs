@@ -13,7 +13,7 @@ use std::sync::Arc;
 use vm_memory::GuestMemoryMmap;
 
 /// virtio device type of a socket device.
-const TYPE_VSOCK: u32 = 19;
+const TYPE_VSOCK: u32 = virtio_bindings::virtio_ids::VIRTIO_ID_VSOCK;
 /// Queue size of the receive, transmit and event queues.
 const QUEUE_SIZES: [u16; 3] = [256; 3];
 
