@@ -3,7 +3,7 @@
 //! buffer), after every range is checked against the disk and guest memory.
 
 use super::request::{DataBuffer, Segment, SECTOR_SIZE};
-use crate::devices::virtio::iovec::{iov_count, with_iovecs, IOV_MAX};
+use crate::devices::virtio::iovec::{with_iovecs, IOV_MAX};
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::fd::AsRawFd;
@@ -269,17 +269,13 @@ fn transfer(
         let file_offset = libc::off_t::try_from(offset)
             .map_err(|_| io::Error::from_raw_os_error(libc::EOVERFLOW))?;
         let fd = file.as_raw_fd();
-        let moved = with_iovecs(&pending, |iovecs| match direction {
+        let moved = with_iovecs(&pending, |iovecs, count| match direction {
             // SAFETY: every iovec is a VolatileSlice of guest memory that
             // get_slices checked to lie in a mapped region, kept mapped by its
             // guard for the call; the kernel writes at most iov_len bytes to each.
-            Direction::ToGuest => unsafe {
-                libc::preadv(fd, iovecs.as_ptr(), iov_count(iovecs), file_offset)
-            },
+            Direction::ToGuest => unsafe { libc::preadv(fd, iovecs, count, file_offset) },
             // SAFETY: as above; the kernel only reads the iovecs' memory.
-            Direction::FromGuest => unsafe {
-                libc::pwritev(fd, iovecs.as_ptr(), iov_count(iovecs), file_offset)
-            },
+            Direction::FromGuest => unsafe { libc::pwritev(fd, iovecs, count, file_offset) },
         });
         let mut moved = match usize::try_from(moved) {
             Ok(0) => {

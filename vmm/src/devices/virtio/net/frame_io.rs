@@ -3,7 +3,7 @@
 //! straight from a transmit chain (writev), with no copy through the VMM.
 
 use super::tap::Tap;
-use crate::devices::virtio::iovec::{iov_count, with_iovecs};
+use crate::devices::virtio::iovec::with_iovecs;
 use std::collections::VecDeque;
 use std::io;
 use std::os::fd::AsRawFd;
@@ -26,8 +26,8 @@ impl FrameIo for Tap {
         // SAFETY: each iovec is guest memory that get_slices checked to be
         // mapped, pinned by its guard for the call; the kernel writes at most
         // iov_len bytes to each.
-        let read = with_iovecs(bufs, |iovecs| unsafe {
-            libc::readv(fd, iovecs.as_ptr(), iov_count(iovecs))
+        let read = with_iovecs(bufs, |iovecs, count| unsafe {
+            libc::readv(fd, iovecs, count)
         });
         usize::try_from(read).map_err(|_| io::Error::last_os_error())
     }
@@ -35,8 +35,8 @@ impl FrameIo for Tap {
     fn send(&mut self, bufs: &[VolatileSlice<'_>]) -> io::Result<usize> {
         let fd = self.file().as_raw_fd();
         // SAFETY: as in `recv`; the kernel only reads the iovecs' memory.
-        let written = with_iovecs(bufs, |iovecs| unsafe {
-            libc::writev(fd, iovecs.as_ptr(), iov_count(iovecs))
+        let written = with_iovecs(bufs, |iovecs, count| unsafe {
+            libc::writev(fd, iovecs, count)
         });
         usize::try_from(written).map_err(|_| io::Error::last_os_error())
     }

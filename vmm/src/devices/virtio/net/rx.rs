@@ -10,14 +10,14 @@
 use super::frame_io::FrameIo;
 use super::tap::VNET_HDR_LEN;
 use super::tx::MAX_TX_LEN;
-use crate::devices::virtio::iovec::IOV_MAX;
+use crate::devices::virtio::iovec::{chain_pieces, IOV_MAX};
 use std::collections::VecDeque;
 use std::io;
 use std::num::Wrapping;
 use std::sync::atomic::{fence, Ordering};
-use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
+use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use vm_memory::{
-    Address, Bytes, GuestAddress, GuestMemory, GuestMemoryError, GuestMemoryMmap, VolatileSlice,
+    Bytes, GuestAddress, GuestMemory, GuestMemoryError, GuestMemoryMmap, VolatileSlice,
 };
 
 /// Offset of `num_buffers` in `struct virtio_net_hdr_v1`.
@@ -102,7 +102,7 @@ impl RxBuffers {
             };
             let head = chain.head_index();
             let room = MAX_HELD_PIECES - self.pieces.len();
-            match chain_pieces(mem, chain, MAX_HELD_PIECES) {
+            match chain_pieces(mem, chain, true, MAX_HELD_PIECES).filter(|p| !p.is_empty()) {
                 Some(pieces) if pieces.len() > room => {
                     // It fits once the chains before it are used.
                     queue.go_to_previous_position();
@@ -173,32 +173,6 @@ impl RxBuffers {
         }
         Ok(RxOutcome::Delivered(count))
     }
-}
-
-/// The guest memory of a receive chain as pieces each within one region; None
-/// if the chain cannot take a frame (see [`RxBuffers::fill`]) or is in more
-/// than `max` pieces.
-fn chain_pieces(
-    mem: &GuestMemoryMmap,
-    chain: DescriptorChain<&GuestMemoryMmap>,
-    max: usize,
-) -> Option<Vec<(GuestAddress, usize)>> {
-    let mut pieces = Vec::new();
-    for desc in chain {
-        if !desc.is_write_only() {
-            return None;
-        }
-        let mut addr = desc.addr();
-        for slice in mem.get_slices(addr, desc.len() as usize) {
-            let len = slice.ok()?.len();
-            pieces.push((addr, len));
-            if pieces.len() > max {
-                return None;
-            }
-            addr = addr.checked_add(len as u64)?;
-        }
-    }
-    (!pieces.is_empty()).then_some(pieces)
 }
 
 /// Writes `bytes` at `offset` of the memory `slices` lay end to end.

@@ -4,7 +4,7 @@
 use super::frame_io::FrameIo;
 use super::tap::VNET_HDR_LEN;
 use crate::devices::virtio::drain_queue;
-use crate::devices::virtio::iovec::IOV_MAX;
+use crate::devices::virtio::iovec::{chain_pieces, IOV_MAX};
 use virtio_queue::{DescriptorChain, Queue};
 use vm_memory::{GuestMemory, GuestMemoryMmap, VolatileSlice};
 
@@ -36,22 +36,13 @@ fn frame_slices<'m>(
     mem: &'m GuestMemoryMmap,
     chain: DescriptorChain<&'m GuestMemoryMmap>,
 ) -> Option<Vec<VolatileSlice<'m>>> {
-    let mut slices = Vec::new();
-    let mut len = 0usize;
-    for desc in chain {
-        if desc.is_write_only() {
-            return None;
-        }
-        len = len.checked_add(desc.len() as usize)?;
-        if len > MAX_TX_LEN {
-            return None;
-        }
-        for slice in mem.get_slices(desc.addr(), desc.len() as usize) {
-            slices.push(slice.ok()?);
-            if slices.len() > IOV_MAX {
-                return None;
-            }
-        }
+    let pieces = chain_pieces(mem, chain, false, IOV_MAX)?;
+    let len: usize = pieces.iter().map(|piece| piece.1).sum();
+    if !(VNET_HDR_LEN..=MAX_TX_LEN).contains(&len) {
+        return None;
     }
-    (len >= VNET_HDR_LEN).then_some(slices)
+    pieces
+        .into_iter()
+        .map(|(addr, len)| mem.get_slice(addr, len).ok())
+        .collect()
 }
