@@ -3,6 +3,7 @@
 pub mod agent;
 pub mod hybrid_vsock;
 pub mod id;
+pub mod logger;
 pub mod mac;
 #[cfg(feature = "netlink")]
 pub mod netlink;
