@@ -1,5 +1,8 @@
 //! What the runv shim, VMM and guest agent agree on (see `ARCHITECTURE.md`).
 
+#[macro_use]
+mod generated;
+
 pub mod agent;
 pub mod hybrid_vsock;
 pub mod id;
