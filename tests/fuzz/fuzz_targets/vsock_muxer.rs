@@ -11,7 +11,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use runv_fuzz::{eventfd, interrupt, memory, Driver, Input, Ring, FAR_REGION, F_WRITE};
+use runv_fuzz::{interrupt, memory, Driver, Input, Ring, FAR_REGION, F_WRITE};
 use std::io::{ErrorKind, Read, Write};
 use std::net::Shutdown;
 use std::os::fd::AsRawFd;
@@ -133,7 +133,6 @@ impl<'m> Harness<'m> {
             mem: mem.clone(),
             rx: rx_ring.queue(false),
             tx: tx_ring.queue(false),
-            notify: [eventfd(), eventfd(), eventfd()],
             interrupt: interrupt(),
         };
         Self {

@@ -5,11 +5,12 @@
 
 use super::config::{BlockConfig, CONFIG_LEN};
 use super::disk::{BlockError, Disk, DiskError};
+use super::event_handler::BlockHandler;
 use super::request::{
     Parsed, Request, RequestError, MAX_DATA_LEN, MAX_DISCARD_SECTORS, MAX_DISCARD_SEG,
     MAX_WRITE_ZEROES_SECTORS, MAX_WRITE_ZEROES_SEG, SEG_MAX,
 };
-use crate::devices::virtio::device_thread::{serve_notified, DeviceThread, DeviceWorker};
+use crate::devices::virtio::device_thread::{DeviceThread, DeviceWorker, EventRegistry};
 use crate::devices::virtio::{
     drain_queue, read_config_space, ActivateError, ActiveQueue, SingleQueue, VirtioDevice,
     VirtioInterrupt, VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC,
@@ -62,15 +63,15 @@ const LOG_EVERY: u64 = 1024;
 
 /// A raw-file block device.
 pub struct Block {
-    served: Arc<Served>,
+    backend: Arc<BlockBackend>,
     config: [u8; CONFIG_LEN],
     /// The serving loop while active; stopped before `thread` ends.
     worker: Option<DeviceThread>,
     thread: DeviceWorker,
 }
 
-/// What the device's thread serves requests with.
-struct Served {
+/// The disk and, once active, the queue: what requests are served with.
+pub(super) struct BlockBackend {
     disk: Disk,
     id: [u8; ID_LEN],
     /// The queue once the driver activated the device.
@@ -112,7 +113,7 @@ impl Block {
             config.write_zeroes_may_unmap = 1;
         }
         Ok(Self {
-            served: Arc::new(Served {
+            backend: Arc::new(BlockBackend {
                 disk,
                 id: id_bytes,
                 active: Mutex::new(None),
@@ -126,10 +127,10 @@ impl Block {
     }
 }
 
-impl Served {
+impl BlockBackend {
     /// Serves what the driver made available, if the device is active, and
     /// interrupts the guest as the driver asks.
-    fn process(&self) {
+    pub(super) fn process(&self) {
         let mut active = self.active.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(active) = active.as_mut() {
             if self.serve(active) {
@@ -232,7 +233,7 @@ impl VirtioDevice for Block {
             | 1 << VIRTIO_RING_F_EVENT_IDX
             // A request takes one ring slot however many buffers it has.
             | 1 << VIRTIO_RING_F_INDIRECT_DESC;
-        if self.served.disk.readonly() {
+        if self.backend.disk.readonly() {
             common | VIRTIO_BLK_F_RO
         } else {
             common | VIRTIO_BLK_F_DISCARD | VIRTIO_BLK_F_WRITE_ZEROES
@@ -261,24 +262,23 @@ impl VirtioDevice for Block {
             .try_clone()?;
         let active = SingleQueue::activate("virtio-blk", mem, queues, interrupt)?;
         *self
-            .served
+            .backend
             .active
             .lock()
             .unwrap_or_else(PoisonError::into_inner) = Some(active);
-        let served = self.served.clone();
-        self.worker = Some(self.thread.serve(move |stop| {
-            serve_notified(&[notify], stop, || {
-                served.process();
-                true
-            })
-        })?);
+        let handler = BlockHandler::new(self.backend.clone());
+        self.worker = Some(self.thread.serve_events(
+            EventRegistry::new()?,
+            vec![notify],
+            move || Ok(handler),
+        )?);
         Ok(())
     }
 
     /// Serves the queue on the caller's thread (the device's own thread does
     /// this when the driver notifies it).
     fn process_queue(&mut self, _index: usize) {
-        self.served.process();
+        self.backend.process();
     }
 
     fn polls_own_queues(&self) -> bool {
@@ -291,7 +291,7 @@ impl VirtioDevice for Block {
         // file system), which still holds the queue: the device then cannot
         // be reset.
         self.worker = None;
-        match self.served.active.try_lock() {
+        match self.backend.active.try_lock() {
             Ok(mut active) => *active = None,
             Err(TryLockError::Poisoned(poisoned)) => *poisoned.into_inner() = None,
             Err(TryLockError::WouldBlock) => {

@@ -5,6 +5,7 @@
 mod config;
 mod device;
 mod disk;
+mod event_handler;
 #[doc(hidden)] // public for the fuzz targets (tests/fuzz)
 pub mod request;
 

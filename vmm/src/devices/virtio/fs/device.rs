@@ -3,17 +3,17 @@
 //! both queues on the driver's notifications once the driver is ready.
 
 use super::backend::{self, FdReservation};
+use super::event_handler::{lock, FsHandler, FsSession, SharedSession};
 use super::filter::Policy;
-use super::handler::Served;
 use crate::config::{FsCache, FsConfig};
-use crate::devices::virtio::device_thread::{serve_notified, DeviceThread, DeviceWorker};
+use crate::devices::virtio::device_thread::{DeviceThread, DeviceWorker, EventRegistry};
 use crate::devices::virtio::{
     read_config_space, ActivateError, ActiveQueue, VirtioDevice, VirtioInterrupt,
     VIRTIO_RING_F_EVENT_IDX,
 };
 use crate::seccomp::ThreadKind;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex};
 use vm_memory::GuestMemoryMmap;
 
 /// virtio device type of a file system.
@@ -55,16 +55,11 @@ pub struct Fs {
     /// Room for the share's fds in the process's limit.
     _fds: FdReservation,
     config: [u8; CONFIG_LEN],
-    /// The active state, shared with the device's thread.
-    served: Arc<Mutex<Option<Served>>>,
+    /// The active session, shared with the device's thread.
+    session: SharedSession,
     /// The serving loop while active; stopped before `own_thread` ends.
     thread: Option<DeviceThread>,
     own_thread: DeviceWorker,
-}
-
-/// Locks the active state; a panic elsewhere leaves it usable.
-fn lock(served: &Mutex<Option<Served>>) -> MutexGuard<'_, Option<Served>> {
-    served.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl Fs {
@@ -103,7 +98,7 @@ impl Fs {
             policy,
             _fds: fds,
             config,
-            served: Arc::new(Mutex::new(None)),
+            session: Arc::new(Mutex::new(None)),
             thread: None,
             own_thread: DeviceWorker::start("virtio-fs", ThreadKind::Fs)
                 .map_err(FsError::Thread)?,
@@ -151,30 +146,32 @@ impl VirtioDevice for Fs {
         let (queues, notifies): (Vec<_>, Vec<_>) =
             queues.into_iter().map(|a| (a.queue, a.notify)).unzip();
         let (root, cache, policy) = (self.root.clone(), self.cache, self.policy);
-        let served = self.served.clone();
+        let session = self.session.clone();
         // The file system is made on the device's thread: only its filter
         // allows opening files.
-        self.thread = Some(self.own_thread.serve(move |stop| {
-            let server = backend::server(&root, cache, policy)?;
-            *lock(&served) = Some(Served {
-                mem,
-                queues,
-                interrupt,
-                server,
-                failed: false,
-            });
-            serve_notified(&notifies, stop, || {
-                lock(&served).as_mut().is_some_and(Served::serve_all)
-            })
-        })?);
+        self.thread = Some(self.own_thread.serve_events(
+            EventRegistry::new()?,
+            notifies,
+            move || {
+                let server = backend::server(&root, cache, policy)?;
+                *lock(&session) = Some(FsSession {
+                    mem,
+                    queues,
+                    interrupt,
+                    server,
+                    failed: false,
+                });
+                Ok(FsHandler::new(session))
+            },
+        )?);
         Ok(())
     }
 
     /// Serves the queues on the caller's thread (the device's own thread does
     /// this when the driver notifies them).
     fn process_queue(&mut self, _index: usize) {
-        if let Some(served) = lock(&self.served).as_mut() {
-            served.serve_all();
+        if let Some(session) = lock(&self.session).as_mut() {
+            session.serve_all();
         }
     }
 
@@ -187,7 +184,7 @@ impl VirtioDevice for Fs {
         // leaves it to a request blocked in the host kernel (a FIFO in the
         // share): the device's thread serves a new activation once that ends.
         self.thread = None;
-        self.served = Arc::new(Mutex::new(None));
+        self.session = Arc::new(Mutex::new(None));
         true
     }
 }

@@ -5,7 +5,7 @@
 //! - `device.rs`: the virtio state machine (config space: tag + number of
 //!   request queues; activation starts the device's thread, which serves the
 //!   queues on the driver's notifications, off the VMM's event loop).
-//! - `handler.rs`: serving the queues, one FUSE request per chain.
+//! - `event_handler.rs`: serving the queues, one FUSE request per chain.
 //! - `filter.rs`: what the guest may ask of the host (names, open flags,
 //!   device nodes, setuid/setgid, xattrs) and how many host fds it may make
 //!   the share hold, between the FUSE server and the passthrough file system.
@@ -14,8 +14,8 @@
 
 mod backend;
 mod device;
+mod event_handler;
 #[doc(hidden)] // public for the fuzz targets (tests/fuzz)
 pub mod filter;
-mod handler;
 
 pub use device::{Fs, FsError, TAG_LEN};

@@ -1,9 +1,9 @@
 //! The virtio-net device: features, configuration space (MAC, link up) and
-//! activation, which starts a [`Worker`] on a thread of its own.
+//! activation, which hands a [`NetHandler`] to the device's thread.
 
+use super::event_handler::{NetHandler, NetQueues};
 use super::tap::{Tap, TapError, TUN_OFFLOADS};
-use super::worker::{NetQueues, Worker};
-use crate::devices::virtio::device_thread::{DeviceThread, DeviceWorker};
+use crate::devices::virtio::device_thread::{DeviceThread, DeviceWorker, EventRegistry};
 use crate::devices::virtio::{
     ActivateError, ActiveQueue, VirtioDevice, VirtioInterrupt, VIRTIO_RING_F_EVENT_IDX,
 };
@@ -171,17 +171,21 @@ impl VirtioDevice for Net {
             .ok_or_else(|| ActivateError::Failed("virtio-net is already active".into()))?;
         tap.set_offload(tap_offloads(acked_features & self.avail_features))
             .map_err(|err| ActivateError::Failed(err.to_string()))?;
-        let worker = Worker::new(
+        let registry = EventRegistry::new()?;
+        let handler = NetHandler::new(
             tap,
             NetQueues {
                 mem,
                 rx: rx.queue,
                 tx: tx.queue,
-                notify: [rx.notify, tx.notify],
+                rx_notify: rx.notify.try_clone()?,
                 interrupt,
             },
+            registry.clone(),
         );
-        let thread = self.thread.serve(move |stop| worker.run(stop))?;
+        let thread = self
+            .thread
+            .serve_events(registry, vec![rx.notify, tx.notify], move || Ok(handler))?;
         self.backend = Some(thread);
         Ok(())
     }

@@ -2,6 +2,7 @@
 //! receive buffers, checksum and segmentation offloads as the tap allows.
 
 mod device;
+mod event_handler;
 #[doc(hidden)] // public for the fuzz targets (tests/fuzz)
 pub mod frame_io;
 #[doc(hidden)] // public for the fuzz targets (tests/fuzz)
@@ -11,7 +12,6 @@ pub mod tap;
 mod tests;
 #[doc(hidden)] // public for the fuzz targets (tests/fuzz)
 pub mod tx;
-mod worker;
 
 pub use device::{Net, NetError};
 pub use tap::{Tap, TapError};

@@ -12,17 +12,16 @@
 //! spin.
 
 use super::bucket::TokenBucket;
-use crate::devices::virtio::device_thread::{serve_notified, DeviceThread, DeviceWorker};
+use super::event_handler::RngHandler;
+use crate::devices::virtio::device_thread::{DeviceThread, DeviceWorker, EventRegistry};
 use crate::devices::virtio::{
     ActivateError, ActiveQueue, SingleQueue, VirtioDevice, VirtioInterrupt,
 };
 use crate::seccomp::ThreadKind;
-use std::os::fd::AsRawFd;
 use std::sync::{Arc, Mutex, PoisonError, TryLockError};
 use std::time::{Duration, Instant};
-use virtio_queue::{DescriptorChain, QueueT};
+use virtio_queue::{DescriptorChain, QueueOwnedT, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
-use vmm_sys_util::eventfd::EventFd;
 
 /// virtio device type of an entropy source.
 const TYPE_RNG: u32 = virtio_bindings::virtio_ids::VIRTIO_ID_RNG;
@@ -53,7 +52,7 @@ pub struct Rng {
 }
 
 /// What the device's thread serves requests with.
-struct State {
+pub(super) struct State {
     /// The queue once the driver activated the device.
     active: Option<SingleQueue>,
     /// What the guest may take; kept across resets, so a reset does not
@@ -139,73 +138,60 @@ fn fill(mem: &GuestMemoryMmap, buffers: &[(GuestAddress, u32)], buf: &mut Vec<u8
     written
 }
 
-/// Waits up to `time` on the device's thread; false if `stop` was signalled
-/// meanwhile.
-fn wait_unless_stopped(stop: &EventFd, time: Duration) -> bool {
-    let mut fds = [libc::pollfd {
-        fd: stop.as_raw_fd(),
-        events: libc::POLLIN,
-        revents: 0,
-    }];
-    let ms = time.as_nanos().div_ceil(1_000_000).min(i32::MAX as u128) as i32;
-    // SAFETY: `fds` is a valid array of one pollfd for the duration of the call.
-    let ready = unsafe { libc::poll(fds.as_mut_ptr(), 1, ms) };
-    if ready < 0 && std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted {
-        // Cannot watch `stop`: wait all the same, the stop is seen later.
-        std::thread::sleep(time);
-    }
-    ready <= 0
+/// How far [`serve`] got.
+#[derive(Debug, PartialEq)]
+pub(super) enum Progress {
+    /// Every pending request was served.
+    Drained,
+    /// The bucket cannot pay for the next request before this long; it is
+    /// left on the queue.
+    Short(Duration),
+    /// The used ring is broken: nothing more can be served.
+    Broken,
 }
 
-/// Serves the device's queue if it is active: false once its rings are broken.
-fn process(state: &Mutex<State>, wait: &mut dyn FnMut(Duration) -> bool) -> bool {
+/// Serves the device's queue if it is active.
+pub(super) fn process(state: &Mutex<State>) -> Progress {
     let mut state = state.lock().unwrap_or_else(PoisonError::into_inner);
     let State { active, bucket } = &mut *state;
     match active.as_mut() {
-        Some(active) => serve(active, bucket, wait),
-        None => true,
+        Some(active) => serve(active, bucket),
+        None => Progress::Drained,
     }
 }
 
-/// Serves every pending request, each once `bucket` pays for it. While it
-/// cannot, the guest is told of what completed and `wait` is called with the
-/// time until it can; `wait` returning false (the device stops) leaves the
-/// request unanswered. False once the used ring is broken.
-fn serve(
-    active: &mut SingleQueue,
-    bucket: &mut TokenBucket,
-    wait: &mut dyn FnMut(Duration) -> bool,
-) -> bool {
+/// Serves pending requests while `bucket` pays for them, then tells the
+/// guest of what completed.
+fn serve(active: &mut SingleQueue, bucket: &mut TokenBucket) -> Progress {
     let mut buf = Vec::new();
-    let mut unsignalled = false;
-    let healthy = 'requests: loop {
+    let mut completed = false;
+    let progress = loop {
         let Some(chain) = active.queue.pop_descriptor_chain(&active.mem) else {
-            break true;
+            break Progress::Drained;
         };
         let head = chain.head_index();
         let buffers = writable_buffers(chain);
         let asked: u32 = buffers.iter().map(|(_, len)| len).sum();
         let cost = u64::from(asked).max(MIN_REQUEST_COST);
-        while let Err(time) = bucket.take(cost, Instant::now()) {
-            if unsignalled {
-                active.signal_used("virtio-rng");
-                unsignalled = false;
-            }
-            if !wait(time) {
-                break 'requests true;
-            }
+        if let Err(time) = bucket.take(cost, Instant::now()) {
+            // Taken again once the bucket holds enough.
+            QueueOwnedT::go_to_previous_position(&mut active.queue);
+            break Progress::Short(time);
         }
         let written = fill(&active.mem, &buffers, &mut buf);
         if active.queue.add_used(&active.mem, head, written).is_err() {
-            eprintln!("runv-vmm: virtio-rng: the used ring is outside guest memory");
-            break false;
+            protocol::log_limited!(
+                log::Level::Error,
+                "virtio-rng: the used ring is outside guest memory"
+            );
+            break Progress::Broken;
         }
-        unsignalled = true;
+        completed = true;
     };
-    if unsignalled {
+    if completed {
         active.signal_used("virtio-rng");
     }
-    healthy
+    progress
 }
 
 impl VirtioDevice for Rng {
@@ -246,22 +232,21 @@ impl VirtioDevice for Rng {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .active = Some(active);
-        let state = self.state.clone();
-        self.worker = Some(self.thread.serve(move |stop| {
-            serve_notified(&[notify], stop, || {
-                process(&state, &mut |time| wait_unless_stopped(stop, time))
-            })
-        })?);
+        let handler = RngHandler::new(self.state.clone());
+        self.worker = Some(self.thread.serve_events(
+            EventRegistry::new()?,
+            vec![notify],
+            move || Ok(handler),
+        )?);
         Ok(())
     }
 
     /// Serves the queue on the caller's thread, sleeping while the bucket is
     /// short (the device's own thread does this when the driver notifies it).
     fn process_queue(&mut self, _index: usize) {
-        process(&self.state, &mut |time| {
+        while let Progress::Short(time) = process(&self.state) {
             std::thread::sleep(time);
-            true
-        });
+        }
     }
 
     fn polls_own_queues(&self) -> bool {
@@ -276,7 +261,7 @@ impl VirtioDevice for Rng {
             Ok(mut state) => state.active = None,
             Err(TryLockError::Poisoned(poisoned)) => poisoned.into_inner().active = None,
             Err(TryLockError::WouldBlock) => {
-                eprintln!("runv-vmm: virtio-rng: the device's thread is stuck; no reset");
+                log::error!("virtio-rng: the device's thread is stuck; no reset");
                 return false;
             }
         }

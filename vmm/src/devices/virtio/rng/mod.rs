@@ -3,5 +3,6 @@
 
 mod bucket;
 mod device;
+mod event_handler;
 
 pub use device::Rng;

@@ -1,6 +1,7 @@
 //! The virtio-vsock device: its configuration space and queues, served by a
-//! [`Muxer`] on a thread of its own once the driver is ready.
+//! [`Muxer`] on the device's thread once the driver is ready.
 
+use super::event_handler::VsockHandler;
 use super::muxer::{GuestQueues, Muxer};
 use crate::devices::virtio::device_thread::{DeviceThread, DeviceWorker};
 use crate::devices::virtio::{
@@ -95,14 +96,18 @@ impl VirtioDevice for Vsock {
             .take()
             .ok_or_else(|| ActivateError::Failed("virtio-vsock is already active".into()))?;
         let muxer = Muxer::new(self.cid, &self.uds_path, listener)?;
+        let registry = muxer.registry().clone();
         let queues = GuestQueues {
             mem,
             rx: rx.queue,
             tx: tx.queue,
-            notify: [rx.notify, tx.notify, event.notify],
             interrupt,
         };
-        let thread = self.thread.serve(move |stop| muxer.run(queues, stop))?;
+        let handler = VsockHandler::new(muxer, queues);
+        let notifies = vec![rx.notify, tx.notify, event.notify];
+        let thread = self
+            .thread
+            .serve_events(registry, notifies, move || Ok(handler))?;
         self.backend = Some(thread);
         Ok(())
     }

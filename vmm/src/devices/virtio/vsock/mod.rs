@@ -3,6 +3,7 @@
 
 mod connection;
 mod device;
+mod event_handler;
 mod handshake;
 #[doc(hidden)] // public for the fuzz targets (tests/fuzz)
 pub mod muxer;

@@ -42,6 +42,7 @@ use super::packet::{
     op, Header, HEADER_LEN, HOST_CID, MAX_PAYLOAD, SHUTDOWN_BOTH, SHUTDOWN_RCV, SHUTDOWN_SEND,
     TYPE_STREAM,
 };
+use crate::devices::virtio::device_thread::EventRegistry;
 use crate::devices::virtio::VirtioInterrupt;
 use std::collections::{HashMap, VecDeque};
 use std::io::{self, Read, Write};
@@ -53,8 +54,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use virtio_queue::{Queue, QueueOwnedT, QueueT, Reader, Writer};
 use vm_memory::GuestMemoryMmap;
-use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
-use vmm_sys_util::eventfd::EventFd;
+use vmm_sys_util::epoll::EventSet;
 
 /// How long a client has to send its `CONNECT` line, and the guest to accept
 /// the connection.
@@ -73,10 +73,7 @@ pub const MAX_QUEUED_RESETS: usize = 256;
 /// First host port given to host-initiated connections.
 const FIRST_HOST_PORT: u32 = 1 << 30;
 
-const TOKEN_STOP: u64 = 0;
-const TOKEN_RX: u64 = 1;
-const TOKEN_TX: u64 = 2;
-const TOKEN_EVENT: u64 = 3;
+/// Token of the listening socket in the device thread's registry.
 const TOKEN_LISTENER: u64 = 4;
 /// Token of the first host connection; each later one takes the next.
 pub const FIRST_CONN_TOKEN: u64 = 16;
@@ -89,8 +86,6 @@ pub struct GuestQueues {
     pub rx: Queue,
     /// Transmit queue (guest → host packets).
     pub tx: Queue,
-    /// Notifications of the receive, transmit and event queues.
-    pub notify: [EventFd; 3],
     /// The device's interrupt.
     pub interrupt: Arc<VirtioInterrupt>,
 }
@@ -100,7 +95,7 @@ pub struct Muxer {
     guest_cid: u64,
     uds_path: PathBuf,
     listener: UnixListener,
-    epoll: Epoll,
+    registry: EventRegistry,
     conns: HashMap<u64, Connection>,
     by_ports: HashMap<(u32, u32), u64>,
     polled: HashMap<u64, EventSet>,
@@ -130,7 +125,7 @@ impl Muxer {
             guest_cid,
             uds_path: uds_path.to_owned(),
             listener,
-            epoll: Epoll::new()?,
+            registry: EventRegistry::new()?,
             conns: HashMap::new(),
             by_ports: HashMap::new(),
             polled: HashMap::new(),
@@ -145,59 +140,28 @@ impl Muxer {
         })
     }
 
-    /// Serves the guest until `stop` is signalled.
-    pub fn run(mut self, mut queues: GuestQueues, stop: &EventFd) -> io::Result<()> {
-        let sources = [
-            (stop.as_raw_fd(), TOKEN_STOP),
-            (queues.notify[0].as_raw_fd(), TOKEN_RX),
-            (queues.notify[1].as_raw_fd(), TOKEN_TX),
-            (queues.notify[2].as_raw_fd(), TOKEN_EVENT),
-            (self.listener.as_raw_fd(), TOKEN_LISTENER),
-        ];
-        for (fd, token) in sources {
-            self.epoll.ctl(
-                ControlOperation::Add,
-                fd,
-                EpollEvent::new(EventSet::IN, token),
-            )?;
-        }
-        let mut events = vec![EpollEvent::default(); 64];
-        loop {
-            let timeout_ms = self.next_deadline().map_or(-1, |deadline| {
-                let left = deadline.saturating_duration_since(Instant::now());
-                (left.as_millis() + 1).min(i32::MAX as u128) as i32
-            });
-            let ready = match self.epoll.wait(timeout_ms, &mut events) {
-                Ok(n) => n,
-                Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
-                Err(err) => return Err(err),
-            };
-            let mut tx_used = false;
-            for event in &events[..ready] {
-                match event.data() {
-                    TOKEN_STOP => return Ok(()),
-                    token @ (TOKEN_RX | TOKEN_EVENT) => {
-                        let _ = queues.notify[token as usize - 1].read();
-                    }
-                    TOKEN_TX => {
-                        let _ = queues.notify[1].read();
-                        tx_used |= self.process_tx(&mut queues);
-                    }
-                    TOKEN_LISTENER => self.accept_clients(),
-                    token => self.host_event(token, event.event_set()),
-                }
-            }
-            self.expire(Instant::now());
-            let rx_used = self.fill_rx(&mut queues);
-            if tx_used || rx_used {
-                if let Err(err) = queues.interrupt.signal_used_queue() {
-                    eprintln!("runv-vmm: virtio-vsock: cannot interrupt the guest: {err}");
-                }
-            }
+    /// Where the muxer's host sockets are watched.
+    pub fn registry(&self) -> &EventRegistry {
+        &self.registry
+    }
+
+    /// Starts watching the listening socket for clients.
+    pub fn watch_listener(&self) -> io::Result<()> {
+        self.registry
+            .add(self.listener.as_raw_fd(), TOKEN_LISTENER, EventSet::IN)
+    }
+
+    /// Serves what the registry reported with `token`: a client on the
+    /// listening socket or a host connection's socket.
+    pub fn fd_event(&mut self, token: u64, events: EventSet) {
+        match token {
+            TOKEN_LISTENER => self.accept_clients(),
+            token => self.host_event(token, events),
         }
     }
 
-    fn next_deadline(&self) -> Option<Instant> {
+    /// When the next handshake or guest connect times out.
+    pub fn next_deadline(&self) -> Option<Instant> {
         let handshakes = self.handshakes.values().map(|h| h.deadline);
         let pending = self.conns.values().filter_map(|c| match c.state {
             ConnState::AwaitingResponse(deadline) => Some(deadline),
@@ -238,11 +202,7 @@ impl Muxer {
     fn watch_client(&mut self, stream: UnixStream) -> io::Result<()> {
         stream.set_nonblocking(true)?;
         let token = self.take_token();
-        self.epoll.ctl(
-            ControlOperation::Add,
-            stream.as_raw_fd(),
-            EpollEvent::new(EventSet::IN, token),
-        )?;
+        self.registry.add(stream.as_raw_fd(), token, EventSet::IN)?;
         let handshake = Handshake::new(stream, Instant::now() + CONNECT_TIMEOUT);
         self.handshakes.insert(token, handshake);
         Ok(())
@@ -310,11 +270,7 @@ impl Muxer {
 
     fn drop_handshake(&mut self, token: u64) -> Option<Handshake> {
         let handshake = self.handshakes.remove(&token)?;
-        let _ = self.epoll.ctl(
-            ControlOperation::Delete,
-            handshake.stream.as_raw_fd(),
-            EpollEvent::default(),
-        );
+        let _ = self.registry.remove(handshake.stream.as_raw_fd());
         Some(handshake)
     }
 
@@ -414,11 +370,7 @@ impl Muxer {
             self.rx_ready.retain(|queued| *queued != token);
         }
         if self.polled.remove(&token).is_some() {
-            let _ = self.epoll.ctl(
-                ControlOperation::Delete,
-                conn.stream.as_raw_fd(),
-                EpollEvent::default(),
-            );
+            let _ = self.registry.remove(conn.stream.as_raw_fd());
         }
         Some(conn)
     }
@@ -480,17 +432,15 @@ impl Muxer {
         }
         match wanted {
             Some(set) => {
-                let operation = match current {
-                    Some(_) => ControlOperation::Modify,
-                    None => ControlOperation::Add,
-                };
-                self.epoll.ctl(operation, fd, EpollEvent::new(set, token))?;
+                match current {
+                    Some(_) => self.registry.modify(fd, token, set)?,
+                    None => self.registry.add(fd, token, set)?,
+                }
                 self.polled.insert(token, set);
             }
             None => {
                 self.polled.remove(&token);
-                self.epoll
-                    .ctl(ControlOperation::Delete, fd, EpollEvent::default())?;
+                self.registry.remove(fd)?;
             }
         }
         Ok(())

@@ -7,6 +7,7 @@ use std::io::{Read, Write};
 use virtio_queue::desc::{split::Descriptor, RawDescriptor};
 use virtio_queue::mock::MockSplitQueue;
 use vm_memory::{Bytes, GuestAddress};
+use vmm_sys_util::eventfd::EventFd;
 
 const GUEST_CID: u64 = 3;
 const QUEUE_SIZE: u16 = 64;
@@ -51,7 +52,6 @@ impl<'a> Guest<'a> {
             mem: self.mem.clone(),
             rx: queue(&self.rx, RX_USED),
             tx: queue(&self.tx, TX_USED),
-            notify: [eventfd(), eventfd(), eventfd()],
             interrupt: Arc::new(VirtioInterrupt::new(eventfd())),
         }
     }

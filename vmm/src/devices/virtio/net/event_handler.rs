@@ -1,22 +1,24 @@
-//! The virtio-net thread: carries frames between the guest's queues and the
-//! tap, woken by the queues' notifications, the tap and a stop event.
+//! The virtio-net device's thread: carries frames between the guest's queues
+//! and the tap, woken by the queues' notifications and the tap.
 
 use super::rx::{self, RxBuffers, RxOutcome, MAX_RX_LEN};
 use super::tap::Tap;
 use super::tx::process_tx;
+use crate::devices::virtio::device_thread::{DeviceEventHandler, EventRegistry};
 use crate::devices::virtio::{needs_interrupt, VirtioInterrupt};
 use std::io;
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestMemoryMmap;
-use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
+use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::EventFd;
 
-const TOKEN_STOP: u64 = 0;
-const TOKEN_RX: u64 = 1;
-const TOKEN_TX: u64 = 2;
-const TOKEN_TAP: u64 = 3;
+/// Index of the receive queue, then of the transmit queue.
+const RX_QUEUE: usize = 0;
+const TX_QUEUE: usize = 1;
+/// The tap's token in the device thread's registry.
+const TOKEN_TAP: u64 = 0;
 /// Times one receive round asks the guest for buffers and tries again: a guest
 /// that keeps moving its available index would otherwise hold the thread;
 /// past it the round ends with a notification of its own, so the event loop
@@ -31,109 +33,60 @@ pub struct NetQueues {
     pub rx: Queue,
     /// Transmit queue (guest → tap).
     pub tx: Queue,
-    /// Notifications of the receive and transmit queues.
-    pub notify: [EventFd; 2],
+    /// Notifications of the receive queue, for the device to notify itself.
+    pub rx_notify: EventFd,
     /// The device's interrupt.
     pub interrupt: Arc<VirtioInterrupt>,
 }
 
 /// Moves frames for one device.
-pub struct Worker {
+pub struct NetHandler {
     tap: Tap,
     queues: NetQueues,
+    /// Where the tap is watched.
+    registry: EventRegistry,
     /// The receive chains held for the next frames.
     rx_buffers: RxBuffers,
-    /// Whether the tap is in the epoll set (not while the guest has too few
+    /// Whether the tap is in the registry (not while the guest has too few
     /// receive buffers, so that a readable tap does not spin the loop).
     tap_polled: bool,
     tap_failed: bool,
     /// The receive queue's used index when it was last checked for an
     /// interrupt.
     rx_checked: u16,
+    /// In this round: frames may wait in the tap, or receive buffers came.
+    try_rx: bool,
+    /// In this round: the guest must be interrupted.
+    interrupt: bool,
 }
 
-impl Worker {
-    /// A worker for `tap` and the guest's `queues`.
-    pub fn new(tap: Tap, queues: NetQueues) -> Self {
+impl NetHandler {
+    /// A handler for `tap` and the guest's `queues`, watching the tap in
+    /// `registry`.
+    pub fn new(tap: Tap, queues: NetQueues, registry: EventRegistry) -> Self {
         Self {
             tap,
             queues,
+            registry,
             rx_buffers: RxBuffers::new(),
             tap_polled: false,
             tap_failed: false,
             rx_checked: 0,
+            try_rx: false,
+            interrupt: false,
         }
     }
 
-    /// Serves the guest until `stop` is signalled.
-    pub fn run(mut self, stop: &EventFd) -> io::Result<()> {
-        let epoll = Epoll::new()?;
-        let sources = [
-            (stop.as_raw_fd(), TOKEN_STOP),
-            (self.queues.notify[0].as_raw_fd(), TOKEN_RX),
-            (self.queues.notify[1].as_raw_fd(), TOKEN_TX),
-        ];
-        for (fd, token) in sources {
-            epoll.ctl(
-                ControlOperation::Add,
-                fd,
-                EpollEvent::new(EventSet::IN, token),
-            )?;
-        }
-        self.poll_tap(&epoll, true)?;
-        let mut events = vec![EpollEvent::default(); 8];
-        loop {
-            let ready = match epoll.wait(-1, &mut events) {
-                Ok(n) => n,
-                Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
-                Err(err) => return Err(err),
-            };
-            let mut interrupt = false;
-            let mut try_rx = false;
-            for event in &events[..ready] {
-                match event.data() {
-                    TOKEN_STOP => return Ok(()),
-                    TOKEN_RX => {
-                        let _ = self.queues.notify[0].read();
-                        try_rx = true;
-                    }
-                    TOKEN_TX => {
-                        let _ = self.queues.notify[1].read();
-                        let q = &mut self.queues;
-                        if process_tx(&mut q.tx, &q.mem, &mut self.tap) {
-                            interrupt |= needs_interrupt(&mut q.tx, &q.mem, "virtio-net");
-                        }
-                    }
-                    _ => try_rx = true,
-                }
-            }
-            if try_rx && self.receive(&epoll)? {
-                let q = &self.queues;
-                interrupt |= rx::needs_interrupt(&q.rx, &q.mem, self.rx_checked);
-                self.rx_checked = q.rx.next_used();
-            }
-            if interrupt {
-                if let Err(err) = self.queues.interrupt.signal_used_queue() {
-                    eprintln!("runv-vmm: virtio-net: cannot interrupt the guest: {err}");
-                }
-            }
-        }
-    }
-
-    fn poll_tap(&mut self, epoll: &Epoll, on: bool) -> io::Result<()> {
+    fn poll_tap(&mut self, on: bool) -> io::Result<()> {
         if on == self.tap_polled || (on && self.tap_failed) {
             return Ok(());
         }
-        let op = if on {
-            ControlOperation::Add
+        let fd = self.tap.file().as_raw_fd();
+        if on {
+            self.registry.add(fd, TOKEN_TAP, EventSet::IN)?;
         } else {
-            ControlOperation::Delete
-        };
-        epoll.ctl(
-            op,
-            self.tap.file().as_raw_fd(),
-            EpollEvent::new(EventSet::IN, TOKEN_TAP),
-        )?;
+            self.registry.remove(fd)?;
+        }
         self.tap_polled = on;
         Ok(())
     }
@@ -144,7 +97,7 @@ impl Worker {
     /// A frame is read only into buffers that can take the longest one (or
     /// all the guest can give, see [`RxBuffers::at_limit`]): a tap read
     /// cannot be undone, and a frame cut short would be lost.
-    fn receive(&mut self, epoll: &Epoll) -> io::Result<bool> {
+    fn receive(&mut self) -> io::Result<bool> {
         let mut used = false;
         // The available index at which the device last asked for a kick.
         let mut asked = None;
@@ -169,7 +122,7 @@ impl Worker {
                         if asks <= MAX_ASKS_PER_ROUND {
                             continue;
                         }
-                        q.notify[0].write(1)?;
+                        q.rx_notify.write(1)?;
                     }
                     Ok(_) => {}
                     Err(err) => {
@@ -178,7 +131,7 @@ impl Worker {
                         )))
                     }
                 }
-                self.poll_tap(epoll, false)?;
+                self.poll_tap(false)?;
                 return Ok(used);
             }
             match self.rx_buffers.receive(&mut q.rx, &q.mem, &mut self.tap) {
@@ -191,20 +144,59 @@ impl Worker {
                 }
                 Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
                 Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
-                    self.poll_tap(epoll, true)?;
+                    self.poll_tap(true)?;
                     return Ok(used);
                 }
                 Err(err) => {
-                    eprintln!(
-                        "runv-vmm: virtio-net: cannot read tap {}: {err}; receive stops",
+                    log::error!(
+                        "virtio-net: cannot read tap {}: {err}; receive stops",
                         self.tap.name()
                     );
-                    self.poll_tap(epoll, false)?;
+                    self.poll_tap(false)?;
                     self.tap_failed = true;
                     return Ok(used);
                 }
             }
         }
+    }
+}
+
+impl DeviceEventHandler for NetHandler {
+    fn start(&mut self) -> io::Result<()> {
+        self.poll_tap(true)
+    }
+
+    fn queue_event(&mut self, index: usize) -> io::Result<()> {
+        match index {
+            RX_QUEUE => self.try_rx = true,
+            TX_QUEUE => {
+                let q = &mut self.queues;
+                if process_tx(&mut q.tx, &q.mem, &mut self.tap) {
+                    self.interrupt |= needs_interrupt(&mut q.tx, &q.mem, "virtio-net");
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    fn fd_event(&mut self, _token: u64, _events: EventSet) -> io::Result<()> {
+        self.try_rx = true;
+        Ok(())
+    }
+
+    fn events_done(&mut self) -> io::Result<()> {
+        if std::mem::take(&mut self.try_rx) && self.receive()? {
+            let q = &self.queues;
+            self.interrupt |= rx::needs_interrupt(&q.rx, &q.mem, self.rx_checked);
+            self.rx_checked = q.rx.next_used();
+        }
+        if std::mem::take(&mut self.interrupt) {
+            if let Err(err) = self.queues.interrupt.signal_used_queue() {
+                log::error!("virtio-net: cannot interrupt the guest: {err}");
+            }
+        }
+        Ok(())
     }
 }
 
@@ -241,16 +233,16 @@ mod tests {
             mem: mem.clone(),
             rx: rx.create_queue().unwrap(),
             tx: tx.create_queue().unwrap(),
-            notify: [eventfd(), eventfd()],
+            rx_notify: eventfd(),
             interrupt: Arc::new(VirtioInterrupt::new(eventfd())),
         };
-        let mut worker = Worker::new(Tap::from_raw_for_test(ours), queues);
-        let epoll = Epoll::new().unwrap();
-        worker.poll_tap(&epoll, true).unwrap();
+        let registry = EventRegistry::new().unwrap();
+        let mut worker = NetHandler::new(Tap::from_raw_for_test(ours), queues, registry);
+        worker.poll_tap(true).unwrap();
         peer.write_all(&[0u8; 100]).unwrap();
         peer.write_all(&[1u8; 200]).unwrap();
 
-        assert!(!worker.receive(&epoll).unwrap(), "no buffer was used");
+        assert!(!worker.receive().unwrap(), "no buffer was used");
         assert!(!worker.tap_polled, "the tap is not watched meanwhile");
 
         // Too few for the longest frame: the frames stay in the tap.
@@ -259,7 +251,7 @@ mod tests {
             desc(0x11_0000, 1526, WRITE),
         ])
         .unwrap();
-        assert!(!worker.receive(&epoll).unwrap(), "still nothing to fill");
+        assert!(!worker.receive().unwrap(), "still nothing to fill");
         assert_eq!(worker.rx_buffers.capacity(), 2 * 1526, "held meanwhile");
         assert!(!worker.tap_polled);
 
@@ -267,7 +259,7 @@ mod tests {
             .map(|i| desc(0x20_0000 + i * 0x1_0000, 0x6000, WRITE))
             .collect();
         rx.add_desc_chains(&more, 2).unwrap();
-        assert!(worker.receive(&epoll).unwrap());
+        assert!(worker.receive().unwrap());
         assert_eq!(rx.used().idx().load(), 2, "both frames, in order");
         let used: Vec<_> = (0..2)
             .map(|i| {
@@ -299,11 +291,15 @@ mod tests {
             mem: mem.clone(),
             rx: rx_queue,
             tx: tx.create_queue().unwrap(),
-            notify: [eventfd(), eventfd()],
+            rx_notify: eventfd(),
             interrupt: Arc::new(VirtioInterrupt::new(eventfd())),
         };
-        let mut worker = Worker::new(Tap::from_raw_for_test(OwnedFd::from(ours)), queues);
-        let epoll = Epoll::new().unwrap();
+        let registry = EventRegistry::new().unwrap();
+        let mut worker = NetHandler::new(
+            Tap::from_raw_for_test(OwnedFd::from(ours)),
+            queues,
+            registry,
+        );
         peer.send(&[0u8; 100]).unwrap();
         // The "guest" moves its available index on and on, always out of
         // range, so that no buffer is ever usable and every ask sees a new one.
@@ -328,9 +324,9 @@ mod tests {
         let mut self_notified = false;
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
         while std::time::Instant::now() < deadline {
-            assert!(!worker.receive(&epoll).unwrap(), "nothing was delivered");
+            assert!(!worker.receive().unwrap(), "nothing was delivered");
             assert_eq!(worker.rx_buffers.capacity(), 0, "no buffer is held");
-            if worker.queues.notify[0].read().is_ok() {
+            if worker.queues.rx_notify.read().is_ok() {
                 self_notified = true;
                 break;
             }

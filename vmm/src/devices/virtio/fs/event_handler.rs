@@ -4,14 +4,16 @@
 //! work never stalls the VMM's event loop.
 
 use super::backend::FsServer;
+use crate::devices::virtio::device_thread::DeviceEventHandler;
 use crate::devices::virtio::{drain_queue, needs_interrupt, VirtioInterrupt};
 use fuse_backend_rs::transport::{Reader, VirtioFsWriter};
-use std::sync::Arc;
+use std::io;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use virtio_queue::{DescriptorChain, Queue};
 use vm_memory::GuestMemoryMmap;
 
-/// The device's active state: what its queues are served with.
-pub struct Served {
+/// An active device's FUSE session: the queues and the server answering them.
+pub struct FsSession {
     /// Guest memory.
     pub mem: GuestMemoryMmap,
     /// The hiprio queue, then the request queue(s).
@@ -24,7 +26,7 @@ pub struct Served {
     pub failed: bool,
 }
 
-impl Served {
+impl FsSession {
     /// Serves every pending request and interrupts the guest as the driver
     /// asks; false once the device failed (its rings are broken), after which
     /// it serves nothing more.
@@ -37,7 +39,10 @@ impl Served {
             let (mem, server) = (&self.mem, &self.server);
             let drained = drain_queue(queue, mem, |chain| handle(server, mem, chain));
             if let Some(err) = drained.broken {
-                eprintln!("runv-vmm: virtio-fs: a queue is broken, the device stops: {err}");
+                protocol::log_limited!(
+                    log::Level::Error,
+                    "virtio-fs: a queue is broken, the device stops: {err}"
+                );
                 self.failed = true;
             }
             if drained.completed && needs_interrupt(queue, mem, "virtio-fs") {
@@ -46,7 +51,7 @@ impl Served {
         }
         if interrupt {
             if let Err(err) = self.interrupt.signal_used_queue() {
-                eprintln!("runv-vmm: virtio-fs: cannot interrupt the guest: {err}");
+                log::error!("virtio-fs: cannot interrupt the guest: {err}");
             }
         }
         !self.failed
@@ -69,5 +74,59 @@ fn handle(
     match server.handle_message(reader, writer.into(), None, None) {
         Ok(len) => u32::try_from(len).unwrap_or(0),
         Err(_) => 0,
+    }
+}
+
+/// The active session, shared between the device and its thread.
+pub type SharedSession = Arc<Mutex<Option<FsSession>>>;
+
+/// Locks the active session; a panic elsewhere leaves it usable.
+pub fn lock(session: &Mutex<Option<FsSession>>) -> MutexGuard<'_, Option<FsSession>> {
+    session.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Serves the queues of one active device once a round of notifications
+/// is in.
+pub struct FsHandler {
+    session: SharedSession,
+    /// A queue was notified in this round.
+    notified: bool,
+    /// False once the session failed: nothing more is served.
+    healthy: bool,
+}
+
+impl FsHandler {
+    /// A handler serving `session`.
+    pub fn new(session: SharedSession) -> Self {
+        Self {
+            session,
+            notified: false,
+            healthy: true,
+        }
+    }
+
+    fn serve(&mut self) {
+        self.healthy = lock(&self.session)
+            .as_mut()
+            .is_some_and(FsSession::serve_all);
+    }
+}
+
+impl DeviceEventHandler for FsHandler {
+    fn start(&mut self) -> io::Result<()> {
+        self.serve();
+        Ok(())
+    }
+
+    fn queue_event(&mut self, _index: usize) -> io::Result<()> {
+        self.notified = true;
+        Ok(())
+    }
+
+    fn events_done(&mut self) -> io::Result<()> {
+        if std::mem::take(&mut self.notified) && self.healthy {
+            self.serve();
+        }
+        Ok(())
     }
 }
