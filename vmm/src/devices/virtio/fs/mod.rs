@@ -9,6 +9,7 @@
 //! - `filter.rs`: what the guest may ask of the host (names, open flags,
 //!   device nodes, setuid/setgid, xattrs) and how many host fds it may make
 //!   the share hold, between the FUSE server and the passthrough file system.
+//! - `tests.rs`: the device on mock queues over a temporary share.
 //! - `backend.rs`: the passthrough file system rooted at the shared directory,
 //!   and the process's limit of open files.
 

@@ -126,29 +126,3 @@ impl Drop for Vsock {
         let _ = std::fs::remove_file(&self.uds_path);
     }
 }
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn config_space_holds_the_guest_cid() {
-        let dir = std::env::temp_dir().join(format!("runv-vsock-cfg-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("v.sock");
-        let device = Vsock::new(0x1_0000_0003, &path).unwrap();
-        let mut low = [0u8; 4];
-        device.read_config(0, &mut low);
-        assert_eq!(u32::from_le_bytes(low), 3);
-        let mut high = [0u8; 4];
-        device.read_config(4, &mut high);
-        assert_eq!(u32::from_le_bytes(high), 1);
-        let mut past = [0xffu8; 4];
-        device.read_config(8, &mut past);
-        assert_eq!(past, [0; 4]);
-        assert!(Vsock::new(3, &path).is_err(), "a bound path is refused");
-        drop(device);
-        assert!(!path.exists(), "the socket is removed with the device");
-        std::fs::remove_dir_all(&dir).unwrap();
-    }
-}

@@ -764,5 +764,5 @@ fn connect_nonblocking(path: &Path) -> io::Result<UnixStream> {
 }
 
 #[cfg(test)]
-#[path = "muxer_tests.rs"]
+#[path = "tests.rs"]
 mod tests;

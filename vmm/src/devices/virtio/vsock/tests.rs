@@ -1,5 +1,6 @@
-//! The muxer driven step by step, the test playing the guest driver on mock
-//! queues and the host clients on real Unix sockets.
+//! Tests of virtio-vsock: the muxer driven step by step, the test playing
+//! the guest driver on mock queues and the host clients on real Unix
+//! sockets; the device's configuration space.
 
 use super::*;
 use crate::devices::virtio::test_utils::{VRING_DESC_F_NEXT as NEXT, VRING_DESC_F_WRITE as WRITE};
@@ -711,4 +712,27 @@ fn host_ports_skip_those_of_live_guest_connections() {
         ((1024, host_port), &mut client),
     ];
     assert_routed(&mut muxer, &mut guest, &mut queues, routes);
+}
+
+#[test]
+fn config_space_holds_the_guest_cid() {
+    use crate::devices::virtio::vsock::Vsock;
+    use crate::devices::virtio::VirtioDevice;
+    let dir = std::env::temp_dir().join(format!("runv-vsock-cfg-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("v.sock");
+    let device = Vsock::new(0x1_0000_0003, &path).unwrap();
+    let mut low = [0u8; 4];
+    device.read_config(0, &mut low);
+    assert_eq!(u32::from_le_bytes(low), 3);
+    let mut high = [0u8; 4];
+    device.read_config(4, &mut high);
+    assert_eq!(u32::from_le_bytes(high), 1);
+    let mut past = [0xffu8; 4];
+    device.read_config(8, &mut past);
+    assert_eq!(past, [0; 4]);
+    assert!(Vsock::new(3, &path).is_err(), "a bound path is refused");
+    drop(device);
+    assert!(!path.exists(), "the socket is removed with the device");
+    std::fs::remove_dir_all(&dir).unwrap();
 }
