@@ -1,12 +1,17 @@
 //! One stream connection between a guest socket and a host Unix socket: its
 //! state, the guest→host buffer and both directions' credit accounting.
 
-use super::packet::{op, Header, HOST_CID, TYPE_STREAM};
+use super::packet::{
+    op, Header, HOST_CID, SHUTDOWN_BOTH, SHUTDOWN_RCV, SHUTDOWN_SEND, TYPE_STREAM,
+};
 use std::collections::VecDeque;
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
+use std::net::Shutdown;
 use std::num::Wrapping;
+use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::time::Instant;
+use vmm_sys_util::epoll::EventSet;
 
 /// Receive buffer each connection offers the guest: the guest never has more
 /// than this in flight towards a host socket that is slow to read.
@@ -38,28 +43,92 @@ pub struct CreditOverrun {
     incoming: usize,
 }
 
-/// A connection, keyed by (host port, guest port).
+/// What the muxer does with a connection after it changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// Leave it as it is (a closed one already owes its reset).
+    Keep,
+    /// Settle it ([`Connection::settle`]).
+    Settle,
+    /// It owes the guest a control packet it did not owe before: queue it
+    /// for the control queue, then settle it.
+    QueueControl,
+    /// It has host data to carry: queue it for the receive queue, then
+    /// settle it.
+    QueueRx,
+    /// End it and tell the guest.
+    Reset,
+    /// End it without telling the guest.
+    Remove,
+}
+
+/// What [`Connection::reset`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResetOutcome {
+    /// It was closed already.
+    AlreadyClosed,
+    /// The guest never saw it, or already has its reset: remove it.
+    Withdraw,
+    /// Now closed, owing the guest a reset.
+    Closed {
+        /// It must leave the receive queue.
+        unqueue_rx: bool,
+        /// It must join the control queue.
+        queue_control: bool,
+    },
+}
+
+/// What [`Connection::settle`] asks of the muxer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Settled {
+    /// The connection is done: remove it (nothing else applies).
+    pub remove: bool,
+    /// Queue it for the control queue (a credit update became owed).
+    pub queue_control: bool,
+    /// Queue it for the receive queue (a hung-up host end to read out).
+    pub queue_rx: bool,
+    /// The events to poll its socket for; None for none at all.
+    pub interest: Option<EventSet>,
+}
+
+/// What a connection puts in a receive buffer ([`Connection::next_to_guest`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ToGuest {
+    /// Nothing now: the buffer stays unused; settle the connection.
+    Nothing,
+    /// A control packet (credit request, shutdown); settle the connection.
+    Control(Header),
+    /// A data packet of the header's length, read into the caller's buffer;
+    /// queue the connection for the receive queue again.
+    Data(Header),
+    /// The host end failed: this reset goes to the guest and the connection
+    /// is removed.
+    Failed(Header),
+}
+
+/// A connection, keyed by (host port, guest port). Its state changes only
+/// through its methods, each of which says what the muxer must do next.
 pub struct Connection {
     /// The host end (non-blocking).
-    pub stream: UnixStream,
+    stream: UnixStream,
     /// Port on the host side (CID 2).
-    pub local_port: u32,
+    local_port: u32,
     /// Port on the guest side.
-    pub peer_port: u32,
+    peer_port: u32,
     /// The guest's context id.
-    pub guest_cid: u64,
+    guest_cid: u64,
     /// Life cycle.
-    pub state: ConnState,
+    state: ConnState,
     /// The host end reached end of file (guest told with SHUTDOWN).
-    pub host_eof: bool,
+    host_eof: bool,
     /// The host end hung up entirely; it is no longer polled.
-    pub host_hung_up: bool,
+    host_hung_up: bool,
     /// Queued for the guest's receive queue.
-    pub queued_for_rx: bool,
+    queued_for_rx: bool,
     /// Host data waits for the guest to free space (credit request sent).
-    pub waiting_credit: bool,
+    waiting_credit: bool,
     /// Shutdown flags the guest sent.
-    pub guest_shutdown: u32,
+    guest_shutdown: u32,
     /// The control packet owed to the guest (an `op`), sent in its next
     /// receive buffer; at most one, see [`Connection::owe`].
     owed: Option<u16>,
@@ -71,15 +140,23 @@ pub struct Connection {
     peer_fwd_cnt: Wrapping<u32>,
 }
 
+impl AsRawFd for Connection {
+    fn as_raw_fd(&self) -> RawFd {
+        self.stream.as_raw_fd()
+    }
+}
+
 impl Connection {
     /// A connection on `stream` between host `local_port` and guest
-    /// `peer_port`.
+    /// `peer_port`, owing the guest control packet `first` (its request or
+    /// response).
     pub fn new(
         stream: UnixStream,
         local_port: u32,
         peer_port: u32,
         guest_cid: u64,
         state: ConnState,
+        first: u16,
     ) -> Self {
         Self {
             stream,
@@ -92,7 +169,7 @@ impl Connection {
             queued_for_rx: false,
             waiting_credit: false,
             guest_shutdown: 0,
-            owed: None,
+            owed: Some(first),
             to_host: VecDeque::new(),
             fwd_cnt: Wrapping(0),
             reported_fwd_cnt: Wrapping(0),
@@ -102,9 +179,235 @@ impl Connection {
         }
     }
 
+    /// Where it is in its life.
+    #[cfg(test)]
+    pub fn state(&self) -> ConnState {
+        self.state
+    }
+
+    /// (host port, guest port).
+    pub fn ports(&self) -> (u32, u32) {
+        (self.local_port, self.peer_port)
+    }
+
+    /// When the guest's answer to a host-initiated request is due, if one
+    /// is awaited.
+    pub fn deadline(&self) -> Option<Instant> {
+        match self.state {
+            ConnState::AwaitingResponse(deadline) => Some(deadline),
+            _ => None,
+        }
+    }
+
+    /// Whether it is queued for the guest's receive queue.
+    pub fn queued_for_rx(&self) -> bool {
+        self.queued_for_rx
+    }
+
+    /// Queues it for the receive queue unless it is already: true if the
+    /// caller must add it there.
+    fn queue_for_rx(&mut self) -> bool {
+        !std::mem::replace(&mut self.queued_for_rx, true)
+    }
+
+    /// Serves what the poll reported on the host end.
+    pub fn host_event(&mut self, events: EventSet) -> Action {
+        if events.contains(EventSet::OUT) && self.flush_to_host().is_err() {
+            return Action::Reset;
+        }
+        let hangup = events.intersects(EventSet::HANG_UP | EventSet::ERROR);
+        match self.state {
+            ConnState::AwaitingResponse(_) if hangup => Action::Reset,
+            ConnState::AwaitingResponse(_) => Action::Settle,
+            ConnState::Established => {
+                if events.contains(EventSet::ERROR) {
+                    return Action::Reset;
+                }
+                if events.contains(EventSet::HANG_UP) {
+                    self.host_hung_up = true;
+                    if self.has_host_backlog() {
+                        // Nobody is left to read the guest's data.
+                        return Action::Reset;
+                    }
+                }
+                if !self.host_eof && self.queue_for_rx() {
+                    Action::QueueRx
+                } else {
+                    Action::Settle
+                }
+            }
+            ConnState::Draining if hangup => {
+                // Nobody is left to read the guest's data; the connection
+                // ends once the guest has its reset.
+                self.host_hung_up = true;
+                self.discard_host_backlog();
+                Action::Settle
+            }
+            ConnState::Draining | ConnState::Closed => Action::Settle,
+        }
+    }
+
+    /// Serves a packet the guest sent on this connection.
+    pub fn guest_packet(&mut self, header: &Header, payload: &[u8]) -> Action {
+        self.note_peer_credit(header);
+        if self.waiting_credit && self.peer_credit() > 0 {
+            self.waiting_credit = false;
+        }
+        match (header.op, self.state) {
+            (op::RST, _) => Action::Remove,
+            // Its reset is owed already.
+            (_, ConnState::Closed) => Action::Keep,
+            (op::RESPONSE, ConnState::AwaitingResponse(_)) => {
+                self.state = ConnState::Established;
+                let reply = format!("OK {}\n", self.local_port);
+                // A fresh socket's buffer always takes these few bytes.
+                if self.stream.write_all(reply.as_bytes()).is_err() {
+                    return Action::Reset;
+                }
+                Action::Settle
+            }
+            (op::RW, ConnState::Established) if self.guest_shutdown & SHUTDOWN_SEND == 0 => {
+                if self.push_from_guest(payload).is_err() || self.flush_to_host().is_err() {
+                    return Action::Reset;
+                }
+                Action::Settle
+            }
+            (op::CREDIT_UPDATE, _) => Action::Settle,
+            (op::CREDIT_REQUEST, _) => self.owe_action(op::CREDIT_UPDATE),
+            (op::SHUTDOWN, ConnState::Established) => {
+                self.guest_shutdown |= header.flags & SHUTDOWN_BOTH;
+                if self.guest_shutdown != SHUTDOWN_BOTH {
+                    return Action::Settle;
+                }
+                // The guest closed: confirm with a reset, then hand the host
+                // what is still buffered.
+                self.state = ConnState::Draining;
+                self.owe_action(op::RST)
+            }
+            _ => Action::Reset,
+        }
+    }
+
+    fn owe_action(&mut self, op: u16) -> Action {
+        if self.owe(op) {
+            Action::QueueControl
+        } else {
+            Action::Settle
+        }
+    }
+
+    /// Ends the connection from the host side: it then stays, closed, until
+    /// the guest has read its reset, so that reset is never dropped.
+    pub fn reset(&mut self) -> ResetOutcome {
+        match (self.state, self.owed) {
+            (ConnState::Closed, _) => return ResetOutcome::AlreadyClosed,
+            // The guest never saw the request, or already has its reset.
+            (_, Some(op::REQUEST)) | (ConnState::Draining, None) => return ResetOutcome::Withdraw,
+            _ => {}
+        }
+        self.state = ConnState::Closed;
+        self.discard_host_backlog();
+        let _ = self.stream.shutdown(Shutdown::Both);
+        let unqueue_rx = std::mem::take(&mut self.queued_for_rx);
+        ResetOutcome::Closed {
+            unqueue_rx,
+            queue_control: self.owe(op::RST),
+        }
+    }
+
+    /// Settles the connection after anything changed: says whether it is
+    /// done, reports credit, half-closes the host end, and says what its
+    /// socket must be polled for.
+    pub fn settle(&mut self) -> Settled {
+        let done = match self.state {
+            ConnState::Draining => !self.has_host_backlog() && self.owed.is_none(),
+            ConnState::Closed => self.owed.is_none(),
+            _ => false,
+        };
+        let mut settled = Settled {
+            remove: done,
+            queue_control: false,
+            queue_rx: false,
+            interest: None,
+        };
+        if done {
+            return settled;
+        }
+        if self.state == ConnState::Established {
+            settled.queue_control = self.needs_credit_update() && self.owe(op::CREDIT_UPDATE);
+            if self.guest_shutdown & SHUTDOWN_SEND != 0 && !self.has_host_backlog() {
+                let _ = self.stream.shutdown(Shutdown::Write);
+            }
+            // A hung-up host end is no longer polled: read it to its end.
+            if self.host_hung_up && !self.host_eof && !self.waiting_credit {
+                settled.queue_rx = self.queue_for_rx();
+            }
+        }
+        settled.interest = (!self.host_hung_up && self.state != ConnState::Closed).then(|| {
+            let mut set = EventSet::empty();
+            let reading = self.state == ConnState::Established
+                && !self.queued_for_rx
+                && !self.host_eof
+                && !self.waiting_credit
+                && self.guest_shutdown & SHUTDOWN_RCV == 0;
+            if reading {
+                set |= EventSet::IN;
+            }
+            if self.has_host_backlog() {
+                set |= EventSet::OUT;
+            }
+            set
+        });
+        settled
+    }
+
+    /// What goes into a receive buffer of `room` payload bytes, the
+    /// connection having been taken off the receive queue; data is read
+    /// into `buf`.
+    pub fn next_to_guest(&mut self, room: usize, buf: &mut [u8]) -> ToGuest {
+        self.queued_for_rx = false;
+        if self.state != ConnState::Established || self.host_eof {
+            return ToGuest::Nothing;
+        }
+        let credit = self.peer_credit() as usize;
+        if credit == 0 {
+            self.waiting_credit = true;
+            return ToGuest::Control(self.header(op::CREDIT_REQUEST));
+        }
+        let want = room.min(credit).min(buf.len());
+        match self.stream.read(&mut buf[..want]) {
+            Ok(0) => {
+                self.host_eof = true;
+                let mut shutdown = self.header(op::SHUTDOWN);
+                shutdown.flags = if self.host_hung_up {
+                    SHUTDOWN_BOTH
+                } else {
+                    SHUTDOWN_SEND
+                };
+                ToGuest::Control(shutdown)
+            }
+            Ok(n) => {
+                let mut data = self.header(op::RW);
+                data.len = n as u32;
+                self.sent_to_guest(n);
+                self.queued_for_rx = true;
+                ToGuest::Data(data)
+            }
+            Err(err)
+                if matches!(
+                    err.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+                ) =>
+            {
+                ToGuest::Nothing
+            }
+            Err(_) => ToGuest::Failed(self.header(op::RST)),
+        }
+    }
+
     /// A header from the host end of this connection to the guest; it
     /// carries (and so reports) the current receive credit.
-    pub fn header(&mut self, op: u16) -> Header {
+    fn header(&mut self, op: u16) -> Header {
         self.reported_fwd_cnt = self.fwd_cnt;
         Header {
             src_cid: HOST_CID,
@@ -126,28 +429,28 @@ impl Connection {
     }
 
     /// Bytes the guest can take now.
-    pub fn peer_credit(&self) -> u32 {
+    fn peer_credit(&self) -> u32 {
         let in_flight = (self.tx_cnt - self.peer_fwd_cnt).0;
         self.peer_buf_alloc.saturating_sub(in_flight)
     }
 
     /// Counts `bytes` sent to the guest.
-    pub fn sent_to_guest(&mut self, bytes: usize) {
+    fn sent_to_guest(&mut self, bytes: usize) {
         self.tx_cnt += Wrapping(bytes as u32);
     }
 
     /// Whether enough space was freed that the guest should hear of it.
-    pub fn needs_credit_update(&self) -> bool {
+    fn needs_credit_update(&self) -> bool {
         (self.fwd_cnt - self.reported_fwd_cnt).0 >= CREDIT_UPDATE_THRESHOLD
     }
 
     /// Whether guest data waits for the host end to read it.
-    pub fn has_host_backlog(&self) -> bool {
+    fn has_host_backlog(&self) -> bool {
         !self.to_host.is_empty()
     }
 
     /// Queues guest data for the host end and writes what the host takes now.
-    pub fn push_from_guest(&mut self, data: &[u8]) -> Result<(), CreditOverrun> {
+    fn push_from_guest(&mut self, data: &[u8]) -> Result<(), CreditOverrun> {
         if self.to_host.len() + data.len() > BUF_ALLOC as usize {
             return Err(CreditOverrun {
                 buffered: self.to_host.len(),
@@ -159,7 +462,7 @@ impl Connection {
     }
 
     /// Writes buffered guest data to the host end until it would block.
-    pub fn flush_to_host(&mut self) -> io::Result<()> {
+    fn flush_to_host(&mut self) -> io::Result<()> {
         while !self.to_host.is_empty() {
             let (front, _) = self.to_host.as_slices();
             match self.stream.write(front) {
@@ -177,7 +480,7 @@ impl Connection {
     }
 
     /// Drops the guest data the host end will never read.
-    pub fn discard_host_backlog(&mut self) {
+    fn discard_host_backlog(&mut self) {
         self.to_host = VecDeque::new();
     }
 
@@ -185,7 +488,7 @@ impl Connection {
     /// (the caller queues the connection once). Only the most important
     /// packet is kept: a reset ends everything, and a request or response
     /// carries the credit an update would (every header is built when sent).
-    pub fn owe(&mut self, op: u16) -> bool {
+    fn owe(&mut self, op: u16) -> bool {
         let rank = |op: u16| match op {
             op::CREDIT_UPDATE => 0,
             op::RST => 2,
@@ -225,10 +528,12 @@ mod tests {
     fn connection() -> (UnixStream, Connection) {
         let (host_peer, ours) = UnixStream::pair().unwrap();
         ours.set_nonblocking(true).unwrap();
-        (
-            host_peer,
-            Connection::new(ours, 1 << 30, 1024, 3, ConnState::Established),
-        )
+        (host_peer, {
+            let mut conn =
+                Connection::new(ours, 1 << 30, 1024, 3, ConnState::Established, op::RESPONSE);
+            conn.take_owed();
+            conn
+        })
     }
 
     #[test]

@@ -36,17 +36,13 @@
 //! - Handshakes: counted with the connections, a line of a few bytes each,
 //!   dropped after [`CONNECT_TIMEOUT`].
 
-use super::connection::{ConnState, Connection};
+use super::connection::{Action, ConnState, Connection, ResetOutcome, ToGuest};
 use super::handshake::{Handshake, HandshakeStatus};
-use super::packet::{
-    op, Header, HEADER_LEN, HOST_CID, MAX_PAYLOAD, SHUTDOWN_BOTH, SHUTDOWN_RCV, SHUTDOWN_SEND,
-    TYPE_STREAM,
-};
+use super::packet::{op, Header, HEADER_LEN, HOST_CID, MAX_PAYLOAD, TYPE_STREAM};
 use crate::devices::virtio::device_thread::EventRegistry;
 use crate::devices::virtio::VirtioInterrupt;
 use std::collections::{HashMap, VecDeque};
 use std::io::{self, Read, Write};
-use std::net::Shutdown;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
@@ -163,10 +159,7 @@ impl Muxer {
     /// When the next handshake or guest connect times out.
     pub fn next_deadline(&self) -> Option<Instant> {
         let handshakes = self.handshakes.values().map(|h| h.deadline);
-        let pending = self.conns.values().filter_map(|c| match c.state {
-            ConnState::AwaitingResponse(deadline) => Some(deadline),
-            _ => None,
-        });
+        let pending = self.conns.values().filter_map(Connection::deadline);
         handshakes.chain(pending).min()
     }
 
@@ -228,42 +221,22 @@ impl Muxer {
         let Some(conn) = self.conns.get_mut(&token) else {
             return;
         };
-        if events.contains(EventSet::OUT) && conn.flush_to_host().is_err() {
-            self.reset(token);
-            return;
-        }
-        let hangup = events.intersects(EventSet::HANG_UP | EventSet::ERROR);
-        match conn.state {
-            ConnState::AwaitingResponse(_) if hangup => {
-                self.reset(token);
+        let action = conn.host_event(events);
+        self.apply(token, action);
+    }
+
+    /// Does what a connection asked for after it changed.
+    fn apply(&mut self, token: u64, action: Action) {
+        match action {
+            Action::Keep => return,
+            Action::Settle => {}
+            Action::QueueControl => self.control.push_back(token),
+            Action::QueueRx => self.rx_ready.push_back(token),
+            Action::Reset => return self.reset(token),
+            Action::Remove => {
+                self.remove(token);
                 return;
             }
-            ConnState::AwaitingResponse(_) => {}
-            ConnState::Established => {
-                if events.contains(EventSet::ERROR) {
-                    self.reset(token);
-                    return;
-                }
-                if events.contains(EventSet::HANG_UP) {
-                    conn.host_hung_up = true;
-                    if conn.has_host_backlog() {
-                        // Nobody is left to read the guest's data.
-                        self.reset(token);
-                        return;
-                    }
-                }
-                if !conn.host_eof && !conn.queued_for_rx {
-                    conn.queued_for_rx = true;
-                    self.rx_ready.push_back(token);
-                }
-            }
-            ConnState::Draining if hangup => {
-                // Nobody is left to read the guest's data; the connection
-                // ends once the guest has its reset.
-                conn.host_hung_up = true;
-                conn.discard_host_backlog();
-            }
-            ConnState::Draining | ConnState::Closed => {}
         }
         self.after_change(token);
     }
@@ -284,9 +257,10 @@ impl Muxer {
             port,
             self.guest_cid,
             ConnState::AwaitingResponse(deadline),
+            op::REQUEST,
         );
         self.host_ports.insert(local_port, token);
-        self.insert(token, conn, op::REQUEST);
+        self.insert(token, conn);
     }
 
     /// A host port for a connection to guest port `peer_port`: one no
@@ -308,24 +282,12 @@ impl Muxer {
         }
     }
 
-    /// Adds a connection that owes the guest `first` (its request or
-    /// response).
-    fn insert(&mut self, token: u64, mut conn: Connection, first: u16) {
-        conn.owe(first);
+    /// Adds a connection, which owes the guest its request or response.
+    fn insert(&mut self, token: u64, conn: Connection) {
         self.control.push_back(token);
-        self.by_ports
-            .insert((conn.local_port, conn.peer_port), token);
+        self.by_ports.insert(conn.ports(), token);
         self.conns.insert(token, conn);
         self.after_change(token);
-    }
-
-    /// Makes connection `token` owe the guest control packet `op`.
-    fn owe(&mut self, token: u64, op: u16) {
-        if let Some(conn) = self.conns.get_mut(&token) {
-            if conn.owe(op) {
-                self.control.push_back(token);
-            }
-        }
     }
 
     /// Ends a connection and tells the guest: it stays, closed, until the
@@ -334,93 +296,69 @@ impl Muxer {
         let Some(conn) = self.conns.get_mut(&token) else {
             return;
         };
-        match (conn.state, conn.owed()) {
-            (ConnState::Closed, _) => return,
-            // The guest never saw the request, or already has its reset.
-            (_, Some(op::REQUEST)) | (ConnState::Draining, None) => {
+        match conn.reset() {
+            ResetOutcome::AlreadyClosed => return,
+            ResetOutcome::Withdraw => {
                 self.remove(token);
                 return;
             }
-            _ => {}
+            ResetOutcome::Closed {
+                unqueue_rx,
+                queue_control,
+            } => {
+                if unqueue_rx {
+                    self.rx_ready.retain(|queued| *queued != token);
+                }
+                if queue_control {
+                    self.control.push_back(token);
+                }
+            }
         }
-        conn.state = ConnState::Closed;
-        conn.discard_host_backlog();
-        let _ = conn.stream.shutdown(Shutdown::Both);
-        if conn.queued_for_rx {
-            conn.queued_for_rx = false;
-            self.rx_ready.retain(|queued| *queued != token);
-        }
-        self.owe(token, op::RST);
         self.after_change(token);
     }
 
     /// Ends a connection without telling the guest; its socket closes.
     fn remove(&mut self, token: u64) -> Option<Connection> {
         let conn = self.conns.remove(&token)?;
-        self.by_ports.remove(&(conn.local_port, conn.peer_port));
+        let (local_port, peer_port) = conn.ports();
+        self.by_ports.remove(&(local_port, peer_port));
         // Only the connection the port was given to frees it.
-        if self.host_ports.get(&conn.local_port) == Some(&token) {
-            self.host_ports.remove(&conn.local_port);
+        if self.host_ports.get(&local_port) == Some(&token) {
+            self.host_ports.remove(&local_port);
         }
         // Both queues hold at most MAX_CONNECTIONS tokens.
         if conn.owed().is_some() {
             self.control.retain(|queued| *queued != token);
         }
-        if conn.queued_for_rx {
+        if conn.queued_for_rx() {
             self.rx_ready.retain(|queued| *queued != token);
         }
         if self.polled.remove(&token).is_some() {
-            let _ = self.registry.remove(conn.stream.as_raw_fd());
+            let _ = self.registry.remove(conn.as_raw_fd());
         }
         Some(conn)
     }
 
-    /// Settles a connection after anything changed: closes what is done,
-    /// reports credit, half-closes the host end, and polls what is needed.
+    /// Settles a connection after anything changed: removes what is done,
+    /// queues what it owes the guest, and polls what is needed.
     fn after_change(&mut self, token: u64) {
         let Some(conn) = self.conns.get_mut(&token) else {
             return;
         };
-        let done = match conn.state {
-            ConnState::Draining => !conn.has_host_backlog() && conn.owed().is_none(),
-            ConnState::Closed => conn.owed().is_none(),
-            _ => false,
-        };
-        if done {
+        let settled = conn.settle();
+        if settled.remove {
             self.remove(token);
             return;
         }
-        if conn.state == ConnState::Established {
-            if conn.needs_credit_update() && conn.owe(op::CREDIT_UPDATE) {
-                self.control.push_back(token);
-            }
-            if conn.guest_shutdown & SHUTDOWN_SEND != 0 && !conn.has_host_backlog() {
-                let _ = conn.stream.shutdown(Shutdown::Write);
-            }
-            // A hung-up host end is no longer polled: read it to its end.
-            if conn.host_hung_up && !conn.host_eof && !conn.waiting_credit && !conn.queued_for_rx {
-                conn.queued_for_rx = true;
-                self.rx_ready.push_back(token);
-            }
+        if settled.queue_control {
+            self.control.push_back(token);
         }
-        let wanted = (!conn.host_hung_up && conn.state != ConnState::Closed).then(|| {
-            let mut set = EventSet::empty();
-            let reading = conn.state == ConnState::Established
-                && !conn.queued_for_rx
-                && !conn.host_eof
-                && !conn.waiting_credit
-                && conn.guest_shutdown & SHUTDOWN_RCV == 0;
-            if reading {
-                set |= EventSet::IN;
-            }
-            if conn.has_host_backlog() {
-                set |= EventSet::OUT;
-            }
-            set
-        });
-        let fd = conn.stream.as_raw_fd();
-        if let Err(err) = self.poll(token, fd, wanted) {
-            eprintln!("runv-vmm: virtio-vsock: cannot poll a connection: {err}");
+        if settled.queue_rx {
+            self.rx_ready.push_back(token);
+        }
+        let fd = conn.as_raw_fd();
+        if let Err(err) = self.poll(token, fd, settled.interest) {
+            log::error!("virtio-vsock: cannot poll a connection: {err}");
             self.reset(token);
         }
     }
@@ -460,7 +398,7 @@ impl Muxer {
         let unanswered: Vec<u64> = self
             .conns
             .iter()
-            .filter(|(_, c)| matches!(c.state, ConnState::AwaitingResponse(d) if d <= now))
+            .filter(|(_, c)| c.deadline().is_some_and(|d| d <= now))
             .map(|(token, _)| *token)
             .collect();
         for token in unanswered {
@@ -534,55 +472,8 @@ impl Muxer {
         let Some(conn) = self.conns.get_mut(&token) else {
             return;
         };
-        conn.note_peer_credit(&header);
-        if conn.waiting_credit && conn.peer_credit() > 0 {
-            conn.waiting_credit = false;
-        }
-        match (header.op, conn.state) {
-            (op::RST, _) => {
-                self.remove(token);
-                return;
-            }
-            // Its reset is owed already.
-            (_, ConnState::Closed) => return,
-            (op::RESPONSE, ConnState::AwaitingResponse(_)) => {
-                conn.state = ConnState::Established;
-                let reply = format!("OK {}\n", conn.local_port);
-                // A fresh socket's buffer always takes these few bytes.
-                if conn.stream.write_all(reply.as_bytes()).is_err() {
-                    self.reset(token);
-                    return;
-                }
-            }
-            (op::RW, ConnState::Established) if conn.guest_shutdown & SHUTDOWN_SEND == 0 => {
-                if conn.push_from_guest(payload).is_err() || conn.flush_to_host().is_err() {
-                    self.reset(token);
-                    return;
-                }
-            }
-            (op::CREDIT_UPDATE, _) => {}
-            (op::CREDIT_REQUEST, _) => {
-                if conn.owe(op::CREDIT_UPDATE) {
-                    self.control.push_back(token);
-                }
-            }
-            (op::SHUTDOWN, ConnState::Established) => {
-                conn.guest_shutdown |= header.flags & SHUTDOWN_BOTH;
-                if conn.guest_shutdown == SHUTDOWN_BOTH {
-                    // The guest closed: confirm with a reset, then hand the
-                    // host what is still buffered.
-                    conn.state = ConnState::Draining;
-                    if conn.owe(op::RST) {
-                        self.control.push_back(token);
-                    }
-                }
-            }
-            _ => {
-                self.reset(token);
-                return;
-            }
-        }
-        self.after_change(token);
+        let action = conn.guest_packet(&header, payload);
+        self.apply(token, action);
     }
 
     /// A guest REQUEST to host port P: connects to `<uds>_P`.
@@ -606,10 +497,11 @@ impl Muxer {
             header.src_port,
             self.guest_cid,
             ConnState::Established,
+            op::RESPONSE,
         );
         conn.note_peer_credit(header);
         let token = self.take_token();
-        self.insert(token, conn, op::RESPONSE);
+        self.insert(token, conn);
     }
 
     /// Fills the guest's receive buffers with connections' control packets
@@ -658,52 +550,23 @@ impl Muxer {
         let token = self.rx_ready.pop_front()?;
         let room = writer.available_bytes() - HEADER_LEN;
         let conn = self.conns.get_mut(&token)?;
-        conn.queued_for_rx = false;
-        if conn.state != ConnState::Established || conn.host_eof {
-            self.after_change(token);
-            return None;
-        }
-        let credit = conn.peer_credit() as usize;
-        if credit == 0 {
-            conn.waiting_credit = true;
-            let request = conn.header(op::CREDIT_REQUEST);
-            self.after_change(token);
-            return Some(write_packet(writer, &request, &[]));
-        }
-        let want = room.min(credit).min(MAX_PAYLOAD);
-        let result = conn.stream.read(&mut self.buf[..want]);
-        match result {
-            Ok(0) => {
-                conn.host_eof = true;
-                let mut shutdown = conn.header(op::SHUTDOWN);
-                shutdown.flags = if conn.host_hung_up {
-                    SHUTDOWN_BOTH
-                } else {
-                    SHUTDOWN_SEND
-                };
-                self.after_change(token);
-                Some(write_packet(writer, &shutdown, &[]))
-            }
-            Ok(n) => {
-                let mut data = conn.header(op::RW);
-                data.len = n as u32;
-                conn.sent_to_guest(n);
-                conn.queued_for_rx = true;
-                self.rx_ready.push_back(token);
-                Some(write_packet(writer, &data, &self.buf[..n]))
-            }
-            Err(err)
-                if matches!(
-                    err.kind(),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
-                ) =>
-            {
+        match conn.next_to_guest(room, &mut self.buf) {
+            ToGuest::Nothing => {
                 self.after_change(token);
                 None
             }
-            Err(_) => {
-                let mut conn = self.remove(token)?;
-                Some(write_packet(writer, &conn.header(op::RST), &[]))
+            ToGuest::Control(header) => {
+                self.after_change(token);
+                Some(write_packet(writer, &header, &[]))
+            }
+            ToGuest::Data(header) => {
+                self.rx_ready.push_back(token);
+                let len = header.len as usize;
+                Some(write_packet(writer, &header, &self.buf[..len]))
+            }
+            ToGuest::Failed(reset) => {
+                self.remove(token);
+                Some(write_packet(writer, &reset, &[]))
             }
         }
     }

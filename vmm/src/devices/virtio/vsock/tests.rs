@@ -4,6 +4,7 @@
 
 use super::*;
 use crate::devices::virtio::test_utils::{VRING_DESC_F_NEXT as NEXT, VRING_DESC_F_WRITE as WRITE};
+use crate::devices::virtio::vsock::packet::SHUTDOWN_BOTH;
 use std::io::{Read, Write};
 use virtio_queue::desc::{split::Descriptor, RawDescriptor};
 use virtio_queue::mock::MockSplitQueue;
@@ -527,7 +528,7 @@ fn connections_the_host_resets_keep_their_reset_until_the_guest_reads() {
         assert!(muxer.control.len() <= muxer.conns.len());
     }
     assert_eq!(muxer.conns.len(), MAX_CONNECTIONS);
-    assert!(muxer.conns.values().all(|c| c.state == ConnState::Closed));
+    assert!(muxer.conns.values().all(|c| c.state() == ConnState::Closed));
     assert_eq!(muxer.control.len(), MAX_CONNECTIONS);
     assert_eq!(muxer.resets.len(), 2 * extra);
     let mut first = first.unwrap();
