@@ -70,7 +70,7 @@ impl VirtioDevice for TestDevice {
     ) -> Result<(), ActivateError> {
         assert_eq!(queues.len(), 2, "activated with every queue");
         if self.activation_fails {
-            return Err(ActivateError::Failed("the input says so".into()));
+            return Err(ActivateError::Io(std::io::Error::other("the input says so")));
         }
         Ok(())
     }

@@ -234,7 +234,7 @@ impl DeviceWorker {
             // Dropped when the loop ends, which `DeviceThread::drop` waits for.
             let _ending = ending;
             if let Err(err) = serve(&thread_stop) {
-                log::error!("{name} stopped: {err}");
+                protocol::log_limited!(log::Level::Error, "{name} stopped: {err}");
             }
         });
         self.jobs.try_send(job).map_err(|_| {
@@ -263,7 +263,8 @@ impl Drop for DeviceThread {
         match self.ended.recv_timeout(STOP_TIMEOUT) {
             Err(RecvTimeoutError::Disconnected) | Ok(()) => {}
             Err(RecvTimeoutError::Timeout) => {
-                log::warn!(
+                protocol::log_limited!(
+                    log::Level::Warn,
                     "{}: a request is still running; not waiting for it",
                     self.name
                 );

@@ -1,7 +1,7 @@
 //! The virtio-mmio transport (virtio 1.2, section 4.2.2, version 2 registers):
 //! the driver's view of a device as registers on the MMIO bus.
 
-use super::{ActiveQueue, VirtioDevice, VirtioInterrupt, VIRTIO_F_VERSION_1};
+use super::{ActivateError, ActiveQueue, VirtioDevice, VirtioInterrupt, VIRTIO_F_VERSION_1};
 use crate::devices::bus::BusDevice;
 use kvm_ioctls::{IoEventAddress, VmFd};
 use std::sync::Arc;
@@ -201,47 +201,46 @@ impl MmioTransport {
         if self.active || self.status & needed != needed {
             return;
         }
-        let queues_valid = self
-            .queues
-            .iter()
-            .all(|q| q.ready() && q.is_valid(&self.mem));
-        let queues = queues_valid.then(|| {
-            self.queues
-                .iter()
-                .zip(&self.queue_notify)
-                .map(|(queue, notify)| {
-                    Ok(ActiveQueue::new(
-                        Queue::try_from(queue.state())
-                            .map_err(|err| format!("queue state: {err:?}"))?,
-                        notify.try_clone().map_err(|err| err.to_string())?,
-                        self.acked_features,
-                    ))
-                })
-                .collect::<Result<Vec<_>, String>>()
-        });
-        let result = match queues {
-            Some(Ok(queues)) => self
-                .device
-                .activate(
-                    self.mem.clone(),
-                    self.acked_features,
-                    queues,
-                    self.interrupt.clone(),
-                )
-                .map_err(|err| err.to_string()),
-            Some(Err(err)) => Err(err),
-            None => Err("the driver set up an invalid queue".to_owned()),
-        };
-        match result {
+        match self.activate_device() {
             Ok(()) => self.active = true,
             Err(err) => {
-                eprintln!(
-                    "runv-vmm: virtio device {}: {err}",
+                protocol::log_limited!(
+                    log::Level::Warn,
+                    "virtio device {}: {err}",
                     self.device.device_type()
                 );
                 self.status |= STATUS_DEVICE_NEEDS_RESET;
             }
         }
+    }
+
+    /// Hands the device its queues as the driver set them up.
+    fn activate_device(&mut self) -> Result<(), ActivateError> {
+        let queues_valid = self
+            .queues
+            .iter()
+            .all(|q| q.ready() && q.is_valid(&self.mem));
+        if !queues_valid {
+            return Err(ActivateError::InvalidQueue);
+        }
+        let queues = self
+            .queues
+            .iter()
+            .zip(&self.queue_notify)
+            .map(|(queue, notify)| {
+                Ok(ActiveQueue::new(
+                    Queue::try_from(queue.state()).map_err(ActivateError::QueueState)?,
+                    notify.try_clone()?,
+                    self.acked_features,
+                ))
+            })
+            .collect::<Result<Vec<_>, ActivateError>>()?;
+        self.device.activate(
+            self.mem.clone(),
+            self.acked_features,
+            queues,
+            self.interrupt.clone(),
+        )
     }
 
     fn reset(&mut self) {

@@ -6,14 +6,14 @@
 //! `virtio_mmio.device=` on the kernel command line.
 
 pub mod block;
-pub mod device_thread;
+pub(crate) mod device_thread;
 pub mod fs;
-pub mod iovec;
+pub(crate) mod iovec;
 pub mod mmio;
 pub mod net;
-pub mod rng;
+pub(crate) mod rng;
 #[cfg(test)]
-pub mod test_utils;
+pub(crate) mod test_utils;
 pub mod vsock;
 
 use std::io;
@@ -70,10 +70,34 @@ impl ActiveQueue {
 /// Errors a device can report on activation.
 #[derive(Debug, thiserror::Error)]
 pub enum ActivateError {
-    /// The device cannot run with what the driver set up.
-    #[error("virtio device activation failed: {0}")]
-    Failed(String),
-    /// An eventfd could not be duplicated.
+    /// The driver made a queue ready that is not valid (rings outside guest
+    /// memory, a size that is no power of two).
+    #[error("the driver set up an invalid queue")]
+    InvalidQueue,
+    /// A queue's state could not be taken over.
+    #[error("cannot take over a queue: {0:?}")]
+    QueueState(virtio_queue::Error),
+    /// The device got another number of queues than it serves.
+    #[error("{device} needs {expected} queues, got {got}")]
+    QueueCount {
+        device: &'static str,
+        expected: usize,
+        got: usize,
+    },
+    /// The driver did not ack a feature the device needs.
+    #[error("{device} needs feature {feature}")]
+    MissingFeature {
+        device: &'static str,
+        feature: &'static str,
+    },
+    /// The device was activated before and cannot be again.
+    #[error("{device} is already active")]
+    AlreadyActive { device: &'static str },
+    /// The tap refused the offloads the driver acked.
+    #[error("cannot set the tap's offloads: {0}")]
+    TapOffload(#[source] net::TapError),
+    /// An eventfd could not be made or duplicated, or the device's thread
+    /// cannot take the activation.
     #[error("virtio device activation failed: {0}")]
     Io(#[from] io::Error),
 }
@@ -137,15 +161,20 @@ pub struct SingleQueue {
 impl SingleQueue {
     /// Takes the first queue of an activation; `device` names it in errors.
     pub fn activate(
-        device: &str,
+        device: &'static str,
         mem: GuestMemoryMmap,
         queues: Vec<ActiveQueue>,
         interrupt: Arc<VirtioInterrupt>,
     ) -> Result<Self, ActivateError> {
+        let got = queues.len();
         let queue = queues
             .into_iter()
             .next()
-            .ok_or_else(|| ActivateError::Failed(format!("{device} needs its request queue")))?
+            .ok_or(ActivateError::QueueCount {
+                device,
+                expected: 1,
+                got,
+            })?
             .queue;
         Ok(Self {
             mem,
@@ -157,7 +186,7 @@ impl SingleQueue {
     /// Tells the guest that requests completed.
     pub fn signal_used(&self, device: &str) {
         if let Err(err) = self.interrupt.signal_used_queue() {
-            eprintln!("runv-vmm: {device}: cannot interrupt the guest: {err}");
+            log::error!("{device}: cannot interrupt the guest: {err}");
         }
     }
 
@@ -226,7 +255,10 @@ pub fn drain_queue<'a>(
 /// than stall it).
 pub fn needs_interrupt(queue: &mut Queue, mem: &GuestMemoryMmap, device: &str) -> bool {
     queue.needs_notification(mem).unwrap_or_else(|err| {
-        eprintln!("runv-vmm: {device}: cannot read the used event: {err}");
+        protocol::log_limited!(
+            log::Level::Warn,
+            "{device}: cannot read the used event: {err}"
+        );
         true
     })
 }

@@ -148,7 +148,7 @@ impl BlockBackend {
             Err(err @ DiskError::Io(_)) => {
                 let count = self.host_errors.fetch_add(1, Ordering::Relaxed) + 1;
                 if count <= LOG_FIRST || count % LOG_EVERY == 0 {
-                    eprintln!("runv-vmm: virtio-blk: {err} (host I/O error {count})");
+                    log::error!("virtio-blk: {err} (host I/O error {count})");
                 }
                 STATUS_IOERR
             }
@@ -197,7 +197,10 @@ impl BlockBackend {
             }
         });
         if let Some(err) = drained.broken {
-            eprintln!("runv-vmm: virtio-blk: the request queue is broken: {err}");
+            protocol::log_limited!(
+                log::Level::Error,
+                "virtio-blk: the request queue is broken: {err}"
+            );
         }
         drained.completed
     }
@@ -257,7 +260,11 @@ impl VirtioDevice for Block {
         self.worker = None;
         let notify = queues
             .first()
-            .ok_or_else(|| ActivateError::Failed("virtio-blk needs its request queue".into()))?
+            .ok_or(ActivateError::QueueCount {
+                device: "virtio-blk",
+                expected: 1,
+                got: 0,
+            })?
             .notify
             .try_clone()?;
         let active = SingleQueue::activate("virtio-blk", mem, queues, interrupt)?;
@@ -295,7 +302,10 @@ impl VirtioDevice for Block {
             Ok(mut active) => *active = None,
             Err(TryLockError::Poisoned(poisoned)) => *poisoned.into_inner() = None,
             Err(TryLockError::WouldBlock) => {
-                eprintln!("runv-vmm: virtio-blk: a request is stuck in the host; no reset");
+                protocol::log_limited!(
+                    log::Level::Error,
+                    "virtio-blk: a request is stuck in the host; no reset"
+                );
                 return false;
             }
         }

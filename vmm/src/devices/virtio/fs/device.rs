@@ -135,11 +135,11 @@ impl VirtioDevice for Fs {
         interrupt: Arc<VirtioInterrupt>,
     ) -> Result<(), ActivateError> {
         if queues.len() != QUEUE_SIZES.len() {
-            return Err(ActivateError::Failed(format!(
-                "virtio-fs needs {} queues, got {}",
-                QUEUE_SIZES.len(),
-                queues.len()
-            )));
+            return Err(ActivateError::QueueCount {
+                device: "virtio-fs",
+                expected: QUEUE_SIZES.len(),
+                got: queues.len(),
+            });
         }
         // A second activation (only tests do that) first stops the first thread.
         self.reset();

@@ -158,19 +158,23 @@ impl VirtioDevice for Net {
         if acked_features & bit(MRG_RXBUF) == 0 {
             // Without it every receive chain would have to hold a whole
             // (possibly 64 KiB) frame; Linux always acks it.
-            return Err(ActivateError::Failed(
-                "virtio-net needs VIRTIO_NET_F_MRG_RXBUF".into(),
-            ));
+            return Err(ActivateError::MissingFeature {
+                device: "virtio-net",
+                feature: "VIRTIO_NET_F_MRG_RXBUF",
+            });
         }
-        let [rx, tx]: [ActiveQueue; 2] = queues
-            .try_into()
-            .map_err(|_| ActivateError::Failed("virtio-net needs 2 queues".into()))?;
-        let tap = self
-            .tap
-            .take()
-            .ok_or_else(|| ActivateError::Failed("virtio-net is already active".into()))?;
+        let got = queues.len();
+        let [rx, tx]: [ActiveQueue; 2] =
+            queues.try_into().map_err(|_| ActivateError::QueueCount {
+                device: "virtio-net",
+                expected: 2,
+                got,
+            })?;
+        let tap = self.tap.take().ok_or(ActivateError::AlreadyActive {
+            device: "virtio-net",
+        })?;
         tap.set_offload(tap_offloads(acked_features & self.avail_features))
-            .map_err(|err| ActivateError::Failed(err.to_string()))?;
+            .map_err(ActivateError::TapOffload)?;
         let registry = EventRegistry::new()?;
         let handler = NetHandler::new(
             tap,

@@ -26,7 +26,10 @@ pub fn process_tx(queue: &mut Queue, mem: &GuestMemoryMmap, tap: &mut impl Frame
         0
     });
     if let Some(err) = drained.broken {
-        eprintln!("runv-vmm: virtio-net: the transmit queue is broken: {err}");
+        protocol::log_limited!(
+            log::Level::Error,
+            "virtio-net: the transmit queue is broken: {err}"
+        );
     }
     drained.completed
 }

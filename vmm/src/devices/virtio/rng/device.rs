@@ -224,7 +224,11 @@ impl VirtioDevice for Rng {
         self.worker = None;
         let notify = queues
             .first()
-            .ok_or_else(|| ActivateError::Failed("virtio-rng needs its request queue".into()))?
+            .ok_or(ActivateError::QueueCount {
+                device: "virtio-rng",
+                expected: 1,
+                got: 0,
+            })?
             .notify
             .try_clone()?;
         let active = SingleQueue::activate("virtio-rng", mem, queues, interrupt)?;

@@ -88,13 +88,16 @@ impl VirtioDevice for Vsock {
         queues: Vec<ActiveQueue>,
         interrupt: Arc<VirtioInterrupt>,
     ) -> Result<(), ActivateError> {
-        let [rx, tx, event]: [ActiveQueue; 3] = queues
-            .try_into()
-            .map_err(|_| ActivateError::Failed("virtio-vsock needs 3 queues".into()))?;
-        let listener = self
-            .listener
-            .take()
-            .ok_or_else(|| ActivateError::Failed("virtio-vsock is already active".into()))?;
+        let got = queues.len();
+        let [rx, tx, event]: [ActiveQueue; 3] =
+            queues.try_into().map_err(|_| ActivateError::QueueCount {
+                device: "virtio-vsock",
+                expected: 3,
+                got,
+            })?;
+        let listener = self.listener.take().ok_or(ActivateError::AlreadyActive {
+            device: "virtio-vsock",
+        })?;
         let muxer = Muxer::new(self.cid, &self.uds_path, listener)?;
         let registry = muxer.registry().clone();
         let queues = GuestQueues {

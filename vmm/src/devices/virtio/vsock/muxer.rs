@@ -175,17 +175,20 @@ impl Muxer {
             match self.listener.accept() {
                 Ok((stream, _)) => {
                     if self.conns.len() + self.handshakes.len() >= MAX_CONNECTIONS {
-                        eprintln!("runv-vmm: virtio-vsock: {MAX_CONNECTIONS} connections open, refusing a client");
+                        protocol::log_limited!(
+                            log::Level::Warn,
+                            "virtio-vsock: {MAX_CONNECTIONS} connections open, refusing a client"
+                        );
                         continue;
                     }
                     if let Err(err) = self.watch_client(stream) {
-                        eprintln!("runv-vmm: virtio-vsock: cannot watch a client: {err}");
+                        log::error!("virtio-vsock: cannot watch a client: {err}");
                     }
                 }
                 Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
                 Err(err) if err.kind() == io::ErrorKind::WouldBlock => return,
                 Err(err) => {
-                    eprintln!("runv-vmm: virtio-vsock: accept failed: {err}");
+                    protocol::log_limited!(log::Level::Error, "virtio-vsock: accept failed: {err}");
                     return;
                 }
             }
@@ -212,7 +215,7 @@ impl Muxer {
                     }
                 }
                 Err(err) => {
-                    eprintln!("runv-vmm: virtio-vsock: {err}");
+                    protocol::log_limited!(log::Level::Warn, "virtio-vsock: {err}");
                     self.drop_handshake(token);
                 }
             }
@@ -416,7 +419,10 @@ impl Muxer {
                 self.take_packet(&mut reader);
             }
             if queues.tx.add_used(&queues.mem, head, 0).is_err() {
-                eprintln!("runv-vmm: virtio-vsock: the used ring is outside guest memory");
+                protocol::log_limited!(
+                    log::Level::Error,
+                    "virtio-vsock: the used ring is outside guest memory"
+                );
                 break;
             }
             used = true;
@@ -524,7 +530,10 @@ impl Muxer {
             match written {
                 Some(len) => {
                     if queues.rx.add_used(&queues.mem, head, len as u32).is_err() {
-                        eprintln!("runv-vmm: virtio-vsock: the used ring is outside guest memory");
+                        protocol::log_limited!(
+                            log::Level::Error,
+                            "virtio-vsock: the used ring is outside guest memory"
+                        );
                         break;
                     }
                     used = true;
