@@ -178,3 +178,19 @@ fn the_thread_serves_notifications_tells_the_guest_before_waiting_and_stops_at_o
     assert!(started.elapsed() < Duration::from_secs(1), "reset waited");
     assert_eq!(used_idx(&queue), 1, "the waiting request is left");
 }
+
+#[test]
+fn the_thread_serves_a_waiting_request_once_the_bucket_refills() {
+    let mem = guest_memory();
+    let queue = MockSplitQueue::create(&mem, GuestAddress(0), 16);
+    // The first request empties the bucket; the second waits 20 ms.
+    let mut rng = Rng::limited(TokenBucket::new(2000, 40, Instant::now())).unwrap();
+    let (interrupt, notify) = activate_notifying(&mut rng, &mem, &queue, 0);
+    queue.build_multiple_desc_chains(&requests(2, 40)).unwrap();
+    let started = Instant::now();
+    notify.write(1).unwrap();
+    assert!(eventually(|| used_idx(&queue) == 2), "both served");
+    assert!(started.elapsed() >= Duration::from_millis(15));
+    assert_eq!(used_len(&queue, 1), 40, "in full");
+    assert_eq!(interrupt.status(), 1);
+}

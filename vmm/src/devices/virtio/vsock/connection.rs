@@ -621,4 +621,94 @@ mod tests {
             .unwrap();
         assert!(conn.push_from_guest(&[0u8]).is_err());
     }
+
+    #[test]
+    fn a_request_the_guest_never_saw_is_withdrawn_on_reset() {
+        let (_peer, ours) = UnixStream::pair().unwrap();
+        let deadline = Instant::now();
+        let mut conn = Connection::new(
+            ours,
+            1 << 30,
+            1024,
+            3,
+            ConnState::AwaitingResponse(deadline),
+            op::REQUEST,
+        );
+        assert_eq!(conn.deadline(), Some(deadline));
+        assert_eq!(conn.reset(), ResetOutcome::Withdraw);
+    }
+
+    #[test]
+    fn a_reset_closes_once_and_owes_the_guest_a_reset() {
+        let (_peer, mut conn) = connection();
+        assert_eq!(conn.host_event(EventSet::IN), Action::QueueRx);
+        assert_eq!(conn.host_event(EventSet::IN), Action::Settle, "queued once");
+        assert_eq!(
+            conn.reset(),
+            ResetOutcome::Closed {
+                unqueue_rx: true,
+                queue_control: true,
+            }
+        );
+        assert_eq!(conn.state(), ConnState::Closed);
+        assert_eq!(conn.reset(), ResetOutcome::AlreadyClosed);
+        let settled = conn.settle();
+        assert!(!settled.remove, "kept until the guest reads its reset");
+        assert_eq!(settled.interest, None, "a closed socket is not polled");
+        assert_eq!(conn.take_owed().map(|h| h.op), Some(op::RST));
+        assert!(conn.settle().remove);
+    }
+
+    #[test]
+    fn a_host_hang_up_with_guest_data_unread_resets() {
+        let (peer, mut conn) = connection();
+        conn.push_from_guest(&[1, 2, 3]).unwrap();
+        drop(peer);
+        assert_eq!(conn.host_event(EventSet::HANG_UP), Action::Reset);
+    }
+
+    #[test]
+    fn the_guest_shutting_both_ways_drains_then_ends() {
+        let (_peer, mut conn) = connection();
+        let shutdown = Header {
+            op: op::SHUTDOWN,
+            flags: SHUTDOWN_BOTH,
+            ..Header::default()
+        };
+        assert_eq!(conn.guest_packet(&shutdown, &[]), Action::QueueControl);
+        assert_eq!(conn.state(), ConnState::Draining);
+        assert!(!conn.settle().remove, "its reset is still owed");
+        assert_eq!(conn.take_owed().map(|h| h.op), Some(op::RST));
+        assert!(conn.settle().remove);
+    }
+
+    #[test]
+    fn host_data_goes_to_the_guest_within_its_credit() {
+        let (mut peer, mut conn) = connection();
+        let mut buf = [0u8; 64];
+        assert!(
+            matches!(conn.next_to_guest(64, &mut buf), ToGuest::Control(h) if h.op == op::CREDIT_REQUEST),
+            "no credit: ask for it"
+        );
+        let credit = Header {
+            op: op::CREDIT_UPDATE,
+            buf_alloc: 4,
+            ..Header::default()
+        };
+        assert_eq!(conn.guest_packet(&credit, &[]), Action::Settle);
+        peer.write_all(b"abcdef").unwrap();
+        match conn.next_to_guest(64, &mut buf) {
+            ToGuest::Data(header) => {
+                assert_eq!(header.len, 4, "cut to the credit");
+                assert_eq!(&buf[..4], b"abcd");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(conn.queued_for_rx(), "more may follow");
+        drop(peer);
+        assert!(
+            matches!(conn.next_to_guest(64, &mut buf), ToGuest::Control(h) if h.op == op::CREDIT_REQUEST),
+            "the credit is used up"
+        );
+    }
 }
