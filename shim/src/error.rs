@@ -1,7 +1,12 @@
 //! Errors of the task service, each with the ttrpc status code containerd maps
 //! to its errdefs (NotFound, AlreadyExists, FailedPrecondition, ...).
 
+use crate::share::ShareError;
+use crate::vmm_api::VmmApiError;
 use ttrpc::{Code, Error as TtrpcError};
+
+/// The error of a step another module reports (its own type, or its text).
+pub type StepError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Most bytes of guest-provided text (an agent's error message) a task error
 /// keeps: the agent may send megabytes, containerd and its logs get this much.
@@ -26,6 +31,27 @@ pub enum TaskError {
     /// [`MAX_GUEST_TEXT`].
     #[error("{context}: {source}")]
     Agent { context: String, source: TtrpcError },
+    /// The pod's VM did not boot.
+    #[error("pod {pod}: {source}")]
+    BootVm { pod: String, source: StepError },
+    /// Mounting a container's rootfs into the pod's share failed.
+    #[error("{0}")]
+    MountRootfs(#[source] ShareError),
+    /// Binding a container's volume into the pod's share failed.
+    #[error("{0}")]
+    BindVolume(#[source] ShareError),
+    /// Removing a container's part of the pod's share failed.
+    #[error("{0}")]
+    RemoveShare(#[source] ShareError),
+    /// Connecting a process's stdio to containerd's failed.
+    #[error("{0}")]
+    AttachStdio(#[source] StepError),
+    /// The VMM's API failed (pause, resume, metrics).
+    #[error("pod {pod}: {source}")]
+    VmmApi { pod: String, source: VmmApiError },
+    /// Encoding a task's metrics failed.
+    #[error("{0}")]
+    EncodeMetrics(#[source] StepError),
     /// The shim or the VM failed.
     #[error("{0}")]
     Internal(String),
@@ -68,7 +94,15 @@ impl TaskError {
                 source: TtrpcError::RpcStatus(status),
                 ..
             } => status.code(),
-            Self::Agent { .. } | Self::Internal(_) => Code::INTERNAL,
+            Self::BindVolume(_) => Code::INVALID_ARGUMENT,
+            Self::Agent { .. }
+            | Self::BootVm { .. }
+            | Self::MountRootfs(_)
+            | Self::RemoveShare(_)
+            | Self::AttachStdio(_)
+            | Self::VmmApi { .. }
+            | Self::EncodeMetrics(_)
+            | Self::Internal(_) => Code::INTERNAL,
             Self::Unimplemented(_) => Code::UNIMPLEMENTED,
         }
     }

@@ -2,6 +2,7 @@
 //! Each pod runs in its own runv microVM; the guest agent runs its containers.
 
 mod config;
+mod container;
 mod error;
 mod events;
 mod exit;
@@ -10,17 +11,21 @@ mod mounts;
 mod network;
 mod oom;
 mod options;
+mod pod;
 mod pod_cgroup;
 mod pod_files;
+mod pod_vm;
 mod process;
+mod publish;
 mod sandbox;
-mod service;
 mod share;
 mod shim;
 mod spec;
 mod stdio;
+mod task;
 mod vm;
 mod vmm_api;
+mod watchers;
 
 use containerd_shim::protos::protobuf::Message;
 use containerd_shim::protos::types::introspection::{RuntimeInfo, RuntimeVersion};

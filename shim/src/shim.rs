@@ -5,8 +5,8 @@ use crate::events::EventQueue;
 use crate::exit::timestamp;
 use crate::paths::SandboxDir;
 use crate::sandbox;
-use crate::service::Service;
 use crate::spec;
+use crate::task::TaskService;
 use containerd_shim::protos::api::DeleteResponse;
 use containerd_shim::publisher::RemotePublisher;
 use containerd_shim::synchronous::util::write_address;
@@ -41,7 +41,7 @@ fn pod_of(task_id: &str, bundle: &Path) -> String {
 }
 
 impl containerd_shim::Shim for RunvShim {
-    type T = Service;
+    type T = TaskService;
 
     fn new(_runtime_id: &str, args: &Flags, _config: &mut Config) -> Self {
         Self {
@@ -95,10 +95,10 @@ impl containerd_shim::Shim for RunvShim {
         }
     }
 
-    fn create_task_service(&self, publisher: RemotePublisher) -> Service {
+    fn create_task_service(&self, publisher: RemotePublisher) -> TaskService {
         let events = EventQueue::start(publisher, self.namespace.clone());
         let _ = self.events.set(events.clone());
-        Service::new(&self.namespace, events, Arc::clone(&self.exit))
+        TaskService::new(&self.namespace, events, Arc::clone(&self.exit))
     }
 }
 
