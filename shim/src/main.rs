@@ -70,6 +70,17 @@ fn is_daemon() -> bool {
         .unwrap_or(false)
 }
 
+/// A failed `-info`.
+#[derive(Debug, thiserror::Error)]
+enum InfoError {
+    /// The RuntimeInfo could not be encoded.
+    #[error("{0}")]
+    Encode(#[source] containerd_shim::protos::protobuf::Error),
+    /// It could not be written to stdout.
+    #[error("{0}")]
+    Write(#[source] std::io::Error),
+}
+
 fn print_info() -> ExitCode {
     let info = RuntimeInfo {
         name: RUNTIME_ID.to_string(),
@@ -82,11 +93,11 @@ fn print_info() -> ExitCode {
     };
     let written = info
         .write_to_bytes()
-        .map_err(|err| err.to_string())
+        .map_err(InfoError::Encode)
         .and_then(|bytes| {
             std::io::stdout()
                 .write_all(&bytes)
-                .map_err(|err| err.to_string())
+                .map_err(InfoError::Write)
         });
     match written {
         Ok(()) => ExitCode::SUCCESS,

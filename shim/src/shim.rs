@@ -5,6 +5,7 @@ use crate::events::EventQueue;
 use crate::exit::timestamp;
 use crate::paths::SandboxDir;
 use crate::sandbox;
+use crate::share::ShareError;
 use crate::spec;
 use crate::task::TaskService;
 use containerd_shim::protos::api::DeleteResponse;
@@ -13,7 +14,8 @@ use containerd_shim::synchronous::util::write_address;
 use containerd_shim::{spawn, Config, Error, ExitSignal, Flags, StartOpts};
 use log::{info, warn};
 use protocol::id::check_id;
-use std::path::Path;
+use std::io;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime};
 
@@ -102,14 +104,38 @@ impl containerd_shim::Shim for RunvShim {
     }
 }
 
+/// A failed removal of a container's share from a live pod's mount namespace.
+#[derive(Debug, thiserror::Error)]
+enum PodShareError {
+    /// The VMM's pid file could not be read.
+    #[error("{}: {source}", path.display())]
+    ReadVmmPid { path: PathBuf, source: io::Error },
+    /// The VMM's mount namespace could not be opened.
+    #[error("{path}: {source}")]
+    OpenNamespace { path: String, source: io::Error },
+    /// The removal thread could not enter it.
+    #[error("enter the pod's mount namespace: {0}")]
+    EnterNamespace(#[source] nix::Error),
+    /// The removal itself failed.
+    #[error("{0}")]
+    Remove(#[source] ShareError),
+    /// The removal thread panicked.
+    #[error("the share removal thread panicked")]
+    Panicked,
+}
+
 /// Removes container `cid`'s part of the share from inside the pod's mount
 /// namespace (the live shim's, entered through its VMM), on a thread of its own
 /// so that this process stays where it is.
-fn remove_in_pod_namespace(dir: &SandboxDir, cid: &str) -> Result<(), String> {
-    let pid = std::fs::read_to_string(dir.vmm_pid_file())
-        .map_err(|err| format!("{}: {err}", dir.vmm_pid_file().display()))?;
+fn remove_in_pod_namespace(dir: &SandboxDir, cid: &str) -> Result<(), PodShareError> {
+    let path = dir.vmm_pid_file();
+    let pid = std::fs::read_to_string(&path)
+        .map_err(|source| PodShareError::ReadVmmPid { path, source })?;
     let ns_path = format!("/proc/{}/ns/mnt", pid.trim());
-    let ns = std::fs::File::open(&ns_path).map_err(|err| format!("{ns_path}: {err}"))?;
+    let ns = std::fs::File::open(&ns_path).map_err(|source| PodShareError::OpenNamespace {
+        path: ns_path,
+        source,
+    })?;
     let (dir, cid) = (dir.clone(), cid.to_string());
     std::thread::scope(|scope| {
         scope
@@ -118,11 +144,11 @@ fn remove_in_pod_namespace(dir: &SandboxDir, cid: &str) -> Result<(), String> {
                 // it unshares it; only then may it change mount namespace.
                 nix::sched::unshare(nix::sched::CloneFlags::CLONE_FS)
                     .and_then(|()| nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNS))
-                    .map_err(|err| format!("enter the pod's mount namespace: {err}"))?;
-                crate::share::remove_container_of(&dir, &cid).map_err(|err| err.to_string())
+                    .map_err(PodShareError::EnterNamespace)?;
+                crate::share::remove_container_of(&dir, &cid).map_err(PodShareError::Remove)
             })
             .join()
-            .map_err(|_| "the share removal thread panicked".to_string())?
+            .map_err(|_| PodShareError::Panicked)?
     })
 }
 
