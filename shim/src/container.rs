@@ -7,7 +7,7 @@ use crate::metrics;
 use crate::paths::SharedPath;
 use crate::process::Process;
 use crate::sandbox::{agent_ctx, Sandbox};
-use crate::spec;
+use crate::spec::{self, GuestSpec};
 use crate::stdio::{self, ProcessName};
 use containerd_shim::protos::api::CreateTaskRequest;
 use log::warn;
@@ -55,8 +55,26 @@ fn create_in_share(
     for bind in &guest.binds {
         sandbox.share.bind(bind).map_err(TaskError::BindVolume)?;
     }
+    create_in_guest(sandbox, cid, &guest, &rootfs, process)?;
+    let io = stdio::attach(&sandbox.dir.vsock_sock(), name, &process.uris).map_err(|err| {
+        remove(&sandbox.agent, cid);
+        TaskError::AttachStdio(err.into())
+    })?;
+    process.set_io(io);
+    Ok(())
+}
+
+/// Creates container `cid` in the guest from its `guest` spec, on `rootfs`
+/// in the share, with `process` as its init.
+fn create_in_guest(
+    sandbox: &Sandbox,
+    cid: &str,
+    guest: &GuestSpec,
+    rootfs: &SharedPath,
+    process: &Process,
+) -> Result<()> {
     let create = agent_api::CreateContainerRequest {
-        container_id: cid.clone(),
+        container_id: cid.to_string(),
         bundle: format!("{GUEST_SHARED_DIR}/{cid}"),
         oci_spec: guest.spec.to_string(),
         rootfs: rootfs.guest.clone(),
@@ -68,11 +86,6 @@ fn create_in_share(
         .agent
         .create_container(agent_ctx(), &create)
         .map_err(TaskError::agent(format!("CreateContainer {cid}")))?;
-    let io = stdio::attach(&sandbox.dir.vsock_sock(), name, &process.uris).map_err(|err| {
-        remove(&sandbox.agent, cid);
-        TaskError::AttachStdio(err.into())
-    })?;
-    process.set_io(io);
     Ok(())
 }
 

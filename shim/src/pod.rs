@@ -192,18 +192,7 @@ impl PodTable {
         let running = match role {
             PodRole::Container { sandbox_id } => Some(joined(&pod, sandbox_id)?),
             PodRole::Sandbox | PodRole::Standalone => {
-                if let Some(existing) = &pod.sandbox {
-                    return Err(TaskError::FailedPrecondition(format!(
-                        "this shim already runs pod {}",
-                        existing.id
-                    )));
-                }
-                if pod.booting {
-                    return Err(TaskError::FailedPrecondition(
-                        "this shim is already booting its pod's VM".into(),
-                    ));
-                }
-                pod.booting = true;
+                start_boot(&mut pod)?;
                 None
             }
         };
@@ -357,4 +346,21 @@ fn joined(pod: &Pod, sandbox_id: &str) -> Result<Arc<Sandbox>> {
             "pod {sandbox_id} has no VM in this shim"
         ))),
     }
+}
+
+/// Marks the pod's VM booting, for the create of its first task.
+fn start_boot(pod: &mut Pod) -> Result<()> {
+    if let Some(existing) = &pod.sandbox {
+        return Err(TaskError::FailedPrecondition(format!(
+            "this shim already runs pod {}",
+            existing.id
+        )));
+    }
+    if pod.booting {
+        return Err(TaskError::FailedPrecondition(
+            "this shim is already booting its pod's VM".into(),
+        ));
+    }
+    pod.booting = true;
+    Ok(())
 }

@@ -30,15 +30,7 @@ pub fn boot(
 ) -> Result<Sandbox> {
     let sandbox_id = spec::sandbox_id(&req.id, annotations);
     check_id("sandbox id", &sandbox_id)?;
-    let config_path = options::config_path(req.options.as_ref())
-        .map_err(TaskError::InvalidArgument)?
-        .unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG_PATH));
-    let config = RunvConfig::load(&config_path)
-        .and_then(|config| config.with_annotations(annotations))
-        .map_err(|err| TaskError::InvalidArgument(err.to_string()))?;
-    if let Ok(level) = config.log_level.parse() {
-        log::set_max_level(level);
-    }
+    let config = load_config(req, annotations)?;
     // A CRI sandbox says nothing of its containers' needs; a pod of one does.
     let resources = (*role == PodRole::Standalone)
         .then(|| spec.pointer("/linux/resources"))
@@ -61,6 +53,24 @@ pub fn boot(
         pod: sandbox_id,
         source: err.into(),
     })
+}
+
+/// runv's config, from the file the create's options name (or the default
+/// one) with the pod's annotations applied; sets the log level it asks for.
+fn load_config(
+    req: &CreateTaskRequest,
+    annotations: &HashMap<String, String>,
+) -> Result<RunvConfig> {
+    let config_path = options::config_path(req.options.as_ref())
+        .map_err(TaskError::InvalidArgument)?
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG_PATH));
+    let config = RunvConfig::load(&config_path)
+        .and_then(|config| config.with_annotations(annotations))
+        .map_err(|err| TaskError::InvalidArgument(err.to_string()))?;
+    if let Ok(level) = config.log_level.parse() {
+        log::set_max_level(level);
+    }
+    Ok(config)
 }
 
 /// Stops the vCPUs of the pod's VM, for the sandbox task `process` that

@@ -114,30 +114,52 @@ pub fn watch_oom(pods: &Arc<PodTable>, events: &EventQueue, sandbox: &Sandbox) {
             let Some(table) = pods.upgrade() else {
                 return;
             };
-            let vm_gone = table.vm_gone();
-            let pause = match reply {
-                Ok(event) => (!forward_oom(&table, &events, &mut gate, event.container_id))
-                    // A guest flooding reports gets one poll per pause.
-                    .then_some(OOM_DROP_PAUSE),
-                Err(_) if vm_gone => return,
-                Err(ttrpc::Error::RpcStatus(status))
-                    if status.code() == ttrpc::Code::DEADLINE_EXCEEDED =>
-                {
-                    None
-                }
-                Err(err) => {
-                    let err = bounded_text(&err.to_string(), MAX_GUEST_TEXT);
-                    debug!("GetOOMEvent: {err}");
-                    Some(Duration::from_secs(1))
-                }
-            };
+            let next = after_oom_poll(&table, &events, &mut gate, reply);
             drop(table);
-            if let Some(pause) = pause {
-                std::thread::sleep(pause);
+            match next {
+                Next::Poll => {}
+                Next::PauseThenPoll(pause) => std::thread::sleep(pause),
+                Next::Stop => return,
             }
         });
     if let Err(err) = spawned {
         warn!("cannot watch OOM events: {err}");
+    }
+}
+
+/// What the OOM watcher does after a poll.
+enum Next {
+    Poll,
+    PauseThenPoll(Duration),
+    Stop,
+}
+
+/// Handles one OOM poll's `reply`; stops once the VM is gone.
+fn after_oom_poll(
+    pods: &PodTable,
+    events: &EventQueue,
+    gate: &mut OomGate,
+    reply: ttrpc::Result<agent_api::OOMEvent>,
+) -> Next {
+    let vm_gone = pods.vm_gone();
+    match reply {
+        Ok(event) => {
+            if forward_oom(pods, events, gate, event.container_id) {
+                Next::Poll
+            } else {
+                // A guest flooding reports gets one poll per pause.
+                Next::PauseThenPoll(OOM_DROP_PAUSE)
+            }
+        }
+        Err(_) if vm_gone => Next::Stop,
+        Err(ttrpc::Error::RpcStatus(status)) if status.code() == ttrpc::Code::DEADLINE_EXCEEDED => {
+            Next::Poll
+        }
+        Err(err) => {
+            let err = bounded_text(&err.to_string(), MAX_GUEST_TEXT);
+            debug!("GetOOMEvent: {err}");
+            Next::PauseThenPoll(Duration::from_secs(1))
+        }
     }
 }
 
@@ -189,5 +211,26 @@ pub fn watch_kill(sandbox: &Arc<Sandbox>, process: &Arc<Process>) {
     });
     if let Err(err) = spawned {
         warn!("cannot watch a SIGKILL: {err}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_oom_watcher_pauses_on_floods_and_stops_with_the_vm() {
+        let (pods, events) = (PodTable::default(), EventQueue::unread());
+        let mut gate = OomGate::new(OOM_INTERVAL);
+        let stranger = agent_api::OOMEvent {
+            container_id: "not-ours".into(),
+            ..Default::default()
+        };
+        let next = after_oom_poll(&pods, &events, &mut gate, Ok(stranger));
+        assert!(matches!(next, Next::PauseThenPoll(OOM_DROP_PAUSE)));
+        // No VM (gone): a failed poll ends the watcher.
+        let failed = Err(ttrpc::Error::Others("closed".into()));
+        let next = after_oom_poll(&pods, &events, &mut gate, failed);
+        assert!(matches!(next, Next::Stop));
     }
 }
