@@ -11,6 +11,7 @@ pub mod mac;
 #[cfg(feature = "netlink")]
 pub mod netlink;
 pub mod stdio;
+pub mod vm_config;
 pub mod vmm;
 pub mod vsock;
 
