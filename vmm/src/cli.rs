@@ -1,7 +1,11 @@
-//! The `runv-vmm` command line.
+//! The `runv-vmm` command line: flags into a [`PartialConfig`], device
+//! values through the one `key=value` grammar of [`options`].
 
-use crate::config::{ConfigError, PartialConfig};
-use std::path::PathBuf;
+pub mod devices;
+pub mod options;
+
+use crate::config::{PartialConfig, VmConfigError};
+use options::OptionError;
 
 /// Usage text.
 pub const USAGE: &str = "usage: runv-vmm --kernel PATH [--initrd PATH] [--cpus N] [--memory-mib M]
@@ -9,16 +13,41 @@ pub const USAGE: &str = "usage: runv-vmm --kernel PATH [--initrd PATH] [--cpus N
                 [--disk path=FILE[,readonly][,id=S]]... [--vsock cid=N,uds=PATH]
                 [--fs tag=T,path=DIR[,cache=never|auto|always][,privileged][,max-fds=N]]...
                 [--net tap=NAME|fd=N[,mac=M]]... [--seccomp enforce|log|off]
-       runv-vmm --config FILE [flags that override the file's fields]
+       runv-vmm --config JSON|FILE [flags that override its fields]
        runv-vmm --help | --version";
+
+/// A command line that cannot be understood.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    /// A flag runv-vmm does not have.
+    #[error("unknown flag '{0}'\n{USAGE}")]
+    UnknownFlag(String),
+    /// A flag given no value.
+    #[error("{0} needs a value")]
+    NoValue(String),
+    /// A flag whose value is not a number.
+    #[error("{flag}: '{value}' is not a whole number")]
+    Number {
+        /// The flag.
+        flag: String,
+        /// Its value.
+        value: String,
+    },
+    /// A device flag's value outside its grammar.
+    #[error(transparent)]
+    Option(#[from] OptionError),
+    /// A value no config may hold (a console, a seccomp mode, a vCPU count).
+    #[error(transparent)]
+    Invalid(#[from] VmConfigError),
+}
 
 /// What the command line asks for.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Command {
-    /// Boot a VM with this configuration (the file, if any, is layered below).
+    /// Boot a VM with this configuration.
     Run {
-        /// `--config FILE`.
-        config_file: Option<PathBuf>,
+        /// `--config`: inline JSON or a JSON file's path, laid under the flags.
+        config: Option<String>,
         /// Flags given on the command line.
         flags: Box<PartialConfig>,
     },
@@ -28,17 +57,18 @@ pub enum Command {
     Version,
 }
 
-fn number(flag: &str, value: &str) -> Result<u64, ConfigError> {
-    value
-        .parse()
-        .map_err(|_| ConfigError::Usage(format!("{flag}: '{value}' is not a whole number")))
+fn number(flag: &str, value: &str) -> Result<u64, CliError> {
+    value.parse().map_err(|_| CliError::Number {
+        flag: flag.to_owned(),
+        value: value.to_owned(),
+    })
 }
 
 /// Parses the arguments after the program name.
-pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Command, ConfigError> {
+pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Command, CliError> {
     let mut args = args.into_iter();
     let mut flags = PartialConfig::default();
-    let mut config_file = None;
+    let mut config = None;
     while let Some(flag) = args.next() {
         let (name, inline) = match flag.split_once('=') {
             Some((name, value)) if name.starts_with("--") => {
@@ -59,45 +89,30 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Command, ConfigE
             inline
                 .clone()
                 .or_else(|| args.next())
-                .ok_or_else(|| ConfigError::Usage(format!("{name} needs a value")))
+                .ok_or_else(|| CliError::NoValue(name.clone()))
         };
         match name.as_str() {
             "--kernel" => flags.kernel = Some(value()?.into()),
             "--initrd" => flags.initrd = Some(value()?.into()),
-            "--cpus" => flags.cpus = Some(number(&name, &value()?)?),
+            "--cpus" => {
+                let cpus = number(&name, &value()?)?;
+                flags.cpus = Some(u8::try_from(cpus).map_err(|_| VmConfigError::Cpus(cpus))?);
+            }
             "--memory-mib" => flags.memory_mib = Some(number(&name, &value()?)?),
             "--cmdline" => flags.cmdline = Some(value()?),
-            "--console" => {
-                let console = value()?.try_into().map_err(ConfigError::Usage)?;
-                flags.console = Some(console);
-            }
+            "--console" => flags.console = Some(value()?.try_into()?),
             "--api-sock" => flags.api_sock = Some(value()?.into()),
-            "--disk" => flags
-                .disks
-                .get_or_insert_with(Vec::new)
-                .push(value()?.parse()?),
-            "--vsock" => flags.vsock = Some(value()?.parse()?),
-            "--fs" => flags
-                .fs
-                .get_or_insert_with(Vec::new)
-                .push(value()?.parse()?),
-            "--net" => flags
-                .net
-                .get_or_insert_with(Vec::new)
-                .push(value()?.parse()?),
-            "--seccomp" => {
-                flags.seccomp = Some(value()?.parse().map_err(ConfigError::Usage)?);
-            }
-            "--config" => config_file = Some(value()?.into()),
-            other => {
-                return Err(ConfigError::Usage(format!(
-                    "unknown flag '{other}'\n{USAGE}"
-                )))
-            }
+            "--disk" => flags.disks.push(devices::disk(&value()?)?),
+            "--vsock" => flags.vsock = Some(devices::vsock(&value()?)?),
+            "--fs" => flags.fs.push(devices::fs(&value()?)?),
+            "--net" => flags.net.push(devices::net(&value()?)?),
+            "--seccomp" => flags.seccomp = Some(value()?.parse()?),
+            "--config" => config = Some(value()?),
+            other => return Err(CliError::UnknownFlag(other.to_owned())),
         }
     }
     Ok(Command::Run {
-        config_file,
+        config,
         flags: Box::new(flags),
     })
 }
@@ -106,6 +121,7 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Command, ConfigE
 mod tests {
     use super::*;
     use crate::config::ConsoleConfig;
+    use std::path::PathBuf;
 
     fn args(list: &[&str]) -> Vec<String> {
         list.iter().map(|s| s.to_string()).collect()
@@ -133,33 +149,29 @@ mod tests {
             "--fs=tag=b,path=/srv/b,cache=never",
         ]))
         .unwrap();
-        let Command::Run { config_file, flags } = cmd else {
+        let Command::Run { config, flags } = cmd else {
             panic!("not a run")
         };
-        assert_eq!(config_file, Some(PathBuf::from("/c.json")));
+        assert_eq!(config.as_deref(), Some("/c.json"));
         assert_eq!(flags.kernel, Some(PathBuf::from("/k")));
         assert_eq!(flags.initrd, Some(PathBuf::from("/i")));
         assert_eq!((flags.cpus, flags.memory_mib), (Some(2), Some(512)));
         assert_eq!(flags.console, Some(ConsoleConfig::Stdout));
         assert_eq!(flags.api_sock, Some(PathBuf::from("/a.sock")));
-        let tags: Vec<_> = flags.fs.iter().flatten().map(|f| f.tag.as_str()).collect();
+        let tags: Vec<_> = flags.fs.iter().map(|f| f.tag.as_str()).collect();
         assert_eq!(tags, ["a", "b"]);
     }
 
     #[test]
     fn rejects_unknown_flags_missing_values_and_bad_numbers() {
-        assert!(parse(args(&["--vcpus", "2"]))
-            .unwrap_err()
-            .to_string()
-            .contains("unknown flag '--vcpus'"));
-        assert!(parse(args(&["--kernel"]))
-            .unwrap_err()
-            .to_string()
-            .contains("--kernel needs a value"));
-        assert!(parse(args(&["--cpus", "two"]))
-            .unwrap_err()
-            .to_string()
-            .contains("'two' is not a whole number"));
+        let err = |list: &[&str]| parse(args(list)).unwrap_err().to_string();
+        assert!(err(&["--vcpus", "2"]).contains("unknown flag '--vcpus'"));
+        assert!(err(&["--kernel"]).contains("--kernel needs a value"));
+        assert!(err(&["--cpus", "two"]).contains("'two' is not a whole number"));
+        assert!(err(&["--cpus", "300"]).contains("--cpus must be between 1 and 32, not 300"));
+        assert!(err(&["--console", ""]).contains("--console must be"));
+        assert!(err(&["--seccomp", "lax"]).contains("unknown mode 'lax'"));
+        assert!(err(&["--disk", "readonly"]).contains("--disk readonly: no path"));
         assert_eq!(parse(args(&["--version"])).unwrap(), Command::Version);
     }
 }

@@ -3,7 +3,6 @@
 use std::process::ExitCode;
 use std::time::Instant;
 use vmm::cli::{self, Command};
-use vmm::config::PartialConfig;
 
 fn main() -> ExitCode {
     let process_start = Instant::now();
@@ -18,23 +17,18 @@ fn main() -> ExitCode {
 
 /// Returns the exit status for a VM that ran, or the error that kept it from running.
 fn run(process_start: Instant) -> Result<u8, String> {
-    let (config_file, flags) =
-        match cli::parse(std::env::args().skip(1)).map_err(|e| e.to_string())? {
-            Command::Help => {
-                println!("{}", cli::USAGE);
-                return Ok(0);
-            }
-            Command::Version => {
-                println!("runv-vmm {}", env!("CARGO_PKG_VERSION"));
-                return Ok(0);
-            }
-            Command::Run { config_file, flags } => (config_file, flags),
-        };
-    let base = match config_file {
-        Some(path) => PartialConfig::from_file(&path).map_err(|e| e.to_string())?,
-        None => PartialConfig::default(),
+    let (config, flags) = match cli::parse(std::env::args().skip(1)).map_err(|e| e.to_string())? {
+        Command::Help => {
+            println!("{}", cli::USAGE);
+            return Ok(0);
+        }
+        Command::Version => {
+            println!("runv-vmm {}", env!("CARGO_PKG_VERSION"));
+            return Ok(0);
+        }
+        Command::Run { config, flags } => (config, flags),
     };
-    let config = base.overlay(*flags).finish().map_err(|e| e.to_string())?;
+    let config = vmm::config::load(config.as_deref(), *flags).map_err(|e| e.to_string())?;
     // Before the first thread starts (device threads start with their
     // devices): each thread inherits the blocked stop signals, and confines
     // itself as it starts.

@@ -16,37 +16,12 @@ use seccompiler::{
     apply_filter, BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition,
     SeccompFilter, SeccompRule, TargetArch,
 };
-use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::OnceLock;
 
-/// What a filter does with a syscall its thread's list does not name.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum SeccompMode {
-    /// Kill the process (the default).
-    #[default]
-    Enforce,
-    /// Allow it and log it to the kernel's audit log (to find a list's gaps).
-    Log,
-    /// Install no filter (for debugging by hand).
-    Off,
-}
-
-impl std::str::FromStr for SeccompMode {
-    type Err = String;
-
-    fn from_str(value: &str) -> Result<Self, Self::Err> {
-        match value {
-            "enforce" => Ok(Self::Enforce),
-            "log" => Ok(Self::Log),
-            "off" => Ok(Self::Off),
-            other => Err(format!(
-                "--seccomp: unknown mode '{other}' (enforce|log|off)"
-            )),
-        }
-    }
-}
+/// What a filter does with a syscall its thread's list does not name
+/// (part of the VM's configuration, shared with the shim).
+pub use protocol::vm_config::SeccompMode;
 
 /// The kinds of thread in the VMM, each with a filter of its own.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -476,7 +451,7 @@ mod tests {
     fn modes_parse_by_name_and_refuse_others() {
         assert_eq!("log".parse::<SeccompMode>(), Ok(SeccompMode::Log));
         assert_eq!("off".parse::<SeccompMode>(), Ok(SeccompMode::Off));
-        let err = "lax".parse::<SeccompMode>().unwrap_err();
+        let err = "lax".parse::<SeccompMode>().unwrap_err().to_string();
         assert!(err.contains("lax"), "{err}");
     }
 
