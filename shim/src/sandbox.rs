@@ -128,7 +128,7 @@ impl Sandbox {
             Ok(vm) => vm,
             Err(err) => {
                 cleanup(&dir);
-                return Err(err);
+                return Err(err.to_string());
             }
         };
         let agent = match connect_agent(&dir, &vm, &config).and_then(|agent| {
