@@ -1,23 +1,23 @@
 //! runv's configuration file (`/etc/runv/config.toml`) and the pod annotations that
 //! may override it.
 
+mod annotations;
+
+pub use annotations::AnnotationProblem;
+
 use serde::Deserialize;
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 /// Where the configuration is read from unless the runtime option `ConfigPath`
 /// names another file.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/runv/config.toml";
 
-/// Prefix of the pod annotations that override configuration values.
-pub const ANNOTATION_PREFIX: &str = "io.pouch.runv.";
-
 /// Largest `boot_timeout_secs`: a create that boots a VM ends within 10 minutes
 /// (the emulated test host boots in 10-20 s), and the deadline it gives stays
 /// far from `Instant`'s range.
 pub const MAX_BOOT_TIMEOUT_SECS: u64 = 600;
 /// How errors name [`MAX_BOOT_TIMEOUT_SECS`].
-const BOOT_TIMEOUT_LIMIT: &str = "runv's maximum";
+pub(super) const BOOT_TIMEOUT_LIMIT: &str = "runv's maximum";
 
 /// Largest vCPU count a VM may have (x86 APIC ids of one byte).
 const MAX_VCPUS_LIMIT: u32 = 255;
@@ -38,15 +38,56 @@ pub enum ConfigError {
     #[error("runv config {path}: {message}")]
     Parse { path: PathBuf, message: String },
     /// A value is out of its range.
-    #[error("runv config {path}: {message}")]
-    Invalid { path: PathBuf, message: String },
+    #[error("runv config {path}: {problem}")]
+    Invalid {
+        path: PathBuf,
+        problem: InvalidValue,
+    },
     /// A pod annotation is unknown, not overridable or has a bad value.
-    #[error("annotation {key}={value:?}: {message}")]
+    #[error("annotation {key}={value:?}: {problem}")]
     Annotation {
         key: String,
         value: String,
-        message: String,
+        problem: AnnotationProblem,
     },
+    /// A file the VM needs is missing.
+    #[error("runv config: {what} {path} does not exist or is not a file")]
+    MissingFile { what: &'static str, path: PathBuf },
+}
+
+/// A configured value out of its range.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InvalidValue {
+    /// `max_vcpus` is 0 or above what x86 addresses.
+    #[error("max_vcpus {0} is not in 1..={MAX_VCPUS_LIMIT}")]
+    MaxVcpus(u32),
+    /// `max_memory_mib` is too small for the guest.
+    #[error("max_memory_mib {0} is below {MIN_MEMORY_MIB}")]
+    MaxMemory(u32),
+    /// A value below its minimum.
+    #[error("{key} {value} is below {min}")]
+    Below {
+        key: &'static str,
+        value: u64,
+        min: u64,
+    },
+    /// A value above its maximum, called `max_name`.
+    #[error("{key} {value} is above {max_name} = {max}")]
+    Above {
+        key: &'static str,
+        value: u64,
+        max_name: &'static str,
+        max: u64,
+    },
+    /// An unknown log level.
+    #[error("log_level {0:?} is not one of {levels}", levels = LOG_LEVELS.join(", "))]
+    LogLevel(String),
+    /// `enable_annotations` lists a key no annotation may override.
+    #[error(
+        "enable_annotations: {0:?} cannot be overridden (one of {keys})",
+        keys = OVERRIDABLE.join(", ")
+    )]
+    NotOverridable(String),
 }
 
 /// The runtime's settings: which VMM, kernel and initrd, and how big a VM is.
@@ -136,7 +177,7 @@ impl Default for RunvConfig {
 }
 
 /// Keys an annotation may override, when `enable_annotations` lists them.
-const OVERRIDABLE: &[&str] = &[
+pub(super) const OVERRIDABLE: &[&str] = &[
     "default_vcpus",
     "default_memory_mib",
     "overhead_memory_mib",
@@ -169,19 +210,16 @@ impl RunvConfig {
             path: path.into(),
             message: err.message().to_string(),
         })?;
-        config.validate().map_err(|message| ConfigError::Invalid {
+        config.validate().map_err(|problem| ConfigError::Invalid {
             path: path.into(),
-            message,
+            problem,
         })?;
         Ok(config)
     }
 
-    fn validate(&self) -> Result<(), String> {
+    pub(super) fn validate(&self) -> Result<(), InvalidValue> {
         if !(1..=MAX_VCPUS_LIMIT).contains(&self.max_vcpus) {
-            return Err(format!(
-                "max_vcpus {} is not in 1..={MAX_VCPUS_LIMIT}",
-                self.max_vcpus
-            ));
+            return Err(InvalidValue::MaxVcpus(self.max_vcpus));
         }
         check_range(
             "default_vcpus",
@@ -191,10 +229,7 @@ impl RunvConfig {
             "max_vcpus",
         )?;
         if self.max_memory_mib < MIN_MEMORY_MIB {
-            return Err(format!(
-                "max_memory_mib {} is below {MIN_MEMORY_MIB}",
-                self.max_memory_mib
-            ));
+            return Err(InvalidValue::MaxMemory(self.max_memory_mib));
         }
         for (key, value) in [
             ("default_memory_mib", self.default_memory_mib),
@@ -216,90 +251,30 @@ impl RunvConfig {
             BOOT_TIMEOUT_LIMIT,
         )?;
         if !LOG_LEVELS.contains(&self.log_level.as_str()) {
-            return Err(format!(
-                "log_level {:?} is not one of {}",
-                self.log_level,
-                LOG_LEVELS.join(", ")
-            ));
+            return Err(InvalidValue::LogLevel(self.log_level.clone()));
         }
         if let Some(key) = self
             .enable_annotations
             .iter()
             .find(|key| !OVERRIDABLE.contains(&key.as_str()))
         {
-            return Err(format!(
-                "enable_annotations: {key:?} cannot be overridden (one of {})",
-                OVERRIDABLE.join(", ")
-            ));
+            return Err(InvalidValue::NotOverridable(key.clone()));
         }
         Ok(())
     }
 
-    /// This configuration with the pod's `io.pouch.runv.*` annotations applied.
-    pub fn with_annotations(
-        &self,
-        annotations: &HashMap<String, String>,
-    ) -> Result<Self, ConfigError> {
-        let mut config = self.clone();
-        let mut keys: Vec<_> = annotations
-            .iter()
-            .filter_map(|(k, v)| Some((k.strip_prefix(ANNOTATION_PREFIX)?, k, v)))
-            .collect();
-        keys.sort();
-        for (key, full_key, value) in keys {
-            let fail = |message: String| ConfigError::Annotation {
-                key: full_key.clone(),
-                value: value.clone(),
-                message,
-            };
-            if !OVERRIDABLE.contains(&key) {
-                return Err(fail(format!(
-                    "unknown runv annotation (known: {})",
-                    OVERRIDABLE.join(", ")
-                )));
-            }
-            if !config.enable_annotations.iter().any(|k| k == key) {
-                return Err(fail(format!(
-                    "{key} is not listed in the config's enable_annotations"
-                )));
-            }
-            // Maxima are never overridable: a tenant cannot raise them.
-            let (max_vcpus, max_memory) = (config.max_vcpus, config.max_memory_mib);
-            let memory = || at_most(value, max_memory, "max_memory_mib").map_err(fail);
-            match key {
-                "default_vcpus" => {
-                    config.default_vcpus = at_most(value, max_vcpus, "max_vcpus").map_err(fail)?
-                }
-                "default_memory_mib" => config.default_memory_mib = memory()?,
-                "overhead_memory_mib" => config.overhead_memory_mib = memory()?,
-                "boot_timeout_secs" => {
-                    config.boot_timeout_secs =
-                        at_most(value, MAX_BOOT_TIMEOUT_SECS, BOOT_TIMEOUT_LIMIT).map_err(fail)?
-                }
-                "debug_console" => {
-                    config.debug_console = value
-                        .parse()
-                        .map_err(|_| fail("not true or false".into()))?
-                }
-                _ => unreachable!("OVERRIDABLE lists only the keys matched here"),
-            }
-            config.validate().map_err(fail)?;
-        }
-        Ok(config)
-    }
-
     /// Checks that the files the VM needs exist, naming the one that does not.
-    pub fn check_files(&self) -> Result<(), String> {
+    pub fn check_files(&self) -> Result<(), ConfigError> {
         for (what, path) in [
             ("vmm", &self.vmm),
             ("kernel", &self.kernel),
             ("initrd", &self.initrd),
         ] {
             if !path.is_file() {
-                return Err(format!(
-                    "runv config: {what} {} does not exist or is not a file",
-                    path.display()
-                ));
+                return Err(ConfigError::MissingFile {
+                    what,
+                    path: path.clone(),
+                });
             }
         }
         Ok(())
@@ -307,216 +282,30 @@ impl RunvConfig {
 }
 
 /// Checks `min <= value <= max`, naming `key` and, above, the maximum's name.
-fn check_range<T>(key: &str, value: T, min: T, max: T, max_name: &str) -> Result<(), String>
+fn check_range<T>(
+    key: &'static str,
+    value: T,
+    min: T,
+    max: T,
+    max_name: &'static str,
+) -> Result<(), InvalidValue>
 where
-    T: PartialOrd + std::fmt::Display,
+    T: Into<u64>,
 {
+    let (value, min, max) = (value.into(), min.into(), max.into());
     if value < min {
-        return Err(format!("{key} {value} is below {min}"));
+        return Err(InvalidValue::Below { key, value, min });
     }
     if value > max {
-        return Err(format!("{key} {value} is above {max_name} = {max}"));
+        return Err(InvalidValue::Above {
+            key,
+            value,
+            max_name,
+            max,
+        });
     }
     Ok(())
 }
 
-/// An annotation's `value` as a number no larger than `max` (called `max_name`
-/// in the error); the lower bounds are [`RunvConfig::validate`]'s.
-fn at_most<T>(value: &str, max: T, max_name: &str) -> Result<T, String>
-where
-    T: Copy + Into<u64> + TryFrom<u64> + std::fmt::Display,
-{
-    let above = || format!("above {max_name} = {max}");
-    let number: u64 = match value.parse() {
-        Ok(number) => number,
-        // All digits but too long for a u64: above any maximum.
-        Err(_) if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) => {
-            return Err(above())
-        }
-        Err(_) => return Err("not a non-negative integer".into()),
-    };
-    if number > max.into() {
-        return Err(above());
-    }
-    T::try_from(number).map_err(|_| above())
-}
-
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use std::io::Write;
-
-    fn load_text(text: &str) -> Result<RunvConfig, ConfigError> {
-        let mut file = tempfile::NamedTempFile::new().unwrap();
-        file.write_all(text.as_bytes()).unwrap();
-        RunvConfig::load(file.path())
-    }
-
-    #[test]
-    fn reads_every_key() {
-        let config = load_text(
-            r#"
-            vmm = "/v"
-            kernel = "/k"
-            initrd = "/i"
-            default_vcpus = 2
-            default_memory_mib = 512
-            overhead_memory_mib = 96
-            max_vcpus = 4
-            max_memory_mib = 1024
-            boot_timeout_secs = 9
-            log_level = "debug"
-            debug_console = true
-            enable_annotations = ["default_vcpus"]
-            vmm_seccomp = "log"
-            vmm_jail = false
-            "#,
-        )
-        .unwrap();
-        assert_eq!(config.vmm_seccomp, VmmSeccomp::Log);
-        assert!(!config.vmm_jail);
-        assert_eq!(config.kernel, PathBuf::from("/k"));
-        assert_eq!(config.default_vcpus, 2);
-        assert_eq!(config.default_memory_mib, 512);
-        assert_eq!(config.overhead_memory_mib, 96);
-        assert_eq!(config.max_memory_mib, 1024);
-        assert_eq!(config.boot_timeout_secs, 9);
-        assert!(config.debug_console);
-    }
-
-    #[test]
-    fn a_partial_file_keeps_the_defaults() {
-        let config = load_text("kernel = \"/k\"\n").unwrap();
-        assert_eq!(config.default_memory_mib, 256);
-        assert_eq!(config.vmm, RunvConfig::default().vmm);
-    }
-
-    #[test]
-    fn bad_files_name_the_problem() {
-        let unknown = load_text("kernal = \"/k\"\n").unwrap_err().to_string();
-        assert!(unknown.contains("kernal"), "{unknown}");
-        let syntax = load_text("kernel = \n").unwrap_err().to_string();
-        assert!(syntax.contains("runv config"), "{syntax}");
-        let range = load_text("default_vcpus = 0\n").unwrap_err().to_string();
-        assert!(range.contains("default_vcpus"), "{range}");
-        let memory = load_text("default_memory_mib = 20000\n")
-            .unwrap_err()
-            .to_string();
-        assert!(memory.contains("above max_memory_mib = 16384"), "{memory}");
-        let max = load_text("max_memory_mib = 128\n").unwrap_err().to_string();
-        assert!(max.contains("default_memory_mib 256"), "{max}");
-        let timeout = load_text("boot_timeout_secs = 18446744073709551615\n")
-            .unwrap_err()
-            .to_string();
-        assert!(timeout.contains("above runv's maximum = 600"), "{timeout}");
-        let level = load_text("log_level = \"loud\"\n").unwrap_err().to_string();
-        assert!(level.contains("log_level"), "{level}");
-        let missing = RunvConfig::load(Path::new("/nonexistent/runv.toml")).unwrap_err();
-        assert!(missing.to_string().contains("/nonexistent/runv.toml"));
-    }
-
-    #[test]
-    fn annotations_stay_within_the_maxima() {
-        let config = RunvConfig {
-            enable_annotations: OVERRIDABLE.iter().map(|k| k.to_string()).collect(),
-            ..RunvConfig::default()
-        };
-        let set = |k: &str, v: &str| HashMap::from([(format!("{ANNOTATION_PREFIX}{k}"), v.into())]);
-        let err = config
-            .with_annotations(&set("default_memory_mib", "1048576"))
-            .unwrap_err();
-        assert_eq!(
-            err.to_string(),
-            "annotation io.pouch.runv.default_memory_mib=\"1048576\": \
-             above max_memory_mib = 16384"
-        );
-        for (key, value, max) in [
-            (
-                "default_memory_mib",
-                "99999999999999999999999",
-                "max_memory_mib = 16384",
-            ),
-            (
-                "overhead_memory_mib",
-                "4294967295",
-                "max_memory_mib = 16384",
-            ),
-            ("default_vcpus", "4294967296", "max_vcpus = 8"),
-            (
-                "boot_timeout_secs",
-                "18446744073709551615",
-                "runv's maximum = 600",
-            ),
-        ] {
-            let err = config.with_annotations(&set(key, value)).unwrap_err();
-            let text = err.to_string();
-            assert!(
-                text.contains(&format!("{ANNOTATION_PREFIX}{key}")) && text.contains(max),
-                "{text}"
-            );
-        }
-        let most = config
-            .with_annotations(&HashMap::from([
-                (
-                    format!("{ANNOTATION_PREFIX}default_memory_mib"),
-                    "16384".into(),
-                ),
-                (
-                    format!("{ANNOTATION_PREFIX}boot_timeout_secs"),
-                    "600".into(),
-                ),
-            ]))
-            .unwrap();
-        assert_eq!(most.default_memory_mib, 16384);
-        // The longest boot deadline is an ordinary Instant.
-        let deadline = std::time::Instant::now()
-            .checked_add(std::time::Duration::from_secs(most.boot_timeout_secs));
-        assert!(deadline.is_some());
-        let err = config
-            .with_annotations(&set("boot_timeout_secs", "0"))
-            .unwrap_err();
-        assert!(err.to_string().contains("below 1"), "{err}");
-        let err = config
-            .with_annotations(&set("default_memory_mib", "-1"))
-            .unwrap_err();
-        assert!(
-            err.to_string().contains("not a non-negative integer"),
-            "{err}"
-        );
-    }
-
-    #[test]
-    fn annotations_override_only_enabled_keys() {
-        let config = RunvConfig::default();
-        let set = |k: &str, v: &str| HashMap::from([(format!("{ANNOTATION_PREFIX}{k}"), v.into())]);
-        let bigger = config
-            .with_annotations(&set("default_memory_mib", "512"))
-            .unwrap();
-        assert_eq!(bigger.default_memory_mib, 512);
-        let err = config
-            .with_annotations(&set("default_vcpus", "many"))
-            .unwrap_err();
-        assert!(
-            err.to_string().contains("io.pouch.runv.default_vcpus"),
-            "{err}"
-        );
-        let err = config
-            .with_annotations(&set("kernel", "/evil"))
-            .unwrap_err();
-        assert!(err.to_string().contains("unknown runv annotation"), "{err}");
-        let err = config
-            .with_annotations(&set("boot_timeout_secs", "5"))
-            .unwrap_err();
-        assert!(err.to_string().contains("enable_annotations"), "{err}");
-        let err = config
-            .with_annotations(&set("default_vcpus", "0"))
-            .unwrap_err();
-        assert!(err.to_string().contains("default_vcpus"), "{err}");
-        let err = config
-            .with_annotations(&set("default_vcpus", "9"))
-            .unwrap_err();
-        assert!(err.to_string().ends_with("above max_vcpus = 8"), "{err}");
-        let other = HashMap::from([("io.kubernetes.cri.sandbox-id".into(), "x".into())]);
-        assert_eq!(config.with_annotations(&other).unwrap(), config);
-    }
-}
+mod tests;

@@ -45,7 +45,7 @@ fn create_in_share(
 ) -> Result<()> {
     let cid = &req.id;
     let rootfs = SharedPath::new(cid, "rootfs");
-    let guest = spec::guest_spec(spec, cid, &rootfs).map_err(TaskError::InvalidArgument)?;
+    let guest = spec::guest_spec(spec, cid, &rootfs)?;
     let root_path = spec.pointer("/root/path").and_then(Value::as_str);
     let bundle_rootfs = Path::new(&req.bundle).join(root_path.unwrap_or("rootfs"));
     sandbox
@@ -58,7 +58,7 @@ fn create_in_share(
     create_in_guest(sandbox, cid, &guest, &rootfs, process)?;
     let io = stdio::attach(&sandbox.dir.vsock_sock(), name, &process.uris).map_err(|err| {
         remove(&sandbox.agent, cid);
-        TaskError::AttachStdio(err.into())
+        TaskError::AttachStdio(err)
     })?;
     process.set_io(io);
     Ok(())
@@ -119,7 +119,7 @@ pub fn exec(sandbox: &Sandbox, process: &Process, name: &ProcessName) -> Result<
         .map_err(TaskError::agent(format!("ExecProcess {id}/{exec_id}")))?;
     let io = stdio::attach(&sandbox.dir.vsock_sock(), name, &process.uris).map_err(|err| {
         let _ = signal(sandbox, id, exec_id, libc::SIGKILL.unsigned_abs(), false);
-        TaskError::AttachStdio(err.into())
+        TaskError::AttachStdio(err)
     })?;
     process.set_io(io);
     Ok(())
@@ -236,5 +236,5 @@ pub fn stats(sandbox: &Sandbox, id: &str) -> Result<Any> {
         .agent
         .stats_container(agent_ctx(), &stats)
         .map_err(TaskError::agent(format!("StatsContainer {id}")))?;
-    metrics::to_any(&reply).map_err(|err| TaskError::EncodeMetrics(err.into()))
+    metrics::to_any(&reply).map_err(TaskError::EncodeMetrics)
 }

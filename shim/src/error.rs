@@ -5,9 +5,6 @@ use crate::share::ShareError;
 use crate::vmm_api::VmmApiError;
 use ttrpc::{Code, Error as TtrpcError};
 
-/// The error of a step another module reports (its own type, or its text).
-pub type StepError = Box<dyn std::error::Error + Send + Sync>;
-
 /// Most bytes of guest-provided text (an agent's error message) a task error
 /// keeps: the agent may send megabytes, containerd and its logs get this much.
 pub const MAX_GUEST_TEXT: usize = 4096;
@@ -31,33 +28,45 @@ pub enum TaskError {
     /// [`MAX_GUEST_TEXT`].
     #[error("{context}: {source}")]
     Agent { context: String, source: TtrpcError },
-    /// The pod's VM did not boot.
+    /// runv does not do this.
+    #[error("{0}")]
+    Unimplemented(&'static str),
+    /// The task's spec or annotations cannot be run.
+    #[error(transparent)]
+    Spec(#[from] crate::spec::SpecError),
+    /// The pod's hostname, hosts, resolv.conf or sysctls cannot be read.
+    #[error(transparent)]
+    PodFiles(#[from] crate::pod_files::PodFilesError),
+    /// The runv configuration or a pod annotation overriding it is invalid.
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    /// containerd's runtime options for runv cannot be read.
+    #[error(transparent)]
+    Options(#[from] crate::options::OptionsError),
+    /// Pod `pod`'s VM did not boot.
     #[error("pod {pod}: {source}")]
-    BootVm { pod: String, source: StepError },
+    BootVm {
+        pod: String,
+        source: Box<crate::sandbox::SandboxError>,
+    },
     /// Mounting a container's rootfs into the pod's share failed.
     #[error("{0}")]
     MountRootfs(#[source] ShareError),
-    /// Binding a container's volume into the pod's share failed.
+    /// A bind mount the spec asks for cannot be made in the pod's share.
     #[error("{0}")]
     BindVolume(#[source] ShareError),
     /// Removing a container's part of the pod's share failed.
     #[error("{0}")]
     RemoveShare(#[source] ShareError),
     /// Connecting a process's stdio to containerd's failed.
-    #[error("{0}")]
-    AttachStdio(#[source] StepError),
-    /// The VMM's API failed (pause, resume, metrics).
+    #[error(transparent)]
+    AttachStdio(#[from] crate::stdio::StdioError),
+    /// Pod `pod`'s VMM API failed (pause, resume, metrics).
     #[error("pod {pod}: {source}")]
     VmmApi { pod: String, source: VmmApiError },
     /// Encoding a task's metrics failed.
-    #[error("{0}")]
-    EncodeMetrics(#[source] StepError),
-    /// The shim or the VM failed.
-    #[error("{0}")]
-    Internal(String),
-    /// runv does not do this.
-    #[error("{0}")]
-    Unimplemented(&'static str),
+    #[error("encode the metrics: {0}")]
+    EncodeMetrics(#[source] protobuf::Error),
 }
 
 impl From<protocol::id::InvalidId> for TaskError {
@@ -86,7 +95,12 @@ impl TaskError {
 
     fn code(&self) -> Code {
         match self {
-            Self::InvalidArgument(_) => Code::INVALID_ARGUMENT,
+            Self::InvalidArgument(_)
+            | Self::Spec(_)
+            | Self::PodFiles(_)
+            | Self::Config(_)
+            | Self::Options(_)
+            | Self::BindVolume(_) => Code::INVALID_ARGUMENT,
             Self::NotFound { .. } => Code::NOT_FOUND,
             Self::AlreadyExists(_) => Code::ALREADY_EXISTS,
             Self::FailedPrecondition(_) => Code::FAILED_PRECONDITION,
@@ -94,15 +108,13 @@ impl TaskError {
                 source: TtrpcError::RpcStatus(status),
                 ..
             } => status.code(),
-            Self::BindVolume(_) => Code::INVALID_ARGUMENT,
             Self::Agent { .. }
             | Self::BootVm { .. }
             | Self::MountRootfs(_)
             | Self::RemoveShare(_)
             | Self::AttachStdio(_)
             | Self::VmmApi { .. }
-            | Self::EncodeMetrics(_)
-            | Self::Internal(_) => Code::INTERNAL,
+            | Self::EncodeMetrics(_) => Code::INTERNAL,
             Self::Unimplemented(_) => Code::UNIMPLEMENTED,
         }
     }

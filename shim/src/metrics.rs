@@ -10,10 +10,8 @@ use protocol::agent::StatsContainerResponse;
 
 /// `stats` packed as an `io.containerd.cgroups.v2.Metrics` Any. The type URL is
 /// the bare message name, as containerd 1.6's typeurl looks proto types up.
-pub fn to_any(stats: &StatsContainerResponse) -> Result<Any, String> {
-    let value = to_metrics(stats)
-        .write_to_bytes()
-        .map_err(|err| format!("encode the metrics: {err}"))?;
+pub fn to_any(stats: &StatsContainerResponse) -> Result<Any, protobuf::Error> {
+    let value = to_metrics(stats).write_to_bytes()?;
     Ok(Any {
         type_url: type_url(),
         value,

@@ -12,8 +12,22 @@ const OPTIONS_TYPE: &str = "runtimeoptions.v1.Options";
 /// Field number of `config_path` in `runtimeoptions.v1.Options`.
 const CONFIG_PATH_FIELD: u32 = 2;
 
+/// Runtime options runv cannot read.
+#[derive(Debug, thiserror::Error)]
+pub enum OptionsError {
+    /// Options of another runtime's type.
+    #[error("runtime options of type {0:?}: runv takes {OPTIONS_TYPE} (ConfigPath)")]
+    WrongType(String),
+    /// The options message does not decode.
+    #[error("malformed {OPTIONS_TYPE}: {0}")]
+    Malformed(#[from] protobuf::Error),
+    /// A field of an unknown wire type.
+    #[error("malformed {OPTIONS_TYPE}: wire type {0}")]
+    WireType(u32),
+}
+
 /// The configuration path the runtime options name, if any.
-pub fn config_path(options: Option<&Any>) -> Result<Option<PathBuf>, String> {
+pub fn config_path(options: Option<&Any>) -> Result<Option<PathBuf>, OptionsError> {
     let Some(any) = options else {
         return Ok(None);
     };
@@ -22,22 +36,18 @@ pub fn config_path(options: Option<&Any>) -> Result<Option<PathBuf>, String> {
     }
     let type_name = any.type_url.rsplit('/').next().unwrap_or_default();
     if type_name != OPTIONS_TYPE {
-        return Err(format!(
-            "runtime options of type {:?}: runv takes {OPTIONS_TYPE} (ConfigPath)",
-            any.type_url
-        ));
+        return Err(OptionsError::WrongType(any.type_url.clone()));
     }
-    let malformed = |err: protobuf::Error| format!("malformed {OPTIONS_TYPE}: {err}");
     let mut input = CodedInputStream::from_bytes(&any.value);
     let mut path = String::new();
-    while let Some(tag) = input.read_raw_tag_or_eof().map_err(malformed)? {
+    while let Some(tag) = input.read_raw_tag_or_eof()? {
         let (field, wire_type) = (tag >> 3, tag & 7);
         if field == CONFIG_PATH_FIELD && wire_type == 2 {
-            path = input.read_string().map_err(malformed)?;
+            path = input.read_string()?;
         } else {
-            let wire_type = protobuf::rt::WireType::new(wire_type)
-                .ok_or_else(|| format!("malformed {OPTIONS_TYPE}: wire type {wire_type}"))?;
-            input.skip_field(wire_type).map_err(malformed)?;
+            let wire_type =
+                protobuf::rt::WireType::new(wire_type).ok_or(OptionsError::WireType(wire_type))?;
+            input.skip_field(wire_type)?;
         }
     }
     Ok((!path.is_empty()).then(|| PathBuf::from(path)))
@@ -79,12 +89,12 @@ mod tests {
     #[test]
     fn other_types_and_junk_are_refused() {
         let any = options("containerd.runc.v1.Options", "/x");
-        assert!(config_path(Some(&any)).unwrap_err().contains("runc"));
+        assert!(config_path(Some(&any)).unwrap_err().to_string().contains("runc"));
         let junk = Any {
             type_url: OPTIONS_TYPE.into(),
             value: vec![0x12, 0x40, b'a'],
             ..Default::default()
         };
-        assert!(config_path(Some(&junk)).unwrap_err().contains("malformed"));
+        assert!(config_path(Some(&junk)).unwrap_err().to_string().contains("malformed"));
     }
 }

@@ -30,6 +30,37 @@ const REMOVE_WAIT: Duration = Duration::from_secs(5);
 /// Longest `cgroupsPath` taken from a spec.
 const MAX_PATH_LEN: usize = 1024;
 
+/// Errors of checking `cgroupsPath` or making the pod's cgroup.
+#[derive(Debug, thiserror::Error)]
+pub enum PodCgroupError {
+    /// `linux.cgroupsPath` is not a path runv takes.
+    #[error("linux.cgroupsPath '{path}': {why}")]
+    BadPath { path: String, why: BadPath },
+    /// A leaf could not be created.
+    #[error("pod cgroup {path}: {source}")]
+    CreateLeaf { path: PathBuf, source: io::Error },
+    /// The record of the leaves could not be written.
+    #[error("pod cgroup {path}: {source}")]
+    Record { path: PathBuf, source: io::Error },
+    /// A leaf's `cgroup.procs` could not be opened.
+    #[error("{path}: {source}")]
+    OpenProcs { path: PathBuf, source: io::Error },
+}
+
+/// Why a `cgroupsPath` is refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum BadPath {
+    /// Too long, or it holds a NUL.
+    #[error("longer than {MAX_PATH_LEN} bytes or holds a NUL")]
+    TooLongOrNul,
+    /// Has colons but not the systemd form.
+    #[error("not slice:prefix:name")]
+    NotSystemd,
+    /// A `.`, `..` or empty name.
+    #[error("only plain names may make it up (no '.', '..' or empty name)")]
+    NotPlain,
+}
+
 /// The pod's cgroup: a leaf directory in each hierarchy.
 #[derive(Debug)]
 pub struct PodCgroup {
@@ -39,13 +70,15 @@ pub struct PodCgroup {
 impl PodCgroup {
     /// Creates the leaf `cgroups_path` names in every hierarchy of this host
     /// and records it in `dir`.
-    pub fn create(dir: &SandboxDir, cgroups_path: &str) -> Result<Self, String> {
+    pub fn create(dir: &SandboxDir, cgroups_path: &str) -> Result<Self, PodCgroupError> {
         let relative = relative_path(cgroups_path)?;
-        let bad = |path: &Path, err: io::Error| format!("pod cgroup {}: {err}", path.display());
         let mut leaves = Vec::new();
         for hierarchy in hierarchies(Path::new(CGROUP_ROOT)) {
             let leaf = hierarchy.join(&relative);
-            fs::create_dir_all(&leaf).map_err(|err| bad(&leaf, err))?;
+            fs::create_dir_all(&leaf).map_err(|source| PodCgroupError::CreateLeaf {
+                path: leaf.clone(),
+                source,
+            })?;
             if hierarchy.join("cgroup.controllers").exists() {
                 enable_controllers(&hierarchy, &relative);
             }
@@ -57,16 +90,19 @@ impl PodCgroup {
             .iter()
             .flat_map(|leaf| leaf.as_os_str().as_bytes().iter().copied().chain([b'\n']))
             .collect();
-        if let Err(err) = fs::write(dir.cgroup_record(), record) {
+        if let Err(source) = fs::write(dir.cgroup_record(), record) {
             cgroup.remove();
-            return Err(bad(&dir.cgroup_record(), err));
+            return Err(PodCgroupError::Record {
+                path: dir.cgroup_record(),
+                source,
+            });
         }
         Ok(cgroup)
     }
 
     /// Each leaf's `cgroup.procs`, open for writing: the VMM's child writes
     /// "0" to each before its exec, which moves it there.
-    pub fn procs_files(&self) -> Result<Vec<File>, String> {
+    pub fn procs_files(&self) -> Result<Vec<File>, PodCgroupError> {
         self.leaves
             .iter()
             .map(|leaf| {
@@ -74,7 +110,10 @@ impl PodCgroup {
                 OpenOptions::new()
                     .write(true)
                     .open(&procs)
-                    .map_err(|err| format!("{}: {err}", procs.display()))
+                    .map_err(|source| PodCgroupError::OpenProcs {
+                        path: procs.clone(),
+                        source,
+                    })
             })
             .collect()
     }
@@ -169,23 +208,28 @@ fn enable_controllers(root: &Path, relative: &Path) {
 
 /// `cgroupsPath` as a path below a hierarchy's root, checked: no `.` or
 /// `..`, no empty name, bounded length.
-pub fn relative_path(cgroups_path: &str) -> Result<PathBuf, String> {
-    let bad = |why: &str| Err(format!("linux.cgroupsPath '{cgroups_path}': {why}"));
+pub fn relative_path(cgroups_path: &str) -> Result<PathBuf, PodCgroupError> {
+    let bad = |why| {
+        Err(PodCgroupError::BadPath {
+            path: cgroups_path.to_string(),
+            why,
+        })
+    };
     if cgroups_path.len() > MAX_PATH_LEN || cgroups_path.contains('\0') {
-        return bad(&format!("longer than {MAX_PATH_LEN} bytes or holds a NUL"));
+        return bad(BadPath::TooLongOrNul);
     }
     let path = if cgroups_path.starts_with('/') || !cgroups_path.contains(':') {
         PathBuf::from(cgroups_path.trim_start_matches('/'))
     } else {
         match systemd_path(cgroups_path) {
             Some(path) => path,
-            None => return bad("not slice:prefix:name"),
+            None => return bad(BadPath::NotSystemd),
         }
     };
     let plain = |name: &str| !matches!(name, "" | "." | "..");
     let names: Vec<&str> = path.to_str().unwrap_or_default().split('/').collect();
     if !names.iter().all(|name| plain(name)) {
-        return bad("only plain names may make it up (no '.', '..' or empty name)");
+        return bad(BadPath::NotPlain);
     }
     Ok(path)
 }
@@ -225,75 +269,4 @@ fn systemd_path(spec: &str) -> Option<PathBuf> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn cgroupfs_paths_are_taken_below_the_root() {
-        assert_eq!(
-            relative_path("/kubepods/besteffort/pod1/abc").unwrap(),
-            PathBuf::from("kubepods/besteffort/pod1/abc")
-        );
-        assert_eq!(
-            relative_path("default/c1").unwrap(),
-            PathBuf::from("default/c1")
-        );
-    }
-
-    #[test]
-    fn systemd_paths_expand_their_slices() {
-        assert_eq!(
-            relative_path("kubepods-besteffort-pod1.slice:cri-containerd:abc").unwrap(),
-            PathBuf::from(
-                "kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod1.slice/\
-                 cri-containerd-abc.scope"
-            )
-        );
-        assert_eq!(
-            relative_path(":runv:abc").unwrap(),
-            PathBuf::from("system.slice/runv-abc.scope")
-        );
-    }
-
-    #[test]
-    fn paths_that_could_leave_the_hierarchy_are_refused_by_name() {
-        for bad in [
-            "/a/../../etc",
-            "/a/./b",
-            "/",
-            "",
-            "..",
-            "kubepods-.slice:p:n",
-            "x.slice:p:../n",
-            "a:b",
-        ] {
-            let err = relative_path(bad).unwrap_err();
-            assert!(err.contains("linux.cgroupsPath"), "{bad}: {err}");
-        }
-        assert!(relative_path(&"a/".repeat(600)).is_err());
-    }
-
-    #[test]
-    fn v1_hierarchies_are_joined_once_each() {
-        let root = tempfile::tempdir().unwrap();
-        for name in ["memory", "cpu,cpuacct", "pids"] {
-            fs::create_dir(root.path().join(name)).unwrap();
-            fs::write(root.path().join(name).join("cgroup.procs"), "").unwrap();
-        }
-        std::os::unix::fs::symlink("cpu,cpuacct", root.path().join("cpu")).unwrap();
-        std::os::unix::fs::symlink("cpu,cpuacct", root.path().join("cpuacct")).unwrap();
-        let found = hierarchies(root.path());
-        let names: Vec<_> = found
-            .iter()
-            .map(|p| p.file_name().unwrap().to_str().unwrap())
-            .collect();
-        assert_eq!(names, ["memory", "cpu", "pids"]);
-    }
-
-    #[test]
-    fn a_v2_host_has_one_hierarchy() {
-        let root = tempfile::tempdir().unwrap();
-        fs::write(root.path().join("cgroup.controllers"), "memory cpu").unwrap();
-        assert_eq!(hierarchies(root.path()), [root.path().to_owned()]);
-    }
-}
+mod tests;

@@ -8,7 +8,7 @@
 use serde_json::Value;
 use std::collections::HashMap;
 use std::fs::File;
-use std::io::Read;
+use std::io::{self, Read};
 use std::path::Path;
 
 /// Guest path of the hosts file.
@@ -17,6 +17,23 @@ const HOSTS: &str = "/etc/hosts";
 const RESOLV_CONF: &str = "/etc/resolv.conf";
 /// Largest hosts or resolv.conf file the shim passes on.
 const MAX_FILE_BYTES: u64 = 64 << 10;
+
+/// Errors of reading the pod's files from its spec.
+#[derive(Debug, thiserror::Error)]
+pub enum PodFilesError {
+    /// A bind source could not be opened, examined or read.
+    #[error("{path}: {source}")]
+    Read { path: String, source: io::Error },
+    /// A bind source is not a regular file.
+    #[error("{path}: not a regular file")]
+    NotFile { path: String },
+    /// A bind source is larger than [`MAX_FILE_BYTES`].
+    #[error("{path}: {len} bytes, more than the {MAX_FILE_BYTES} a pod file may hold")]
+    TooLarge { path: String, len: u64 },
+    /// A `linux.sysctl` value is not a string.
+    #[error("linux.sysctl: the value of {key} is not a string")]
+    SysctlValue { key: String },
+}
 
 /// What the guest's hostname, hosts and resolv.conf are made of; an empty
 /// field leaves the guest's file alone.
@@ -35,7 +52,7 @@ pub struct PodFiles {
 impl PodFiles {
     /// Reads them from `spec`. A bind source that cannot be read, is not a
     /// regular file or is too large is an error naming it.
-    pub fn of(spec: &Value) -> Result<Self, String> {
+    pub fn of(spec: &Value) -> Result<Self, PodFilesError> {
         let hostname = spec
             .get("hostname")
             .and_then(Value::as_str)
@@ -57,9 +74,9 @@ impl PodFiles {
             .flatten()
             .map(|(key, value)| match value.as_str() {
                 Some(value) => Ok((key.clone(), value.to_string())),
-                None => Err(format!("linux.sysctl: the value of {key} is not a string")),
+                None => Err(PodFilesError::SysctlValue { key: key.clone() }),
             })
-            .collect::<Result<_, String>>()?;
+            .collect::<Result<_, _>>()?;
         Ok(Self {
             hostname,
             hosts,
@@ -96,18 +113,23 @@ fn is_bind(mount: &Value) -> bool {
             })
 }
 
-fn read_small_file(path: &str) -> Result<String, String> {
-    let context = |err: std::io::Error| format!("{path}: {err}");
+fn read_small_file(path: &str) -> Result<String, PodFilesError> {
+    let context = |source: io::Error| PodFilesError::Read {
+        path: path.to_string(),
+        source,
+    };
     let file = File::open(path).map_err(context)?;
     let meta = file.metadata().map_err(context)?;
     if !meta.is_file() {
-        return Err(format!("{path}: not a regular file"));
+        return Err(PodFilesError::NotFile {
+            path: path.to_string(),
+        });
     }
     if meta.len() > MAX_FILE_BYTES {
-        return Err(format!(
-            "{path}: {} bytes, more than the {MAX_FILE_BYTES} a pod file may hold",
-            meta.len()
-        ));
+        return Err(PodFilesError::TooLarge {
+            path: path.to_string(),
+            len: meta.len(),
+        });
     }
     let mut text = String::new();
     file.take(MAX_FILE_BYTES)
@@ -126,87 +148,4 @@ fn resolv_lines(text: &str) -> Vec<String> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use serde_json::json;
-    use std::fs;
-
-    #[test]
-    fn files_come_from_the_bind_mounts_on_etc() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let resolv = dir.path().join("resolv.conf");
-        let hosts = dir.path().join("hosts");
-        let other = dir.path().join("other");
-        fs::write(
-            &resolv,
-            "# from the pod\nnameserver 192.0.2.53\n\nsearch example.test\n",
-        )
-        .expect("write");
-        fs::write(&hosts, "127.0.0.1 localhost\n192.0.2.9 db\n").expect("write");
-        fs::write(&other, "nameserver 203.0.113.1\n").expect("write");
-        let spec = json!({
-            "hostname": "pod-a",
-            "mounts": [
-                {"destination": "/etc/resolv.conf", "type": "bind", "source": other},
-                {"destination": "/proc", "type": "proc", "source": "proc"},
-                {"destination": "/etc/resolv.conf", "type": "bind", "source": resolv,
-                 "options": ["rbind", "ro"]},
-                {"destination": "/etc/hosts/", "source": hosts, "options": ["bind"]}
-            ]
-        });
-        let files = PodFiles::of(&spec).expect("pod files");
-        assert_eq!(
-            files,
-            PodFiles {
-                hostname: "pod-a".into(),
-                hosts: "127.0.0.1 localhost\n192.0.2.9 db\n".into(),
-                dns: vec!["nameserver 192.0.2.53".into(), "search example.test".into()],
-                sysctls: HashMap::new(),
-            }
-        );
-    }
-
-    #[test]
-    fn sysctls_come_from_the_spec_and_must_be_strings() {
-        let spec = json!({"linux": {"sysctl": {"kernel.shm_rmid_forced": "1", "net.ipv4.ip_forward": "0"}}});
-        let files = PodFiles::of(&spec).expect("pod files");
-        assert_eq!(files.sysctls.len(), 2);
-        assert_eq!(files.sysctls["kernel.shm_rmid_forced"], "1");
-        let spec = json!({"linux": {"sysctl": {"net.ipv4.ip_forward": 1}}});
-        let err = PodFiles::of(&spec).expect_err("a number");
-        assert!(err.contains("net.ipv4.ip_forward"), "{err}");
-    }
-
-    #[test]
-    fn a_spec_without_them_gives_nothing() {
-        let spec =
-            json!({"mounts": [{"destination": "/etc/hosts", "type": "tmpfs", "source": "x"}]});
-        assert_eq!(PodFiles::of(&spec).expect("pod files"), PodFiles::default());
-        assert_eq!(
-            PodFiles::of(&json!({})).expect("pod files"),
-            PodFiles::default()
-        );
-    }
-
-    #[test]
-    fn unreadable_or_odd_sources_are_named() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let big = dir.path().join("big");
-        fs::write(&big, vec![b'#'; MAX_FILE_BYTES as usize + 1]).expect("write");
-        let missing = dir.path().join("missing");
-        for (source, expected) in [
-            (missing.clone(), "No such file"),
-            (dir.path().to_path_buf(), "not a regular file"),
-            (big.clone(), "more than"),
-        ] {
-            let spec = json!({"mounts": [
-                {"destination": "/etc/resolv.conf", "type": "bind", "source": source}
-            ]});
-            let err = PodFiles::of(&spec).expect_err("must fail");
-            assert!(
-                err.contains(&source.display().to_string()) && err.contains(expected),
-                "{err}"
-            );
-        }
-    }
-}
+mod tests;

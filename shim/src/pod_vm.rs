@@ -36,10 +36,10 @@ pub fn boot(
         .then(|| spec.pointer("/linux/resources"))
         .flatten();
     let size = VmSize::for_pod(&config, resources);
-    let files = PodFiles::of(spec).map_err(TaskError::InvalidArgument)?;
-    spec::refuse_host_namespaces(spec).map_err(TaskError::InvalidArgument)?;
-    let network = spec::pod_network(spec).map_err(TaskError::InvalidArgument)?;
-    let placement = spec::host_placement(spec).map_err(TaskError::InvalidArgument)?;
+    let files = PodFiles::of(spec)?;
+    spec::refuse_host_namespaces(spec)?;
+    let network = spec::pod_network(spec)?;
+    let placement = spec::host_placement(spec)?;
     Sandbox::boot(
         &sandbox_id,
         config,
@@ -61,12 +61,10 @@ fn load_config(
     req: &CreateTaskRequest,
     annotations: &HashMap<String, String>,
 ) -> Result<RunvConfig> {
-    let config_path = options::config_path(req.options.as_ref())
-        .map_err(TaskError::InvalidArgument)?
+    let config_path = options::config_path(req.options.as_ref())?
         .unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG_PATH));
-    let config = RunvConfig::load(&config_path)
-        .and_then(|config| config.with_annotations(annotations))
-        .map_err(|err| TaskError::InvalidArgument(err.to_string()))?;
+    let config =
+        RunvConfig::load(&config_path).and_then(|config| config.with_annotations(annotations))?;
     if let Ok(level) = config.log_level.parse() {
         log::set_max_level(level);
     }
@@ -122,7 +120,7 @@ pub fn stats(sandbox: &Sandbox) -> Result<Any> {
         sandbox.id,
         vmm_api::exits_summary(&vm)
     );
-    vmm_api::vm_metrics_any(&vm).map_err(|err| TaskError::EncodeMetrics(err.into()))
+    vmm_api::vm_metrics_any(&vm).map_err(vmm_failed(sandbox))
 }
 
 /// The status a started process reports while its VM is in state `vm`: all

@@ -2,19 +2,20 @@
 //! URIs) copied to and from the agent's stdio streams (one vsock connection per
 //! stream, see protocol/README.md).
 
-use log::{debug, warn};
+mod copy;
+mod sinks;
+
+use copy::{spawn_output, spawn_stdin};
 use protocol::agent::Stdio;
 use protocol::hybrid_vsock::DeadlineStream;
 use protocol::stdio::{HeaderError, StreamHeader, StreamKind, AGENT_STDIO_VSOCK_PORT};
-use std::fs::{File, OpenOptions};
-use std::io::{self, Read, Write};
+use std::fs::OpenOptions;
+use std::io;
 use std::net::Shutdown;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::net::UnixStream;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio as ChildStdio};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -28,6 +29,61 @@ const LOGGER_READY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How long CloseIO waits for the client's last stdin bytes to be forwarded.
 const STDIN_DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A failed step of setting up a process's stdio.
+#[derive(Debug, thiserror::Error)]
+pub enum StdioError {
+    /// A stream to the agent could not be connected or bound.
+    #[error("{kind} stream of {container}/{exec}: {step}: {why}")]
+    Stream {
+        kind: StreamKind,
+        container: String,
+        exec: String,
+        step: &'static str,
+        why: StreamFailure,
+    },
+    /// A stream could not be cloned for a second copy.
+    #[error("clone the {what} stream: {source}")]
+    Clone {
+        what: &'static str,
+        source: io::Error,
+    },
+    /// A pipe could not be made.
+    #[error("{what} pipe: {source}")]
+    Pipe {
+        what: &'static str,
+        source: nix::errno::Errno,
+    },
+    /// A copy thread could not be started.
+    #[error("cannot start the {what} copy: {source}")]
+    Thread {
+        what: &'static str,
+        source: io::Error,
+    },
+    /// A `file://` sink could not be made or opened.
+    #[error("{path}: {source}")]
+    File { path: String, source: io::Error },
+    /// A URI of a scheme runv does not take.
+    #[error("stdio URI {uri:?}: runv takes FIFO paths, file:// and binary://")]
+    Scheme { uri: String },
+    /// A logging binary could not be started.
+    #[error("logging binary {path}: {source}")]
+    LoggerSpawn { path: String, source: io::Error },
+    /// A logging binary did not say it was ready.
+    #[error("logging binary {path} did not signal readiness on fd 5")]
+    LoggerNotReady { path: String },
+}
+
+/// Why a stream's setup failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StreamFailure {
+    /// The peer did not answer within the stream's timeout.
+    #[error("no answer within {0:?}")]
+    NoAnswer(Duration),
+    /// Any other error.
+    #[error("{0}")]
+    Io(io::Error),
+}
 
 /// containerd's stdio for one process, as given to Create or Exec.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -77,38 +133,21 @@ pub struct StdinCopy {
     stop: OwnedFd,
 }
 
-/// Where an output stream's bytes go on the host.
-enum Sink {
-    /// A FIFO containerd reads, opened by the copy thread (open blocks until
-    /// there is a reader).
-    Fifo(PathBuf),
-    /// An open file or pipe.
-    Open(File),
-}
-
-impl Sink {
-    fn open(self) -> io::Result<File> {
-        match self {
-            Self::Fifo(path) => OpenOptions::new().write(true).open(path),
-            Self::Open(file) => Ok(file),
-        }
-    }
-}
-
 /// Connects the process's streams to the agent through the hybrid vsock socket
 /// `uds` and starts the copies. Call after CreateContainer/ExecProcess named the
 /// streams and before the process starts, so no byte goes missing.
-pub fn attach(uds: &Path, name: &ProcessName, uris: &StdioUris) -> Result<ProcessIo, String> {
+pub fn attach(uds: &Path, name: &ProcessName, uris: &StdioUris) -> Result<ProcessIo, StdioError> {
     let connect = |kind| connect_stream(uds, name, kind, STREAM_TIMEOUT);
-    let (stdout_sink, stderr_sink) = output_sinks(name, uris)?;
+    let (stdout_sink, stderr_sink) = sinks::output_sinks(name, uris)?;
     let mut outputs = Vec::new();
     let mut stdin = None;
     if uris.terminal {
         let tty = connect(StreamKind::Tty)?;
         if let Some(sink) = stdout_sink {
-            let reader = tty
-                .try_clone()
-                .map_err(|e| format!("clone the tty stream: {e}"))?;
+            let reader = tty.try_clone().map_err(|source| StdioError::Clone {
+                what: "tty",
+                source,
+            })?;
             outputs.push(spawn_output("tty-out", reader, sink)?);
         }
         if !uris.stdin.is_empty() {
@@ -184,416 +223,38 @@ fn connect_stream(
     name: &ProcessName,
     kind: StreamKind,
     timeout: Duration,
-) -> Result<UnixStream, String> {
+) -> Result<UnixStream, StdioError> {
     let deadline = Instant::now() + timeout;
-    let failed = |step: &str, err: &io::Error| {
+    let failed = |step: &'static str, err: io::Error| {
         let why = match err.kind() {
-            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => {
-                format!("no answer within {timeout:?}")
-            }
-            _ => err.to_string(),
+            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => StreamFailure::NoAnswer(timeout),
+            _ => StreamFailure::Io(err),
         };
-        format!(
-            "{kind} stream of {}/{}: {step}: {why}",
-            name.container_id, name.exec_id
-        )
+        StdioError::Stream {
+            kind,
+            container: name.container_id.to_string(),
+            exec: name.exec_id.to_string(),
+            step,
+            why,
+        }
     };
     let stream = protocol::hybrid_vsock::connect(uds, AGENT_STDIO_VSOCK_PORT, timeout)
-        .map_err(|e| failed("vsock connect", &e))?;
+        .map_err(|e| failed("vsock connect", e))?;
     let header = StreamHeader::new(name.container_id, name.exec_id, kind);
     match header.bind(&mut DeadlineStream {
         stream: &stream,
         deadline,
     }) {
         Ok(()) => {}
-        Err(HeaderError::Io(err)) => return Err(failed("stream header", &err)),
-        Err(err) => return Err(failed("stream header", &io::Error::other(err))),
+        Err(HeaderError::Io(err)) => return Err(failed("stream header", err)),
+        Err(err) => return Err(failed("stream header", io::Error::other(err))),
     }
     stream
         .set_read_timeout(None)
         .and_then(|()| stream.set_write_timeout(None))
-        .map_err(|e| failed("clear timeouts", &e))?;
+        .map_err(|e| failed("clear timeouts", e))?;
     Ok(stream)
 }
 
-fn spawn_stdin(fifo: &str, stream: UnixStream) -> Result<StdinCopy, String> {
-    let mut writer = stream
-        .try_clone()
-        .map_err(|e| format!("clone the stdin stream: {e}"))?;
-    let path = PathBuf::from(fifo);
-    let opened = path.clone();
-    let (stop_read, stop) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
-        .map_err(|e| format!("stdin stop pipe: {e}"))?;
-    let thread = std::thread::Builder::new()
-        .name("stdin".into())
-        .spawn(move || {
-            match File::open(&opened) {
-                Ok(mut fifo) => {
-                    if let Err(err) = copy_until_stopped(&mut fifo, &mut writer, &stop_read) {
-                        debug!("stdin copy ended: {err}");
-                    }
-                }
-                Err(err) => warn!("open stdin {}: {err}", opened.display()),
-            }
-            let _ = writer.shutdown(Shutdown::Write);
-        })
-        .map_err(|e| format!("cannot start the stdin copy: {e}"))?;
-    Ok(StdinCopy {
-        thread,
-        stream,
-        fifo: path,
-        stop,
-    })
-}
-
-/// Copies `from` to `to` until `from` reaches EOF or `stop` becomes readable
-/// (its write end was closed).
-fn copy_until_stopped(from: &mut File, to: &mut impl Write, stop: &OwnedFd) -> io::Result<()> {
-    protocol::stdio::copy_plain(&mut StoppableRead { from, stop }, to).map(drop)
-}
-
-/// A reader that reads EOF once `stop` becomes readable.
-struct StoppableRead<'a> {
-    from: &'a mut File,
-    stop: &'a OwnedFd,
-}
-
-impl Read for StoppableRead<'_> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        loop {
-            let mut fds = [
-                libc::pollfd {
-                    fd: self.from.as_raw_fd(),
-                    events: libc::POLLIN,
-                    revents: 0,
-                },
-                libc::pollfd {
-                    fd: self.stop.as_raw_fd(),
-                    events: libc::POLLIN,
-                    revents: 0,
-                },
-            ];
-            // SAFETY: `fds` is an array of two valid pollfds that outlives the call.
-            if unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) } < 0 {
-                return Err(io::Error::last_os_error());
-            }
-            if fds[1].revents != 0 {
-                return Ok(0);
-            }
-            if fds[0].revents != 0 {
-                return self.from.read(buf);
-            }
-        }
-    }
-}
-
-fn spawn_output(what: &str, mut from: UnixStream, sink: Sink) -> Result<JoinHandle<()>, String> {
-    std::thread::Builder::new()
-        .name(what.into())
-        .spawn(move || match sink.open() {
-            Ok(mut to) => {
-                if let Err(err) = protocol::stdio::copy_plain(&mut from, &mut to) {
-                    debug!("output copy ended: {err}");
-                    // Keep draining so the process never blocks on a full stream.
-                    let _ = io::copy(&mut from, &mut io::sink());
-                }
-            }
-            Err(err) => {
-                warn!("open output: {err}");
-                let _ = io::copy(&mut from, &mut io::sink());
-            }
-        })
-        .map_err(|e| format!("cannot start the {what} copy: {e}"))
-}
-
-/// The sinks of stdout and stderr from containerd's URIs: a FIFO path,
-/// `file:///path`, or `binary:///path?args` (a logging binary started once for
-/// both, containerd's protocol: fds 3 and 4 carry stdout and stderr, fd 5 is
-/// closed by the binary once it is ready).
-fn output_sinks(
-    name: &ProcessName,
-    uris: &StdioUris,
-) -> Result<(Option<Sink>, Option<Sink>), String> {
-    if let Some(binary) = uris.stdout.strip_prefix("binary://") {
-        let (stdout, stderr) = start_logging_binary(binary, name)?;
-        return Ok((Some(Sink::Open(stdout)), Some(Sink::Open(stderr))));
-    }
-    let sink = |uri: &str| -> Result<Option<Sink>, String> {
-        if uri.is_empty() {
-            return Ok(None);
-        }
-        if let Some(path) = uri.strip_prefix("file://") {
-            if let Some(parent) = Path::new(path).parent() {
-                std::fs::create_dir_all(parent).map_err(|e| format!("{path}: {e}"))?;
-            }
-            let file = OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(path)
-                .map_err(|e| format!("{path}: {e}"))?;
-            return Ok(Some(Sink::Open(file)));
-        }
-        if uri.contains("://") && !uri.starts_with("fifo://") {
-            return Err(format!(
-                "stdio URI {uri:?}: runv takes FIFO paths, file:// and binary://"
-            ));
-        }
-        Ok(Some(Sink::Fifo(uri.trim_start_matches("fifo://").into())))
-    };
-    Ok((
-        sink(&uris.stdout)?,
-        sink(if uris.terminal { "" } else { &uris.stderr })?,
-    ))
-}
-
-fn start_logging_binary(uri: &str, name: &ProcessName) -> Result<(File, File), String> {
-    let (path, query) = uri.split_once('?').unwrap_or((uri, ""));
-    let pipe = || -> Result<(OwnedFd, OwnedFd), String> {
-        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
-            .map_err(|e| format!("logging binary pipe: {e}"))
-    };
-    let (out_read, out_write) = pipe()?;
-    let (err_read, err_write) = pipe()?;
-    let (ready_read, ready_write) = pipe()?;
-    let mut command = Command::new(path);
-    for pair in query.split('&').filter(|p| !p.is_empty()) {
-        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-        command.arg(format!("--{key}"));
-        if !value.is_empty() {
-            command.arg(value);
-        }
-    }
-    command
-        .env("CONTAINER_ID", name.container_id)
-        .env("CONTAINER_NAMESPACE", name.namespace)
-        .stdin(ChildStdio::null())
-        .stdout(ChildStdio::null())
-        .stderr(ChildStdio::null());
-    let fds = [
-        out_read.as_raw_fd(),
-        err_read.as_raw_fd(),
-        ready_write.as_raw_fd(),
-    ];
-    // SAFETY: between fork and exec the closure only calls fcntl(2) and dup2(2),
-    // both async-signal-safe, on fds that stay open in the parent until spawn
-    // returns. Each fd is first moved above the targets so that no dup2 overwrites
-    // a source still to be moved.
-    unsafe {
-        command.pre_exec(move || {
-            let mut high = [0; 3];
-            for (slot, fd) in high.iter_mut().zip(fds) {
-                *slot = libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 10);
-                if *slot < 0 {
-                    return Err(io::Error::last_os_error());
-                }
-            }
-            for (target, fd) in (3..).zip(high) {
-                if libc::dup2(fd, target) < 0 {
-                    return Err(io::Error::last_os_error());
-                }
-            }
-            Ok(())
-        });
-    }
-    command
-        .spawn()
-        .map_err(|e| format!("logging binary {path}: {e}"))?;
-    drop((out_read, err_read, ready_write));
-    // The binary closes (or writes to) fd 5 once it reads its pipes.
-    let mut poll = libc::pollfd {
-        fd: ready_read.as_raw_fd(),
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    let timeout_ms = i32::try_from(LOGGER_READY_TIMEOUT.as_millis()).unwrap_or(i32::MAX);
-    // SAFETY: `poll` points to one valid pollfd for the duration of the call.
-    let ready = unsafe { libc::poll(&mut poll, 1, timeout_ms) };
-    if ready <= 0 {
-        return Err(format!(
-            "logging binary {path} did not signal readiness on fd 5"
-        ));
-    }
-    let _ = File::from(ready_read).read(&mut [0u8; 1]);
-    Ok((File::from(out_write), File::from(err_write)))
-}
-
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// A stdio peer that accepts one connection, answers `CONNECT` with
-    /// `connect_answer` (nothing if empty), then sends `header_answer` one byte
-    /// every 20 ms and never ends its line; it holds the connection until the
-    /// client closes it.
-    fn silent_peer(
-        connect_answer: &'static str,
-        header_answer: &'static str,
-    ) -> (tempfile::TempDir, PathBuf) {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("vsock.sock");
-        let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
-        std::thread::spawn(move || {
-            let (mut conn, _) = listener.accept().unwrap();
-            conn.write_all(connect_answer.as_bytes()).unwrap();
-            for byte in header_answer.bytes() {
-                std::thread::sleep(Duration::from_millis(20));
-                if conn.write_all(&[byte]).is_err() {
-                    return;
-                }
-            }
-            // Read (and ignore) until the client gives up and closes.
-            let _ = io::copy(&mut conn, &mut io::sink());
-        });
-        (dir, path)
-    }
-
-    fn connect_within(path: &Path, timeout: Duration) -> (Result<UnixStream, String>, Duration) {
-        let name = ProcessName {
-            namespace: "default",
-            container_id: "c1",
-            exec_id: "",
-        };
-        let started = Instant::now();
-        let result = connect_stream(path, &name, StreamKind::Stdout, timeout);
-        (result, started.elapsed())
-    }
-
-    #[test]
-    fn a_peer_that_never_answers_fails_the_stream_in_time() {
-        let timeout = Duration::from_millis(300);
-        let cases = [
-            ("", "", "vsock connect"),
-            ("OK 1073741824\n", "", "stream header"),
-            // One byte every 20 ms: without a deadline over the whole line, the
-            // header's 512 bytes would take 10 s.
-            (
-                "OK 1073741824\n",
-                "okokokokokokokokokokokokokokokokokokokokokok",
-                "stream header",
-            ),
-        ];
-        for (connect_answer, header_answer, step) in cases {
-            let (_dir, path) = silent_peer(connect_answer, header_answer);
-            let (result, took) = connect_within(&path, timeout);
-            let err = result.expect_err("the stream connected");
-            assert!(
-                err.contains(step) && err.contains("no answer within 300ms"),
-                "{err}"
-            );
-            assert!(took >= timeout - Duration::from_millis(50), "{took:?}");
-            assert!(took < timeout + Duration::from_secs(2), "{took:?}");
-        }
-    }
-
-    #[test]
-    fn an_answered_stream_comes_back_without_timeouts() {
-        let (_dir, path) = silent_peer("OK 1073741824\n", "ok\n");
-        let (result, _) = connect_within(&path, Duration::from_secs(10));
-        let stream = result.unwrap();
-        assert_eq!(stream.read_timeout().unwrap(), None);
-        assert_eq!(stream.write_timeout().unwrap(), None);
-    }
-
-    #[test]
-    fn agent_streams_follow_the_uris() {
-        let uris = StdioUris {
-            stdin: "/f/in".into(),
-            stdout: "/f/out".into(),
-            stderr: String::new(),
-            terminal: false,
-        };
-        let stdio = uris.agent_stdio();
-        assert!(stdio.stdin && stdio.stdout && !stdio.stderr && !stdio.terminal);
-        let tty = StdioUris {
-            terminal: true,
-            stderr: "/f/err".into(),
-            ..uris
-        };
-        let stdio = tty.agent_stdio();
-        assert!(stdio.terminal && stdio.stdin && !stdio.stdout && !stdio.stderr);
-    }
-
-    #[test]
-    fn a_stdin_copy_stops_while_its_writer_keeps_the_fifo_open() {
-        let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap();
-        let (stop_read, stop) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap();
-        let mut writer = File::from(write);
-        writer.write_all(b"typed").unwrap();
-        let copy = std::thread::spawn(move || {
-            let mut copied = Vec::new();
-            copy_until_stopped(&mut File::from(read), &mut copied, &stop_read).map(|()| copied)
-        });
-        let deadline = std::time::Instant::now() + Duration::from_millis(200);
-        while std::time::Instant::now() < deadline {
-            assert!(!copy.is_finished(), "the copy ended with its writer open");
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        drop(stop);
-        assert_eq!(copy.join().unwrap().unwrap(), b"typed");
-        drop(writer);
-    }
-
-    #[test]
-    fn file_uris_append_and_unknown_schemes_are_refused() {
-        let dir = tempfile::tempdir().unwrap();
-        let log = dir.path().join("logs/out.log");
-        let name = ProcessName {
-            namespace: "default",
-            container_id: "c1",
-            exec_id: "",
-        };
-        let uris = StdioUris {
-            stdout: format!("file://{}", log.display()),
-            ..Default::default()
-        };
-        let (stdout, stderr) = output_sinks(&name, &uris).unwrap();
-        assert!(stderr.is_none());
-        stdout.unwrap().open().unwrap().write_all(b"x").unwrap();
-        assert_eq!(std::fs::read(&log).unwrap(), b"x");
-        let bad = StdioUris {
-            stdout: "tcp://1.2.3.4:5".into(),
-            ..Default::default()
-        };
-        assert!(output_sinks(&name, &bad).is_err());
-    }
-
-    #[test]
-    fn a_logging_binary_gets_both_streams() {
-        let dir = tempfile::tempdir().unwrap();
-        let out = dir.path().join("log");
-        let script = dir.path().join("logger.sh");
-        std::fs::write(
-            &script,
-            format!(
-                "#!/bin/sh\nexec 5>&-\ncat <&3 >{0}.out & cat <&4 >{0}.err; wait\n",
-                out.display()
-            ),
-        )
-        .unwrap();
-        std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))
-            .unwrap();
-        let name = ProcessName {
-            namespace: "default",
-            container_id: "c1",
-            exec_id: "",
-        };
-        let (mut stdout, mut stderr) =
-            start_logging_binary(&script.display().to_string(), &name).unwrap();
-        stdout.write_all(b"to out").unwrap();
-        stderr.write_all(b"to err").unwrap();
-        drop((stdout, stderr));
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        let read = |suffix: &str| {
-            std::fs::read_to_string(format!("{}.{suffix}", out.display())).unwrap_or_default()
-        };
-        while (read("out") != "to out" || read("err") != "to err")
-            && std::time::Instant::now() < deadline
-        {
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        assert_eq!(
-            (read("out").as_str(), read("err").as_str()),
-            ("to out", "to err")
-        );
-    }
-}
+mod tests;

@@ -68,7 +68,8 @@ pub enum VmError {
         /// The VMM binary.
         vmm: PathBuf,
         /// Why (as the jail's spawn reports it).
-        why: String,
+        #[source]
+        why: crate::jail::JailError,
     },
     /// The child's pid does not fit a pid.
     #[error("VMM pid {0} out of range")]

@@ -75,7 +75,8 @@ fn run(args: Args) -> Result<u8, String> {
     command.args(&args.vmm_args).env_clear();
     // SAFETY: nothing is prepared.
     let (mut child, took) =
-        unsafe { jail::spawn_confined(&mut command, jail, VmmPrivileges::new(), || Ok(())) }?;
+        unsafe { jail::spawn_confined(&mut command, jail, VmmPrivileges::new(), || Ok(())) }
+            .map_err(|err| err.to_string())?;
     eprintln!("jail-spawn-us={}", took.as_micros());
     let status = child.wait().map_err(|err| format!("wait: {err}"))?;
     Ok(status

@@ -21,9 +21,9 @@ pub(super) fn read_bundle(
     if !req.checkpoint.is_empty() {
         return Err(TaskError::Unimplemented("runv cannot restore a checkpoint"));
     }
-    let spec = spec::read_spec(Path::new(&req.bundle)).map_err(TaskError::InvalidArgument)?;
+    let spec = spec::read_spec(Path::new(&req.bundle))?;
     let annotations = spec::annotations(&spec);
-    let role = PodRole::of(&annotations).map_err(TaskError::InvalidArgument)?;
+    let role = PodRole::of(&annotations)?;
     Ok((spec, annotations, role))
 }
 
