@@ -121,7 +121,7 @@ impl VmHandle {
         // A paused guest cannot power itself off: let it run.
         self.resume();
         if let Err(err) = self.wake.write(1) {
-            eprintln!("runv-vmm: cannot wake the event loop: {err}");
+            log::error!("cannot wake the event loop: {err}");
         }
     }
 
@@ -139,7 +139,7 @@ impl VmHandle {
         let threads = std::mem::take(&mut *self.threads.lock().unwrap_or_else(|p| p.into_inner()));
         for thread in threads {
             if thread.join().is_err() {
-                eprintln!("runv-vmm: a vCPU thread panicked");
+                log::error!("a vCPU thread panicked");
             }
         }
     }
@@ -328,7 +328,7 @@ fn event_loop(
                         if signal == libc::SIGUSR2 as u32 {
                             seccomp::break_the_filter();
                         }
-                        eprintln!("runv-vmm: stopping the VM on signal {signal}");
+                        log::info!("stopping the VM on signal {signal}");
                         return Ok(VmExit::Stopped);
                     }
                 }

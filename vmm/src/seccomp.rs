@@ -81,7 +81,7 @@ pub enum SeccompError {
 /// A syscall and why a thread needs it.
 type Entry = (i64, &'static str);
 
-/// What every thread does: its allocator, its own end, `eprintln!`, eventfds.
+/// What every thread does: its allocator, its own end, the log (stderr), eventfds.
 const EVERY_THREAD: &[Entry] = &[
     (
         libc::SYS_read,
@@ -424,7 +424,7 @@ pub fn confine(kind: ThreadKind) -> Result<(), SeccompError> {
 /// vsock and API threads): the filter kills the process.
 #[cfg(feature = "seccomp-trigger")]
 pub fn break_the_filter() {
-    eprintln!("runv-vmm: seccomp-trigger: calling socket(AF_INET) from the event loop");
+    log::warn!("seccomp-trigger: calling socket(AF_INET) from the event loop");
     // SAFETY: plain integer arguments; a socket made anyway is closed.
     let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0) };
     if fd >= 0 {

@@ -67,7 +67,8 @@ impl ExitReporter {
         }
         self.reported.store(true, Ordering::Release);
         if let Err(err) = self.event.write(1) {
-            eprintln!("runv-vmm: cannot wake the event loop: {err}");
+            // The guest drives exits (a reset, a triple fault) as often as it likes.
+            protocol::log_limited!(log::Level::Error, "cannot wake the event loop: {err}");
         }
     }
 

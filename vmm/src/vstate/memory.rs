@@ -32,9 +32,12 @@ pub enum MemoryError {
         size_mib: u64,
         source: MmapRegionError,
     },
-    /// The regions overlap or overflow the guest address space.
+    /// A region ends past the guest address space.
+    #[error("invalid guest memory layout: {len} bytes at {guest:#x?}")]
+    Overflow { len: usize, guest: GuestAddress },
+    /// The regions overlap or are out of order.
     #[error("invalid guest memory layout: {0}")]
-    Layout(String),
+    Layout(vm_memory::GuestRegionCollectionError),
 }
 
 /// The RAM regions for `size` bytes: below the MMIO gap, the rest above 4 GiB.
@@ -55,11 +58,10 @@ pub fn create_guest_memory(size: u64) -> Result<GuestMemoryMmap, MemoryError> {
         .into_iter()
         .map(|(guest, len)| {
             let region = aligned_region(len)?;
-            GuestRegionMmap::new(region, guest)
-                .ok_or_else(|| MemoryError::Layout(format!("{len} bytes at {guest:#x?}")))
+            GuestRegionMmap::new(region, guest).ok_or(MemoryError::Overflow { len, guest })
         })
         .collect::<Result<Vec<_>, _>>()?;
-    GuestMemoryMmap::from_regions(regions).map_err(|err| MemoryError::Layout(err.to_string()))
+    GuestMemoryMmap::from_regions(regions).map_err(MemoryError::Layout)
 }
 
 /// An anonymous read-write mapping of `len` bytes whose start is a multiple

@@ -297,7 +297,7 @@ impl Vcpu {
             }
             if self.index == 0 {
                 if let Some(us) = self.shared.timer.mark_first_run(self.shared.process_start) {
-                    eprintln!("runv-vmm: vmm-setup-us={us}");
+                    log::info!("vmm-setup-us={us}");
                 }
             }
             let outcome = match self.fd.run() {

@@ -58,7 +58,7 @@ impl BusDevice for DebugPort {
     fn write(&mut self, _offset: u64, data: &[u8]) {
         if data.first() == Some(&protocol::BOOT_TIMER_INIT_STARTED) {
             if let Some(us) = self.0.mark_init_started() {
-                eprintln!("runv-vmm: guest-boot-time-us={us}");
+                log::info!("guest-boot-time-us={us}");
             }
         }
     }

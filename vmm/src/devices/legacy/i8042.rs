@@ -25,7 +25,10 @@ impl BusDevice for I8042 {
     fn write(&mut self, offset: u64, data: &[u8]) {
         if let (Some(byte), Ok(offset)) = (data.first(), u8::try_from(offset)) {
             if let Err(err) = self.0.write(offset, *byte) {
-                eprintln!("runv-vmm: cannot end the VM on the guest's reset: {err}");
+                protocol::log_limited!(
+                    log::Level::Error,
+                    "cannot end the VM on the guest's reset: {err}"
+                );
             }
         }
     }

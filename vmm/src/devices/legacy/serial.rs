@@ -158,7 +158,7 @@ impl BusDevice for Serial {
             if let Err(err) = self.uart.write(offset, *byte) {
                 if !self.write_failed {
                     self.write_failed = true;
-                    eprintln!("runv-vmm: serial console write failed (not logged again): {err:?}");
+                    log::warn!("serial console write failed (not logged again): {err:?}");
                 }
             }
         }
