@@ -32,10 +32,10 @@ pub fn has_vsock_device() -> bool {
 pub fn run() -> Result<(), HostError> {
     if let Err(err) = init::mount_shared_dir(protocol::SHARED_FS_TAG, protocol::GUEST_SHARED_DIR) {
         // A VM without the share still serves (containers on other storage).
-        eprintln!("runv-agent: {err}");
+        log::warn!("{err}");
     }
     if let Err(err) = init::bring_up_loopback() {
-        eprintln!("runv-agent: {err}");
+        log::warn!("{err}");
     }
     let sandbox = host::start_sandbox(Path::new(STATE_DIR), SandboxHome::guest())?;
     let stdio = protocol::vsock::listen(protocol::stdio::AGENT_STDIO_VSOCK_PORT)

@@ -146,8 +146,8 @@ pub fn run(args: &HostArgs) -> Result<(), HostError> {
         .map_err(server_error)?
         .register_service(protocol::agent::create_agent(Arc::new(service)));
     server.start().map_err(server_error)?;
-    eprintln!(
-        "runv-agent: serving on {addr}, stdio on {}",
+    log::info!(
+        "serving on {addr}, stdio on {}",
         args.stdio_listen.display()
     );
 

@@ -30,8 +30,11 @@ pub enum InitError {
         source: io::Error,
     },
     /// The loopback interface cannot be brought up.
-    #[error("cannot bring up lo: {0}")]
-    Loopback(String),
+    #[error("cannot bring up lo: {step}: {source}")]
+    Loopback {
+        step: &'static str,
+        source: io::Error,
+    },
     /// The debug port cannot be reached.
     #[error("cannot signal the boot timer: {0}")]
     BootTimer(io::Error),
@@ -146,9 +149,9 @@ fn mount_fs(
 
 /// Brings up the loopback interface.
 pub fn bring_up_loopback() -> Result<(), InitError> {
-    let fail = |step| {
-        let err = io::Error::last_os_error();
-        InitError::Loopback(format!("{step}: {err}"))
+    let fail = |step| InitError::Loopback {
+        step,
+        source: io::Error::last_os_error(),
     };
     // SAFETY: plain socket creation; the result is checked.
     let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };

@@ -25,6 +25,10 @@ mod sysctl;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
+    // First, for every role of this binary (init, host mode, the spawn
+    // helper, the PID namespace holder): all of them log to stderr, which
+    // for PID 1 is the guest's console.
+    protocol::logger::init("runv-agent", log::LevelFilter::Info);
     // The pod's PID namespace holder is PID 1 of its namespace: recognised
     // before the guest's PID 1 (whose kernel command line, written by the
     // shim, never carries this argument).
@@ -41,8 +45,8 @@ fn main() -> ExitCode {
         return spawn::helper_main(&args[1..]);
     }
     if args.is_empty() {
-        eprintln!(
-            "runv-agent: must run as PID 1 of a runv guest, or in host mode: \
+        log::error!(
+            "must run as PID 1 of a runv guest, or in host mode: \
              runv-agent --listen unix:///PATH --state-dir DIR"
         );
         return ExitCode::from(2);
@@ -54,14 +58,14 @@ fn host_mode(args: &[String]) -> ExitCode {
     let parsed = match host::HostArgs::parse(args) {
         Ok(parsed) => parsed,
         Err(err) => {
-            eprintln!("runv-agent: {err}");
+            log::error!("{err}");
             return ExitCode::from(2);
         }
     };
     match host::run(&parsed) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("runv-agent: {err}");
+            log::error!("{err}");
             ExitCode::FAILURE
         }
     }
@@ -71,22 +75,24 @@ fn init_mode() -> ExitCode {
     if !std::env::args().any(|arg| arg == init::REROOTED_ARG) {
         // Returns only if the move failed; init then goes on in the initramfs.
         let err = init::leave_initramfs();
-        eprintln!("runv-agent: {err}");
+        log::warn!("{err}");
     }
     if let Err(err) = init::mount_pseudo_filesystems() {
-        eprintln!("runv-agent: {err}");
+        log::error!("{err}");
     }
     if let Err(err) = init::signal_boot_timer() {
-        eprintln!("runv-agent: {err}");
+        log::warn!("{err}");
     }
+    // The marker tests and benches wait for, exactly as they match it, on
+    // stdout (the console, as stderr is): not a log record.
     println!("{}", protocol::BOOT_MARKER);
     if guest::has_vsock_device() {
         if let Err(err) = guest::run() {
-            eprintln!("runv-agent: {err}");
+            log::error!("{err}");
         }
     }
     // PID 1 must never return: powering off is the only way out.
     let err = init::power_off();
-    eprintln!("runv-agent: {err}");
+    log::error!("{err}");
     ExitCode::FAILURE
 }

@@ -171,7 +171,7 @@ pub fn mount_all(plans: &[MountPlan]) -> Result<Vec<PathBuf>> {
 pub fn unmount_all(targets: &[PathBuf]) {
     for target in targets.iter().rev() {
         if let Err(err) = umount2(target, MntFlags::MNT_DETACH) {
-            eprintln!("runv-agent: unmount {}: {err}", target.display());
+            log::warn!("unmount {}: {err}", target.display());
         }
     }
 }

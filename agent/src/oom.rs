@@ -251,7 +251,7 @@ impl OomMonitor {
                 Ok(count) => count,
                 Err(Errno::EINTR) => continue,
                 Err(err) => {
-                    eprintln!("runv-agent: OOM watcher stopped: epoll_wait: {err}");
+                    log::error!("OOM watcher stopped: epoll_wait: {err}");
                     return;
                 }
             };

@@ -164,7 +164,7 @@ pub fn start_in_helper() -> Result<i32> {
                 .arg0(HOLDER_ARGV0)
                 .arg(HOLDER_ARG)
                 .exec();
-            eprintln!("runv-agent: cannot start the pod's PID namespace holder: {err}");
+            log::error!("cannot start the pod's PID namespace holder: {err}");
             std::process::exit(127);
         }
         Err(err) => Err(AgentError::io(STEP)(err.into())),
@@ -177,11 +177,11 @@ pub fn start_in_helper() -> Result<i32> {
 pub fn holder_main() -> ExitCode {
     // Not started by the agent (no lifeline): nothing to hold.
     if fcntl(LIFELINE_FD, FcntlArg::F_GETFD).is_err() {
-        eprintln!("runv-agent: {HOLDER_ARG} is the agent's own: no lifeline on fd {LIFELINE_FD}");
+        log::error!("{HOLDER_ARG} is the agent's own: no lifeline on fd {LIFELINE_FD}");
         return ExitCode::FAILURE;
     }
     if let Err(err) = confine() {
-        eprintln!("runv-agent: the pod's PID namespace holder cannot confine itself: {err}");
+        log::error!("the pod's PID namespace holder cannot confine itself: {err}");
         return ExitCode::FAILURE;
     }
     if SigSet::all().thread_block().is_err() {

@@ -18,6 +18,30 @@ use protocol::stdio::{copy_plain, StreamKind};
 
 use crate::error::{AgentError, Result};
 
+/// Why a stream connection cannot be bound to its process (the reason the
+/// client is sent).
+#[derive(Debug, thiserror::Error)]
+pub enum BindError {
+    /// The process was created without this stream.
+    #[error("{0} was not asked for when the process was created")]
+    NotAsked(StreamKind),
+    /// Another connection already carries this stream.
+    #[error("{0} is already bound")]
+    AlreadyBound(StreamKind),
+    /// The process exited and nobody connected to this output in time.
+    #[error(
+        "{0} was not connected within {UNBOUND_OUTPUT_GRACE:?} of the process's exit: \
+         its output was dropped"
+    )]
+    Dropped(StreamKind),
+    /// Writing the `ok` reply failed: the client is gone.
+    #[error(transparent)]
+    Reply(io::Error),
+    /// The thread that copies the stream cannot start.
+    #[error("cannot start the copy thread: {0}")]
+    CopyThread(io::Error),
+}
+
 /// How long after the process's exit an output stream asked for may still be
 /// connected; one still unbound then counts as drained and its pipe is dropped,
 /// so that WaitProcess does not wait for ever on a client that never connects.
@@ -264,7 +288,7 @@ impl Process {
         self: &Arc<Self>,
         kind: StreamKind,
         conn: UnixStream,
-    ) -> std::result::Result<(), String> {
+    ) -> std::result::Result<(), BindError> {
         let mut ends = self.lock_ends();
         self.drop_unbound_outputs(&mut ends);
         let slot = match kind {
@@ -277,17 +301,12 @@ impl Process {
             Slot::Waiting(pipe) => pipe,
             Slot::NotAsked => {
                 *slot = Slot::NotAsked;
-                return Err(format!(
-                    "{kind} was not asked for when the process was created"
-                ));
+                return Err(BindError::NotAsked(kind));
             }
-            Slot::Taken => return Err(format!("{kind} is already bound")),
+            Slot::Taken => return Err(BindError::AlreadyBound(kind)),
             Slot::Dropped => {
                 *slot = Slot::Dropped;
-                return Err(format!(
-                    "{kind} was not connected within {UNBOUND_OUTPUT_GRACE:?} of the \
-                     process's exit: its output was dropped"
-                ));
+                return Err(BindError::Dropped(kind));
             }
         };
         drop(ends);
@@ -296,7 +315,7 @@ impl Process {
             if kind != StreamKind::Stdin {
                 self.output_done();
             }
-            return Err(reply.to_string());
+            return Err(BindError::Reply(reply));
         }
         let process = Arc::clone(self);
         let copier = move || match kind {
@@ -314,7 +333,7 @@ impl Process {
             .name(format!("stdio-{kind}"))
             .spawn(copier)
             .map(drop)
-            .map_err(|e| format!("cannot start the copy thread: {e}"))
+            .map_err(BindError::CopyThread)
     }
 
     /// Once the process has been gone for [`UNBOUND_OUTPUT_GRACE`], drops the
@@ -426,7 +445,7 @@ mod tests {
     fn connect(
         process: &Arc<Process>,
         kind: StreamKind,
-    ) -> std::result::Result<UnixStream, String> {
+    ) -> std::result::Result<UnixStream, BindError> {
         let (client, agent) = UnixStream::pair().unwrap();
         process.bind(kind, agent)?;
         let mut ok = [0u8; 3];
@@ -473,6 +492,7 @@ mod tests {
         assert_eq!(process.wait().status, 3);
         assert_eq!(read_to_end(stderr), "err\n");
         let late = connect(&process, StreamKind::Stdout).unwrap_err();
+        let late = late.to_string();
         assert!(late.contains("not connected within 10s"), "{late}");
         assert_eq!(process.wait().status, 3, "a second wait");
     }

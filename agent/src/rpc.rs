@@ -180,7 +180,7 @@ impl api::Agent for AgentService {
             std::thread::spawn(|| {
                 std::thread::sleep(std::time::Duration::from_millis(100));
                 let err = crate::init::power_off();
-                eprintln!("runv-agent: {err}");
+                log::error!("{err}");
             });
         }
         reply(removed.map(|()| api::Empty::new()))

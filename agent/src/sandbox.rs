@@ -269,8 +269,10 @@ impl Sandbox {
             .cgroup()
             .and_then(|cgroup| self.oom.watch(&container.id, cgroup.oom_source()));
         if let Err(err) = watched {
-            eprintln!(
-                "runv-agent: no OOM events for container {}: {err}",
+            // One line per container the tenant creates.
+            protocol::log_limited!(
+                log::Level::Warn,
+                "no OOM events for container {}: {err}",
                 container.id
             );
         }

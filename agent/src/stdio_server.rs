@@ -7,7 +7,23 @@ use std::sync::Arc;
 
 use protocol::stdio::{write_error, StreamHeader};
 
+use crate::error::AgentError;
+use crate::process::BindError;
 use crate::sandbox::Sandbox;
+
+/// Why a stream connection was refused (the reason the client is sent).
+#[derive(Debug, thiserror::Error)]
+enum RefusalError {
+    /// The header names no container or process of the sandbox.
+    #[error(transparent)]
+    Lookup(#[from] AgentError),
+    /// The connection cannot be duplicated for its copier.
+    #[error(transparent)]
+    Duplicate(io::Error),
+    /// The process refuses the stream.
+    #[error(transparent)]
+    Bind(#[from] BindError),
+}
 
 /// Serves `listener` on a thread of its own, one short-lived thread per header.
 pub fn spawn(listener: UnixListener, sandbox: Arc<Sandbox>) -> io::Result<()> {
@@ -29,7 +45,8 @@ pub fn spawn_accepting(
                 .name("stdio-bind".into())
                 .spawn(move || bind(conn, &sandbox));
             if let Err(err) = spawned {
-                eprintln!("runv-agent: cannot serve a stdio connection: {err}");
+                // The host opens stdio connections as often as it likes.
+                protocol::log_limited!(log::Level::Error, "cannot serve a stdio connection: {err}");
             }
         })
         .map(drop)
@@ -44,14 +61,14 @@ fn bind(mut conn: UnixStream, sandbox: &Sandbox) {
             return;
         }
     };
-    let bound = sandbox
-        .container(&header.container_id)
-        .and_then(|c| c.process(&header.exec_id))
-        .map_err(|e| e.to_string())
-        .and_then(|process| {
-            process.bind(header.kind, conn.try_clone().map_err(|e| e.to_string())?)
-        });
+    let bound = (|| -> Result<(), RefusalError> {
+        let process = sandbox
+            .container(&header.container_id)?
+            .process(&header.exec_id)?;
+        let copy = conn.try_clone().map_err(RefusalError::Duplicate)?;
+        Ok(process.bind(header.kind, copy)?)
+    })();
     if let Err(reason) = bound {
-        let _ = write_error(&mut conn, &reason);
+        let _ = write_error(&mut conn, &reason.to_string());
     }
 }
