@@ -4,15 +4,15 @@
 //! bzImage and the agent's initrd (see `ARCHITECTURE.md`). [`builder`] holds the
 //! boot sequence; [`runtime`] runs the VM until it ends.
 
-pub mod api;
-pub mod arch;
+pub(crate) mod api;
+pub(crate) mod arch;
 pub mod builder;
 pub mod cli;
 pub mod config;
 pub mod devices;
-pub mod metrics;
+pub(crate) mod metrics;
 pub mod runtime;
 pub mod seccomp;
 pub mod signals;
-pub mod vm_exit;
-pub mod vstate;
+pub(crate) mod vm_exit;
+pub(crate) mod vstate;

@@ -67,7 +67,7 @@ fn start_api(path: &std::path::Path, handle: &Arc<VmHandle>) -> Result<ApiServer
 }
 
 /// What the API and the event loop share about the running VM.
-pub struct VmHandle {
+pub(crate) struct VmHandle {
     /// vCPU threads, kicked on pause and stop, joined at the end.
     threads: Mutex<Vec<JoinHandle<()>>>,
     /// vCPU state, counters and timing.
@@ -146,7 +146,7 @@ impl VmHandle {
 }
 
 /// A virtio device on its MMIO window.
-pub struct VirtioSlot {
+pub(crate) struct VirtioSlot {
     /// The transport (also on the MMIO bus).
     pub transport: Arc<Mutex<MmioTransport>>,
     /// MMIO base address.
@@ -169,7 +169,7 @@ pub struct Vmm {
 
 impl Vmm {
     /// Wraps the parts the builder made.
-    pub fn new(
+    pub(crate) fn new(
         config: VmConfig,
         vm: Vm,
         mem: GuestMemoryMmap,

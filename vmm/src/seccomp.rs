@@ -413,7 +413,7 @@ pub fn prepare(mode: SeccompMode) -> Result<(), SeccompError> {
 /// Confines the calling thread to `kind`'s list (setting its `no_new_privs`,
 /// as an unprivileged filter needs). Does nothing where
 /// [`prepare`] was not called (unit tests) or the mode is off.
-pub fn confine(kind: ThreadKind) -> Result<(), SeccompError> {
+pub(crate) fn confine(kind: ThreadKind) -> Result<(), SeccompError> {
     let Some(program) = FILTERS.get().and_then(|filters| filters.get(&kind)) else {
         return Ok(());
     };
@@ -423,7 +423,7 @@ pub fn confine(kind: ThreadKind) -> Result<(), SeccompError> {
 /// Makes a syscall no thread's list allows (`socket(AF_INET)` outside the
 /// vsock and API threads): the filter kills the process.
 #[cfg(feature = "seccomp-trigger")]
-pub fn break_the_filter() {
+pub(crate) fn break_the_filter() {
     log::warn!("seccomp-trigger: calling socket(AF_INET) from the event loop");
     // SAFETY: plain integer arguments; a socket made anyway is closed.
     let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0) };

@@ -38,7 +38,7 @@ impl StopSignals {
     }
 
     /// Reads one pending signal's number, if any.
-    pub fn read(&mut self) -> io::Result<Option<u32>> {
+    pub(crate) fn read(&mut self) -> io::Result<Option<u32>> {
         let mut info = [0u8; std::mem::size_of::<libc::signalfd_siginfo>()];
         match self.0.read(&mut info) {
             Ok(n) if n == info.len() => Ok(Some(u32::from_ne_bytes([
