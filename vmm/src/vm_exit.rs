@@ -1,11 +1,12 @@
 //! Why a VM ended, and how the VMM reports it.
 
+use crate::seccomp::SeccompError;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use vmm_sys_util::eventfd::EventFd;
 
 /// Why the VM ended.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug)]
 pub enum VmExit {
     /// The guest powered off or rebooted (i8042 reset or a KVM system event).
     PoweredOff,
@@ -16,7 +17,36 @@ pub enum VmExit {
     /// The guest triple-faulted.
     TripleFault,
     /// A vCPU could not go on.
-    Crashed(String),
+    Crashed(Crash),
+}
+
+/// Why a vCPU could not go on.
+#[derive(Debug, thiserror::Error)]
+pub enum Crash {
+    /// The vCPU thread cannot install its seccomp filter.
+    #[error(transparent)]
+    Confine(#[from] SeccompError),
+    /// KVM_RUN failed with an error other than an interruption.
+    #[error("vCPU {index}: KVM_RUN failed: {source}")]
+    Run {
+        index: u8,
+        source: kvm_ioctls::Error,
+    },
+    /// The guest said it crashed (a KVM crash system event).
+    #[error("the guest reported a crash")]
+    GuestReported,
+    /// The guest halted a CPU with nothing left to wake it.
+    #[error("the guest halted its CPU for good")]
+    Halted,
+    /// KVM could not enter the guest.
+    #[error("KVM could not enter the guest on CPU {cpu} (hardware reason {reason:#x})")]
+    FailEntry { reason: u64, cpu: u32 },
+    /// KVM failed to emulate an instruction.
+    #[error("KVM internal error (emulation failure)")]
+    Internal,
+    /// An exit the VMM does not handle, as KVM's wrapper shows it.
+    #[error("unexpected VM exit {0}")]
+    Unexpected(String),
 }
 
 impl VmExit {
@@ -95,7 +125,7 @@ mod tests {
         assert!(reporter.is_reported());
         reporter.report(VmExit::PoweredOff);
         assert_eq!(reporter.event.read().unwrap(), 2);
-        assert_eq!(reporter.take(), Some(VmExit::TripleFault));
+        assert!(matches!(reporter.take(), Some(VmExit::TripleFault)));
         assert_eq!(VmExit::TripleFault.exit_code(), 1);
         assert_eq!(VmExit::Stopped.exit_code(), 0);
     }

@@ -10,7 +10,7 @@ use crate::arch::x86_64::{interrupts, msr, regs};
 use crate::devices::bus::Bus;
 use crate::devices::legacy::BootTimer;
 use crate::metrics::{ExitCounters, ExitKind};
-use crate::vm_exit::{ExitReporter, VmExit};
+use crate::vm_exit::{Crash, ExitReporter, VmExit};
 use kvm_bindings::{kvm_run, CpuId, KVM_SYSTEM_EVENT_CRASH};
 use kvm_ioctls::{VcpuExit, VcpuFd};
 use std::cell::Cell;
@@ -266,7 +266,7 @@ impl Vcpu {
     fn run(mut self) {
         // Before the guest runs a single instruction on this vCPU.
         if let Err(err) = crate::seccomp::confine(crate::seccomp::ThreadKind::Vcpu) {
-            self.shared.exits.report(VmExit::Crashed(err.to_string()));
+            self.shared.exits.report(VmExit::Crashed(err.into()));
             return;
         }
         KVM_RUN.with(|run| run.set(self.fd.get_kvm_run() as *mut kvm_run));
@@ -307,10 +307,10 @@ impl Vcpu {
                     self.fd.set_kvm_immediate_exit(0);
                     None
                 }
-                Err(err) => Some(VmExit::Crashed(format!(
-                    "vCPU {}: KVM_RUN failed: {err}",
-                    self.index
-                ))),
+                Err(source) => Some(VmExit::Crashed(Crash::Run {
+                    index: self.index,
+                    source,
+                })),
             };
             if outcome.is_some() {
                 return outcome;
@@ -360,30 +360,26 @@ fn handle_exit(shared: &VcpuShared, exit: VcpuExit<'_>) -> Option<VmExit> {
         VcpuExit::SystemEvent(kind, _) => {
             counters.count(ExitKind::SystemEvent);
             if kind == KVM_SYSTEM_EVENT_CRASH {
-                Some(VmExit::Crashed("the guest reported a crash".into()))
+                Some(VmExit::Crashed(Crash::GuestReported))
             } else {
                 Some(VmExit::PoweredOff)
             }
         }
         VcpuExit::Hlt => {
             counters.count(ExitKind::Other);
-            Some(VmExit::Crashed("the guest halted its CPU for good".into()))
+            Some(VmExit::Crashed(Crash::Halted))
         }
         VcpuExit::FailEntry(reason, cpu) => {
             counters.count(ExitKind::Other);
-            Some(VmExit::Crashed(format!(
-                "KVM could not enter the guest on CPU {cpu} (hardware reason {reason:#x})"
-            )))
+            Some(VmExit::Crashed(Crash::FailEntry { reason, cpu }))
         }
         VcpuExit::InternalError => {
             counters.count(ExitKind::Other);
-            Some(VmExit::Crashed(
-                "KVM internal error (emulation failure)".into(),
-            ))
+            Some(VmExit::Crashed(Crash::Internal))
         }
         other => {
             counters.count(ExitKind::Other);
-            Some(VmExit::Crashed(format!("unexpected VM exit {other:?}")))
+            Some(VmExit::Crashed(Crash::Unexpected(format!("{other:?}"))))
         }
     }
 }
