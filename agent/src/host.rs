@@ -30,7 +30,7 @@ pub struct HostArgs {
 pub enum HostError {
     /// The command line is wrong.
     #[error("{0}\nusage: runv-agent --listen unix:///PATH --state-dir DIR [--stdio-listen unix:///PATH]")]
-    Usage(String),
+    Usage(#[from] UsageError),
     /// Setting up failed.
     #[error("{step}: {source}")]
     Setup {
@@ -52,6 +52,23 @@ pub enum HostError {
     Agent(#[from] crate::error::AgentError),
 }
 
+/// What is wrong with a host-mode command line.
+#[derive(Debug, thiserror::Error)]
+pub enum UsageError {
+    /// An argument that is no flag of host mode.
+    #[error("unknown argument {0:?}")]
+    UnknownArgument(String),
+    /// A flag at the end, without its value.
+    #[error("{0} needs a value")]
+    MissingValue(String),
+    /// A required flag is absent.
+    #[error("{0} is required")]
+    Required(&'static str),
+    /// An address that is not an absolute Unix socket path.
+    #[error("{0:?} is not unix:///ABSOLUTE/PATH")]
+    NotUnixPath(String),
+}
+
 impl HostArgs {
     /// Parses the arguments after the program name.
     pub fn parse(args: &[String]) -> Result<Self, HostError> {
@@ -62,15 +79,14 @@ impl HostArgs {
                 "--listen" => &mut listen,
                 "--stdio-listen" => &mut stdio,
                 "--state-dir" => &mut state,
-                other => return Err(HostError::Usage(format!("unknown argument {other:?}"))),
+                other => return Err(UsageError::UnknownArgument(other.to_owned()).into()),
             };
             let value = rest
                 .next()
-                .ok_or_else(|| HostError::Usage(format!("{flag} needs a value")))?;
+                .ok_or_else(|| UsageError::MissingValue(flag.clone()))?;
             *slot = Some(value.clone());
         }
-        let listen =
-            unix_path(&listen.ok_or_else(|| HostError::Usage("--listen is required".into()))?)?;
+        let listen = unix_path(&listen.ok_or(UsageError::Required("--listen"))?)?;
         let stdio_listen = match stdio {
             Some(addr) => unix_path(&addr)?,
             None => {
@@ -81,7 +97,7 @@ impl HostArgs {
         };
         let state_dir = state
             .map(PathBuf::from)
-            .ok_or_else(|| HostError::Usage("--state-dir is required".into()))?;
+            .ok_or(UsageError::Required("--state-dir"))?;
         Ok(Self {
             listen,
             stdio_listen,
@@ -90,12 +106,10 @@ impl HostArgs {
     }
 }
 
-fn unix_path(addr: &str) -> Result<PathBuf, HostError> {
+fn unix_path(addr: &str) -> Result<PathBuf, UsageError> {
     match addr.strip_prefix("unix://") {
         Some(path) if path.starts_with('/') => Ok(PathBuf::from(path)),
-        _ => Err(HostError::Usage(format!(
-            "{addr:?} is not unix:///ABSOLUTE/PATH"
-        ))),
+        _ => Err(UsageError::NotUnixPath(addr.to_owned())),
     }
 }
 
@@ -206,5 +220,11 @@ mod tests {
                 "{bad:?}"
             );
         }
+        let err = HostArgs::parse(&args(&["--listen", "unix://rel"])).unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("\"unix://rel\" is not unix:///ABSOLUTE/PATH\nusage: "),
+            "{err}"
+        );
     }
 }
