@@ -89,12 +89,18 @@ mod tests {
     #[test]
     fn other_types_and_junk_are_refused() {
         let any = options("containerd.runc.v1.Options", "/x");
-        assert!(config_path(Some(&any)).unwrap_err().to_string().contains("runc"));
+        assert!(config_path(Some(&any))
+            .unwrap_err()
+            .to_string()
+            .contains("runc"));
         let junk = Any {
             type_url: OPTIONS_TYPE.into(),
             value: vec![0x12, 0x40, b'a'],
             ..Default::default()
         };
-        assert!(config_path(Some(&junk)).unwrap_err().to_string().contains("malformed"));
+        assert!(config_path(Some(&junk))
+            .unwrap_err()
+            .to_string()
+            .contains("malformed"));
     }
 }

@@ -21,6 +21,29 @@ use std::sync::Arc;
 const USAGE: &str =
     "usage: runv-vmm-jailed [--no-jail] --sandbox DIR [--data FILE]... -- VMM [ARGS...]";
 
+/// Why the helper did not run a VMM.
+#[derive(Debug, thiserror::Error)]
+enum JailedError {
+    /// The command line is not of the form in [`USAGE`].
+    #[error("{0}")]
+    Usage(&'static str),
+    /// An argument the helper does not know.
+    #[error("unknown argument {0:?}")]
+    UnknownArgument(String),
+    /// The sandbox directory cannot be made.
+    #[error("{path}: {source}")]
+    SandboxDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// The jail cannot be planned or the VMM not started in it.
+    #[error(transparent)]
+    Jail(#[from] jail::JailError),
+    /// Waiting for the VMM failed.
+    #[error("wait: {0}")]
+    Wait(std::io::Error),
+}
+
 /// The parsed command line.
 struct Args {
     jailed: bool,
@@ -30,44 +53,51 @@ struct Args {
     vmm_args: Vec<String>,
 }
 
-fn parse(mut args: impl Iterator<Item = String>) -> Result<Args, String> {
+fn parse(mut args: impl Iterator<Item = String>) -> Result<Args, JailedError> {
     let (mut jailed, mut sandbox, mut data) = (true, None, Vec::new());
     loop {
         match args.next().as_deref() {
             Some("--no-jail") => jailed = false,
             Some("--sandbox") => sandbox = args.next().map(PathBuf::from),
-            Some("--data") => data.push(PathBuf::from(args.next().ok_or("--data needs a path")?)),
+            Some("--data") => data.push(PathBuf::from(
+                args.next()
+                    .ok_or(JailedError::Usage("--data needs a path"))?,
+            )),
             Some("--") => break,
-            Some(other) => return Err(format!("unknown argument {other:?}")),
-            None => return Err("no VMM after --".into()),
+            Some(other) => return Err(JailedError::UnknownArgument(other.into())),
+            None => return Err(JailedError::Usage("no VMM after --")),
         }
     }
-    let vmm = args.next().ok_or("no VMM after --")?.into();
+    let vmm = args
+        .next()
+        .ok_or(JailedError::Usage("no VMM after --"))?
+        .into();
     Ok(Args {
         jailed,
-        sandbox: sandbox.ok_or("--sandbox is required")?,
+        sandbox: sandbox.ok_or(JailedError::Usage("--sandbox is required"))?,
         data,
         vmm,
         vmm_args: args.collect(),
     })
 }
 
-fn run(args: Args) -> Result<u8, String> {
+fn run(args: Args) -> Result<u8, JailedError> {
     let parent = args.sandbox.parent().unwrap_or(Path::new("/"));
     let name = args
         .sandbox
         .file_name()
-        .ok_or("--sandbox names no directory")?
+        .ok_or(JailedError::Usage("--sandbox names no directory"))?
         .to_string_lossy();
     let dir = SandboxDir::under(parent, &name);
-    std::fs::create_dir_all(dir.shared())
-        .map_err(|err| format!("{}: {err}", dir.shared().display()))?;
-    dir.create_vmm_dirs().map_err(|err| err.to_string())?;
+    let sandbox_dir = |source| JailedError::SandboxDir {
+        path: dir.path().to_path_buf(),
+        source,
+    };
+    std::fs::create_dir_all(dir.shared()).map_err(sandbox_dir)?;
+    dir.create_vmm_dirs().map_err(sandbox_dir)?;
     let jail = if args.jailed {
         let data: Vec<&Path> = args.data.iter().map(PathBuf::as_path).collect();
-        Some(Arc::new(
-            Jail::plan(&dir, &args.vmm, &data).map_err(|err| err.to_string())?,
-        ))
+        Some(Arc::new(Jail::plan(&dir, &args.vmm, &data)?))
     } else {
         None
     };
@@ -75,10 +105,9 @@ fn run(args: Args) -> Result<u8, String> {
     command.args(&args.vmm_args).env_clear();
     // SAFETY: nothing is prepared.
     let (mut child, took) =
-        unsafe { jail::spawn_confined(&mut command, jail, VmmPrivileges::new(), || Ok(())) }
-            .map_err(|err| err.to_string())?;
+        unsafe { jail::spawn_confined(&mut command, jail, VmmPrivileges::new(), || Ok(())) }?;
     eprintln!("jail-spawn-us={}", took.as_micros());
-    let status = child.wait().map_err(|err| format!("wait: {err}"))?;
+    let status = child.wait().map_err(JailedError::Wait)?;
     Ok(status
         .code()
         .and_then(|code| u8::try_from(code).ok())
