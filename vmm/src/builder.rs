@@ -24,7 +24,7 @@ use crate::devices::virtio::rng::Rng;
 use crate::devices::virtio::vsock::{Vsock, VsockError};
 use crate::devices::virtio::VirtioDevice;
 use crate::metrics::ExitCounters;
-use crate::runtime::{VirtioSlot, Vmm};
+use crate::runtime::Vmm;
 use crate::vm_exit::ExitReporter;
 use crate::vstate::memory::{self, create_guest_memory};
 use crate::vstate::vcpu::{Vcpu, VcpuControl, VcpuError, VcpuSetup, VcpuShared};
@@ -235,15 +235,7 @@ pub fn build_microvm(config: &VmConfig, process_start: Instant) -> Result<Vmm, B
         .map(|index| Vcpu::new(vm.fd(), index, &setup, shared.clone()))
         .collect::<Result<Vec<_>, _>>()?;
 
-    Ok(Vmm::new(
-        config.clone(),
-        vm,
-        mem,
-        vcpus,
-        shared,
-        panic,
-        virtio,
-    ))
+    Ok(Vmm::new(config.clone(), vm, mem, vcpus, shared, panic))
 }
 
 /// Loads an ELF vmlinux (PVH entry if it has the note, else the 64-bit entry)
@@ -420,15 +412,17 @@ fn attach_virtio_devices(
             let base = MMIO_GAP_START + index as u64 * MMIO_WINDOW_SIZE;
             let transport = MmioTransport::new(device, mem.clone())?;
             register_notifiers(vm.fd(), &transport, base, irq)?;
-            let transport = Arc::new(Mutex::new(transport));
-            mmio.insert(transport.clone(), base, MMIO_WINDOW_SIZE)?;
-            Ok(VirtioSlot {
-                transport,
-                base,
-                irq,
-            })
+            // The bus owns the transport, and with it the device.
+            mmio.insert(Arc::new(Mutex::new(transport)), base, MMIO_WINDOW_SIZE)?;
+            Ok(VirtioSlot { base, irq })
         })
         .collect()
+}
+
+/// Where a virtio device sits: its MMIO window and IRQ line.
+struct VirtioSlot {
+    base: u64,
+    irq: u32,
 }
 
 fn eventfd(what: &'static str) -> Result<EventFd, BuildError> {

@@ -4,7 +4,6 @@
 use crate::api::{self, ApiServer};
 use crate::config::VmConfig;
 use crate::devices::legacy::GuestPanic;
-use crate::devices::virtio::mmio::MmioTransport;
 use crate::seccomp::{self, SeccompError, ThreadKind};
 use crate::signals::StopSignals;
 use crate::vm_exit::VmExit;
@@ -24,8 +23,6 @@ const PAUSE_TIMEOUT: Duration = Duration::from_secs(5);
 const TOKEN_VM_EXIT: u64 = 1;
 const TOKEN_SIGNAL: u64 = 2;
 const TOKEN_API: u64 = 3;
-/// virtio queue notifications: base + (device << 16) + queue.
-const TOKEN_VIRTIO_BASE: u64 = 1 << 32;
 
 /// Errors of the run phase (before the guest's own exit).
 #[derive(Debug, thiserror::Error)]
@@ -145,23 +142,12 @@ impl VmHandle {
     }
 }
 
-/// A virtio device on its MMIO window.
-pub(crate) struct VirtioSlot {
-    /// The transport (also on the MMIO bus).
-    pub transport: Arc<Mutex<MmioTransport>>,
-    /// MMIO base address.
-    pub base: u64,
-    /// IRQ line.
-    pub irq: u32,
-}
-
 /// A built VM, not yet running.
 pub struct Vmm {
     config: VmConfig,
     vcpus: Vec<Vcpu>,
     shared: VcpuShared,
     panic: GuestPanic,
-    virtio: Vec<VirtioSlot>,
     // Dropped in this order: the VM before the memory it maps.
     vm: Vm,
     mem: GuestMemoryMmap,
@@ -176,14 +162,12 @@ impl Vmm {
         vcpus: Vec<Vcpu>,
         shared: VcpuShared,
         panic: GuestPanic,
-        virtio: Vec<VirtioSlot>,
     ) -> Self {
         Self {
             config,
             vcpus,
             shared,
             panic,
-            virtio,
             vm,
             mem,
         }
@@ -196,7 +180,6 @@ impl Vmm {
         let Vmm {
             mem,
             vm,
-            virtio,
             panic,
             shared,
             vcpus,
@@ -234,7 +217,7 @@ impl Vmm {
                 .map_err(RunError::from)
                 .and_then(|()| {
                     handle.shared.control.resume_if_paused();
-                    event_loop(&handle, &mut signals, &virtio).map_err(RunError::EventLoop)
+                    event_loop(&handle, &mut signals).map_err(RunError::EventLoop)
                 }),
             Err(err) => Err(err.into()),
         };
@@ -254,11 +237,7 @@ impl Vmm {
 }
 
 /// Waits for the event that ends the VM.
-fn event_loop(
-    handle: &VmHandle,
-    signals: &mut StopSignals,
-    virtio: &[VirtioSlot],
-) -> std::io::Result<VmExit> {
+fn event_loop(handle: &VmHandle, signals: &mut StopSignals) -> std::io::Result<VmExit> {
     let epoll = Epoll::new()?;
     for (fd, token) in [
         (handle.shared.exits.event.as_raw_fd(), TOKEN_VM_EXIT),
@@ -271,23 +250,7 @@ fn event_loop(
             EpollEvent::new(EventSet::IN, token),
         )?;
     }
-    let mut queue_count = 0;
-    for (device, slot) in virtio.iter().enumerate() {
-        let transport = slot.transport.lock().unwrap_or_else(|p| p.into_inner());
-        if transport.device_polls_queues() {
-            continue;
-        }
-        for (queue, notify) in transport.queue_notify_fds().iter().enumerate() {
-            let token = TOKEN_VIRTIO_BASE + ((device as u64) << 16) + queue as u64;
-            epoll.ctl(
-                ControlOperation::Add,
-                notify.as_raw_fd(),
-                EpollEvent::new(EventSet::IN, token),
-            )?;
-            queue_count += 1;
-        }
-    }
-    let mut events = vec![EpollEvent::default(); 3 + queue_count];
+    let mut events = vec![EpollEvent::default(); 3];
     loop {
         let deadline = handle.shutdown_deadline();
         if deadline.is_some_and(|d| d <= Instant::now()) {
@@ -308,18 +271,6 @@ fn event_loop(
                     let _ = handle.shared.exits.event.read();
                     if let Some(exit) = handle.shared.exits.take() {
                         return Ok(exit);
-                    }
-                }
-                token if token >= TOKEN_VIRTIO_BASE => {
-                    let device = ((token - TOKEN_VIRTIO_BASE) >> 16) as usize;
-                    let queue = ((token - TOKEN_VIRTIO_BASE) & 0xffff) as usize;
-                    if let Some(slot) = virtio.get(device) {
-                        let mut transport =
-                            slot.transport.lock().unwrap_or_else(|p| p.into_inner());
-                        if let Some(notify) = transport.queue_notify_fds().get(queue) {
-                            let _ = notify.read();
-                        }
-                        transport.process_queue(queue);
                     }
                 }
                 TOKEN_SIGNAL => {

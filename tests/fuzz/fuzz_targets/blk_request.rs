@@ -75,7 +75,7 @@ fuzz_target!(|data: &[u8]| {
         block
             .activate(mem.clone(), features, vec![active], interrupt())
             .expect("activate");
-        block.process_queue(0);
+        block.serve_now();
         // Dropping the device stops and joins its thread.
     }
 });

@@ -119,18 +119,6 @@ impl MmioTransport {
         &self.queue_notify
     }
 
-    /// Whether the device reads its queue notifications itself.
-    pub fn device_polls_queues(&self) -> bool {
-        self.device.polls_own_queues()
-    }
-
-    /// Lets an active device serve queue `index` after a notification.
-    pub fn process_queue(&mut self, index: usize) {
-        if self.active {
-            self.device.process_queue(index);
-        }
-    }
-
     /// The device's interrupt.
     pub fn interrupt(&self) -> &Arc<VirtioInterrupt> {
         &self.interrupt
@@ -421,7 +409,6 @@ mod tests {
             *self.activated.lock().unwrap() = Some((acked, queues.len(), event_idx));
             Ok(())
         }
-        fn process_queue(&mut self, _index: usize) {}
         fn reset(&mut self) -> bool {
             self.resettable
         }

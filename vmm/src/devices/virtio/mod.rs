@@ -283,14 +283,6 @@ pub trait VirtioDevice: Send {
         queues: Vec<ActiveQueue>,
         interrupt: Arc<VirtioInterrupt>,
     ) -> Result<(), ActivateError>;
-    /// Serves queue `index` after the driver notified it (called by the event
-    /// loop when the queue's ioeventfd fires).
-    fn process_queue(&mut self, index: usize);
-    /// Whether the device waits on its queues' notifications itself (on a
-    /// thread of its own), so that the event loop must leave them alone.
-    fn polls_own_queues(&self) -> bool {
-        false
-    }
     /// Stops an active device on a driver reset; false if it cannot.
     fn reset(&mut self) -> bool {
         false

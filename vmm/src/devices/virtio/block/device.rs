@@ -90,6 +90,12 @@ fn refused_status(error: &RequestError) -> u8 {
 }
 
 impl Block {
+    /// Serves the queue on the caller's thread, for tests and fuzzing (the
+    /// device's own thread does this when the driver notifies it).
+    pub fn serve_now(&self) {
+        self.backend.process();
+    }
+
     /// Opens `path` (read-only if asked); `id` is what GET_ID returns.
     pub fn open(path: &Path, readonly: bool, id: &str) -> Result<Self, BlockError> {
         let disk = Disk::open(path, readonly)?;
@@ -280,16 +286,6 @@ impl VirtioDevice for Block {
             move || Ok(handler),
         )?);
         Ok(())
-    }
-
-    /// Serves the queue on the caller's thread (the device's own thread does
-    /// this when the driver notifies it).
-    fn process_queue(&mut self, _index: usize) {
-        self.backend.process();
-    }
-
-    fn polls_own_queues(&self) -> bool {
-        true
     }
 
     fn reset(&mut self) -> bool {

@@ -68,7 +68,7 @@ impl Fixture {
         let queue = MockSplitQueue::create(&self.mem, GuestAddress(0), size);
         queue.build_desc_chain(descs).unwrap();
         activate_on(block, &self.mem, &queue);
-        block.process_queue(0);
+        block.serve_now();
         let used = queue.used().ring().ref_at(0).unwrap().load();
         (self.mem.read_obj(GuestAddress(STATUS)).unwrap(), used.len())
     }
@@ -325,7 +325,7 @@ fn event_idx_interrupts_only_when_the_driver_asks() {
     let avail_event = queue.used_addr().unchecked_add(4 + 8 * u64::from(size));
 
     add_read(&f, &queue, 0, 0x1_0000);
-    block.process_queue(0);
+    block.serve_now();
     assert_eq!(queue.used().idx().load(), 1);
     assert!(
         !interrupted(&interrupt),
@@ -338,7 +338,7 @@ fn event_idx_interrupts_only_when_the_driver_asks() {
     );
 
     add_read(&f, &queue, 1, 0x1_1000);
-    block.process_queue(0);
+    block.serve_now();
     assert_eq!(queue.used().idx().load(), 2);
     assert!(interrupted(&interrupt), "the second passes used_event");
     assert_eq!(f.mem.read_obj::<u16>(avail_event).unwrap(), 2);
@@ -346,7 +346,7 @@ fn event_idx_interrupts_only_when_the_driver_asks() {
     // Two more in one batch, with used_event left behind at 1: no interrupt.
     add_read(&f, &queue, 2, 0x1_2000);
     add_read(&f, &queue, 3, 0x1_3000);
-    block.process_queue(0);
+    block.serve_now();
     assert_eq!(queue.used().idx().load(), 4);
     assert!(
         !interrupted(&interrupt),
@@ -366,7 +366,7 @@ fn without_event_idx_every_batch_interrupts() {
     let interrupt = activate_with(&mut block, &f.mem, &queue, 1 << VIRTIO_F_VERSION_1);
     for n in 0..2 {
         add_read(&f, &queue, n, 0x1_0000);
-        block.process_queue(0);
+        block.serve_now();
         assert!(interrupted(&interrupt), "request {n}");
     }
 }
@@ -581,13 +581,13 @@ fn an_invalid_available_index_ends_the_round() {
     let queue = MockSplitQueue::create(&f.mem, GuestAddress(0), 16);
     let interrupt = activate_on(&mut block, &f.mem, &queue);
     add_read(&f, &queue, 0, 0x1_0000);
-    block.process_queue(0);
+    block.serve_now();
     assert_eq!(queue.used().idx().load(), 1);
     assert!(interrupted(&interrupt));
     // More entries than the queue has: virtio-queue refuses to pop, and the
     // device must not spin on "more is available".
     queue.avail().idx().store(1000);
-    block.process_queue(0);
+    block.serve_now();
     assert_eq!(queue.used().idx().load(), 1);
     assert!(!interrupted(&interrupt));
 }
@@ -608,7 +608,6 @@ fn eventually(mut check: impl FnMut() -> bool) -> bool {
 fn its_own_thread_serves_the_queue_on_notifications_until_reset() {
     let f = Fixture::new("thread");
     let mut block = Block::open(&f.image, false, "thread").unwrap();
-    assert!(block.polls_own_queues());
     let queue = MockSplitQueue::create(&f.mem, GuestAddress(0), 16);
     add_read(&f, &queue, 0, 0x1_0000);
     let (interrupt, notify) = activate_notifying(&mut block, &f.mem, &queue, 0);

@@ -167,18 +167,6 @@ impl VirtioDevice for Fs {
         Ok(())
     }
 
-    /// Serves the queues on the caller's thread (the device's own thread does
-    /// this when the driver notifies them).
-    fn process_queue(&mut self, _index: usize) {
-        if let Some(session) = lock(&self.session).as_mut() {
-            session.serve_all();
-        }
-    }
-
-    fn polls_own_queues(&self) -> bool {
-        true
-    }
-
     fn reset(&mut self) -> bool {
         // Dropping the loop stops it and waits for its end, or after a while
         // leaves it to a request blocked in the host kernel (a FIFO in the

@@ -193,10 +193,4 @@ impl VirtioDevice for Net {
         self.backend = Some(thread);
         Ok(())
     }
-
-    fn polls_own_queues(&self) -> bool {
-        true
-    }
-
-    fn process_queue(&mut self, _index: usize) {}
 }

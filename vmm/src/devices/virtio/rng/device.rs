@@ -61,6 +61,16 @@ pub(super) struct State {
 }
 
 impl Rng {
+    /// Serves the queue on the caller's thread, sleeping while the bucket is
+    /// short, for tests (the device's own thread does this when the driver
+    /// notifies it).
+    #[cfg(test)]
+    pub(crate) fn serve_now(&self) {
+        while let Progress::Short(time) = process(&self.state) {
+            std::thread::sleep(time);
+        }
+    }
+
     /// A new, inactive device, its thread started.
     pub fn new() -> std::io::Result<Self> {
         Self::limited(TokenBucket::new(
@@ -243,18 +253,6 @@ impl VirtioDevice for Rng {
             move || Ok(handler),
         )?);
         Ok(())
-    }
-
-    /// Serves the queue on the caller's thread, sleeping while the bucket is
-    /// short (the device's own thread does this when the driver notifies it).
-    fn process_queue(&mut self, _index: usize) {
-        while let Progress::Short(time) = process(&self.state) {
-            std::thread::sleep(time);
-        }
-    }
-
-    fn polls_own_queues(&self) -> bool {
-        true
     }
 
     fn reset(&mut self) -> bool {

@@ -114,12 +114,6 @@ impl VirtioDevice for Vsock {
         self.backend = Some(thread);
         Ok(())
     }
-
-    fn polls_own_queues(&self) -> bool {
-        true
-    }
-
-    fn process_queue(&mut self, _index: usize) {}
 }
 
 impl Drop for Vsock {
