@@ -5,6 +5,7 @@ mod annotations;
 
 pub use annotations::AnnotationProblem;
 
+pub use protocol::vm_config::SeccompMode;
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
 
@@ -124,35 +125,11 @@ pub struct RunvConfig {
     pub enable_annotations: Vec<String>,
     /// The VMM's seccomp filters: `enforce` (a forbidden syscall kills it),
     /// `log` (the host's audit log names it) or `off`. Never overridable.
-    pub vmm_seccomp: VmmSeccomp,
+    pub vmm_seccomp: SeccompMode,
     /// Start the VMM in its jail (own mount and pid namespaces, a root that
     /// holds only its VM's files; `jail`). Needs a static runv-vmm. Never
     /// overridable.
     pub vmm_jail: bool,
-}
-
-/// `vmm_seccomp`: runv-vmm's `--seccomp` mode.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum VmmSeccomp {
-    /// A syscall outside a thread's list kills the VMM.
-    #[default]
-    Enforce,
-    /// Logged, not refused.
-    Log,
-    /// No filters.
-    Off,
-}
-
-impl VmmSeccomp {
-    /// The value of runv-vmm's `--seccomp`.
-    pub fn flag(self) -> &'static str {
-        match self {
-            Self::Enforce => "enforce",
-            Self::Log => "log",
-            Self::Off => "off",
-        }
-    }
 }
 
 impl Default for RunvConfig {
@@ -170,7 +147,7 @@ impl Default for RunvConfig {
             log_level: "info".into(),
             debug_console: false,
             enable_annotations: vec!["default_vcpus".into(), "default_memory_mib".into()],
-            vmm_seccomp: VmmSeccomp::Enforce,
+            vmm_seccomp: SeccompMode::Enforce,
             vmm_jail: true,
         }
     }

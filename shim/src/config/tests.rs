@@ -30,7 +30,7 @@ fn reads_every_key() {
         "#,
     )
     .unwrap();
-    assert_eq!(config.vmm_seccomp, VmmSeccomp::Log);
+    assert_eq!(config.vmm_seccomp, SeccompMode::Log);
     assert!(!config.vmm_jail);
     assert_eq!(config.kernel, PathBuf::from("/k"));
     assert_eq!(config.default_vcpus, 2);

@@ -48,7 +48,7 @@ pub(super) fn vmm_config(
             })
             .collect(),
         // The shim's own name for the mode, until its config uses protocol's.
-        seccomp: config.vmm_seccomp.flag().parse()?,
+        seccomp: config.vmm_seccomp,
     };
     vm.validate()?;
     Ok(vm)
