@@ -6,7 +6,7 @@ mod annotations;
 pub use annotations::AnnotationProblem;
 
 pub use protocol::vm_config::SeccompMode;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
 /// Where the configuration is read from unless the runtime option `ConfigPath`
@@ -92,7 +92,7 @@ pub enum InvalidValue {
 }
 
 /// The runtime's settings: which VMM, kernel and initrd, and how big a VM is.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RunvConfig {
     /// The `runv-vmm` binary.

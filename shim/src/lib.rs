@@ -1,7 +1,9 @@
 //! What the shim shares with runv's other tools: the VMM's jail and
 //! privileges and the sandbox paths they name (`runv-vmm-jailed` starts a
-//! VMM in them by hand, for bench/vmm-boot).
+//! VMM in them by hand, for bench/vmm-boot), and runv's config file (which
+//! the end-to-end tests write).
 
+pub mod config;
 pub mod jail;
 pub mod paths;
 pub mod privileges;

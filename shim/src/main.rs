@@ -1,7 +1,6 @@
 //! `containerd-shim-runv-v2`: the containerd shim of runtime `io.pouch.runv.v2`.
 //! Each pod runs in its own runv microVM; the guest agent runs its containers.
 
-mod config;
 mod container;
 mod error;
 mod events;
@@ -29,7 +28,7 @@ mod watchers;
 
 use containerd_shim::protos::protobuf::Message;
 use containerd_shim::protos::types::introspection::{RuntimeInfo, RuntimeVersion};
-use containerd_shim_runv_v2::{jail, paths, privileges};
+use containerd_shim_runv_v2::{config, jail, paths, privileges};
 use std::io::Write;
 use std::process::ExitCode;
 

@@ -530,33 +530,22 @@ pub fn cgroup_of(pid: i32, controller: &str) -> String {
         .unwrap_or_else(|| panic!("no {controller} cgroup in /proc/{pid}/cgroup:\n{text}"))
 }
 
-/// runv's config file for the shim, with the keys the shim reads.
-#[derive(Debug, Clone)]
-pub struct RunvConfig {
-    /// `runv-vmm` binary.
-    pub vmm: PathBuf,
-    /// Guest kernel.
-    pub kernel: PathBuf,
-    /// Guest initrd (the agent).
-    pub initrd: PathBuf,
-    /// vCPUs of a pod's VM unless annotations say otherwise.
-    pub default_vcpus: u32,
-    /// Memory of a pod's VM unless annotations say otherwise.
-    pub default_memory_mib: u32,
-    /// How long the shim waits for the agent.
-    pub boot_timeout_secs: u32,
-    /// The shim's log level.
-    pub log_level: String,
-    /// Whether the VMM starts in its jail (the product's default).
-    pub vmm_jail: bool,
+pub use shim::config::RunvConfig;
+
+/// runv's config file as the tests write it for the shim.
+pub trait TestRunvConfig {
+    /// The artefacts under test (`RUNV_VMM`, `RUNV_KERNEL`, `RUNV_INITRD`; empty
+    /// paths where unset: the runc-only harness check needs none), 1 vCPU,
+    /// 256 MiB, debug logs, the shim's defaults otherwise.
+    fn from_env() -> Self;
+    /// The config as TOML.
+    fn to_toml(&self) -> String;
 }
 
-impl RunvConfig {
-    /// The artefacts under test (`RUNV_VMM`, `RUNV_KERNEL`, `RUNV_INITRD`; empty
-    /// paths where unset: the runc-only harness check needs none), 1 vCPU, 256 MiB.
-    pub fn from_env() -> Self {
+impl TestRunvConfig for RunvConfig {
+    fn from_env() -> Self {
         let env_path = |var| std::env::var_os(var).map(PathBuf::from).unwrap_or_default();
-        Self {
+        RunvConfig {
             vmm: env_path("RUNV_VMM"),
             kernel: env_path("RUNV_KERNEL"),
             initrd: env_path("RUNV_INITRD"),
@@ -565,23 +554,12 @@ impl RunvConfig {
             boot_timeout_secs: 120,
             log_level: "debug".into(),
             vmm_jail: true,
+            ..RunvConfig::default()
         }
     }
 
-    /// The config as TOML.
-    pub fn to_toml(&self) -> String {
-        format!(
-            "vmm = {}\nkernel = {}\ninitrd = {}\ndefault_vcpus = {}\ndefault_memory_mib = {}\n\
-             boot_timeout_secs = {}\nlog_level = {}\nvmm_jail = {}\n",
-            toml_string(&self.vmm.display().to_string()),
-            toml_string(&self.kernel.display().to_string()),
-            toml_string(&self.initrd.display().to_string()),
-            self.default_vcpus,
-            self.default_memory_mib,
-            self.boot_timeout_secs,
-            toml_string(&self.log_level),
-            self.vmm_jail,
-        )
+    fn to_toml(&self) -> String {
+        toml::to_string(self).expect("runv's config serialises")
     }
 }
 

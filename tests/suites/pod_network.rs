@@ -26,8 +26,8 @@ use protocol::vmm::{MetricsRequest, VmmClient};
 
 use k8s_cri::v1::{Mount, PodSandboxState};
 use runv_tests::containerd::{
-    assert_clean, file_tail, pattern, wait_until, Containerd, Runtime, RunvConfig, CRI_NAMESPACE,
-    RUNV_RUN_DIR, TEST_IMAGE,
+    assert_clean, file_tail, pattern, wait_until, Containerd, Runtime, RunvConfig, TestRunvConfig,
+    CRI_NAMESPACE, RUNV_RUN_DIR, TEST_IMAGE,
 };
 use runv_tests::cri::{container_config, pod_config, Cri};
 use runv_tests::host::{pids_matching, pids_named};
@@ -549,8 +549,11 @@ fn check_nothing_left(containerd: &Containerd, baseline: &[Seen]) {
 fn start_containerd() -> Containerd {
     let containerd = Containerd::start();
     if std::env::var("RUNV_DEBUG_CONSOLE").as_deref() == Ok("1") {
-        let config = RunvConfig::from_env().to_toml() + "debug_console = true\n";
-        containerd.write_runv_config(&config);
+        let config = RunvConfig {
+            debug_console: true,
+            ..RunvConfig::from_env()
+        };
+        containerd.write_runv_config(&config.to_toml());
         keep_logs(containerd.dir().join("containerd.log"));
     }
     containerd

@@ -21,7 +21,7 @@ use k8s_cri::v1::{
 };
 use runv_tests::containerd::{
     assert_clean, cgroup_of, pattern, run_with_deadline, wait_until, Containerd, Runtime,
-    RunvConfig, TEST_IMAGE,
+    RunvConfig, TestRunvConfig, TEST_IMAGE,
 };
 use runv_tests::cri::{container_config, envs, pod_config, pod_config_annotated};
 use runv_tests::host::{pids_named, processes_matching};

@@ -176,3 +176,16 @@ fn annotations_override_only_enabled_keys() {
     let other = HashMap::from([("io.kubernetes.cri.sandbox-id".into(), "x".into())]);
     assert_eq!(config.with_annotations(&other).unwrap(), config);
 }
+
+#[test]
+fn a_config_written_as_toml_reads_back_the_same() {
+    let config = RunvConfig {
+        kernel: "/k".into(),
+        debug_console: true,
+        enable_annotations: vec!["default_vcpus".into()],
+        vmm_seccomp: SeccompMode::Log,
+        ..RunvConfig::default()
+    };
+    let text = toml::to_string(&config).unwrap();
+    assert_eq!(load_text(&text).unwrap(), config, "{text}");
+}
