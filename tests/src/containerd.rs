@@ -75,10 +75,13 @@ impl Containerd {
             Some("mode=0711"),
         )
         .unwrap_or_else(|err| panic!("mount a tmpfs on {}: {err}", root.display()));
-        write(
-            &dir.path().join("config.toml"),
-            &config_toml(dir.path(), &socket),
-        );
+        let version = ContainerdVersion::on_path();
+        let config = if version.major >= 2 {
+            config_toml_v3(dir.path(), &socket)
+        } else {
+            config_toml(dir.path(), &socket)
+        };
+        write(&dir.path().join("config.toml"), &config);
         write(
             &dir.path().join("cni/10-runv-test.conflist"),
             &cni_conflist(dir.path(), &bridge, subnet),
@@ -127,7 +130,8 @@ impl Containerd {
             containerd.log_tail()
         );
         eprintln!(
-            "containerd fixture: answering after {:.1} s, images imported after {:.1} s",
+            "containerd fixture: {} answering after {:.1} s, images imported after {:.1} s",
+            version.text,
             ready.as_secs_f64(),
             started.elapsed().as_secs_f64()
         );
@@ -653,6 +657,125 @@ disabled_plugins = [
     )
 }
 
+/// The configuration of containerd 2.x (schema version 3: the CRI split into
+/// `io.containerd.cri.v1.images` and `io.containerd.cri.v1.runtime`), with
+/// the same choices as [`config_toml`]'s for 1.x.
+fn config_toml_v3(dir: &Path, socket: &Path) -> String {
+    let images = "plugins.'io.containerd.cri.v1.images'";
+    let runtime = "plugins.'io.containerd.cri.v1.runtime'";
+    let runtimes = format!("{runtime}.containerd.runtimes");
+    let path = |p: PathBuf| toml_string(&p.display().to_string());
+    format!(
+        r#"version = 3
+root = {root}
+state = {state}
+required_plugins = ["io.containerd.grpc.v1.cri"]
+disabled_plugins = [
+  "io.containerd.snapshotter.v1.btrfs",
+  "io.containerd.snapshotter.v1.zfs",
+  "io.containerd.snapshotter.v1.devmapper",
+  "io.containerd.internal.v1.opt",
+  "io.containerd.tracing.processor.v1.otlp",
+  "io.containerd.internal.v1.tracing",
+]
+
+[grpc]
+  address = {grpc}
+
+[ttrpc]
+  address = {ttrpc}
+
+[debug]
+  level = "info"
+
+[{images}]
+  snapshotter = "overlayfs"
+
+[{images}.pinned_images]
+  sandbox = "{PAUSE_IMAGE}"
+
+[{runtime}]
+  disable_apparmor = true
+  netns_mounts_under_state_dir = true
+
+[{runtime}.cni]
+  bin_dirs = ["/usr/lib/cni"]
+  conf_dir = {cni}
+
+[{runtime}.containerd]
+  default_runtime_name = "runc"
+
+[{runtimes}.runc]
+  runtime_type = "io.containerd.runc.v2"
+
+[{runtimes}.runv]
+  runtime_type = "{RUNV_RUNTIME}"
+  pod_annotations = ["io.pouch.runv.*"]
+  container_annotations = ["io.pouch.runv.*"]
+
+[{runtimes}.runv.options]
+  ConfigPath = {runv}
+"#,
+        root = path(dir.join("root")),
+        state = path(dir.join("state")),
+        grpc = path(socket.to_path_buf()),
+        ttrpc = path(dir.join("containerd.sock.ttrpc")),
+        cni = path(dir.join("cni")),
+        runv = path(dir.join("runv.toml")),
+    )
+}
+
+/// The version of the containerd the tests start (the first on their `PATH`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerdVersion {
+    /// Major version: 1 or 2.
+    pub major: u32,
+    /// Minor version.
+    pub minor: u32,
+    /// As `containerd --version` prints it (`v2.3.4`, `1.6.20~ds1`).
+    pub text: String,
+}
+
+impl ContainerdVersion {
+    /// Asks the containerd on [`search_path`]; panics if there is none, if
+    /// its answer does not parse, or if it is not the version
+    /// `RUNV_CONTAINERD_VERSION` names (`major.minor`, where a run asks for one).
+    pub fn on_path() -> Self {
+        let output = Command::new("containerd")
+            .arg("--version")
+            .env("PATH", search_path())
+            .output()
+            .unwrap_or_else(|err| {
+                panic!("run containerd --version (scripts/setup installs it): {err}")
+            });
+        let answer = String::from_utf8_lossy(&output.stdout);
+        let version =
+            Self::parse(&answer).unwrap_or_else(|| panic!("containerd --version said {answer:?}"));
+        if let Ok(wanted) = std::env::var("RUNV_CONTAINERD_VERSION") {
+            let have = format!("{}.{}", version.major, version.minor);
+            assert_eq!(
+                have, wanted,
+                "RUNV_CONTAINERD_VERSION asks for containerd {wanted}, PATH gives {}",
+                version.text
+            );
+        }
+        version
+    }
+
+    /// Parses `containerd <module> <version> <revision>`.
+    pub fn parse(answer: &str) -> Option<Self> {
+        let text = answer.split_whitespace().nth(2)?;
+        let mut numbers = text.trim_start_matches('v').split(['.', '~', '+', '-']);
+        let major = numbers.next()?.parse().ok()?;
+        let minor = numbers.next()?.parse().ok()?;
+        Some(Self {
+            major,
+            minor,
+            text: text.to_string(),
+        })
+    }
+}
+
 /// A bridge with host-local addresses in `10.233.<subnet>.0/24`; the bridge has
 /// the gateway address `.1` (`isGateway`), which is the pods' default route
 /// (`isDefaultGateway`); no masquerading: pods reach the host and each other,
@@ -694,17 +817,24 @@ fn bridge_name_and_subnet() -> (String, u8) {
 fn prewarm_binaries() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
-        let mut paths: Vec<PathBuf> = [
-            "/usr/bin/ctr",
-            "/usr/sbin/runc",
-            "/usr/bin/containerd-shim-runc-v2",
-            "/usr/lib/cni/bridge",
-            "/usr/lib/cni/host-local",
-            "/usr/lib/cni/loopback",
-        ]
-        .iter()
-        .map(PathBuf::from)
-        .collect();
+        let search = search_path();
+        let mut paths: Vec<PathBuf> = ["ctr", "runc", "containerd-shim-runc-v2"]
+            .iter()
+            .filter_map(|name| {
+                std::env::split_paths(&search)
+                    .map(|dir| dir.join(name))
+                    .find(|path| path.is_file())
+            })
+            .collect();
+        paths.extend(
+            [
+                "/usr/lib/cni/bridge",
+                "/usr/lib/cni/host-local",
+                "/usr/lib/cni/loopback",
+            ]
+            .iter()
+            .map(PathBuf::from),
+        );
         paths.extend(
             ["RUNV_SHIM", "RUNV_VMM"]
                 .iter()
