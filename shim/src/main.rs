@@ -1,6 +1,7 @@
 //! `containerd-shim-runv-v2`: the containerd shim of runtime `io.pouch.runv.v2`.
 //! Each pod runs in its own runv microVM; the guest agent runs its containers.
 
+mod bootstrap;
 mod container;
 mod error;
 mod events;

@@ -9,6 +9,10 @@ use std::path::PathBuf;
 /// Type of the options message CRI and ctr send to runtimes other than runc.
 const OPTIONS_TYPE: &str = "runtimeoptions.v1.Options";
 
+/// Environment variable through which `start` hands the long-running shim
+/// the configuration path containerd's start-time options named.
+pub const START_CONFIG_PATH_ENV: &str = "RUNV_START_CONFIG_PATH";
+
 /// Field number of `config_path` in `runtimeoptions.v1.Options`.
 const CONFIG_PATH_FIELD: u32 = 2;
 
@@ -24,6 +28,18 @@ pub enum OptionsError {
     /// A field of an unknown wire type.
     #[error("malformed {OPTIONS_TYPE}: wire type {0}")]
     WireType(u32),
+}
+
+/// The configuration path `start` was given, for a create without options.
+pub fn start_config_path() -> Option<PathBuf> {
+    std::env::var_os(START_CONFIG_PATH_ENV)
+        .filter(|path| !path.is_empty())
+        .map(PathBuf::from)
+}
+
+/// Whether `any` is of runv's options type (`runtimeoptions.v1.Options`).
+pub fn is_runv_options(any: &Any) -> bool {
+    any.type_url.rsplit('/').next() == Some(OPTIONS_TYPE)
 }
 
 /// The configuration path the runtime options name, if any.

@@ -55,13 +55,15 @@ pub fn boot(
     })
 }
 
-/// runv's config, from the file the create's options name (or the default
-/// one) with the pod's annotations applied; sets the log level it asks for.
+/// runv's config, from the file the create's options name (or else the
+/// one `start`'s options named, or the default one) with the pod's
+/// annotations applied; sets the log level it asks for.
 fn load_config(
     req: &CreateTaskRequest,
     annotations: &HashMap<String, String>,
 ) -> Result<RunvConfig> {
     let config_path = options::config_path(req.options.as_ref())?
+        .or_else(options::start_config_path)
         .unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG_PATH));
     let config =
         RunvConfig::load(&config_path).and_then(|config| config.with_annotations(annotations))?;

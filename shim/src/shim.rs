@@ -1,8 +1,10 @@
 //! The shim's life as containerd drives it: `start` (find or spawn the pod's
 //! shim), the long-running server, and `delete` (clean up after a dead shim).
 
+use crate::bootstrap::{self, StartInput};
 use crate::events::EventQueue;
 use crate::exit::timestamp;
+use crate::options;
 use crate::paths::SandboxDir;
 use crate::sandbox;
 use crate::share::ShareError;
@@ -14,7 +16,7 @@ use containerd_shim::synchronous::util::write_address;
 use containerd_shim::{spawn, Config, Error, ExitSignal, Flags, StartOpts};
 use log::{info, warn};
 use protocol::id::check_id;
-use std::io;
+use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime};
@@ -54,13 +56,34 @@ impl containerd_shim::Shim for RunvShim {
         }
     }
 
+    /// Answers containerd on stdout: the crate prints the string returned,
+    /// so the `BootstrapResult` of 2.3+ is written here and nothing returned.
     fn start_shim(&mut self, opts: StartOpts) -> containerd_shim::Result<String> {
+        let input = StartInput::parse(&bootstrap::read_stdin(), &opts.id, &opts.namespace);
+        let config_path = input
+            .config_path()
+            .map_err(|err| Error::InvalidArgument(err.to_string()))?;
+        let config_path = config_path.map(|path| path.to_string_lossy().into_owned());
+        let vars: Vec<(&str, &str)> = config_path
+            .iter()
+            .map(|path| (options::START_CONFIG_PATH_ENV, path.as_str()))
+            .collect();
         // One shim per pod: every container of the pod gets the same socket, and
         // a second start finds the pod's shim already serving there.
         let pod = pod_of(&opts.id, Path::new("."));
-        let (_pid, address) = spawn(opts, &pod, Vec::new())?;
+        let (_pid, address) = spawn(opts, &pod, vars)?;
         write_address(&address)?;
-        Ok(address)
+        if let StartInput::Legacy(_) = input {
+            return Ok(address);
+        }
+        let answer = input
+            .answer(&address)
+            .map_err(|err| Error::Other(err.to_string()))?;
+        io::stdout()
+            .write_all(&answer)
+            .and_then(|()| io::stdout().flush())
+            .map_err(|err| Error::Other(format!("start: write the BootstrapResult: {err}")))?;
+        Ok(String::new())
     }
 
     fn delete_shim(&mut self) -> containerd_shim::Result<DeleteResponse> {

@@ -1,0 +1,409 @@
+//! The `start` handshake with containerd. containerd 2.3+ writes a protobuf
+//! `containerd.runtime.bootstrap.v1.BootstrapParams` on the shim's stdin and
+//! reads a `BootstrapResult` from its stdout; containerd 1.6 to 2.2 write
+//! nothing or the runtime options (a bare `google.protobuf.Any`) and read the
+//! plain socket address. Both are answered here, in the form that was asked.
+
+use crate::options::{self, OptionsError};
+use nix::errno::Errno;
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use protobuf::well_known_types::any::Any;
+use protobuf::{CodedInputStream, CodedOutputStream, Message};
+use std::io::IsTerminal;
+use std::os::fd::{AsFd, AsRawFd};
+use std::path::PathBuf;
+
+/// Most bytes of stdin `start` reads (containerd's own shims take 10 MiB;
+/// the params are a few hundred bytes).
+const MAX_INPUT: usize = 1 << 20;
+
+/// How long `start` waits for more stdin before it takes what it has:
+/// containerd writes it all at once and closes the pipe.
+const STDIN_IDLE_MS: u16 = 2000;
+
+/// Task API version runv answers with. Version 3 would tell containerd the
+/// shim groups a sandbox's containers behind the sandbox API (containerd
+/// then skips `start` and `delete` for each container and expects streaming
+/// I/O), which runv does not do; 2 is what containerd assumes of a shim that
+/// answers with a plain address.
+const TASK_API_VERSION: i32 = 2;
+
+/// Protocol of runv's task service.
+const PROTOCOL: &str = "ttrpc";
+
+// Field numbers of containerd/api/runtime/bootstrap/v1/bootstrap.proto.
+const PARAMS_INSTANCE_ID: u32 = 1;
+const PARAMS_NAMESPACE: u32 = 2;
+const PARAMS_LOG_LEVEL: u32 = 3;
+const PARAMS_CONTAINERD_VERSION: u32 = 4;
+const PARAMS_TTRPC_ADDRESS: u32 = 5;
+const PARAMS_GRPC_ADDRESS: u32 = 6;
+const PARAMS_CONTAINERD_BINARY: u32 = 7;
+const PARAMS_EXTENSIONS: u32 = 8;
+const PARAMS_SOCKET_DIR: u32 = 9;
+const EXTENSION_VALUE: u32 = 1;
+const RESULT_VERSION: u32 = 1;
+const RESULT_ADDRESS: u32 = 2;
+const RESULT_PROTOCOL: u32 = 3;
+
+// Protobuf wire types.
+const WIRE_VARINT: u32 = 0;
+const WIRE_LEN: u32 = 2;
+
+/// A failed `start` handshake.
+#[derive(Debug, thiserror::Error)]
+pub enum BootstrapError {
+    /// The runtime options containerd passed cannot be read.
+    #[error("start: {0}")]
+    Options(#[from] OptionsError),
+    /// The `BootstrapResult` could not be encoded.
+    #[error("start: encode the BootstrapResult: {0}")]
+    Encode(#[source] protobuf::Error),
+}
+
+/// `containerd.runtime.bootstrap.v1.BootstrapParams`, the fields runv reads
+/// or logs.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct BootstrapParams {
+    pub instance_id: String,
+    pub namespace: String,
+    /// INFO = 0, more verbose negative (DEBUG = -4, TRACE = -8).
+    pub log_level: i32,
+    pub containerd_version: String,
+    pub ttrpc_address: String,
+    pub grpc_address: String,
+    pub containerd_binary: String,
+    /// Each `Extension.value`: typed configuration, runtime options among them.
+    pub extensions: Vec<Any>,
+    pub socket_dir: Option<String>,
+}
+
+/// What containerd sent `start` on stdin.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StartInput {
+    /// containerd 2.3+: the bootstrap protocol.
+    Bootstrap(BootstrapParams),
+    /// containerd up to 2.2: nothing, or the runtime options as a bare `Any`.
+    Legacy(Option<Any>),
+}
+
+impl StartInput {
+    /// Tells the two protocols apart. A bare `Any` also decodes as a
+    /// `BootstrapParams` (its type URL and value landing in the id and
+    /// namespace), so the params count only when their id and namespace are
+    /// the ones on the command line, as containerd's own shims decide.
+    pub fn parse(input: &[u8], id: &str, namespace: &str) -> Self {
+        if input.is_empty() {
+            return Self::Legacy(None);
+        }
+        match parse_params(input) {
+            Some(params) if params.instance_id == id && params.namespace == namespace => {
+                Self::Bootstrap(params)
+            }
+            _ => Self::Legacy(Any::parse_from_bytes(input).ok()),
+        }
+    }
+
+    /// The configuration path runv's runtime options name, if any: from the
+    /// `runtimeoptions.v1.Options` extension (2.3+) or the bare options
+    /// (before 2.3, read leniently: the task's create names them again).
+    pub fn config_path(&self) -> Result<Option<PathBuf>, OptionsError> {
+        match self {
+            Self::Bootstrap(params) => {
+                let Some(any) = params
+                    .extensions
+                    .iter()
+                    .find(|any| options::is_runv_options(any))
+                else {
+                    return Ok(None);
+                };
+                options::config_path(Some(any))
+            }
+            Self::Legacy(any) => Ok(options::config_path(any.as_ref()).ok().flatten()),
+        }
+    }
+
+    /// What `start` writes on stdout for a shim serving at `address`: a
+    /// `BootstrapResult` to 2.3+, the plain address before.
+    pub fn answer(&self, address: &str) -> Result<Vec<u8>, BootstrapError> {
+        match self {
+            Self::Bootstrap(_) => encode_result(TASK_API_VERSION, address, PROTOCOL),
+            Self::Legacy(_) => Ok(address.as_bytes().to_vec()),
+        }
+    }
+}
+
+/// Decodes a `BootstrapParams`; `None` if `input` is not one (bad wire types
+/// on its known fields, truncation). Unknown fields are skipped.
+fn parse_params(input: &[u8]) -> Option<BootstrapParams> {
+    let mut params = BootstrapParams::default();
+    let mut input = CodedInputStream::from_bytes(input);
+    while let Some(tag) = input.read_raw_tag_or_eof().ok()? {
+        let (field, wire_type) = (tag >> 3, tag & 7);
+        let string_field = match field {
+            PARAMS_INSTANCE_ID => Some(&mut params.instance_id),
+            PARAMS_NAMESPACE => Some(&mut params.namespace),
+            PARAMS_CONTAINERD_VERSION => Some(&mut params.containerd_version),
+            PARAMS_TTRPC_ADDRESS => Some(&mut params.ttrpc_address),
+            PARAMS_GRPC_ADDRESS => Some(&mut params.grpc_address),
+            PARAMS_CONTAINERD_BINARY => Some(&mut params.containerd_binary),
+            _ => None,
+        };
+        match (field, wire_type) {
+            (_, WIRE_LEN) if string_field.is_some() => {
+                *string_field? = input.read_string().ok()?;
+            }
+            (PARAMS_LOG_LEVEL, WIRE_VARINT) => params.log_level = input.read_int32().ok()?,
+            (PARAMS_EXTENSIONS, WIRE_LEN) => {
+                let extension = input.read_bytes().ok()?;
+                if let Some(any) = parse_extension(&extension)? {
+                    params.extensions.push(any);
+                }
+            }
+            (PARAMS_SOCKET_DIR, WIRE_LEN) => params.socket_dir = Some(input.read_string().ok()?),
+            (PARAMS_INSTANCE_ID..=PARAMS_SOCKET_DIR, _) => return None,
+            _ => input
+                .skip_field(protobuf::rt::WireType::new(wire_type)?)
+                .ok()?,
+        }
+    }
+    Some(params)
+}
+
+/// Decodes an `Extension`: its `Any`, if set.
+fn parse_extension(input: &[u8]) -> Option<Option<Any>> {
+    let mut value = None;
+    let mut input = CodedInputStream::from_bytes(input);
+    while let Some(tag) = input.read_raw_tag_or_eof().ok()? {
+        let (field, wire_type) = (tag >> 3, tag & 7);
+        if field == EXTENSION_VALUE && wire_type == WIRE_LEN {
+            value = Some(Any::parse_from_bytes(&input.read_bytes().ok()?).ok()?);
+        } else {
+            input
+                .skip_field(protobuf::rt::WireType::new(wire_type)?)
+                .ok()?;
+        }
+    }
+    Some(value)
+}
+
+/// Encodes a `BootstrapResult` with no capabilities and no metadata.
+fn encode_result(version: i32, address: &str, protocol: &str) -> Result<Vec<u8>, BootstrapError> {
+    let mut bytes = Vec::new();
+    let mut out = CodedOutputStream::vec(&mut bytes);
+    out.write_int32(RESULT_VERSION, version)
+        .and_then(|()| out.write_string(RESULT_ADDRESS, address))
+        .and_then(|()| out.write_string(RESULT_PROTOCOL, protocol))
+        .and_then(|()| out.flush())
+        .map_err(BootstrapError::Encode)?;
+    drop(out);
+    Ok(bytes)
+}
+
+/// Reads what containerd wrote on stdin, without ever blocking for long: a
+/// terminal gives nothing, an idle pipe ends the read after
+/// [`STDIN_IDLE_MS`], and at most [`MAX_INPUT`] bytes are taken.
+pub fn read_stdin() -> Vec<u8> {
+    let stdin = std::io::stdin();
+    if stdin.is_terminal() {
+        return Vec::new();
+    }
+    let fd = stdin.as_fd();
+    let mut input = Vec::new();
+    let mut chunk = [0u8; 8192];
+    while input.len() < MAX_INPUT {
+        let mut fds = [PollFd::new(fd, PollFlags::POLLIN)];
+        match poll(&mut fds, PollTimeout::from(STDIN_IDLE_MS)) {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(Errno::EINTR) => continue,
+            Err(_) => break,
+        }
+        let want = chunk.len().min(MAX_INPUT - input.len());
+        match nix::unistd::read(fd.as_raw_fd(), &mut chunk[..want]) {
+            Ok(0) => break,
+            Ok(n) => input.extend_from_slice(&chunk[..n]),
+            Err(Errno::EINTR | Errno::EAGAIN) => {}
+            Err(_) => break,
+        }
+    }
+    input
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A protobuf varint.
+    fn varint(mut value: u64) -> Vec<u8> {
+        let mut bytes = Vec::new();
+        while value >= 0x80 {
+            bytes.push((value as u8) | 0x80);
+            value >>= 7;
+        }
+        bytes.push(value as u8);
+        bytes
+    }
+
+    /// Field `number` of wire type 2 (length-delimited) holding `payload`.
+    fn len_field(number: u32, payload: &[u8]) -> Vec<u8> {
+        let mut bytes = varint(u64::from(number << 3 | WIRE_LEN));
+        bytes.extend(varint(payload.len() as u64));
+        bytes.extend_from_slice(payload);
+        bytes
+    }
+
+    /// Field `number` of wire type 0 (varint); an int32 is sign-extended to
+    /// 64 bits, so a negative one takes ten bytes.
+    fn int32_field(number: u32, value: i32) -> Vec<u8> {
+        let mut bytes = varint(u64::from(number << 3 | WIRE_VARINT));
+        bytes.extend(varint(i64::from(value) as u64));
+        bytes
+    }
+
+    /// A `runtimeoptions.v1.Options` Any naming `config_path` (its field 2),
+    /// as CRI and ctr build it: `type_url` (Any field 1), `value` (field 2).
+    fn runv_options(type_url: &str, config_path: &str) -> Vec<u8> {
+        let options = len_field(2, config_path.as_bytes());
+        [len_field(1, type_url.as_bytes()), len_field(2, &options)].concat()
+    }
+
+    /// BootstrapParams as containerd 2.3.4's `pkg/shim.Command` writes them
+    /// for `ctr run --runtime io.pouch.runv.v2 --runtime-config-path ...`,
+    /// field by field (log level INFO, the proto3 default, is left out).
+    fn containerd_2_3_params(log_level: Option<i32>) -> Vec<u8> {
+        let mut bytes = Vec::new();
+        bytes.extend(len_field(1, b"demo")); // instance_id
+        bytes.extend(len_field(2, b"default")); // namespace
+        if let Some(level) = log_level {
+            bytes.extend(int32_field(3, level)); // log_level
+        }
+        bytes.extend(len_field(4, b"2.3.4")); // containerd_version
+        bytes.extend(len_field(5, b"/run/containerd/containerd.sock.ttrpc")); // ttrpc address
+        bytes.extend(len_field(6, b"/run/containerd/containerd.sock")); // grpc address
+        bytes.extend(len_field(7, b"/usr/local/bin/containerd")); // containerd_binary
+        let any = runv_options("runtimeoptions.v1.Options", "/etc/runv/ci.toml");
+        bytes.extend(len_field(8, &len_field(1, &any))); // extensions[0].value
+        bytes.extend(len_field(9, b"/run/containerd/s")); // socket_dir
+        bytes
+    }
+
+    const ADDRESS: &str = "unix:///run/containerd/s/0123abcd";
+
+    /// The BootstrapResult runv answers 2.3+ with, byte by byte.
+    fn expected_result() -> Vec<u8> {
+        let mut bytes = vec![0x08, 0x02]; // version (field 1, varint) = 2
+        bytes.extend([0x12, ADDRESS.len() as u8]); // address (field 2, length)
+        bytes.extend_from_slice(ADDRESS.as_bytes());
+        bytes.extend([0x1a, 0x05]); // protocol (field 3, length 5)
+        bytes.extend_from_slice(b"ttrpc");
+        bytes
+    }
+
+    #[test]
+    fn containerd_2_3_gets_a_bootstrap_result() {
+        let input = StartInput::parse(&containerd_2_3_params(None), "demo", "default");
+        let StartInput::Bootstrap(params) = &input else {
+            panic!("not read as BootstrapParams: {input:?}");
+        };
+        assert_eq!(params.containerd_version, "2.3.4");
+        assert_eq!(
+            params.ttrpc_address,
+            "/run/containerd/containerd.sock.ttrpc"
+        );
+        assert_eq!(params.grpc_address, "/run/containerd/containerd.sock");
+        assert_eq!(params.containerd_binary, "/usr/local/bin/containerd");
+        assert_eq!(params.socket_dir.as_deref(), Some("/run/containerd/s"));
+        assert_eq!(params.log_level, 0);
+        assert_eq!(
+            input.config_path().unwrap(),
+            Some(PathBuf::from("/etc/runv/ci.toml"))
+        );
+        assert_eq!(input.answer(ADDRESS).unwrap(), expected_result());
+    }
+
+    #[test]
+    fn debug_level_unknown_fields_and_other_extensions_are_read() {
+        let mut bytes = containerd_2_3_params(Some(-4)); // LOG_LEVEL_DEBUG
+        let cri = [
+            len_field(1, b"containerd.io/cri.v1.PodSandboxConfig"),
+            len_field(2, b"x"),
+        ]
+        .concat();
+        bytes.extend(len_field(8, &len_field(1, &cri))); // an extension runv ignores
+        bytes.extend(len_field(42, b"from a later containerd")); // unknown field
+        let input = StartInput::parse(&bytes, "demo", "default");
+        let StartInput::Bootstrap(params) = &input else {
+            panic!("not read as BootstrapParams: {input:?}");
+        };
+        assert_eq!(params.log_level, -4);
+        assert_eq!(params.extensions.len(), 2);
+        assert_eq!(
+            input.config_path().unwrap(),
+            Some(PathBuf::from("/etc/runv/ci.toml"))
+        );
+        assert_eq!(input.answer(ADDRESS).unwrap(), expected_result());
+    }
+
+    #[test]
+    fn containerd_1_x_gets_the_plain_address() {
+        // containerd 1.6/1.7 (and 2.x without runtime options): stdin empty.
+        let input = StartInput::parse(b"", "demo", "default");
+        assert_eq!(input, StartInput::Legacy(None));
+        assert_eq!(input.config_path().unwrap(), None);
+        assert_eq!(input.answer(ADDRESS).unwrap(), ADDRESS.as_bytes());
+    }
+
+    #[test]
+    fn bare_runtime_options_are_the_legacy_protocol() {
+        // containerd 1.6 to 2.2 with runtime options: the bare Any, which also
+        // decodes as BootstrapParams (its type URL as the id).
+        let bytes = runv_options(
+            "types.containerd.io/runtimeoptions.v1.Options",
+            "/etc/runv/a.toml",
+        );
+        let input = StartInput::parse(&bytes, "demo", "default");
+        assert!(matches!(input, StartInput::Legacy(Some(_))), "{input:?}");
+        assert_eq!(
+            input.config_path().unwrap(),
+            Some(PathBuf::from("/etc/runv/a.toml"))
+        );
+        assert_eq!(input.answer(ADDRESS).unwrap(), ADDRESS.as_bytes());
+    }
+
+    #[test]
+    fn params_for_another_instance_or_junk_are_legacy() {
+        let params = containerd_2_3_params(None);
+        assert!(matches!(
+            StartInput::parse(&params, "other", "default"),
+            StartInput::Legacy(_)
+        ));
+        assert!(matches!(
+            StartInput::parse(&params, "demo", "k8s.io"),
+            StartInput::Legacy(_)
+        ));
+        for junk in [&b"\xff\xff"[..], b"hello", &params[..params.len() - 3]] {
+            let input = StartInput::parse(junk, "demo", "default");
+            assert!(matches!(input, StartInput::Legacy(_)), "{junk:?}");
+            assert_eq!(input.answer(ADDRESS).unwrap(), ADDRESS.as_bytes());
+        }
+    }
+
+    #[test]
+    fn a_malformed_runv_options_extension_fails_start() {
+        let any = [
+            len_field(1, b"runtimeoptions.v1.Options"),
+            len_field(2, b"\x12\x40a"),
+        ]
+        .concat();
+        let bytes = [
+            len_field(1, b"demo"),
+            len_field(2, b"default"),
+            len_field(8, &len_field(1, &any)),
+        ]
+        .concat();
+        let input = StartInput::parse(&bytes, "demo", "default");
+        assert!(matches!(input, StartInput::Bootstrap(_)));
+        assert!(input.config_path().is_err());
+    }
+}
