@@ -65,16 +65,24 @@ pub enum BootstrapError {
 /// or logs.
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct BootstrapParams {
+    /// The task (or sandbox) id, as `-id` on the command line.
     pub instance_id: String,
+    /// containerd's namespace, as `-namespace`.
     pub namespace: String,
     /// INFO = 0, more verbose negative (DEBUG = -4, TRACE = -8).
     pub log_level: i32,
+    /// The version of the containerd starting the shim.
     pub containerd_version: String,
+    /// containerd's ttrpc socket (also in `TTRPC_ADDRESS`).
     pub ttrpc_address: String,
+    /// containerd's gRPC socket (also `-address`).
     pub grpc_address: String,
+    /// containerd's binary, for publishing events (also `-publish-binary`).
     pub containerd_binary: String,
     /// Each `Extension.value`: typed configuration, runtime options among them.
     pub extensions: Vec<Any>,
+    /// Where containerd wants shim sockets (its default, `/run/containerd/s`,
+    /// is where containerd-shim puts them).
     pub socket_dir: Option<String>,
 }
 
