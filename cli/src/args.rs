@@ -1,0 +1,218 @@
+//! The command line: `runv check|env|ps [flags]`.
+
+use containerd_shim_runv_v2::config::DEFAULT_CONFIG_PATH;
+use containerd_shim_runv_v2::paths::RUN_ROOT;
+use std::path::PathBuf;
+
+/// Where containerd reads its configuration unless told otherwise.
+pub const DEFAULT_CONTAINERD_CONFIG: &str = "/etc/containerd/config.toml";
+
+/// How to use `runv`.
+pub const USAGE: &str = "\
+usage: runv check [--json] [--config PATH] [--containerd-config PATH]
+       runv env   [--json] [--config PATH]
+       runv ps    [--json] [--run-root DIR]
+       runv --version | --help
+
+  check   can this host run runv pods: one line per check, exit status 0 only if all pass
+  env     versions and paths of runv's parts and host facts, for bug reports
+  ps      the pods on this host: VMM pid, state, vCPUs, memory, uptime
+
+  --json                     print JSON instead of text
+  --config PATH              runv's config (default /etc/runv/config.toml)
+  --containerd-config PATH   containerd's config (default /etc/containerd/config.toml)
+  --run-root DIR             the sandbox directories' parent (default /run/runv)";
+
+/// A command line that cannot be run.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ArgsError {
+    /// No command was given.
+    #[error("no command given")]
+    NoCommand,
+    /// The command is not one of runv's.
+    #[error("unknown command '{0}'")]
+    UnknownCommand(String),
+    /// A flag the command does not take.
+    #[error("'{command}' does not take '{flag}'")]
+    UnknownFlag { command: String, flag: String },
+    /// A flag that needs a value came last.
+    #[error("'{0}' needs a value")]
+    MissingValue(String),
+}
+
+/// What the command line asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    /// `--help`.
+    Help,
+    /// `--version`.
+    Version,
+    /// `runv check`.
+    Check(CheckArgs),
+    /// `runv env`.
+    Env(EnvArgs),
+    /// `runv ps`.
+    Ps(PsArgs),
+}
+
+/// Flags of `runv check`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckArgs {
+    /// Print JSON.
+    pub json: bool,
+    /// runv's config file.
+    pub config: PathBuf,
+    /// containerd's config file.
+    pub containerd_config: PathBuf,
+}
+
+/// Flags of `runv env`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EnvArgs {
+    /// Print JSON.
+    pub json: bool,
+    /// runv's config file.
+    pub config: PathBuf,
+}
+
+/// Flags of `runv ps`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PsArgs {
+    /// Print JSON.
+    pub json: bool,
+    /// Parent of the sandbox directories.
+    pub run_root: PathBuf,
+}
+
+/// The flags every command may be given, before each picks its own.
+#[derive(Debug, Default)]
+struct Flags {
+    json: bool,
+    config: Option<PathBuf>,
+    containerd_config: Option<PathBuf>,
+    run_root: Option<PathBuf>,
+}
+
+/// Parses the arguments after the program's name.
+pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Command, ArgsError> {
+    let mut args = args.into_iter();
+    let command = args.next().ok_or(ArgsError::NoCommand)?;
+    let allowed: &[&str] = match command.as_str() {
+        "-h" | "--help" | "help" => return Ok(Command::Help),
+        "-V" | "--version" | "version" => return Ok(Command::Version),
+        "check" => &["--json", "--config", "--containerd-config"],
+        "env" => &["--json", "--config"],
+        "ps" => &["--json", "--run-root"],
+        _ => return Err(ArgsError::UnknownCommand(command)),
+    };
+    let mut flags = Flags::default();
+    while let Some(flag) = args.next() {
+        if flag == "-h" || flag == "--help" {
+            return Ok(Command::Help);
+        }
+        if !allowed.contains(&flag.as_str()) {
+            return Err(ArgsError::UnknownFlag { command, flag });
+        }
+        if flag == "--json" {
+            flags.json = true;
+            continue;
+        }
+        let value = args
+            .next()
+            .map(PathBuf::from)
+            .ok_or_else(|| ArgsError::MissingValue(flag.clone()))?;
+        match flag.as_str() {
+            "--config" => flags.config = Some(value),
+            "--containerd-config" => flags.containerd_config = Some(value),
+            _ => flags.run_root = Some(value),
+        }
+    }
+    let config = flags
+        .config
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG_PATH));
+    Ok(match command.as_str() {
+        "check" => Command::Check(CheckArgs {
+            json: flags.json,
+            config,
+            containerd_config: flags
+                .containerd_config
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_CONTAINERD_CONFIG)),
+        }),
+        "env" => Command::Env(EnvArgs {
+            json: flags.json,
+            config,
+        }),
+        _ => Command::Ps(PsArgs {
+            json: flags.json,
+            run_root: flags.run_root.unwrap_or_else(|| PathBuf::from(RUN_ROOT)),
+        }),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse_line(line: &str) -> Result<Command, ArgsError> {
+        parse(line.split_whitespace().map(String::from))
+    }
+
+    #[test]
+    fn check_takes_its_defaults_and_flags() {
+        assert_eq!(
+            parse_line("check"),
+            Ok(Command::Check(CheckArgs {
+                json: false,
+                config: DEFAULT_CONFIG_PATH.into(),
+                containerd_config: DEFAULT_CONTAINERD_CONFIG.into(),
+            }))
+        );
+        assert_eq!(
+            parse_line("check --json --config /c.toml --containerd-config /d.toml"),
+            Ok(Command::Check(CheckArgs {
+                json: true,
+                config: "/c.toml".into(),
+                containerd_config: "/d.toml".into(),
+            }))
+        );
+    }
+
+    #[test]
+    fn env_and_ps_take_their_flags() {
+        assert_eq!(
+            parse_line("env --json"),
+            Ok(Command::Env(EnvArgs {
+                json: true,
+                config: DEFAULT_CONFIG_PATH.into(),
+            }))
+        );
+        assert_eq!(
+            parse_line("ps --run-root /tmp/r"),
+            Ok(Command::Ps(PsArgs {
+                json: false,
+                run_root: "/tmp/r".into(),
+            }))
+        );
+    }
+
+    #[test]
+    fn refuses_what_it_does_not_know() {
+        assert_eq!(parse_line(""), Err(ArgsError::NoCommand));
+        assert_eq!(
+            parse_line("start"),
+            Err(ArgsError::UnknownCommand("start".into()))
+        );
+        assert_eq!(
+            parse_line("ps --config /c"),
+            Err(ArgsError::UnknownFlag {
+                command: "ps".into(),
+                flag: "--config".into()
+            })
+        );
+        assert_eq!(
+            parse_line("check --config"),
+            Err(ArgsError::MissingValue("--config".into()))
+        );
+        assert_eq!(parse_line("env --help"), Ok(Command::Help));
+    }
+}

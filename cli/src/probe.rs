@@ -1,0 +1,221 @@
+//! How fast this host's KVM runs a guest (the measurement of
+//! `tests/kvm-host/kvm-probe`): a one-vCPU VM runs a few real-mode
+//! instructions that count a register down from N and then write to an I/O
+//! port; the time of that one KVM_RUN tells hardware-assisted virtualization
+//! (about a millisecond for a million rounds) from an instruction emulator
+//! such as a PVM host nested without hardware help (hundreds of them).
+
+use kvm_bindings::kvm_userspace_memory_region;
+use kvm_ioctls::{Kvm, VcpuExit};
+use std::time::Duration;
+
+/// Rounds of the guest loop.
+pub const ITERATIONS: u32 = 1_000_000;
+/// A loop slower than this runs on an emulated (or unassisted nested) KVM.
+pub const THRESHOLD: Duration = Duration::from_millis(200);
+/// The KVM API version every Linux since 2.6.22 reports.
+pub const KVM_API_VERSION: i32 = 12;
+
+/// Guest memory: one 64 KiB slot at guest address 0.
+const GUEST_MEM_SIZE: usize = 0x10000;
+/// Where the loop is placed and starts.
+const CODE_ADDR: u64 = 0x1000;
+/// The port the guest writes when the loop is done.
+const DONE_PORT: u16 = 0x80;
+
+/// A step of the probe that failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    /// `/dev/kvm` could not be opened.
+    #[error("cannot open /dev/kvm: {0}")]
+    Open(#[source] kvm_ioctls::Error),
+    /// KVM speaks another API.
+    #[error("KVM API version {0}, not {KVM_API_VERSION}")]
+    ApiVersion(i32),
+    /// KVM_CREATE_VM failed.
+    #[error("KVM_CREATE_VM: {0}")]
+    CreateVm(#[source] kvm_ioctls::Error),
+    /// The guest memory could not be mapped.
+    #[error("mmap of the guest memory: {0}")]
+    Mmap(#[source] std::io::Error),
+    /// KVM_SET_USER_MEMORY_REGION failed.
+    #[error("KVM_SET_USER_MEMORY_REGION: {0}")]
+    SetMemory(#[source] kvm_ioctls::Error),
+    /// KVM_CREATE_VCPU failed.
+    #[error("KVM_CREATE_VCPU: {0}")]
+    CreateVcpu(#[source] kvm_ioctls::Error),
+    /// The vCPU's registers could not be read or set.
+    #[error("vCPU registers: {0}")]
+    Registers(#[source] kvm_ioctls::Error),
+    /// KVM_RUN failed.
+    #[error("KVM_RUN: {0}")]
+    Run(#[source] kvm_ioctls::Error),
+    /// The guest stopped for another reason than its I/O write.
+    #[error("the guest stopped with {0}, not its write to port {DONE_PORT:#x}")]
+    UnexpectedExit(String),
+}
+
+/// What the speed of the loop says about the KVM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Speed {
+    /// Within the threshold: hardware-assisted (directly or nested).
+    Hardware,
+    /// Slower: an emulator runs the guest's instructions.
+    Emulated,
+}
+
+/// Classifies a loop of `iterations` rounds that took `elapsed`, against the
+/// threshold for [`ITERATIONS`] rounds scaled to `iterations`.
+pub fn classify(elapsed: Duration, iterations: u32, threshold: Duration) -> Speed {
+    let scaled = threshold.mul_f64(f64::from(iterations) / f64::from(ITERATIONS));
+    if elapsed < scaled {
+        Speed::Hardware
+    } else {
+        Speed::Emulated
+    }
+}
+
+/// Checks that `/dev/kvm` speaks API 12 and creates a VM.
+pub fn kvm_usable() -> Result<(), ProbeError> {
+    let kvm = Kvm::new().map_err(ProbeError::Open)?;
+    let version = kvm.get_api_version();
+    if version != KVM_API_VERSION {
+        return Err(ProbeError::ApiVersion(version));
+    }
+    kvm.create_vm().map(drop).map_err(ProbeError::CreateVm)
+}
+
+/// 16-bit code: `mov ecx, N; 1: dec ecx; jnz 1b; out 0x80, al; hlt`.
+fn loop_code(iterations: u32) -> Vec<u8> {
+    let mut code = vec![0x66, 0xb9];
+    code.extend_from_slice(&iterations.to_le_bytes());
+    code.extend_from_slice(&[0x66, 0x49, 0x75, 0xfc, 0xe6, DONE_PORT as u8, 0xf4]);
+    code
+}
+
+/// Runs the loop of `iterations` rounds in a fresh VM: the time its KVM_RUN
+/// took.
+pub fn time_guest_loop(iterations: u32) -> Result<Duration, ProbeError> {
+    // Declared first so that it is dropped last, after the VM using it.
+    let mut mem = GuestMemory::new(GUEST_MEM_SIZE).map_err(ProbeError::Mmap)?;
+    let kvm = Kvm::new().map_err(ProbeError::Open)?;
+    let version = kvm.get_api_version();
+    if version != KVM_API_VERSION {
+        return Err(ProbeError::ApiVersion(version));
+    }
+    let vm = kvm.create_vm().map_err(ProbeError::CreateVm)?;
+    let code = loop_code(iterations);
+    let start = CODE_ADDR as usize;
+    mem.as_mut_slice()[start..start + code.len()].copy_from_slice(&code);
+    let region = kvm_userspace_memory_region {
+        slot: 0,
+        flags: 0,
+        guest_phys_addr: 0,
+        memory_size: GUEST_MEM_SIZE as u64,
+        userspace_addr: mem.addr() as u64,
+    };
+    // SAFETY: the region is a private anonymous mapping of that size that
+    // `mem` owns; it outlives the VM and vCPU (dropped before it).
+    unsafe { vm.set_user_memory_region(region) }.map_err(ProbeError::SetMemory)?;
+    let mut vcpu = vm.create_vcpu(0).map_err(ProbeError::CreateVcpu)?;
+    let mut sregs = vcpu.get_sregs().map_err(ProbeError::Registers)?;
+    sregs.cs.base = 0;
+    sregs.cs.selector = 0;
+    vcpu.set_sregs(&sregs).map_err(ProbeError::Registers)?;
+    let mut regs = vcpu.get_regs().map_err(ProbeError::Registers)?;
+    regs.rip = CODE_ADDR;
+    regs.rflags = 0x2;
+    vcpu.set_regs(&regs).map_err(ProbeError::Registers)?;
+
+    let started = std::time::Instant::now();
+    let exit = vcpu.run().map_err(ProbeError::Run)?;
+    let elapsed = started.elapsed();
+    match exit {
+        VcpuExit::IoOut(DONE_PORT, _) => Ok(elapsed),
+        other => Err(ProbeError::UnexpectedExit(format!("{other:?}"))),
+    }
+}
+
+/// A private anonymous mapping, unmapped on drop.
+struct GuestMemory {
+    addr: *mut libc::c_void,
+    len: usize,
+}
+
+impl GuestMemory {
+    fn new(len: usize) -> std::io::Result<Self> {
+        // SAFETY: a fresh private anonymous mapping; the result is checked.
+        let addr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+                -1,
+                0,
+            )
+        };
+        if addr == libc::MAP_FAILED {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(Self { addr, len })
+    }
+
+    fn addr(&self) -> usize {
+        self.addr as usize
+    }
+
+    fn as_mut_slice(&mut self) -> &mut [u8] {
+        // SAFETY: `addr` maps `len` readable and writable bytes owned by
+        // `self`, borrowed mutably here.
+        unsafe { std::slice::from_raw_parts_mut(self.addr.cast(), self.len) }
+    }
+}
+
+impl Drop for GuestMemory {
+    fn drop(&mut self) {
+        // SAFETY: the mapping was made by `new` with this length and is
+        // unmapped once.
+        unsafe { libc::munmap(self.addr, self.len) };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classifies_measured_timings() {
+        // A hardware-assisted host: about a millisecond.
+        assert_eq!(
+            classify(Duration::from_micros(1_200), ITERATIONS, THRESHOLD),
+            Speed::Hardware
+        );
+        // Nested with hardware help stays well inside the threshold.
+        assert_eq!(
+            classify(Duration::from_millis(35), ITERATIONS, THRESHOLD),
+            Speed::Hardware
+        );
+        // This build machine's PVM (kvm_pvm) KVM: 714.4 ms.
+        assert_eq!(
+            classify(Duration::from_micros(714_400), ITERATIONS, THRESHOLD),
+            Speed::Emulated
+        );
+        // The threshold itself counts as slow.
+        assert_eq!(classify(THRESHOLD, ITERATIONS, THRESHOLD), Speed::Emulated);
+        // Fewer rounds scale the threshold: 100k rounds in 120 ms is slow.
+        assert_eq!(
+            classify(Duration::from_millis(120), ITERATIONS / 10, THRESHOLD),
+            Speed::Emulated
+        );
+    }
+
+    #[test]
+    fn the_loop_counts_down_then_writes_its_port() {
+        let code = loop_code(0x0102_0304);
+        assert_eq!(
+            code,
+            [0x66, 0xb9, 0x04, 0x03, 0x02, 0x01, 0x66, 0x49, 0x75, 0xfc, 0xe6, 0x80, 0xf4]
+        );
+    }
+}

@@ -1,0 +1,295 @@
+//! `runv ps`: the pods on this host, from the shim's sandbox directories
+//! (`/run/runv/<pod>/`): each one's VMM pid (`vmm.pid`), its uptime (from
+//! `/proc/<pid>/stat`) and what the VMM's API (`vm/api.sock`) says of the VM.
+//!
+//! The directories are written by the shim and the VMM: no symlink in them
+//! is followed, and every read is bounded.
+
+use crate::files;
+use containerd_shim_runv_v2::paths::SandboxDir;
+use protocol::hybrid_vsock;
+use protocol::vmm::{DescribeRequest, VmInfo, VmState, VmmClient};
+use serde::Serialize;
+use std::io;
+use std::os::fd::IntoRawFd;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// Sandbox directories looked at, at most.
+const MAX_PODS: usize = 4096;
+/// Bytes of a pid file read.
+const MAX_PID_FILE: u64 = 32;
+/// Bytes of a `/proc/<pid>/cmdline` or `stat` read.
+const MAX_PROC_FILE: u64 = 64 * 1024;
+/// How long one VMM may take to answer Describe, connect included.
+const DESCRIBE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Why the pods could not be listed.
+#[derive(Debug, thiserror::Error)]
+pub enum PsError {
+    /// The runtime root is not a directory (a symlink is refused).
+    #[error("{0} is not a directory")]
+    NotDirectory(PathBuf),
+    /// The runtime root could not be read.
+    #[error("cannot list {path}: {source}")]
+    ReadRoot { path: PathBuf, source: io::Error },
+}
+
+/// Why the VMM's API did not describe the VM.
+#[derive(Debug, thiserror::Error)]
+enum DescribeError {
+    /// `vm/` is missing or not a directory.
+    #[error("{0} is not a directory")]
+    VmDir(PathBuf),
+    /// The socket could not be reached.
+    #[error("connect to {path}: {source}")]
+    Connect { path: PathBuf, source: io::Error },
+    /// The ttrpc client could not be set up.
+    #[error("ttrpc client: {0}")]
+    Client(#[source] ttrpc::Error),
+    /// The call failed or timed out.
+    #[error("Describe: {0}")]
+    Call(#[source] ttrpc::Error),
+}
+
+/// One pod as `runv ps` shows it.
+#[derive(Debug, Default, Clone, PartialEq, Serialize)]
+pub struct Pod {
+    /// The sandbox id.
+    pub id: String,
+    /// The VMM's pid, if it runs.
+    pub vmm_pid: Option<i32>,
+    /// running, paused or shutting-down, as the VMM says.
+    pub state: Option<String>,
+    /// The VM's vCPUs.
+    pub vcpus: Option<u32>,
+    /// The VM's memory (MiB).
+    pub memory_mib: Option<u64>,
+    /// Seconds since the VMM started.
+    pub uptime_secs: Option<u64>,
+    /// What could not be found out.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub problems: Vec<String>,
+}
+
+/// The pods under `run_root`, sorted by id.
+pub fn list(run_root: &Path) -> Result<Vec<Pod>, PsError> {
+    match run_root.symlink_metadata() {
+        Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(source) => {
+            return Err(PsError::ReadRoot {
+                path: run_root.into(),
+                source,
+            })
+        }
+        Ok(meta) if !meta.is_dir() => return Err(PsError::NotDirectory(run_root.into())),
+        Ok(_) => {}
+    }
+    let entries = std::fs::read_dir(run_root).map_err(|source| PsError::ReadRoot {
+        path: run_root.into(),
+        source,
+    })?;
+    let mut pods = Vec::new();
+    for entry in entries.take(MAX_PODS) {
+        let entry = match entry {
+            Ok(entry) => entry,
+            Err(err) => {
+                log::warn!("reading {}: {err}", run_root.display());
+                continue;
+            }
+        };
+        // The entry's own type: a symlink is not a directory here.
+        if !entry.file_type().is_ok_and(|kind| kind.is_dir()) {
+            continue;
+        }
+        let Some(id) = entry.file_name().to_str().map(String::from) else {
+            continue;
+        };
+        if protocol::id::check_id("sandbox", &id).is_err() {
+            log::debug!("skipping {}: not a sandbox id", entry.path().display());
+            continue;
+        }
+        pods.push(pod(run_root, id));
+    }
+    pods.sort_by(|a, b| a.id.cmp(&b.id));
+    Ok(pods)
+}
+
+/// What can be found out about pod `id`.
+fn pod(run_root: &Path, id: String) -> Pod {
+    let dir = SandboxDir::under(run_root, &id);
+    let mut pod = Pod {
+        id,
+        ..Pod::default()
+    };
+    match vmm_pid(&dir) {
+        Ok(pid) => {
+            pod.vmm_pid = Some(pid);
+            match uptime(pid) {
+                Ok(secs) => pod.uptime_secs = Some(secs),
+                Err(err) => pod.problems.push(format!("uptime: {err}")),
+            }
+        }
+        Err(err) => pod.problems.push(err),
+    }
+    match describe(&dir) {
+        Ok(info) => {
+            pod.state = Some(state_name(info.state()).into());
+            pod.vcpus = Some(info.vcpus);
+            pod.memory_mib = Some(info.memory_mib);
+        }
+        Err(err) => pod.problems.push(err.to_string()),
+    }
+    pod
+}
+
+/// The pid in `vmm.pid`, if that process still runs this sandbox's VMM.
+fn vmm_pid(dir: &SandboxDir) -> Result<i32, String> {
+    let path = dir.vmm_pid_file();
+    let text = files::read_bounded(&path, MAX_PID_FILE)
+        .map_err(|err| format!("{}: {err}", path.display()))?;
+    let pid = parse_pid(&text).ok_or_else(|| format!("{}: no pid in it", path.display()))?;
+    let cmdline = files::read_bounded(Path::new(&format!("/proc/{pid}/cmdline")), MAX_PROC_FILE)
+        .map_err(|_| format!("VMM {pid} is not running"))?;
+    if !names_dir(cmdline.as_bytes(), dir.path()) {
+        return Err(format!("pid {pid} is no longer this pod's VMM"));
+    }
+    Ok(pid)
+}
+
+/// A positive pid on its own (surrounding whitespace allowed).
+fn parse_pid(text: &str) -> Option<i32> {
+    text.trim().parse::<i32>().ok().filter(|pid| *pid > 0)
+}
+
+/// Whether a NUL-separated command line names `dir` (so a recycled pid is
+/// not taken for the VMM).
+fn names_dir(cmdline: &[u8], dir: &Path) -> bool {
+    let needle = dir.as_os_str().as_encoded_bytes();
+    !needle.is_empty()
+        && cmdline
+            .split(|b| *b == 0)
+            .any(|arg| arg.windows(needle.len()).any(|w| w == needle))
+}
+
+/// Seconds since process `pid` started.
+fn uptime(pid: i32) -> Result<u64, String> {
+    let stat = files::read_bounded(Path::new(&format!("/proc/{pid}/stat")), MAX_PROC_FILE)
+        .map_err(|err| err.to_string())?;
+    let start_ticks = start_time_ticks(&stat).ok_or("no start time in /proc/<pid>/stat")?;
+    let boot =
+        files::read_bounded(Path::new("/proc/uptime"), 128).map_err(|err| err.to_string())?;
+    let since_boot = parse_uptime(&boot).ok_or("no uptime in /proc/uptime")?;
+    // SAFETY: sysconf reads a constant of the system and touches no memory.
+    let ticks_per_sec = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    let ticks_per_sec = u64::try_from(ticks_per_sec)
+        .ok()
+        .filter(|ticks| *ticks > 0)
+        .ok_or("no clock tick rate")?;
+    Ok(since_boot.saturating_sub(start_ticks / ticks_per_sec))
+}
+
+/// Field 22 of `/proc/<pid>/stat` (start time in clock ticks since boot),
+/// counted after the command name, which may hold spaces and parentheses.
+fn start_time_ticks(stat: &str) -> Option<u64> {
+    let (_, rest) = stat.rsplit_once(')')?;
+    // `rest` starts at field 3 (state): field 22 is the 20th.
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// Whole seconds since boot, from `/proc/uptime`.
+fn parse_uptime(text: &str) -> Option<u64> {
+    let first = text.split_whitespace().next()?;
+    let whole = first.split('.').next()?;
+    whole.parse().ok()
+}
+
+/// Asks the VMM's API to describe the VM, within [`DESCRIBE_TIMEOUT`].
+fn describe(dir: &SandboxDir) -> Result<VmInfo, DescribeError> {
+    let vm_dir = dir.vm_dir();
+    // connect_by refuses a symlink as the socket; `vm/` itself must be a
+    // directory, not a symlink to one elsewhere.
+    if !vm_dir.symlink_metadata().is_ok_and(|meta| meta.is_dir()) {
+        return Err(DescribeError::VmDir(vm_dir));
+    }
+    let sock = dir.api_sock();
+    let deadline = Instant::now() + DESCRIBE_TIMEOUT;
+    let connect_err = |source| DescribeError::Connect {
+        path: sock.clone(),
+        source,
+    };
+    let stream = hybrid_vsock::connect_by(&sock, deadline).map_err(connect_err)?;
+    // ttrpc's threads do their own waiting: no socket timeout may stay.
+    stream
+        .set_write_timeout(None)
+        .and_then(|()| stream.set_read_timeout(None))
+        .map_err(connect_err)?;
+    let client = ttrpc::Client::new(stream.into_raw_fd()).map_err(DescribeError::Client)?;
+    let left = deadline
+        .saturating_duration_since(Instant::now())
+        .max(Duration::from_millis(1));
+    VmmClient::new(client)
+        .describe(ttrpc::context::with_duration(left), &DescribeRequest::new())
+        .map_err(DescribeError::Call)
+}
+
+fn state_name(state: VmState) -> &'static str {
+    match state {
+        VmState::RUNNING => "running",
+        VmState::PAUSED => "paused",
+        VmState::SHUTTING_DOWN => "shutting-down",
+    }
+}
+
+/// `1d02h`, `3h04m`, `5m06s` or `7s`.
+fn human_duration(secs: u64) -> String {
+    let (d, h, m, s) = (secs / 86400, secs / 3600 % 24, secs / 60 % 60, secs % 60);
+    match (d, h, m) {
+        (0, 0, 0) => format!("{s}s"),
+        (0, 0, _) => format!("{m}m{s:02}s"),
+        (0, _, _) => format!("{h}h{m:02}m"),
+        _ => format!("{d}d{h:02}h"),
+    }
+}
+
+/// One text line per pod under a header.
+fn lines(pods: &[Pod]) -> Vec<String> {
+    let dash = || "-".to_string();
+    let mut out = vec![format!(
+        "{:<24} {:>8} {:<13} {:>5} {:>8} {:>8}",
+        "POD", "VMM PID", "STATE", "VCPUS", "MEMORY", "UPTIME"
+    )];
+    for pod in pods {
+        out.push(format!(
+            "{:<24} {:>8} {:<13} {:>5} {:>8} {:>8}",
+            pod.id,
+            pod.vmm_pid.map_or_else(dash, |pid| pid.to_string()),
+            pod.state.clone().unwrap_or_else(dash),
+            pod.vcpus.map_or_else(dash, |n| n.to_string()),
+            pod.memory_mib.map_or_else(dash, |mib| format!("{mib}M")),
+            pod.uptime_secs.map_or_else(dash, human_duration),
+        ));
+    }
+    out
+}
+
+/// Prints the pods as a table or JSON array; what could not be found out
+/// goes to the log.
+pub fn print(pods: &[Pod], json: bool) -> Result<(), serde_json::Error> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(pods)?);
+        return Ok(());
+    }
+    for line in lines(pods) {
+        println!("{line}");
+    }
+    for pod in pods {
+        for problem in &pod.problems {
+            log::warn!("pod {}: {problem}", pod.id);
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;
