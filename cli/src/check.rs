@@ -267,16 +267,20 @@ pub fn containerd_outcome(
     }
 }
 
-/// Prints the outcomes as lines or a JSON array; whether all passed.
-pub fn print(outcomes: &[Outcome], json: bool) -> Result<bool, serde_json::Error> {
+/// The outcomes as lines or a JSON array.
+pub fn render(outcomes: &[Outcome], json: bool) -> Result<String, serde_json::Error> {
     if json {
-        println!("{}", serde_json::to_string_pretty(outcomes)?);
-    } else {
-        for outcome in outcomes {
-            println!("{}", outcome.line());
-        }
+        return serde_json::to_string_pretty(outcomes).map(|text| text + "\n");
     }
-    Ok(outcomes.iter().all(|outcome| outcome.ok))
+    Ok(outcomes
+        .iter()
+        .map(|outcome| outcome.line() + "\n")
+        .collect())
+}
+
+/// Whether every check passed.
+pub fn all_passed(outcomes: &[Outcome]) -> bool {
+    outcomes.iter().all(|outcome| outcome.ok)
 }
 
 #[cfg(test)]

@@ -257,11 +257,10 @@ fn host() -> Host {
     }
 }
 
-/// Prints the report as `key: value` lines or JSON.
-pub fn print(env: &Env, json: bool) -> Result<(), serde_json::Error> {
+/// The report as `key: value` lines or JSON.
+pub fn render(env: &Env, json: bool) -> Result<String, serde_json::Error> {
     if json {
-        println!("{}", serde_json::to_string_pretty(env)?);
-        return Ok(());
+        return serde_json::to_string_pretty(env).map(|text| text + "\n");
     }
     let values = serde_json::to_string(&env.config.values)?;
     let host = &env.host;
@@ -270,23 +269,25 @@ pub fn print(env: &Env, json: bool) -> Result<(), serde_json::Error> {
     } else {
         format!(" ({})", host.cgroup_v1_controllers.join(" "))
     };
-    println!("runv:            {}", env.runv);
-    println!(
-        "config:          {} ({})",
-        env.config.path.display(),
-        env.config.source
-    );
-    println!("config values:   {values}");
-    println!("shim:            {}", env.shim.text());
-    println!("vmm:             {}", env.vmm.text());
-    println!("kernel:          {}", env.kernel.text());
-    println!("initrd (agent):  {}", env.initrd.text());
-    println!("host kernel:     {}", host.kernel_release);
-    println!("host cpu:        {}", host.cpu_model);
-    println!("host kvm:        {}", host.kvm_modules.join(" "));
-    println!("host cgroup:     {}{controllers}", host.cgroup_layout);
-    println!("containerd:      {}", host.containerd.text());
-    Ok(())
+    let lines = [
+        format!("runv:            {}", env.runv),
+        format!(
+            "config:          {} ({})",
+            env.config.path.display(),
+            env.config.source
+        ),
+        format!("config values:   {values}"),
+        format!("shim:            {}", env.shim.text()),
+        format!("vmm:             {}", env.vmm.text()),
+        format!("kernel:          {}", env.kernel.text()),
+        format!("initrd (agent):  {}", env.initrd.text()),
+        format!("host kernel:     {}", host.kernel_release),
+        format!("host cpu:        {}", host.cpu_model),
+        format!("host kvm:        {}", host.kvm_modules.join(" ")),
+        format!("host cgroup:     {}{controllers}", host.cgroup_layout),
+        format!("containerd:      {}", host.containerd.text()),
+    ];
+    Ok(lines.map(|line| line + "\n").concat())
 }
 
 #[cfg(test)]

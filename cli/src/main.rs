@@ -22,6 +22,7 @@ mod probe;
 mod ps;
 
 use args::Command;
+use std::io::Write;
 use std::process::ExitCode;
 
 /// Why a command could not print its answer.
@@ -36,6 +37,9 @@ enum MainError {
     /// `runv ps` could not list the pods.
     #[error(transparent)]
     Ps(#[from] ps::PsError),
+    /// The answer could not be written to stdout.
+    #[error("write to stdout: {0}")]
+    Output(#[source] std::io::Error),
 }
 
 fn main() -> ExitCode {
@@ -53,22 +57,34 @@ fn main() -> ExitCode {
 /// Runs the command: whether it succeeded (for `check`, whether all passed).
 fn run() -> Result<bool, MainError> {
     match args::parse(std::env::args().skip(1))? {
-        Command::Help => {
-            println!("{}", args::USAGE);
-            Ok(true)
+        Command::Help => output(&format!("{}\n", args::USAGE)).map(|()| true),
+        Command::Version => output(&format!("runv {}\n", env!("CARGO_PKG_VERSION"))).map(|()| true),
+        Command::Check(args) => {
+            let outcomes = check::run_all(&args);
+            output(&check::render(&outcomes, args.json)?)?;
+            Ok(check::all_passed(&outcomes))
         }
-        Command::Version => {
-            println!("runv {}", env!("CARGO_PKG_VERSION"));
-            Ok(true)
-        }
-        Command::Check(args) => Ok(check::print(&check::run_all(&args), args.json)?),
         Command::Env(args) => {
-            env::print(&env::collect(&args.config), args.json)?;
-            Ok(true)
+            output(&env::render(&env::collect(&args.config), args.json)?).map(|()| true)
         }
         Command::Ps(args) => {
-            ps::print(&ps::list(&args.run_root)?, args.json)?;
+            let pods = ps::list(&args.run_root)?;
+            output(&ps::render(&pods, args.json)?)?;
+            ps::log_problems(&pods);
             Ok(true)
         }
+    }
+}
+
+/// Writes the command's answer to stdout; a reader that went away (`| head`)
+/// is not an error.
+fn output(text: &str) -> Result<(), MainError> {
+    let mut stdout = std::io::stdout().lock();
+    match stdout
+        .write_all(text.as_bytes())
+        .and_then(|()| stdout.flush())
+    {
+        Err(err) if err.kind() != std::io::ErrorKind::BrokenPipe => Err(MainError::Output(err)),
+        _ => Ok(()),
     }
 }

@@ -273,22 +273,21 @@ fn lines(pods: &[Pod]) -> Vec<String> {
     out
 }
 
-/// Prints the pods as a table or JSON array; what could not be found out
-/// goes to the log.
-pub fn print(pods: &[Pod], json: bool) -> Result<(), serde_json::Error> {
+/// The pods as a table or a JSON array.
+pub fn render(pods: &[Pod], json: bool) -> Result<String, serde_json::Error> {
     if json {
-        println!("{}", serde_json::to_string_pretty(pods)?);
-        return Ok(());
+        return serde_json::to_string_pretty(pods).map(|text| text + "\n");
     }
-    for line in lines(pods) {
-        println!("{line}");
-    }
+    Ok(lines(pods).into_iter().map(|line| line + "\n").collect())
+}
+
+/// Logs what could not be found out about each pod.
+pub fn log_problems(pods: &[Pod]) {
     for pod in pods {
         for problem in &pod.problems {
             log::warn!("pod {}: {problem}", pod.id);
         }
     }
-    Ok(())
 }
 
 #[cfg(test)]
