@@ -119,8 +119,18 @@ pub fn check_cpu(cpuinfo: &str, kvm_modules: &[&str]) -> Outcome {
 
 /// Times the guest loop and classifies it.
 fn check_speed() -> Outcome {
-    match probe::time_guest_loop(probe::ITERATIONS) {
+    match probe::time_guest_loop(probe::ITERATIONS, probe::RUN_LIMIT) {
         Ok(elapsed) => speed_outcome(elapsed, probe::ITERATIONS, probe::THRESHOLD),
+        Err(probe::ProbeError::TooSlow(limit)) => Outcome::fail(
+            "kvm-speed",
+            format!(
+                "{} guest loop rounds did not end within {} s (threshold {} ms): \
+                 emulated or nested without hardware assistance",
+                probe::ITERATIONS,
+                limit.as_secs(),
+                probe::THRESHOLD.as_millis()
+            ),
+        ),
         Err(err) => Outcome::fail("kvm-speed", format!("KVM cannot run a guest: {err}")),
     }
 }

@@ -7,12 +7,16 @@
 
 use kvm_bindings::kvm_userspace_memory_region;
 use kvm_ioctls::{Kvm, VcpuExit};
+use std::sync::mpsc::{self, RecvTimeoutError};
 use std::time::Duration;
 
 /// Rounds of the guest loop.
 pub const ITERATIONS: u32 = 1_000_000;
 /// A loop slower than this runs on an emulated (or unassisted nested) KVM.
 pub const THRESHOLD: Duration = Duration::from_millis(200);
+/// How long the loop may run: longer, it is stopped (a signal ends KVM_RUN)
+/// and counts as emulated, so that `runv check` ends on any KVM.
+pub const RUN_LIMIT: Duration = Duration::from_secs(10);
 /// The KVM API version every Linux since 2.6.22 reports.
 pub const KVM_API_VERSION: i32 = 12;
 
@@ -50,6 +54,15 @@ pub enum ProbeError {
     /// KVM_RUN failed.
     #[error("KVM_RUN: {0}")]
     Run(#[source] kvm_ioctls::Error),
+    /// The loop did not end within the limit.
+    #[error("the guest loop did not end within {0:?}")]
+    TooSlow(Duration),
+    /// The watchdog's signal handler could not be installed.
+    #[error("install the watchdog's signal handler: {0}")]
+    Signal(#[source] std::io::Error),
+    /// The watchdog thread could not be started.
+    #[error("start the watchdog thread: {0}")]
+    Watchdog(#[source] std::io::Error),
     /// The guest stopped for another reason than its I/O write.
     #[error("the guest stopped with {0}, not its write to port {DONE_PORT:#x}")]
     UnexpectedExit(String),
@@ -94,8 +107,8 @@ fn loop_code(iterations: u32) -> Vec<u8> {
 }
 
 /// Runs the loop of `iterations` rounds in a fresh VM: the time its KVM_RUN
-/// took.
-pub fn time_guest_loop(iterations: u32) -> Result<Duration, ProbeError> {
+/// took, or [`ProbeError::TooSlow`] once it ran `limit`.
+pub fn time_guest_loop(iterations: u32, limit: Duration) -> Result<Duration, ProbeError> {
     // Declared first so that it is dropped last, after the VM using it.
     let mut mem = GuestMemory::new(GUEST_MEM_SIZE).map_err(ProbeError::Mmap)?;
     let kvm = Kvm::new().map_err(ProbeError::Open)?;
@@ -127,13 +140,58 @@ pub fn time_guest_loop(iterations: u32) -> Result<Duration, ProbeError> {
     regs.rflags = 0x2;
     vcpu.set_regs(&regs).map_err(ProbeError::Registers)?;
 
+    install_wakeup_handler()?;
+    // SAFETY: pthread_self has no preconditions.
+    let this_thread = unsafe { libc::pthread_self() };
+    let (done, finished) = mpsc::channel::<()>();
+    let watchdog = std::thread::Builder::new()
+        .name("probe-watchdog".into())
+        .spawn(move || {
+            if finished.recv_timeout(limit) == Err(RecvTimeoutError::Timeout) {
+                // SAFETY: the probing thread joins this one before it
+                // returns, so it is alive; WAKEUP_SIGNAL's handler does
+                // nothing but end its KVM_RUN with EINTR.
+                unsafe { libc::pthread_kill(this_thread, WAKEUP_SIGNAL) };
+            }
+        })
+        .map_err(ProbeError::Watchdog)?;
+
     let started = std::time::Instant::now();
-    let exit = vcpu.run().map_err(ProbeError::Run)?;
-    let elapsed = started.elapsed();
-    match exit {
-        VcpuExit::IoOut(DONE_PORT, _) => Ok(elapsed),
+    let exit = vcpu.run().map(|exit| match exit {
+        VcpuExit::IoOut(DONE_PORT, _) => Ok(()),
         other => Err(ProbeError::UnexpectedExit(format!("{other:?}"))),
+    });
+    let elapsed = started.elapsed();
+    drop(done);
+    // The thread only waits and signals; it cannot panic.
+    let _ = watchdog.join();
+    match exit {
+        Ok(Ok(())) => Ok(elapsed),
+        Ok(Err(err)) => Err(err),
+        Err(err) if err.errno() == libc::EINTR && elapsed >= limit => {
+            Err(ProbeError::TooSlow(limit))
+        }
+        Err(err) => Err(ProbeError::Run(err)),
     }
+}
+
+/// The signal that ends a KVM_RUN past its limit.
+const WAKEUP_SIGNAL: libc::c_int = libc::SIGUSR1;
+
+/// Makes [`WAKEUP_SIGNAL`] do nothing but interrupt the system call it
+/// arrives in (no `SA_RESTART`).
+fn install_wakeup_handler() -> Result<(), ProbeError> {
+    extern "C" fn wakeup(_: libc::c_int) {}
+    // SAFETY: an all-zero sigaction is valid (empty mask, no flags).
+    let mut action: libc::sigaction = unsafe { std::mem::zeroed() };
+    action.sa_sigaction = wakeup as extern "C" fn(libc::c_int) as libc::sighandler_t;
+    // SAFETY: the handler is async-signal-safe (it does nothing) and
+    // `action` is a valid sigaction; the old action is not asked for.
+    let ret = unsafe { libc::sigaction(WAKEUP_SIGNAL, &action, std::ptr::null_mut()) };
+    if ret != 0 {
+        return Err(ProbeError::Signal(std::io::Error::last_os_error()));
+    }
+    Ok(())
 }
 
 /// A private anonymous mapping, unmapped on drop.
@@ -208,6 +266,23 @@ mod tests {
             classify(Duration::from_millis(120), ITERATIONS / 10, THRESHOLD),
             Speed::Emulated
         );
+    }
+
+    #[test]
+    fn a_loop_past_its_limit_is_stopped() {
+        if kvm_usable().is_err() {
+            eprintln!("skipped: no usable /dev/kvm");
+            return;
+        }
+        // 4 billion rounds take seconds even on hardware.
+        let limit = Duration::from_millis(50);
+        let started = std::time::Instant::now();
+        let result = time_guest_loop(u32::MAX, limit);
+        assert!(
+            matches!(result, Err(ProbeError::TooSlow(l)) if l == limit),
+            "{result:?}"
+        );
+        assert!(started.elapsed() < Duration::from_secs(5));
     }
 
     #[test]
