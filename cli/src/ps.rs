@@ -162,14 +162,15 @@ fn parse_pid(text: &str) -> Option<i32> {
     text.trim().parse::<i32>().ok().filter(|pid| *pid > 0)
 }
 
-/// Whether a NUL-separated command line names `dir` (so a recycled pid is
-/// not taken for the VMM).
+/// Whether a NUL-separated command line names a path in `dir` (so a
+/// recycled pid is not taken for the VMM; the VMM's `--config` names its
+/// sockets there).
 fn names_dir(cmdline: &[u8], dir: &Path) -> bool {
-    let needle = dir.as_os_str().as_encoded_bytes();
-    !needle.is_empty()
-        && cmdline
-            .split(|b| *b == 0)
-            .any(|arg| arg.windows(needle.len()).any(|w| w == needle))
+    let mut needle = dir.as_os_str().as_encoded_bytes().to_vec();
+    needle.push(b'/');
+    cmdline
+        .split(|b| *b == 0)
+        .any(|arg| arg.windows(needle.len()).any(|w| w == needle))
 }
 
 /// Seconds since process `pid` started.

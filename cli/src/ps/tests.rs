@@ -16,8 +16,10 @@ fn parses_proc_texts() {
     assert_eq!(parse_pid("-1"), None);
     assert_eq!(parse_pid("0"), None);
     assert_eq!(parse_pid("42 43"), None);
-    let cmdline = b"/usr/local/bin/runv-vmm\0--api-sock\0/run/runv/pod-1/vm/api.sock\0";
-    assert!(names_dir(cmdline, Path::new("/run/runv/pod-1")));
+    let cmdline =
+        b"/usr/local/bin/runv-vmm\0--config\0{\"api_sock\":\"/run/runv/pod-10/vm/api.sock\"}\0";
+    assert!(names_dir(cmdline, Path::new("/run/runv/pod-10")));
+    assert!(!names_dir(cmdline, Path::new("/run/runv/pod-1")));
     assert!(!names_dir(cmdline, Path::new("/run/runv/pod-2")));
 }
 
@@ -117,4 +119,38 @@ fn a_missing_root_has_no_pods_and_a_symlinked_one_is_refused() {
     let link = dir.path().join("link");
     std::os::unix::fs::symlink(dir.path(), &link).unwrap();
     assert!(matches!(list(&link), Err(PsError::NotDirectory(_))));
+}
+
+#[test]
+fn a_live_vmm_is_found_by_its_pid_file_and_command_line() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = SandboxDir::under(root.path(), "live");
+    std::fs::create_dir(dir.path()).unwrap();
+    // Stands in for the VMM: its command line names the sandbox's socket.
+    let mut vmm = std::process::Command::new("/bin/sh")
+        .arg("-c")
+        .arg("sleep 10; true")
+        .arg(dir.api_sock())
+        .spawn()
+        .unwrap();
+    std::fs::write(dir.vmm_pid_file(), format!("{}\n", vmm.id())).unwrap();
+    // Until the child has exec'd, its command line is this test's.
+    let cmdline = format!("/proc/{}/cmdline", vmm.id());
+    for _ in 0..200 {
+        let text = std::fs::read(&cmdline).unwrap_or_default();
+        if names_dir(&text, dir.path()) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let pods = list(root.path());
+    vmm.kill().unwrap();
+    vmm.wait().unwrap();
+    let pods = pods.unwrap();
+    let [pod] = &pods[..] else { panic!("{pods:?}") };
+    assert_eq!(pod.vmm_pid, i32::try_from(vmm.id()).ok());
+    assert!(pod.uptime_secs.is_some_and(|secs| secs < 10), "{pod:?}");
+    // No API socket: the VM's size stays unknown.
+    assert_eq!(pod.vcpus, None);
+    assert_eq!(pod.problems.len(), 1, "{pod:?}");
 }
