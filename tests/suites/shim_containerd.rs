@@ -184,6 +184,9 @@ fn ctr_task_exec_ps_pause_metrics_kill() {
     let args = runtime.run_args(&containerd, &["-d", TEST_IMAGE, "k1", "sh", "-c", script]);
     containerd.ctr(&strs(&args));
     wait_task_status(&containerd, "k1", "RUNNING", Duration::from_secs(60));
+    if runtime == Runtime::Runv {
+        runv_cli_sees_the_pod(&containerd, "k1");
+    }
 
     let exec = containerd.ctr(&[
         "tasks",
@@ -291,6 +294,38 @@ fn ctr_task_exec_ps_pause_metrics_kill() {
 /// UpdateContainerResources, StopContainer (SIGKILL after the grace period for
 /// a container ignoring SIGTERM, at once for one that exits on it),
 /// StopPodSandbox, RemovePodSandbox.
+/// `runv ps` lists running pod `pod` with its VMM, 1 vCPU and 256 MiB (the
+/// harness's config), and `runv env` reports the config containerd gave it.
+fn runv_cli_sees_the_pod(containerd: &Containerd, pod: &str) {
+    let cli = std::env::var("RUNV_CLI").expect("RUNV_CLI: the runv CLI (scripts/test sets it)");
+    let run = |args: &[&str]| {
+        let output = std::process::Command::new(&cli)
+            .args(args)
+            .output()
+            .unwrap_or_else(|err| panic!("run {cli}: {err}"));
+        assert!(output.status.success(), "runv {args:?}: {output:?}");
+        serde_json::from_slice::<serde_json::Value>(&output.stdout)
+            .unwrap_or_else(|err| panic!("runv {args:?} printed no JSON ({err}): {output:?}"))
+    };
+    let pods = run(&["ps", "--json"]);
+    let listed = pods
+        .as_array()
+        .and_then(|pods| pods.iter().find(|p| p["id"] == pod))
+        .unwrap_or_else(|| panic!("runv ps does not list {pod}: {pods}"));
+    let vmm = vmm_pids();
+    assert_eq!(vmm.len(), 1, "one runv-vmm: {vmm:?}");
+    assert_eq!(listed["vmm_pid"], vmm[0], "{listed}");
+    assert_eq!(listed["state"], "running", "{listed}");
+    assert_eq!(listed["vcpus"], 1, "{listed}");
+    assert_eq!(listed["memory_mib"], 256, "{listed}");
+    let config = containerd.dir().join("runv.toml");
+    let env = run(&["env", "--json", "--config", &config.display().to_string()]);
+    let vmm_path = std::env::var("RUNV_VMM").expect("RUNV_VMM");
+    assert_eq!(env["config"]["values"]["vmm"], vmm_path.as_str(), "{env}");
+    assert_eq!(env["vmm"]["path"], vmm_path.as_str(), "{env}");
+    assert!(env["vmm"]["version"].is_string(), "{env}");
+}
+
 #[test]
 fn cri_pod_with_two_containers() {
     let runtime = Runtime::under_test();
