@@ -29,7 +29,7 @@ mod watchers;
 
 use containerd_shim::protos::protobuf::Message;
 use containerd_shim::protos::types::introspection::{RuntimeInfo, RuntimeVersion};
-use containerd_shim_runv_v2::{config, jail, paths, privileges};
+use containerd_shim_runv_v2::{config, jail, paths, privileges, start_phases};
 use std::io::Write;
 use std::process::ExitCode;
 

@@ -91,6 +91,12 @@ impl SandboxDir {
         self.root.join("vmm.pid")
     }
 
+    /// `start-phases.json`: the pod's start timeline (see
+    /// [`crate::start_phases`]), for `runv metrics` and `runv trace`.
+    pub fn start_phases_file(&self) -> PathBuf {
+        self.root.join("start-phases.json")
+    }
+
     /// `netns`: the path of the pod's network namespace, for the cleanup of
     /// what the shim added there.
     pub fn netns_record(&self) -> PathBuf {

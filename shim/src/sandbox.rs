@@ -13,6 +13,7 @@ use crate::pod_cgroup::{PodCgroup, PodCgroupError};
 use crate::pod_files::PodFiles;
 use crate::share::{PodShare, ShareError};
 use crate::spec::{HostPlacement, PodNetworkRequest, VmSize};
+use crate::start_phases::StartPhases;
 use crate::vm::{NetCard, Vm, VmmPlacement};
 use agent::GuestNetwork;
 use log::{info, warn};
@@ -22,7 +23,7 @@ use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::DirBuilderExt;
 use std::path::PathBuf;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Bound of an ordinary agent call (the emulated test host is slow).
 pub const AGENT_CALL_TIMEOUT: Duration = Duration::from_secs(60);
@@ -172,6 +173,7 @@ impl Sandbox {
             },
             None => Vec::new(),
         };
+        let launch_start = Instant::now();
         let launched = Vm::launch(
             &config,
             &dir,
@@ -208,7 +210,7 @@ impl Sandbox {
             }
         };
         info!("pod {id}: the guest agent answers");
-        log_start_phases(id, &dir, &vm);
+        log_start_phases(id, &dir, &vm, launch_start.elapsed());
         Ok(Self {
             id: id.to_string(),
             dir,
@@ -240,19 +242,39 @@ impl Sandbox {
 
 /// Logs how long the VM's start took, phase by phase: the VMM's spawn (fork
 /// to exec, with its jail), its setup (exec to the first KVM_RUN) and the
-/// guest's boot to its agent (bench/start-latency reads this line).
-fn log_start_phases(id: &str, dir: &SandboxDir, vm: &Vm) {
+/// guest's boot to its agent (bench/start-latency reads this line); and
+/// records them, with the rest of `total` (the agent's readiness), in the
+/// sandbox directory for `runv metrics`.
+fn log_start_phases(id: &str, dir: &SandboxDir, vm: &Vm, total: Duration) {
     let (spawn, jailed) = vm.spawn_time();
     let ms = |us: u64| us as f64 / 1000.0;
-    match crate::vmm_api::VmmApi::new(&dir.api_sock()).describe() {
-        Ok(info) => info!(
-            "pod {id}: VMM spawn {:.2} ms ({}), VMM setup {:.2} ms, guest boot {:.2} ms",
-            spawn.as_secs_f64() * 1000.0,
-            if jailed { "in its jail" } else { "no jail" },
-            ms(info.vmm_setup_us),
-            ms(info.boot_time_us)
-        ),
-        Err(err) => warn!("pod {id}: the VMM's Describe: {err}"),
+    let info = match crate::vmm_api::VmmApi::new(&dir.api_sock()).describe() {
+        Ok(info) => info,
+        Err(err) => {
+            warn!("pod {id}: the VMM's Describe: {err}");
+            return;
+        }
+    };
+    info!(
+        "pod {id}: VMM spawn {:.2} ms ({}), VMM setup {:.2} ms, guest boot {:.2} ms",
+        spawn.as_secs_f64() * 1000.0,
+        if jailed { "in its jail" } else { "no jail" },
+        ms(info.vmm_setup_us),
+        ms(info.boot_time_us)
+    );
+    let micros = |d: Duration| u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+    let vmm_spawn_us = micros(spawn);
+    let phases = StartPhases {
+        vmm_spawn_us,
+        vmm_setup_us: info.vmm_setup_us,
+        guest_boot_us: info.boot_time_us,
+        agent_ready_us: micros(total)
+            .saturating_sub(vmm_spawn_us)
+            .saturating_sub(info.vmm_setup_us)
+            .saturating_sub(info.boot_time_us),
+    };
+    if let Err(err) = phases.write_atomic(&dir.start_phases_file()) {
+        warn!("pod {id}: recording the start phases: {err}");
     }
 }
 
