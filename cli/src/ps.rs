@@ -20,9 +20,9 @@ const MAX_PODS: usize = 4096;
 /// Bytes of a pid file read.
 const MAX_PID_FILE: u64 = 32;
 /// Bytes of a `/proc/<pid>/cmdline` or `stat` read.
-const MAX_PROC_FILE: u64 = 64 * 1024;
-/// How long one VMM may take to answer Describe, connect included.
-const DESCRIBE_TIMEOUT: Duration = Duration::from_secs(2);
+pub const MAX_PROC_FILE: u64 = 64 * 1024;
+/// How long one VMM may take to answer a call, connect included.
+const API_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Why the pods could not be listed.
 #[derive(Debug, thiserror::Error)]
@@ -35,9 +35,9 @@ pub enum PsError {
     ReadRoot { path: PathBuf, source: io::Error },
 }
 
-/// Why the VMM's API did not describe the VM.
+/// Why the VMM's API did not answer.
 #[derive(Debug, thiserror::Error)]
-enum DescribeError {
+pub enum ApiError {
     /// `vm/` is missing or not a directory.
     #[error("{0} is not a directory")]
     VmDir(PathBuf),
@@ -48,8 +48,11 @@ enum DescribeError {
     #[error("ttrpc client: {0}")]
     Client(#[source] ttrpc::Error),
     /// The call failed or timed out.
-    #[error("Describe: {0}")]
-    Call(#[source] ttrpc::Error),
+    #[error("{call}: {source}")]
+    Call {
+        call: &'static str,
+        source: ttrpc::Error,
+    },
 }
 
 /// One pod as `runv ps` shows it.
@@ -74,6 +77,15 @@ pub struct Pod {
 
 /// The pods under `run_root`, sorted by id.
 pub fn list(run_root: &Path) -> Result<Vec<Pod>, PsError> {
+    Ok(sandbox_ids(run_root)?
+        .into_iter()
+        .map(|id| pod(run_root, id))
+        .collect())
+}
+
+/// The ids of the sandbox directories under `run_root` (not symlinks, valid
+/// ids, at most [`MAX_PODS`]), sorted.
+pub fn sandbox_ids(run_root: &Path) -> Result<Vec<String>, PsError> {
     match run_root.symlink_metadata() {
         Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
         Err(source) => {
@@ -89,7 +101,7 @@ pub fn list(run_root: &Path) -> Result<Vec<Pod>, PsError> {
         path: run_root.into(),
         source,
     })?;
-    let mut pods = Vec::new();
+    let mut ids = Vec::new();
     for entry in entries.take(MAX_PODS) {
         let entry = match entry {
             Ok(entry) => entry,
@@ -109,10 +121,10 @@ pub fn list(run_root: &Path) -> Result<Vec<Pod>, PsError> {
             log::debug!("skipping {}: not a sandbox id", entry.path().display());
             continue;
         }
-        pods.push(pod(run_root, id));
+        ids.push(id);
     }
-    pods.sort_by(|a, b| a.id.cmp(&b.id));
-    Ok(pods)
+    ids.sort();
+    Ok(ids)
 }
 
 /// What can be found out about pod `id`.
@@ -144,7 +156,7 @@ fn pod(run_root: &Path, id: String) -> Pod {
 }
 
 /// The pid in `vmm.pid`, if that process still runs this sandbox's VMM.
-fn vmm_pid(dir: &SandboxDir) -> Result<i32, String> {
+pub fn vmm_pid(dir: &SandboxDir) -> Result<i32, String> {
     let path = dir.vmm_pid_file();
     let text = files::read_bounded(&path, MAX_PID_FILE)
         .map_err(|err| format!("{}: {err}", path.display()))?;
@@ -181,13 +193,15 @@ fn uptime(pid: i32) -> Result<u64, String> {
     let boot =
         files::read_bounded(Path::new("/proc/uptime"), 128).map_err(|err| err.to_string())?;
     let since_boot = parse_uptime(&boot).ok_or("no uptime in /proc/uptime")?;
+    let ticks_per_sec = clock_ticks().ok_or("no clock tick rate")?;
+    Ok(since_boot.saturating_sub(start_ticks / ticks_per_sec))
+}
+
+/// The clock ticks per second `/proc/<pid>/stat` counts in (`CLK_TCK`).
+pub fn clock_ticks() -> Option<u64> {
     // SAFETY: sysconf reads a constant of the system and touches no memory.
     let ticks_per_sec = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    let ticks_per_sec = u64::try_from(ticks_per_sec)
-        .ok()
-        .filter(|ticks| *ticks > 0)
-        .ok_or("no clock tick rate")?;
-    Ok(since_boot.saturating_sub(start_ticks / ticks_per_sec))
+    u64::try_from(ticks_per_sec).ok().filter(|ticks| *ticks > 0)
 }
 
 /// Field 22 of `/proc/<pid>/stat` (start time in clock ticks since boot),
@@ -205,17 +219,30 @@ fn parse_uptime(text: &str) -> Option<u64> {
     whole.parse().ok()
 }
 
-/// Asks the VMM's API to describe the VM, within [`DESCRIBE_TIMEOUT`].
-fn describe(dir: &SandboxDir) -> Result<VmInfo, DescribeError> {
+/// Asks the VMM's API to describe the VM, within [`API_TIMEOUT`].
+fn describe(dir: &SandboxDir) -> Result<VmInfo, ApiError> {
+    let (client, ctx) = vmm_client(dir)?;
+    client
+        .describe(ctx, &DescribeRequest::new())
+        .map_err(|source| ApiError::Call {
+            call: "Describe",
+            source,
+        })
+}
+
+/// A client of the sandbox's VMM API and the context of one call, both
+/// within [`API_TIMEOUT`] (connect included); no symlink is followed to the
+/// socket.
+pub fn vmm_client(dir: &SandboxDir) -> Result<(VmmClient, ttrpc::context::Context), ApiError> {
     let vm_dir = dir.vm_dir();
     // connect_by refuses a symlink as the socket; `vm/` itself must be a
     // directory, not a symlink to one elsewhere.
     if !vm_dir.symlink_metadata().is_ok_and(|meta| meta.is_dir()) {
-        return Err(DescribeError::VmDir(vm_dir));
+        return Err(ApiError::VmDir(vm_dir));
     }
     let sock = dir.api_sock();
-    let deadline = Instant::now() + DESCRIBE_TIMEOUT;
-    let connect_err = |source| DescribeError::Connect {
+    let deadline = Instant::now() + API_TIMEOUT;
+    let connect_err = |source| ApiError::Connect {
         path: sock.clone(),
         source,
     };
@@ -225,13 +252,11 @@ fn describe(dir: &SandboxDir) -> Result<VmInfo, DescribeError> {
         .set_write_timeout(None)
         .and_then(|()| stream.set_read_timeout(None))
         .map_err(connect_err)?;
-    let client = ttrpc::Client::new(stream.into_raw_fd()).map_err(DescribeError::Client)?;
+    let client = ttrpc::Client::new(stream.into_raw_fd()).map_err(ApiError::Client)?;
     let left = deadline
         .saturating_duration_since(Instant::now())
         .max(Duration::from_millis(1));
-    VmmClient::new(client)
-        .describe(ttrpc::context::with_duration(left), &DescribeRequest::new())
-        .map_err(DescribeError::Call)
+    Ok((VmmClient::new(client), ttrpc::context::with_duration(left)))
 }
 
 fn state_name(state: VmState) -> &'static str {
