@@ -1,4 +1,4 @@
-//! The command line: `runv check|env|ps [flags]`.
+//! The command line: `runv check|env|ps|metrics|trace [flags]`.
 
 use containerd_shim_runv_v2::config::DEFAULT_CONFIG_PATH;
 use containerd_shim_runv_v2::paths::RUN_ROOT;
@@ -12,16 +12,24 @@ pub const USAGE: &str = "\
 usage: runv check [--json] [--config PATH] [--containerd-config PATH]
        runv env   [--json] [--config PATH]
        runv ps    [--json] [--run-root DIR]
+       runv metrics [--listen ADDR] [--run-root DIR]
+       runv trace POD [--run-root DIR]
        runv --version | --help
 
   check   can this host run runv pods: one line per check, exit status 0 only if all pass
   env     versions and paths of runv's parts and host facts, for bug reports
   ps      the pods on this host: VMM pid, state, vCPUs, memory, uptime
+  metrics serve Prometheus metrics of all pods on GET http://ADDR/metrics
+  trace   one pod's start timeline: one line per phase
 
   --json                     print JSON instead of text
   --config PATH              runv's config (default /etc/runv/config.toml)
   --containerd-config PATH   containerd's config (default /etc/containerd/config.toml)
-  --run-root DIR             the sandbox directories' parent (default /run/runv)";
+  --run-root DIR             the sandbox directories' parent (default /run/runv)
+  --listen ADDR              address:port to serve on (default 127.0.0.1:8090)";
+
+/// Where `runv metrics` listens unless told otherwise.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8090";
 
 /// A command line that cannot be run.
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
@@ -38,6 +46,9 @@ pub enum ArgsError {
     /// A flag that needs a value came last.
     #[error("'{0}' needs a value")]
     MissingValue(String),
+    /// `trace` was not given a pod.
+    #[error("'trace' needs a pod id")]
+    MissingPod,
 }
 
 /// What the command line asks for.
@@ -53,6 +64,10 @@ pub enum Command {
     Env(EnvArgs),
     /// `runv ps`.
     Ps(PsArgs),
+    /// `runv metrics`.
+    Metrics(MetricsArgs),
+    /// `runv trace`.
+    Trace(TraceArgs),
 }
 
 /// Flags of `runv check`.
@@ -84,6 +99,24 @@ pub struct PsArgs {
     pub run_root: PathBuf,
 }
 
+/// Flags of `runv metrics`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MetricsArgs {
+    /// The address to listen on, as given.
+    pub listen: String,
+    /// Parent of the sandbox directories.
+    pub run_root: PathBuf,
+}
+
+/// Arguments of `runv trace`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TraceArgs {
+    /// The pod's sandbox id.
+    pub pod: String,
+    /// Parent of the sandbox directories.
+    pub run_root: PathBuf,
+}
+
 /// The flags every command may be given, before each picks its own.
 #[derive(Debug, Default)]
 struct Flags {
@@ -91,6 +124,8 @@ struct Flags {
     config: Option<PathBuf>,
     containerd_config: Option<PathBuf>,
     run_root: Option<PathBuf>,
+    listen: Option<String>,
+    pod: Option<String>,
 }
 
 /// Parses the arguments after the program's name.
@@ -103,12 +138,18 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Command, ArgsErro
         "check" => &["--json", "--config", "--containerd-config"],
         "env" => &["--json", "--config"],
         "ps" => &["--json", "--run-root"],
+        "metrics" => &["--listen", "--run-root"],
+        "trace" => &["--run-root"],
         _ => return Err(ArgsError::UnknownCommand(command)),
     };
     let mut flags = Flags::default();
     while let Some(flag) = args.next() {
         if flag == "-h" || flag == "--help" {
             return Ok(Command::Help);
+        }
+        if command == "trace" && flags.pod.is_none() && !flag.starts_with('-') {
+            flags.pod = Some(flag);
+            continue;
         }
         if !allowed.contains(&flag.as_str()) {
             return Err(ArgsError::UnknownFlag { command, flag });
@@ -119,8 +160,12 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Command, ArgsErro
         }
         let value = args
             .next()
-            .map(PathBuf::from)
             .ok_or_else(|| ArgsError::MissingValue(flag.clone()))?;
+        if flag == "--listen" {
+            flags.listen = Some(value);
+            continue;
+        }
+        let value = PathBuf::from(value);
         match flag.as_str() {
             "--config" => flags.config = Some(value),
             "--containerd-config" => flags.containerd_config = Some(value),
@@ -130,6 +175,7 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Command, ArgsErro
     let config = flags
         .config
         .unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG_PATH));
+    let run_root = flags.run_root.unwrap_or_else(|| PathBuf::from(RUN_ROOT));
     Ok(match command.as_str() {
         "check" => Command::Check(CheckArgs {
             json: flags.json,
@@ -142,9 +188,17 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Command, ArgsErro
             json: flags.json,
             config,
         }),
+        "metrics" => Command::Metrics(MetricsArgs {
+            listen: flags.listen.unwrap_or_else(|| DEFAULT_LISTEN.into()),
+            run_root,
+        }),
+        "trace" => Command::Trace(TraceArgs {
+            pod: flags.pod.ok_or(ArgsError::MissingPod)?,
+            run_root,
+        }),
         _ => Command::Ps(PsArgs {
             json: flags.json,
-            run_root: flags.run_root.unwrap_or_else(|| PathBuf::from(RUN_ROOT)),
+            run_root,
         }),
     })
 }
@@ -192,6 +246,46 @@ mod tests {
                 json: false,
                 run_root: "/tmp/r".into(),
             }))
+        );
+    }
+
+    #[test]
+    fn metrics_and_trace_take_their_arguments() {
+        assert_eq!(
+            parse_line("metrics"),
+            Ok(Command::Metrics(MetricsArgs {
+                listen: DEFAULT_LISTEN.into(),
+                run_root: RUN_ROOT.into(),
+            }))
+        );
+        assert_eq!(
+            parse_line("metrics --listen 0.0.0.0:9100 --run-root /tmp/r"),
+            Ok(Command::Metrics(MetricsArgs {
+                listen: "0.0.0.0:9100".into(),
+                run_root: "/tmp/r".into(),
+            }))
+        );
+        assert_eq!(
+            parse_line("trace pod1 --run-root /tmp/r"),
+            Ok(Command::Trace(TraceArgs {
+                pod: "pod1".into(),
+                run_root: "/tmp/r".into(),
+            }))
+        );
+        assert_eq!(parse_line("trace"), Err(ArgsError::MissingPod));
+        assert_eq!(
+            parse_line("trace a b"),
+            Err(ArgsError::UnknownFlag {
+                command: "trace".into(),
+                flag: "b".into()
+            })
+        );
+        assert_eq!(
+            parse_line("metrics --json"),
+            Err(ArgsError::UnknownFlag {
+                command: "metrics".into(),
+                flag: "--json".into()
+            })
         );
     }
 

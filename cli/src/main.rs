@@ -5,7 +5,9 @@
 //! - `runv env`: versions and paths of runv's parts and host facts, for bug
 //!   reports;
 //! - `runv ps`: the pods on this host, with their VMM's pid, vCPUs, memory
-//!   and uptime.
+//!   and uptime;
+//! - `runv metrics`: a Prometheus endpoint for all pods on the node;
+//! - `runv trace POD`: one pod's start timeline.
 //!
 //! The command's output goes to stdout; diagnostics go through `log` to
 //! stderr.
@@ -18,8 +20,10 @@ mod containerd;
 mod cpu;
 mod env;
 mod files;
+mod metrics;
 mod probe;
 mod ps;
+mod trace;
 
 use args::Command;
 use std::io::Write;
@@ -37,6 +41,18 @@ enum MainError {
     /// `runv ps` could not list the pods.
     #[error(transparent)]
     Ps(#[from] ps::PsError),
+    /// `runv metrics` could not listen.
+    #[error("listen on {addr}: {source}")]
+    Listen {
+        addr: String,
+        source: std::io::Error,
+    },
+    /// `runv trace` could not read the pod's timeline.
+    #[error(transparent)]
+    Trace(#[from] trace::TraceError),
+    /// The pod has no timeline recorded.
+    #[error("pod {0}: no start timeline recorded (booting, or no such pod)")]
+    NoTrace(String),
     /// The answer could not be written to stdout.
     #[error("write to stdout: {0}")]
     Output(#[source] std::io::Error),
@@ -72,6 +88,22 @@ fn run() -> Result<bool, MainError> {
             output(&ps::render(&pods, args.json)?)?;
             ps::log_problems(&pods);
             Ok(true)
+        }
+        Command::Metrics(args) => {
+            let listener =
+                std::net::TcpListener::bind(&args.listen).map_err(|source| MainError::Listen {
+                    addr: args.listen.clone(),
+                    source,
+                })?;
+            log::info!("serving metrics on http://{}/metrics", args.listen);
+            let mut collector = metrics::Collector::new(&args.run_root);
+            metrics::serve(&listener, || collector.scrape());
+            Ok(true)
+        }
+        Command::Trace(args) => {
+            let phases = trace::read(&args.run_root, &args.pod)?
+                .ok_or_else(|| MainError::NoTrace(args.pod.clone()))?;
+            output(&trace::render(&phases)).map(|()| true)
         }
     }
 }
