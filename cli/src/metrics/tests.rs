@@ -97,3 +97,78 @@ fn a_pod_without_a_vmm_is_counted_not_fatal() {
         "{text}"
     );
 }
+
+struct FakeVmm;
+
+impl protocol::vmm::Vmm for FakeVmm {
+    fn metrics(
+        &self,
+        _: &ttrpc::TtrpcContext,
+        _: MetricsRequest,
+    ) -> ttrpc::Result<protocol::vmm::VmMetrics> {
+        let mut metrics = protocol::vmm::VmMetrics::new();
+        metrics.exits_by_reason.insert("mmio".into(), 42);
+        metrics.vmm_rss_bytes = 1 << 27;
+        metrics.guest_memory_bytes = 1 << 28;
+        Ok(metrics)
+    }
+}
+
+#[test]
+fn scrapes_a_pod_from_its_vmm_its_process_and_its_phases_file() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = SandboxDir::under(root.path(), "live");
+    std::fs::create_dir(dir.path()).unwrap();
+    dir.create_vmm_dirs().unwrap();
+    let addr = format!("unix://{}", dir.api_sock().display());
+    let mut server = ttrpc::Server::new()
+        .bind(&addr)
+        .unwrap()
+        .register_service(protocol::vmm::create_vmm(std::sync::Arc::new(FakeVmm)));
+    server.start().unwrap();
+    // Stands in for the VMM: its command line names the sandbox's socket.
+    let mut vmm = std::process::Command::new("/bin/sh")
+        .arg("-c")
+        .arg("sleep 10; true")
+        .arg(dir.api_sock())
+        .spawn()
+        .unwrap();
+    std::fs::write(dir.vmm_pid_file(), format!("{}\n", vmm.id())).unwrap();
+    let cmdline = format!("/proc/{}/cmdline", vmm.id());
+    let api_sock = dir.api_sock().display().to_string();
+    for _ in 0..200 {
+        let text = std::fs::read(&cmdline).unwrap_or_default();
+        if String::from_utf8_lossy(&text).contains(&api_sock) {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let phases = StartPhases {
+        vmm_spawn_us: 1_000,
+        vmm_setup_us: 20_000,
+        guest_boot_us: 500_000,
+        agent_ready_us: 30_000,
+    };
+    phases.write_atomic(&dir.start_phases_file()).unwrap();
+
+    let text = Collector::new(root.path()).scrape();
+    let _ = vmm.kill();
+    let _ = vmm.wait();
+    server.shutdown();
+    let text = text.unwrap();
+    for line in [
+        "runv_vm_exits_total{pod=\"live\",reason=\"mmio\"} 42",
+        "runv_vmm_rss_bytes{pod=\"live\"} 134217728",
+        "runv_guest_memory_bytes{pod=\"live\"} 268435456",
+        "runv_vmm_threads{pod=\"live\"} 1",
+        "runv_pod_start_phase_seconds_count{phase=\"guest_boot\"} 1",
+        "runv_scrape_errors_total{pod=\"live\"} 0",
+    ] {
+        assert!(text.lines().any(|l| l == line), "no line {line} in\n{text}");
+    }
+    assert!(text.contains("runv_vmm_open_fds{pod=\"live\"} "), "{text}");
+    assert!(
+        text.contains("runv_vmm_cpu_seconds_total{pod=\"live\"} "),
+        "{text}"
+    );
+}
