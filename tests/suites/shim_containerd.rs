@@ -324,6 +324,66 @@ fn runv_cli_sees_the_pod(containerd: &Containerd, pod: &str) {
     assert_eq!(env["config"]["values"]["vmm"], vmm_path.as_str(), "{env}");
     assert_eq!(env["vmm"]["path"], vmm_path.as_str(), "{env}");
     assert!(env["vmm"]["version"].is_string(), "{env}");
+    runv_metrics_show_the_pod(&cli, pod);
+}
+
+/// `runv metrics` serves pod `pod`'s VMM RSS and its start timeline, and
+/// `runv trace` prints that timeline.
+fn runv_metrics_show_the_pod(cli: &str, pod: &str) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("a free loopback port")
+        .port();
+    let listen = format!("127.0.0.1:{port}");
+    let mut server = std::process::Command::new(cli)
+        .args(["metrics", "--listen", &listen])
+        .spawn()
+        .unwrap_or_else(|err| panic!("start runv metrics: {err}"));
+    let scrape = || -> std::io::Result<String> {
+        use std::io::{Read, Write};
+        let mut stream = std::net::TcpStream::connect(&listen)?;
+        stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+        stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: runv\r\nConnection: close\r\n\r\n")?;
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer)?;
+        Ok(answer)
+    };
+    let mut answer = Err(std::io::Error::other("not tried"));
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while std::time::Instant::now() < deadline {
+        answer = scrape();
+        if answer.is_ok() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let _ = server.kill();
+    let _ = server.wait();
+    let answer = answer.unwrap_or_else(|err| panic!("scrape runv metrics on {listen}: {err}"));
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let rss_line = format!("runv_vmm_rss_bytes{{pod=\"{pod}\"}} ");
+    let rss: u64 = answer
+        .lines()
+        .find_map(|line| line.strip_prefix(&rss_line))
+        .and_then(|value| value.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {rss_line:?} in the scrape:\n{answer}"));
+    assert!(rss > 1 << 20, "VMM RSS {rss} bytes:\n{answer}");
+    for phase in ["vmm_spawn", "vmm_setup", "guest_boot", "agent_ready"] {
+        let count = format!("runv_pod_start_phase_seconds_count{{phase=\"{phase}\"}} ");
+        let counted: u64 = answer
+            .lines()
+            .find_map(|line| line.strip_prefix(&count))
+            .and_then(|value| value.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {count:?} in the scrape:\n{answer}"));
+        assert!(counted >= 1, "phase {phase} not counted:\n{answer}");
+    }
+    let trace = std::process::Command::new(cli)
+        .args(["trace", pod])
+        .output()
+        .unwrap_or_else(|err| panic!("run runv trace: {err}"));
+    let timeline = String::from_utf8_lossy(&trace.stdout);
+    assert!(trace.status.success(), "runv trace {pod}: {trace:?}");
+    assert!(timeline.contains("guest"), "runv trace {pod}:\n{timeline}");
 }
 
 #[test]
