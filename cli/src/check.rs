@@ -225,7 +225,7 @@ pub fn check_cgroup(layout: &Layout) -> Outcome {
 
 /// containerd and the shim are on PATH and containerd's config names runv.
 fn check_containerd(config: &Path) -> Outcome {
-    let names = containerd::config_names_runtime(config).map_err(|err| err.to_string());
+    let names = containerd::config_names_runtime(config);
     containerd_outcome(
         containerd::binary().as_deref(),
         crate::command::find_on_path(containerd::SHIM_BINARY).as_deref(),
@@ -239,7 +239,7 @@ pub fn containerd_outcome(
     containerd: Option<&Path>,
     shim: Option<&Path>,
     config: &Path,
-    names_runtime: Result<bool, String>,
+    names_runtime: std::io::Result<bool>,
 ) -> Outcome {
     let Some(containerd) = containerd else {
         return Outcome::fail("containerd", "containerd is not on PATH");

@@ -67,12 +67,26 @@ pub struct Part {
     pub error: Option<String>,
 }
 
+/// Why a part's version could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum VersionError {
+    /// Its `--version` did not run.
+    #[error(transparent)]
+    Command(#[from] crate::command::CommandError),
+    /// Reading it failed.
+    #[error(transparent)]
+    Read(#[from] std::io::Error),
+    /// The kernel holds no `Linux version` string.
+    #[error("no \"Linux version\" string in it")]
+    NoKernelVersion,
+}
+
 impl Part {
     /// A part at `path` whose version `version` gives.
-    fn at(path: &Path, version: Result<String, String>) -> Self {
+    fn at(path: &Path, version: Result<String, VersionError>) -> Self {
         let (version, error) = match version {
             Ok(version) => (Some(version), None),
-            Err(err) => (None, Some(err)),
+            Err(err) => (None, Some(err.to_string())),
         };
         Self {
             path: Some(path.to_path_buf()),
@@ -130,7 +144,7 @@ pub fn collect(config_path: &Path) -> Env {
     let vmm = Part::at(
         &config.vmm,
         command::output_of(&config.vmm, &["--version"], VERSION_TIMEOUT)
-            .map_err(|err| err.to_string()),
+            .map_err(VersionError::from),
     );
     let kernel = Part::at(&config.kernel, kernel_version(&config.kernel));
     let initrd = Part::at(&config.initrd, fingerprint(&config.initrd));
@@ -164,9 +178,8 @@ fn load_config(path: &Path) -> (RunvConfig, String) {
 }
 
 /// The shim's `--version`: its `Version:` line's value.
-fn shim_version(path: &Path) -> Result<String, String> {
-    let text =
-        command::output_of(path, &["--version"], VERSION_TIMEOUT).map_err(|err| err.to_string())?;
+fn shim_version(path: &Path) -> Result<String, VersionError> {
+    let text = command::output_of(path, &["--version"], VERSION_TIMEOUT)?;
     Ok(version_line(&text))
 }
 
@@ -182,19 +195,15 @@ fn version_line(text: &str) -> String {
 
 /// The `Linux version ...` string in an uncompressed kernel, up to its
 /// first NUL or newline.
-fn kernel_version(path: &Path) -> Result<String, String> {
+fn kernel_version(path: &Path) -> Result<String, VersionError> {
     const NEEDLE: &[u8] = b"Linux version ";
-    let found =
-        files::find_in_file(path, NEEDLE, MAX_KERNEL_SCAN).map_err(|err| err.to_string())?;
+    let found = files::find_in_file(path, NEEDLE, MAX_KERNEL_SCAN)?;
     let Some((offset, mut file)) = found else {
-        return Err("no \"Linux version\" string in it".into());
+        return Err(VersionError::NoKernelVersion);
     };
-    file.seek(SeekFrom::Start(offset))
-        .map_err(|err| err.to_string())?;
+    file.seek(SeekFrom::Start(offset))?;
     let mut bytes = Vec::new();
-    file.take(MAX_KERNEL_VERSION)
-        .read_to_end(&mut bytes)
-        .map_err(|err| err.to_string())?;
+    file.take(MAX_KERNEL_VERSION).read_to_end(&mut bytes)?;
     Ok(kernel_version_text(&bytes))
 }
 
@@ -214,11 +223,11 @@ fn kernel_version_text(bytes: &[u8]) -> String {
 
 /// `<size> bytes, sha256 <hex>` of `path` (the initrd has no version of its
 /// own: the hash tells builds apart).
-fn fingerprint(path: &Path) -> Result<String, String> {
-    let file = files::open_no_follow(path).map_err(|err| err.to_string())?;
+fn fingerprint(path: &Path) -> Result<String, VersionError> {
+    let file = files::open_no_follow(path)?;
     let mut hasher = Sha256::new();
     let mut reader = file.take(MAX_INITRD_HASH);
-    let size = std::io::copy(&mut reader, &mut hasher).map_err(|err| err.to_string())?;
+    let size = std::io::copy(&mut reader, &mut hasher)?;
     let hex: String = hasher
         .finalize()
         .iter()
@@ -243,7 +252,7 @@ fn host() -> Host {
     let containerd = match containerd::binary() {
         Some(path) => Part::at(
             &path,
-            containerd::version(&path).map_err(|err| err.to_string()),
+            containerd::version(&path).map_err(VersionError::from),
         ),
         None => Part::missing("containerd is not on PATH"),
     };

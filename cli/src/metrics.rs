@@ -250,7 +250,7 @@ fn sample(run_root: &Path, id: String) -> PodSample {
             Ok(process) => pod.process = Some(process),
             Err(err) => pod.errors.push(err.to_string()),
         },
-        Err(err) => pod.errors.push(err),
+        Err(err) => pod.errors.push(err.to_string()),
     }
     match vmm_metrics(&dir) {
         Ok(vmm) => pod.vmm = Some(vmm),

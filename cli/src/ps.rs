@@ -142,7 +142,7 @@ fn pod(run_root: &Path, id: String) -> Pod {
                 Err(err) => pod.problems.push(format!("uptime: {err}")),
             }
         }
-        Err(err) => pod.problems.push(err),
+        Err(err) => pod.problems.push(err.to_string()),
     }
     match describe(&dir) {
         Ok(info) => {
@@ -155,16 +155,56 @@ fn pod(run_root: &Path, id: String) -> Pod {
     pod
 }
 
+/// Why a pod's VMM pid or uptime could not be found out.
+#[derive(Debug, thiserror::Error)]
+pub enum ProcError {
+    /// A file could not be read.
+    #[error("{path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: io::Error,
+    },
+    /// The pid file holds no pid.
+    #[error("{0}: no pid in it")]
+    NoPid(PathBuf),
+    /// No process has the recorded pid.
+    #[error("VMM {0} is not running")]
+    NotRunning(i32),
+    /// The recorded pid now belongs to another process.
+    #[error("pid {0} is no longer this pod's VMM")]
+    NotThisPodsVmm(i32),
+    /// A `/proc` file lacks the field looked for.
+    #[error("no {field} in {file}")]
+    NoField {
+        /// The field.
+        field: &'static str,
+        /// The file.
+        file: &'static str,
+    },
+    /// `sysconf(_SC_CLK_TCK)` gave nothing usable.
+    #[error("no clock tick rate")]
+    NoClockTicks,
+}
+
+/// `path`, read within `max` bytes.
+fn read_proc(path: &Path, max: u64) -> Result<String, ProcError> {
+    files::read_bounded(path, max).map_err(|source| ProcError::Read {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
 /// The pid in `vmm.pid`, if that process still runs this sandbox's VMM.
-pub fn vmm_pid(dir: &SandboxDir) -> Result<i32, String> {
+pub fn vmm_pid(dir: &SandboxDir) -> Result<i32, ProcError> {
     let path = dir.vmm_pid_file();
-    let text = files::read_bounded(&path, MAX_PID_FILE)
-        .map_err(|err| format!("{}: {err}", path.display()))?;
-    let pid = parse_pid(&text).ok_or_else(|| format!("{}: no pid in it", path.display()))?;
+    let text = read_proc(&path, MAX_PID_FILE)?;
+    let pid = parse_pid(&text).ok_or_else(|| ProcError::NoPid(path.clone()))?;
     let cmdline = files::read_bounded(Path::new(&format!("/proc/{pid}/cmdline")), MAX_PROC_FILE)
-        .map_err(|_| format!("VMM {pid} is not running"))?;
+        .map_err(|_| ProcError::NotRunning(pid))?;
     if !names_dir(cmdline.as_bytes(), dir.path()) {
-        return Err(format!("pid {pid} is no longer this pod's VMM"));
+        return Err(ProcError::NotThisPodsVmm(pid));
     }
     Ok(pid)
 }
@@ -186,14 +226,18 @@ fn names_dir(cmdline: &[u8], dir: &Path) -> bool {
 }
 
 /// Seconds since process `pid` started.
-fn uptime(pid: i32) -> Result<u64, String> {
-    let stat = files::read_bounded(Path::new(&format!("/proc/{pid}/stat")), MAX_PROC_FILE)
-        .map_err(|err| err.to_string())?;
-    let start_ticks = start_time_ticks(&stat).ok_or("no start time in /proc/<pid>/stat")?;
-    let boot =
-        files::read_bounded(Path::new("/proc/uptime"), 128).map_err(|err| err.to_string())?;
-    let since_boot = parse_uptime(&boot).ok_or("no uptime in /proc/uptime")?;
-    let ticks_per_sec = clock_ticks().ok_or("no clock tick rate")?;
+fn uptime(pid: i32) -> Result<u64, ProcError> {
+    let stat = read_proc(Path::new(&format!("/proc/{pid}/stat")), MAX_PROC_FILE)?;
+    let start_ticks = start_time_ticks(&stat).ok_or(ProcError::NoField {
+        field: "start time",
+        file: "/proc/<pid>/stat",
+    })?;
+    let boot = read_proc(Path::new("/proc/uptime"), 128)?;
+    let since_boot = parse_uptime(&boot).ok_or(ProcError::NoField {
+        field: "uptime",
+        file: "/proc/uptime",
+    })?;
+    let ticks_per_sec = clock_ticks().ok_or(ProcError::NoClockTicks)?;
     Ok(since_boot.saturating_sub(start_ticks / ticks_per_sec))
 }
 

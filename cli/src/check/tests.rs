@@ -110,7 +110,12 @@ fn containerd_needs_binary_shim_and_runtime() {
     );
     assert!(!containerd_outcome(None, Some(&shim), config, Ok(true)).ok);
     assert!(!containerd_outcome(Some(&containerd), None, config, Ok(true)).ok);
-    let unread = containerd_outcome(Some(&containerd), Some(&shim), config, Err("gone".into()));
+    let unread = containerd_outcome(
+        Some(&containerd),
+        Some(&shim),
+        config,
+        Err(std::io::Error::other("gone")),
+    );
     assert!(unread
         .reason
         .ends_with("cannot read /etc/containerd/config.toml: gone"));
