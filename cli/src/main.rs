@@ -23,6 +23,8 @@ mod files;
 mod metrics;
 mod probe;
 mod ps;
+#[cfg(test)]
+mod test_utils;
 mod trace;
 
 use args::Command;

@@ -636,7 +636,22 @@ disabled_plugins = [
 [{cri}.containerd]
   default_runtime_name = "runc"
   snapshotter = "overlayfs"
+{runtime_tables}"#,
+        root = path(dir.join("root")),
+        state = path(dir.join("state")),
+        grpc = path(socket.to_path_buf()),
+        ttrpc = path(dir.join("containerd.sock.ttrpc")),
+        cni = path(dir.join("cni")),
+        runtime_tables = runtimes_toml(&runtimes, dir),
+    )
+}
 
+/// The `runc` (the CRI's default) and `runv` tables under the CRI's
+/// `runtimes` table, in either schema.
+fn runtimes_toml(runtimes: &str, dir: &Path) -> String {
+    let runv = toml_string(&dir.join("runv.toml").display().to_string());
+    format!(
+        r#"
 [{runtimes}.runc]
   runtime_type = "io.containerd.runc.v2"
 
@@ -647,13 +662,7 @@ disabled_plugins = [
 
 [{runtimes}.runv.options]
   ConfigPath = {runv}
-"#,
-        root = path(dir.join("root")),
-        state = path(dir.join("state")),
-        grpc = path(socket.to_path_buf()),
-        ttrpc = path(dir.join("containerd.sock.ttrpc")),
-        cni = path(dir.join("cni")),
-        runv = path(dir.join("runv.toml")),
+"#
     )
 }
 
@@ -704,24 +713,13 @@ disabled_plugins = [
 
 [{runtime}.containerd]
   default_runtime_name = "runc"
-
-[{runtimes}.runc]
-  runtime_type = "io.containerd.runc.v2"
-
-[{runtimes}.runv]
-  runtime_type = "{RUNV_RUNTIME}"
-  pod_annotations = ["io.pouch.runv.*"]
-  container_annotations = ["io.pouch.runv.*"]
-
-[{runtimes}.runv.options]
-  ConfigPath = {runv}
-"#,
+{runtime_tables}"#,
         root = path(dir.join("root")),
         state = path(dir.join("state")),
         grpc = path(socket.to_path_buf()),
         ttrpc = path(dir.join("containerd.sock.ttrpc")),
         cni = path(dir.join("cni")),
-        runv = path(dir.join("runv.toml")),
+        runtime_tables = runtimes_toml(&runtimes, dir),
     )
 }
 

@@ -118,14 +118,7 @@ impl protocol::vmm::Vmm for FakeVmm {
 fn scrapes_a_pod_from_its_vmm_its_process_and_its_phases_file() {
     let root = tempfile::tempdir().unwrap();
     let dir = SandboxDir::under(root.path(), "live");
-    std::fs::create_dir(dir.path()).unwrap();
-    dir.create_vmm_dirs().unwrap();
-    let addr = format!("unix://{}", dir.api_sock().display());
-    let mut server = ttrpc::Server::new()
-        .bind(&addr)
-        .unwrap()
-        .register_service(protocol::vmm::create_vmm(std::sync::Arc::new(FakeVmm)));
-    server.start().unwrap();
+    let server = crate::test_utils::serve_vmm(&dir, FakeVmm);
     // Stands in for the VMM: its command line names the sandbox's socket.
     let mut vmm = std::process::Command::new("/bin/sh")
         .arg("-c")

@@ -1,6 +1,5 @@
 use super::*;
-use protocol::vmm::{create_vmm, Vmm};
-use std::sync::Arc;
+use protocol::vmm::Vmm;
 
 /// A bash process whose command name holds a space and a parenthesis.
 const STAT: &str = "4242 (runv vmm) x) S 1 4242 4242 0 -1 4194560 500 0 0 0 \
@@ -69,14 +68,7 @@ impl Vmm for FakeVmm {
 fn lists_sandbox_directories_and_asks_their_vmm() {
     let root = tempfile::tempdir().unwrap();
     let served = SandboxDir::under(root.path(), "served");
-    std::fs::create_dir(served.path()).unwrap();
-    served.create_vmm_dirs().unwrap();
-    let addr = format!("unix://{}", served.api_sock().display());
-    let mut server = ttrpc::Server::new()
-        .bind(&addr)
-        .unwrap()
-        .register_service(create_vmm(Arc::new(FakeVmm)));
-    server.start().unwrap();
+    let server = crate::test_utils::serve_vmm(&served, FakeVmm);
 
     // A pod whose VMM is gone: a pid file naming a process that is not it.
     let gone = SandboxDir::under(root.path(), "gone");
