@@ -9,6 +9,10 @@ use std::collections::HashMap;
 /// Prefix of the pod annotations that override configuration values.
 pub const ANNOTATION_PREFIX: &str = "io.pouch.runv.";
 
+/// Most characters of a refused annotation's value quoted in its error: the
+/// value is the tenant's, and may be as long as Kubernetes allows.
+pub const QUOTED_VALUE_CHARS: usize = 64;
+
 /// Why a pod annotation is refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AnnotationProblem {
@@ -47,7 +51,7 @@ impl RunvConfig {
         for (key, full_key, value) in keys {
             let fail = |problem| ConfigError::Annotation {
                 key: full_key.clone(),
-                value: value.clone(),
+                value: value.chars().take(QUOTED_VALUE_CHARS).collect(),
                 problem,
             };
             if !OVERRIDABLE.contains(&key) {

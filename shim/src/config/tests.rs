@@ -189,3 +189,20 @@ fn a_config_written_as_toml_reads_back_the_same() {
     let text = toml::to_string(&config).unwrap();
     assert_eq!(load_text(&text).unwrap(), config, "{text}");
 }
+
+#[test]
+fn a_refused_annotation_quotes_only_the_start_of_its_value() {
+    let config = RunvConfig {
+        enable_annotations: vec!["default_vcpus".into()],
+        ..RunvConfig::default()
+    };
+    let long = "9".repeat(100_000);
+    let annotations = HashMap::from([(format!("{ANNOTATION_PREFIX}default_vcpus"), long)]);
+    let err = config
+        .with_annotations(&annotations)
+        .unwrap_err()
+        .to_string();
+    assert!(err.len() < 400, "{} bytes: {}", err.len(), &err[..200]);
+    let quoted = "9".repeat(super::annotations::QUOTED_VALUE_CHARS);
+    assert!(err.contains(&quoted), "{err}");
+}
