@@ -735,10 +735,16 @@ pub struct ContainerdVersion {
 }
 
 impl ContainerdVersion {
-    /// Asks the containerd on [`search_path`]; panics if there is none, if
-    /// its answer does not parse, or if it is not the version
-    /// `RUNV_CONTAINERD_VERSION` names (`major.minor`, where a run asks for one).
+    /// Asks the containerd on [`search_path`], once per process; panics if
+    /// there is none, if its answer does not parse, or if it is not the
+    /// version `RUNV_CONTAINERD_VERSION` names (`major.minor`, where a run
+    /// asks for one).
     pub fn on_path() -> Self {
+        static ON_PATH: std::sync::OnceLock<ContainerdVersion> = std::sync::OnceLock::new();
+        ON_PATH.get_or_init(Self::ask).clone()
+    }
+
+    fn ask() -> Self {
         let output = Command::new("containerd")
             .arg("--version")
             .env("PATH", search_path())
