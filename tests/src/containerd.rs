@@ -9,7 +9,8 @@
 //!                     file system; the KVM test host's / is 9p with overlays)
 //! state/              containerd's state (task bundles, rootfs mounts, pod netns)
 //! containerd.sock     gRPC (ctr, CRI); containerd.sock.ttrpc: ttrpc (shims)
-//! config.toml         version 2; runtime `runv` = io.pouch.runv.v2, runc the default
+//! config.toml         version 2 (containerd 1.x) or 3 (2.x); runc the default runtime,
+//!                     runv's table the one operators install (deploy/containerd/)
 //! runv.toml           runv's config, given to the shim as ConfigPath
 //! cni/                a bridge + host-local conflist: pods get eth0 on a bridge of
 //!                     this instance, a /24 of their own (10.233.<n>.0/24), whose
@@ -40,6 +41,13 @@ pub const PAUSE_IMAGE: &str = "docker.io/runv/pause:latest";
 pub const RUNV_RUNTIME: &str = "io.pouch.runv.v2";
 /// The CRI runtime handler that runs pods in runv.
 pub const RUNV_HANDLER: &str = "runv";
+/// runv's runtime table for containerd 1.x (config version 2), as operators
+/// install it; the fixture's config holds it with its own `ConfigPath`.
+const RUNV_TABLE_V2: &str = include_str!("../../deploy/containerd/runv-v2.toml");
+/// runv's runtime table for containerd 2.x (config version 3), likewise.
+const RUNV_TABLE_V3: &str = include_str!("../../deploy/containerd/runv-v3.toml");
+/// The `ConfigPath` the tables of `deploy/containerd/` name.
+const DEPLOYED_RUNV_CONFIG: &str = "/etc/runv/config.toml";
 /// The namespace the CRI works in.
 pub const CRI_NAMESPACE: &str = "k8s.io";
 /// Deadline of one `ctr` command.
@@ -642,28 +650,38 @@ disabled_plugins = [
         grpc = path(socket.to_path_buf()),
         ttrpc = path(dir.join("containerd.sock.ttrpc")),
         cni = path(dir.join("cni")),
-        runtime_tables = runtimes_toml(&runtimes, dir),
+        runtime_tables = runtimes_toml(&runtimes, RUNV_TABLE_V2, dir),
     )
 }
 
-/// The `runc` (the CRI's default) and `runv` tables under the CRI's
-/// `runtimes` table, in either schema.
-fn runtimes_toml(runtimes: &str, dir: &Path) -> String {
-    let runv = toml_string(&dir.join("runv.toml").display().to_string());
+/// The `runc` table (the CRI's default) under the CRI's `runtimes` table,
+/// then `runv_table` (of `deploy/containerd/`, in the same schema) naming
+/// this instance's `runv.toml` as its `ConfigPath`.
+fn runtimes_toml(runtimes: &str, runv_table: &str, dir: &Path) -> String {
+    let runv = with_config_path(runv_table, &dir.join("runv.toml"));
     format!(
         r#"
 [{runtimes}.runc]
   runtime_type = "io.containerd.runc.v2"
 
-[{runtimes}.runv]
-  runtime_type = "{RUNV_RUNTIME}"
-  pod_annotations = ["io.pouch.runv.*"]
-  container_annotations = ["io.pouch.runv.*"]
-
-[{runtimes}.runv.options]
-  ConfigPath = {runv}
-"#
+{runv}"#
     )
+}
+
+/// `table` with the `ConfigPath` line naming `config` instead of
+/// [`DEPLOYED_RUNV_CONFIG`]; panics unless `table` has that line once.
+fn with_config_path(table: &str, config: &Path) -> String {
+    let deployed = format!("ConfigPath = {}", toml_string(DEPLOYED_RUNV_CONFIG));
+    assert_eq!(
+        table.matches(&deployed).count(),
+        1,
+        "a runv table of deploy/containerd/ should hold `{deployed}` once:\n{table}"
+    );
+    let ours = format!(
+        "ConfigPath = {}",
+        toml_string(&config.display().to_string())
+    );
+    table.replace(&deployed, &ours)
 }
 
 /// The configuration of containerd 2.x (schema version 3: the CRI split into
@@ -719,7 +737,7 @@ disabled_plugins = [
         grpc = path(socket.to_path_buf()),
         ttrpc = path(dir.join("containerd.sock.ttrpc")),
         cni = path(dir.join("cni")),
-        runtime_tables = runtimes_toml(&runtimes, dir),
+        runtime_tables = runtimes_toml(&runtimes, RUNV_TABLE_V3, dir),
     )
 }
 
@@ -1167,4 +1185,116 @@ pub fn pattern(len: usize) -> Vec<u8> {
             (state >> 24) as u8
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Where runv's runtime table sits in containerd 1.x's config (version 2).
+    const RUNV_PATH_V2: [&str; 5] = [
+        "plugins",
+        "io.containerd.grpc.v1.cri",
+        "containerd",
+        "runtimes",
+        RUNV_HANDLER,
+    ];
+    /// Where it sits in containerd 2.x's config (version 3).
+    const RUNV_PATH_V3: [&str; 5] = [
+        "plugins",
+        "io.containerd.cri.v1.runtime",
+        "containerd",
+        "runtimes",
+        RUNV_HANDLER,
+    ];
+
+    fn parse(text: &str) -> toml::Table {
+        toml::from_str(text).unwrap_or_else(|err| panic!("does not parse: {err}\n{text}"))
+    }
+
+    /// The table at `path` in `doc`.
+    fn table<'a>(doc: &'a toml::Table, path: &[&str]) -> &'a toml::Table {
+        path.iter().fold(doc, |table, key| {
+            table
+                .get(*key)
+                .and_then(toml::Value::as_table)
+                .unwrap_or_else(|| panic!("no table {key} on the way to {path:?}"))
+        })
+    }
+
+    /// [`table`], to change.
+    fn table_mut<'a>(doc: &'a mut toml::Table, path: &[&str]) -> &'a mut toml::Table {
+        path.iter().fold(doc, |table, key| {
+            table
+                .get_mut(*key)
+                .and_then(toml::Value::as_table_mut)
+                .unwrap_or_else(|| panic!("no table {key} on the way to {path:?}"))
+        })
+    }
+
+    /// runv's runtime table as the tests and operators want it, naming `config`.
+    fn expected_runv_table(config: &str) -> toml::Table {
+        parse(&format!(
+            r#"runtime_type = "{RUNV_RUNTIME}"
+pod_annotations = ["io.pouch.runv.*"]
+container_annotations = ["io.pouch.runv.*"]
+options = {{ ConfigPath = {} }}
+"#,
+            toml_string(config)
+        ))
+    }
+
+    #[test]
+    fn deployed_tables_parse_and_hold_only_runvs_runtime() {
+        for (snippet, path) in [(RUNV_TABLE_V2, RUNV_PATH_V2), (RUNV_TABLE_V3, RUNV_PATH_V3)] {
+            let doc = parse(snippet);
+            assert_eq!(
+                table(&doc, &path),
+                &expected_runv_table(DEPLOYED_RUNV_CONFIG)
+            );
+            let mut only = doc.clone();
+            table_mut(&mut only, &path[..4]).remove(RUNV_HANDLER);
+            let empty = path[..4]
+                .iter()
+                .rev()
+                .fold(toml::Table::new(), |inner, key| {
+                    toml::Table::from_iter([(key.to_string(), toml::Value::Table(inner))])
+                });
+            assert_eq!(only, empty, "more than runv's table in:\n{snippet}");
+        }
+    }
+
+    #[test]
+    fn fixture_configs_hold_the_deployed_table_naming_the_tests_runv_toml() {
+        let dir = Path::new("/tmp/runv-containerd.test");
+        let socket = dir.join("containerd.sock");
+        let ours = dir.join("runv.toml").display().to_string();
+        for (config, version, path) in [
+            (config_toml(dir, &socket), 2, RUNV_PATH_V2),
+            (config_toml_v3(dir, &socket), 3, RUNV_PATH_V3),
+        ] {
+            assert!(
+                !config.contains(DEPLOYED_RUNV_CONFIG),
+                "the fixture names the host's runv config:\n{config}"
+            );
+            assert!(config.contains(&ours), "{ours} is not named:\n{config}");
+            let doc = parse(&config);
+            assert_eq!(doc.get("version"), Some(&toml::Value::Integer(version)));
+            assert_eq!(table(&doc, &path), &expected_runv_table(&ours));
+            let runc = table(&doc, &[&path[..4], &["runc"]].concat()).clone();
+            assert_eq!(
+                runc,
+                parse(r#"runtime_type = "io.containerd.runc.v2""#),
+                "{config}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_table_without_the_deployed_config_path_is_refused() {
+        let refused = std::panic::catch_unwind(|| {
+            with_config_path("[x]\n  ConfigPath = \"/other\"\n", Path::new("/t"))
+        });
+        assert!(refused.is_err());
+    }
 }
