@@ -21,12 +21,13 @@ const MAX_INPUT: usize = 1 << 20;
 /// containerd writes it all at once and closes the pipe.
 const STDIN_IDLE_MS: u16 = 2000;
 
-/// Task API version runv answers with. Version 3 would tell containerd the
-/// shim groups a sandbox's containers behind the sandbox API (containerd
-/// then skips `start` and `delete` for each container and expects streaming
-/// I/O), which runv does not do; 2 is what containerd assumes of a shim that
-/// answers with a plain address.
-const TASK_API_VERSION: i32 = 2;
+/// Task API version runv answers containerd 2.3+ with: its server serves task
+/// v3 beside v2 (`serve.rs`). containerd then reaches every container of a
+/// pod through the pod's shim (the sandbox's `bootstrap.json`) without running
+/// `start` for each, as runv's one shim per pod expects. Before 2.3 the answer
+/// is the plain address, which containerd reads as version 2: containerd 1.x
+/// refuses a version above 2.
+const TASK_API_VERSION: i32 = 3;
 
 /// Protocol of runv's task service.
 const PROTOCOL: &str = "ttrpc";

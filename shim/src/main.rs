@@ -18,6 +18,7 @@ mod pod_vm;
 mod process;
 mod publish;
 mod sandbox;
+mod serve;
 mod share;
 mod shim;
 mod spec;
@@ -30,6 +31,7 @@ mod watchers;
 use containerd_shim::protos::protobuf::Message;
 use containerd_shim::protos::types::introspection::{RuntimeInfo, RuntimeVersion};
 use containerd_shim_runv_v2::{config, jail, paths, privileges, start_phases};
+use std::ffi::OsString;
 use std::io::Write;
 use std::process::ExitCode;
 
@@ -48,24 +50,33 @@ fn main() -> ExitCode {
         // containerd 2.x asks for the runtime's description (a RuntimeInfo).
         Some("-info" | "--info") => print_info(),
         _ => {
-            if is_daemon() {
-                // Before any thread exists: a mount namespace is per thread.
-                if let Err(err) = share::enter_own_mount_namespace() {
+            let args: Vec<OsString> = std::env::args_os().skip(1).collect();
+            if !is_daemon(&args) {
+                // `start` and `delete`.
+                containerd_shim::run::<shim::RunvShim>(RUNTIME_ID, None);
+                return ExitCode::SUCCESS;
+            }
+            // Before any thread exists: a mount namespace is per thread.
+            let served = share::enter_own_mount_namespace()
+                .map_err(|err| err.to_string())
+                .and_then(|()| {
+                    serve::run::<shim::RunvShim>(RUNTIME_ID, &args).map_err(|err| err.to_string())
+                });
+            match served {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(err) => {
                     eprintln!("containerd-shim-runv-v2: {err}");
-                    return ExitCode::FAILURE;
+                    ExitCode::FAILURE
                 }
             }
-            containerd_shim::run::<shim::RunvShim>(RUNTIME_ID, None);
-            ExitCode::SUCCESS
         }
     }
 }
 
-/// Whether this process is the long-running shim (started by `start` with a
-/// socket and no action), not `start` or `delete`.
-fn is_daemon() -> bool {
-    let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
-    containerd_shim::parse(&args)
+/// Whether `args` start the long-running shim (a socket and no action), not
+/// `start` or `delete`.
+fn is_daemon(args: &[OsString]) -> bool {
+    containerd_shim::parse(args)
         .map(|flags| flags.action.is_empty() && !flags.socket.is_empty())
         .unwrap_or(false)
 }

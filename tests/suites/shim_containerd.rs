@@ -20,8 +20,8 @@ use k8s_cri::v1::{
     LinuxSandboxSecurityContext, NamespaceMode, NamespaceOption,
 };
 use runv_tests::containerd::{
-    assert_clean, cgroup_of, pattern, run_with_deadline, wait_until, Containerd, Runtime,
-    RunvConfig, TestRunvConfig, TEST_IMAGE,
+    assert_clean, cgroup_of, pattern, run_with_deadline, wait_until, Containerd, ContainerdVersion,
+    Runtime, RunvConfig, TestRunvConfig, TEST_IMAGE,
 };
 use runv_tests::cri::{container_config, envs, pod_config, pod_config_annotated};
 use runv_tests::host::{pids_named, processes_matching};
@@ -286,6 +286,33 @@ fn ctr_task_exec_ps_pause_metrics_kill() {
     finish(containerd);
 }
 
+/// containerd 2.3+ reaches runv's shim through task v3 (the version `start`
+/// answers its bootstrap protocol with), every container of the pod included;
+/// older ones through task v2.
+fn assert_task_api_version(containerd: &Containerd) {
+    let version = ContainerdVersion::on_path();
+    let expected = if (version.major, version.minor) >= (2, 3) {
+        "version=3"
+    } else {
+        "version=2"
+    };
+    let log = std::fs::read_to_string(containerd.dir().join("containerd.log"))
+        .expect("read containerd's log");
+    let connections: Vec<&str> = log
+        .lines()
+        .filter(|line| line.contains("connecting to shim"))
+        .collect();
+    // containerd 1.x logs its shim connections only at debug level.
+    assert!(
+        version.major < 2 || !connections.is_empty(),
+        "containerd {} logged no shim connection",
+        version.text
+    );
+    for line in connections {
+        assert!(line.contains(expected), "{expected} expected: {line}");
+    }
+}
+
 /// One pod (one VM) with two containers, through the CRI: ExecSync in both, both
 /// in the same VM with the pod's hostname, DNS and sysctls, the first (and a
 /// third) in the pod's PID namespace under its pause, the second in its own,
@@ -441,6 +468,14 @@ fn cri_pod_with_two_containers() {
         );
     }
 
+    // containerd 2.x puts `net.ipv4.ping_group_range` (and the unprivileged
+    // port start, which the pod sets itself here) in every pod's sandbox
+    // spec; 1.x leaves the kernel's default.
+    let unprivileged_ping = if ContainerdVersion::on_path().major >= 2 {
+        "0\t2147483647"
+    } else {
+        "1\t0"
+    };
     let host_boot_id =
         std::fs::read_to_string("/proc/sys/kernel/random/boot_id").expect("host boot_id");
     let mut boot_ids = Vec::new();
@@ -452,7 +487,8 @@ fn cri_pod_with_two_containers() {
                 "-c",
                 "echo $NAME; cat /proc/sys/kernel/random/boot_id; hostname; \
                  cat /proc/sys/kernel/shm_rmid_forced \
-                 /proc/sys/net/ipv4/ip_unprivileged_port_start; \
+                 /proc/sys/net/ipv4/ip_unprivileged_port_start \
+                 /proc/sys/net/ipv4/ping_group_range; \
                  echo \"pid1 $(tr '\\0' ' ' </proc/1/cmdline)\"; \
                  grep -v '^#' /etc/resolv.conf; exit 4",
             ],
@@ -473,6 +509,11 @@ fn cri_pod_with_two_containers() {
             lines.next(),
             Some("80"),
             "the pod's net.ipv4.ip_unprivileged_port_start: {out}"
+        );
+        assert_eq!(
+            lines.next(),
+            Some(unprivileged_ping),
+            "net.ipv4.ping_group_range, which containerd 2.x sets in every pod: {out}"
         );
         let pid1 = lines.next().unwrap_or_default();
         assert_eq!(
@@ -508,6 +549,7 @@ fn cri_pod_with_two_containers() {
             host_boot_id.trim(),
             "the containers run in the pod's VM, not on the host"
         );
+        assert_task_api_version(&containerd);
     }
 
     // With CAP_NET_ADMIN a container makes a bridge (critest's check); the

@@ -58,7 +58,7 @@ const ADDRESS: &str = "unix:///run/containerd/s/0123abcd";
 
 /// The BootstrapResult runv answers 2.3+ with, byte by byte.
 fn expected_result() -> Vec<u8> {
-    let mut bytes = vec![0x08, 0x02]; // version (field 1, varint) = 2
+    let mut bytes = vec![0x08, 0x03]; // version (field 1, varint) = 3
     bytes.extend([0x12, ADDRESS.len() as u8]); // address (field 2, length)
     bytes.extend_from_slice(ADDRESS.as_bytes());
     bytes.extend([0x1a, 0x05]); // protocol (field 3, length 5)
