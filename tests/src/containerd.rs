@@ -1291,6 +1291,17 @@ options = {{ ConfigPath = {} }}
     }
 
     #[test]
+    fn the_runtime_class_names_the_deployed_handler() {
+        let manifest = include_str!("../../deploy/runtimeclass.yaml");
+        let handler = format!("handler: {RUNV_HANDLER}");
+        assert!(
+            manifest.lines().any(|line| line == handler),
+            "deploy/runtimeclass.yaml lacks `{handler}`"
+        );
+        assert!(manifest.contains("podFixed:"), "{manifest}");
+    }
+
+    #[test]
     fn a_table_without_the_deployed_config_path_is_refused() {
         let refused = std::panic::catch_unwind(|| {
             with_config_path("[x]\n  ConfigPath = \"/other\"\n", Path::new("/t"))
