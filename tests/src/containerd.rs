@@ -196,10 +196,12 @@ impl Containerd {
     /// What a test that panicked leaves to read on stderr: containerd's log
     /// (the shims write theirs into it), the threads of every live shim of
     /// this instance as gdb sees them (a hung call shows where it waits), and
-    /// the tail of each pod's `vmm.log` and `console.log`.
+    /// the tail of each pod's `vmm.log` and `console.log`, and containerd's
+    /// goroutines that were talking to a shim.
     fn report_failure(&self) {
         eprintln!("containerd fixture: the test failed; what runv and containerd left:");
         eprintln!("{}", file_tail(&self.dir().join("containerd.log"), 200));
+        self.report_containerd_shim_goroutines();
         let gdb_installed = std::env::var_os("PATH")
             .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join("gdb").is_file()));
         if !gdb_installed {
@@ -226,6 +228,40 @@ impl Containerd {
                 eprintln!("{}", file_tail(&pod.join(log), 40));
             }
         }
+    }
+
+    /// containerd's goroutines in its shim manager, its CRI or ttrpc (where a
+    /// call to a shim waits), from the stack dump SIGUSR1 has it write to
+    /// `$TMPDIR/containerd.<pid>.stacks.log`.
+    fn report_containerd_shim_goroutines(&self) {
+        let Some(pid) = self.child.as_ref().map(|child| child.id()) else {
+            return;
+        };
+        let dump = std::env::temp_dir().join(format!("containerd.{pid}.stacks.log"));
+        let _ = fs::remove_file(&dump);
+        if kill(Pid::from_raw(pid as i32), Signal::SIGUSR1).is_err()
+            || !wait_until(Duration::from_secs(5), || dump.exists())
+        {
+            eprintln!("--- containerd wrote no stack dump");
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+        let stacks = fs::read_to_string(&dump).unwrap_or_default();
+        let _ = fs::remove_file(&dump);
+        let waiting: Vec<&str> = stacks
+            .split("\n\n")
+            .filter(|goroutine| {
+                ["runtime/v2", "/cri/", "ttrpc"]
+                    .iter()
+                    .any(|part| goroutine.contains(part))
+            })
+            .collect();
+        eprintln!(
+            "--- containerd's goroutines in shims, CRI or ttrpc ({} of {})\n{}",
+            waiting.len(),
+            stacks.split("\n\n").count(),
+            waiting.join("\n\n")
+        );
     }
 
     /// `ctr --address <socket> --namespace <namespace>`, for a caller that runs it itself.
