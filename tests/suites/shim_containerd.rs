@@ -321,10 +321,12 @@ fn assert_task_api_version(containerd: &Containerd) {
 /// UpdateContainerResources, StopContainer (SIGKILL after the grace period for
 /// a container ignoring SIGTERM, at once for one that exits on it),
 /// StopPodSandbox, RemovePodSandbox.
-/// `runv ps` lists running pod `pod` with its VMM, 1 vCPU and 256 MiB (the
-/// harness's config), and `runv env` reports the config containerd gave it.
+/// `runv check` passes, `runv ps` lists running pod `pod` with its VMM, 1
+/// vCPU and 256 MiB (the harness's config), and `runv env` reports the config
+/// containerd gave it.
 fn runv_cli_sees_the_pod(containerd: &Containerd, pod: &str) {
     let cli = std::env::var("RUNV_CLI").expect("RUNV_CLI: the runv CLI (scripts/test sets it)");
+    runv_check_passes(&cli, containerd);
     let run = |args: &[&str]| {
         let output = std::process::Command::new(&cli)
             .args(args)
@@ -352,6 +354,55 @@ fn runv_cli_sees_the_pod(containerd: &Containerd, pod: &str) {
     assert_eq!(env["vmm"]["path"], vmm_path.as_str(), "{env}");
     assert!(env["vmm"]["version"].is_string(), "{env}");
     runv_metrics_show_the_pod(&cli, pod);
+}
+
+/// `runv check --json`, given the runv and containerd configs of `containerd`
+/// and the PATH it runs with (`RUNV_SHIM`'s directory first), exits 0 with
+/// every check ok: this host (the KVM test host, or one with
+/// hardware-assisted KVM) can run runv pods, as the running pod shows.
+fn runv_check_passes(cli: &str, containerd: &Containerd) {
+    let shim_dir = std::env::var_os("RUNV_SHIM")
+        .map(PathBuf::from)
+        .and_then(|shim| shim.parent().map(Path::to_path_buf));
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let path = std::env::join_paths(shim_dir.into_iter().chain(std::env::split_paths(&path)))
+        .expect("PATH entries hold no ':'");
+    let runv_config = containerd.runv_config_path().display().to_string();
+    let containerd_config = containerd.dir().join("config.toml").display().to_string();
+    let args = [
+        "check",
+        "--json",
+        "--config",
+        &runv_config,
+        "--containerd-config",
+        &containerd_config,
+    ];
+    let output = Command::new(cli)
+        .args(args)
+        .env("PATH", path)
+        .output()
+        .unwrap_or_else(|err| panic!("run {cli}: {err}"));
+    let stdout = text(&output.stdout);
+    let report = format!(
+        "runv {args:?}: {}\n{stdout}{}",
+        output.status,
+        text(&output.stderr)
+    );
+    eprintln!("{report}");
+    let checks: serde_json::Value = serde_json::from_str(&stdout)
+        .unwrap_or_else(|err| panic!("runv check printed no JSON ({err}): {report}"));
+    let checks = checks
+        .as_array()
+        .unwrap_or_else(|| panic!("runv check printed no array: {report}"));
+    let failed: Vec<&serde_json::Value> = checks.iter().filter(|c| c["ok"] != true).collect();
+    assert!(failed.is_empty(), "failed checks {failed:?}: {report}");
+    for name in ["kvm", "cpu", "kvm-speed", "assets", "cgroup", "containerd"] {
+        assert!(
+            checks.iter().any(|check| check["name"] == name),
+            "no check {name}: {report}"
+        );
+    }
+    assert!(output.status.success(), "{report}");
 }
 
 /// `runv metrics` serves pod `pod`'s VMM RSS and its start timeline, and
