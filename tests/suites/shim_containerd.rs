@@ -1360,9 +1360,10 @@ fn start_latency_memory_and_concurrency_against_runc() {
     let log = std::fs::read_to_string(containerd.dir().join("containerd.log")).unwrap_or_default();
     // The shim's line per boot: "VMM spawn S ms (in its jail|no jail), VMM
     // setup T ms, guest boot B ms".
-    let phases = |how: &str| -> (f64, f64) {
+    let phases = |how: &str| -> (f64, f64, f64) {
         let mut spawns = Vec::new();
         let mut setups = Vec::new();
+        let mut boots = Vec::new();
         for line in log.lines() {
             let Some((_, rest)) = line.split_once("VMM spawn ") else {
                 continue;
@@ -1378,9 +1379,14 @@ fn start_latency_memory_and_concurrency_against_runc() {
                     .parse()
                     .ok()
             };
-            if let (Some(spawn), Some(setup)) = (number_after(""), number_after("VMM setup ")) {
+            if let (Some(spawn), Some(setup), Some(boot)) = (
+                number_after(""),
+                number_after("VMM setup "),
+                number_after("guest boot "),
+            ) {
                 spawns.push(spawn);
                 setups.push(setup);
+                boots.push(boot);
             }
         }
         assert!(!spawns.is_empty(), "no VMM spawn ({how}) in the shim's log");
@@ -1388,10 +1394,19 @@ fn start_latency_memory_and_concurrency_against_runc() {
             values.sort_by(f64::total_cmp);
             values[values.len() / 2]
         };
-        (median(spawns), median(setups))
+        (median(spawns), median(setups), median(boots))
     };
-    let (jailed_spawn, jailed_setup) = phases("in its jail");
-    let (unjailed_spawn, unjailed_setup) = phases("no jail");
+    let (jailed_spawn, jailed_setup, guest_boot) = phases("in its jail");
+    let (unjailed_spawn, unjailed_setup, _) = phases("no jail");
+    let vm_ms = jailed_spawn + jailed_setup + guest_boot;
+    println!(
+        "runv's start, medians of {runs}: VMM spawn {jailed_spawn:.1} ms, VMM setup (exec to \
+         first KVM_RUN) {jailed_setup:.1} ms, guest boot to the agent {guest_boot:.1} ms; the \
+         rest of ctr run --rm echo (shim, container create, start, echo, delete) {:.1} ms; \
+         runc's whole ctr run --rm echo {:.1} ms",
+        runv_median.as_secs_f64() * 1000.0 - vm_ms,
+        runc.as_secs_f64() * 1000.0
+    );
     let jail_cost = jailed_spawn - unjailed_spawn;
     println!(
         "the VMM's jail, medians of {runs}: ctr run --rm echo {:.2} s with it, {:.2} s without \
@@ -1411,10 +1426,11 @@ fn start_latency_memory_and_concurrency_against_runc() {
     let mib = |kib: u64| kib as f64 / 1024.0 / pods as f64;
     println!(
         "host memory per idle pod (PSS, {pods} pods): runv {:.1} MiB for shim + VMM, {:.1} MiB \
-         with the guest's RAM ({} MiB guests); runc {:.1} MiB for shim + container; ratio \
-         runv/runc {:.2} without the guest's RAM, {:.2} with it",
+         with the guest's RAM ({:.1} MiB of the {} MiB guest touched); runc {:.1} MiB for shim + \
+         container; ratio runv/runc {:.2} without the guest's RAM, {:.2} with it",
         mib(runv_host),
         mib(runv_total),
+        mib(runv_total - runv_host),
         guest_kib / 1024,
         mib(runc_total),
         runv_host as f64 / runc_total.max(1) as f64,
@@ -1463,6 +1479,9 @@ fn idle_pods_pss(
     for id in &ids {
         wait_task_status(containerd, id, "RUNNING", Duration::from_secs(120));
     }
+    if runtime == Runtime::Runv {
+        print_guest_memory(containerd, &ids[0]);
+    }
     let shims: Vec<i32> = containerd.shims().iter().map(|(pid, _)| *pid).collect();
     assert_eq!(shims.len(), pods, "one shim per {runtime:?} pod");
     let measured = with_descendants(&shims);
@@ -1480,6 +1499,45 @@ fn idle_pods_pss(
         containerd.ctr(&["containers", "rm", id]);
     }
     (without_guest, total)
+}
+
+/// Where an idle pod's guest memory goes, from the guest kernel's
+/// `/proc/meminfo` as its container `id` reads it (the guest's own: no
+/// namespace virtualises it): what the kernel holds, the page cache (the
+/// unpacked initrd is in it, as shmem), anonymous memory (the agent, the
+/// container's processes) and what is free.
+fn print_guest_memory(containerd: &Containerd, id: &str) {
+    let meminfo = containerd.ctr(&[
+        "tasks",
+        "exec",
+        "--exec-id",
+        "meminfo",
+        id,
+        "cat",
+        "/proc/meminfo",
+    ]);
+    let mib = |key: &str| -> f64 {
+        meminfo
+            .lines()
+            .find_map(|line| line.strip_prefix(key)?.strip_prefix(':'))
+            .and_then(|value| value.split_whitespace().next()?.parse::<f64>().ok())
+            .unwrap_or_else(|| panic!("no {key} in the guest's /proc/meminfo:\n{meminfo}"))
+            / 1024.0
+    };
+    let kernel = mib("Slab") + mib("KernelStack") + mib("PageTables");
+    let used = mib("MemTotal") - mib("MemFree");
+    println!(
+        "guest memory of an idle pod (its /proc/meminfo, MiB): total {:.1}, used {used:.1}: \
+         page cache {:.1} (shmem, the unpacked initrd among it, {:.1}), anonymous {:.1}, \
+         kernel slab + stacks + page tables {kernel:.1}, the rest (buffers, other kernel \
+         allocations) {:.1}; free {:.1}",
+        mib("MemTotal"),
+        mib("Cached"),
+        mib("Shmem"),
+        mib("AnonPages"),
+        used - mib("Cached") - mib("AnonPages") - kernel,
+        mib("MemFree"),
+    );
 }
 
 /// `roots` and every live process below them.
