@@ -487,12 +487,14 @@ fn answer(mut stream: TcpStream, path: &str, body: &[u8], served: &Mutex<Vec<IpA
     } else {
         stream.write_all(b"HTTP/1.0 404 Not Found\r\nContent-Length: 0\r\n\r\n")
     };
-    let _ = stream.shutdown(Shutdown::Write);
+    // Recorded before the shutdown ends the client's read: a client that has
+    // its whole answer finds itself in `served`.
     if wanted && written.is_ok() {
         if let (Ok(peer), Ok(mut served)) = (stream.peer_addr(), served.lock()) {
             served.push(peer.ip());
         }
     }
+    let _ = stream.shutdown(Shutdown::Write);
 }
 
 #[cfg(test)]
