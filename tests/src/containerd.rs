@@ -642,32 +642,7 @@ fn config_toml(dir: &Path, socket: &Path) -> String {
     let runtimes = format!("{cri}.containerd.runtimes");
     let path = |p: PathBuf| toml_string(&p.display().to_string());
     format!(
-        r#"version = 2
-root = {root}
-state = {state}
-# Without its CRI, containerd should not start at all (the failure is then in its log).
-required_plugins = ["io.containerd.grpc.v1.cri"]
-# Nothing we do not use: start-up stays fast and touches no host path. (The tasks
-# service needs the legacy io.containerd.runtime.v1.linux plugin loaded.)
-disabled_plugins = [
-  "io.containerd.snapshotter.v1.aufs",
-  "io.containerd.snapshotter.v1.btrfs",
-  "io.containerd.snapshotter.v1.zfs",
-  "io.containerd.snapshotter.v1.devmapper",
-  "io.containerd.internal.v1.opt",
-  "io.containerd.tracing.processor.v1.otlp",
-  "io.containerd.internal.v1.tracing",
-]
-
-[grpc]
-  address = {grpc}
-
-[ttrpc]
-  address = {ttrpc}
-
-[debug]
-  level = "info"
-
+        r#"{header}
 [{cri}]
   sandbox_image = "{PAUSE_IMAGE}"
   disable_apparmor = true
@@ -681,12 +656,53 @@ disabled_plugins = [
   default_runtime_name = "runc"
   snapshotter = "overlayfs"
 {runtime_tables}"#,
+        header = config_header(2, &["io.containerd.snapshotter.v1.aufs"], dir, socket),
+        cni = path(dir.join("cni")),
+        runtime_tables = runtimes_toml(&runtimes, RUNV_TABLE_V2, dir),
+    )
+}
+
+/// What the configs of both schemas (`version`) share: the instance's root,
+/// state and sockets, the CRI required, the plugins it does not use disabled
+/// (with `disabled` of this schema's), containerd's log at info.
+fn config_header(version: u32, disabled: &[&str], dir: &Path, socket: &Path) -> String {
+    let path = |p: PathBuf| toml_string(&p.display().to_string());
+    let disabled: String = disabled
+        .iter()
+        .chain(&[
+            "io.containerd.snapshotter.v1.btrfs",
+            "io.containerd.snapshotter.v1.zfs",
+            "io.containerd.snapshotter.v1.devmapper",
+            "io.containerd.internal.v1.opt",
+            "io.containerd.tracing.processor.v1.otlp",
+            "io.containerd.internal.v1.tracing",
+        ])
+        .map(|plugin| format!("  {plugin:?},\n"))
+        .collect();
+    format!(
+        r#"version = {version}
+root = {root}
+state = {state}
+# Without its CRI, containerd should not start at all (the failure is then in its log).
+required_plugins = ["io.containerd.grpc.v1.cri"]
+# Nothing we do not use: start-up stays fast and touches no host path. (The tasks
+# service needs the legacy io.containerd.runtime.v1.linux plugin loaded.)
+disabled_plugins = [
+{disabled}]
+
+[grpc]
+  address = {grpc}
+
+[ttrpc]
+  address = {ttrpc}
+
+[debug]
+  level = "info"
+"#,
         root = path(dir.join("root")),
         state = path(dir.join("state")),
         grpc = path(socket.to_path_buf()),
         ttrpc = path(dir.join("containerd.sock.ttrpc")),
-        cni = path(dir.join("cni")),
-        runtime_tables = runtimes_toml(&runtimes, RUNV_TABLE_V2, dir),
     )
 }
 
@@ -729,28 +745,7 @@ fn config_toml_v3(dir: &Path, socket: &Path) -> String {
     let runtimes = format!("{runtime}.containerd.runtimes");
     let path = |p: PathBuf| toml_string(&p.display().to_string());
     format!(
-        r#"version = 3
-root = {root}
-state = {state}
-required_plugins = ["io.containerd.grpc.v1.cri"]
-disabled_plugins = [
-  "io.containerd.snapshotter.v1.btrfs",
-  "io.containerd.snapshotter.v1.zfs",
-  "io.containerd.snapshotter.v1.devmapper",
-  "io.containerd.internal.v1.opt",
-  "io.containerd.tracing.processor.v1.otlp",
-  "io.containerd.internal.v1.tracing",
-]
-
-[grpc]
-  address = {grpc}
-
-[ttrpc]
-  address = {ttrpc}
-
-[debug]
-  level = "info"
-
+        r#"{header}
 [{images}]
   snapshotter = "overlayfs"
 
@@ -768,10 +763,7 @@ disabled_plugins = [
 [{runtime}.containerd]
   default_runtime_name = "runc"
 {runtime_tables}"#,
-        root = path(dir.join("root")),
-        state = path(dir.join("state")),
-        grpc = path(socket.to_path_buf()),
-        ttrpc = path(dir.join("containerd.sock.ttrpc")),
+        header = config_header(3, &[], dir, socket),
         cni = path(dir.join("cni")),
         runtime_tables = runtimes_toml(&runtimes, RUNV_TABLE_V3, dir),
     )
