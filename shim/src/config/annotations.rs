@@ -9,9 +9,14 @@ use std::collections::HashMap;
 /// Prefix of the pod annotations that override configuration values.
 pub const ANNOTATION_PREFIX: &str = "io.pouch.runv.";
 
-/// Most characters of a refused annotation's value quoted in its error: the
-/// value is the tenant's, and may be as long as Kubernetes allows.
+/// Most characters of a refused annotation's key or value quoted in its
+/// error: both are the tenant's, and may be as long as Kubernetes allows.
 pub const QUOTED_VALUE_CHARS: usize = 64;
+
+/// The start of tenant text `text`, as an error quotes it.
+fn quoted(text: &str) -> String {
+    text.chars().take(QUOTED_VALUE_CHARS).collect()
+}
 
 /// Why a pod annotation is refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -50,8 +55,8 @@ impl RunvConfig {
         keys.sort();
         for (key, full_key, value) in keys {
             let fail = |problem| ConfigError::Annotation {
-                key: full_key.clone(),
-                value: value.chars().take(QUOTED_VALUE_CHARS).collect(),
+                key: quoted(full_key),
+                value: quoted(value),
                 problem,
             };
             if !OVERRIDABLE.contains(&key) {

@@ -206,3 +206,19 @@ fn a_refused_annotation_quotes_only_the_start_of_its_value() {
     let quoted = "9".repeat(super::annotations::QUOTED_VALUE_CHARS);
     assert!(err.contains(&quoted), "{err}");
 }
+
+#[test]
+fn a_refused_annotation_quotes_only_the_start_of_its_key() {
+    let key = format!("{ANNOTATION_PREFIX}{}", "k".repeat(100_000));
+    let annotations = HashMap::from([(key.clone(), "1".to_string())]);
+    let err = RunvConfig::default()
+        .with_annotations(&annotations)
+        .unwrap_err()
+        .to_string();
+    assert!(err.len() < 1000, "{} bytes: {}", err.len(), &err[..200]);
+    let quoted: String = key
+        .chars()
+        .take(super::annotations::QUOTED_VALUE_CHARS)
+        .collect();
+    assert!(err.contains(&quoted), "{err}");
+}
