@@ -439,20 +439,21 @@ fn runv_metrics_show_the_pod(cli: &str, pod: &str) {
     let _ = server.wait();
     let answer = answer.unwrap_or_else(|err| panic!("scrape runv metrics on {listen}: {err}"));
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
-    let rss_line = format!("runv_vmm_rss_bytes{{pod=\"{pod}\"}} ");
-    let rss: u64 = answer
-        .lines()
-        .find_map(|line| line.strip_prefix(&rss_line))
-        .and_then(|value| value.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no {rss_line:?} in the scrape:\n{answer}"));
+    // The value of the scraped sample `series` (its name and labels).
+    let sample = |series: String| -> u64 {
+        let prefix = format!("{series} ");
+        answer
+            .lines()
+            .find_map(|line| line.strip_prefix(&prefix))
+            .and_then(|value| value.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {prefix:?} in the scrape:\n{answer}"))
+    };
+    let rss = sample(format!("runv_vmm_rss_bytes{{pod=\"{pod}\"}}"));
     assert!(rss > 1 << 20, "VMM RSS {rss} bytes:\n{answer}");
     for phase in ["vmm_spawn", "vmm_setup", "guest_boot", "agent_ready"] {
-        let count = format!("runv_pod_start_phase_seconds_count{{phase=\"{phase}\"}} ");
-        let counted: u64 = answer
-            .lines()
-            .find_map(|line| line.strip_prefix(&count))
-            .and_then(|value| value.trim().parse().ok())
-            .unwrap_or_else(|| panic!("no {count:?} in the scrape:\n{answer}"));
+        let counted = sample(format!(
+            "runv_pod_start_phase_seconds_count{{phase=\"{phase}\"}}"
+        ));
         assert!(counted >= 1, "phase {phase} not counted:\n{answer}");
     }
     let trace = std::process::Command::new(cli)
