@@ -68,12 +68,7 @@ mod tests {
         ));
         let dir = SandboxDir::under(run.path(), "pod");
         std::fs::create_dir(dir.path()).unwrap();
-        let phases = StartPhases {
-            vmm_spawn_us: 1_000,
-            vmm_setup_us: 2_000,
-            guest_boot_us: 300_000,
-            agent_ready_us: 7_000,
-        };
+        let phases = crate::test_utils::start_phases();
         phases.write_atomic(&dir.start_phases_file()).unwrap();
         assert_eq!(read(run.path(), "pod").unwrap(), Some(phases));
         let text = render(&phases);

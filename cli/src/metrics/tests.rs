@@ -1,4 +1,5 @@
 use super::*;
+use crate::test_utils::{serve_vmm, spawn_vmm_stand_in, start_phases};
 
 fn fixture() -> Vec<PodSample> {
     vec![
@@ -14,12 +15,7 @@ fn fixture() -> Vec<PodSample> {
                 threads: 6,
                 open_fds: 31,
             }),
-            phases: Some(StartPhases {
-                vmm_spawn_us: 2_000,
-                vmm_setup_us: 30_000,
-                guest_boot_us: 400_000,
-                agent_ready_us: 5_000,
-            }),
+            phases: Some(start_phases()),
             errors: Vec::new(),
         },
         PodSample {
@@ -49,7 +45,7 @@ fn encodes_each_pods_metrics_and_skips_a_silent_vmm() {
         "runv_vmm_open_fds{pod=\"pod-a\"} 31",
         "# TYPE runv_pod_start_phase_seconds histogram",
         "runv_pod_start_phase_seconds_count{phase=\"guest_boot\"} 1",
-        "runv_pod_start_phase_seconds_sum{phase=\"guest_boot\"} 0.4",
+        "runv_pod_start_phase_seconds_sum{phase=\"guest_boot\"} 0.3",
         "runv_pod_start_phase_seconds_bucket{phase=\"guest_boot\",le=\"0.512\"} 1",
         "runv_pod_start_phase_seconds_bucket{phase=\"guest_boot\",le=\"0.256\"} 0",
         "runv_scrape_errors_total{pod=\"pod-a\"} 0",
@@ -98,51 +94,15 @@ fn a_pod_without_a_vmm_is_counted_not_fatal() {
     );
 }
 
-struct FakeVmm;
-
-impl protocol::vmm::Vmm for FakeVmm {
-    fn metrics(
-        &self,
-        _: &ttrpc::TtrpcContext,
-        _: MetricsRequest,
-    ) -> ttrpc::Result<protocol::vmm::VmMetrics> {
-        let mut metrics = protocol::vmm::VmMetrics::new();
-        metrics.exits_by_reason.insert("mmio".into(), 42);
-        metrics.vmm_rss_bytes = 1 << 27;
-        metrics.guest_memory_bytes = 1 << 28;
-        Ok(metrics)
-    }
-}
-
 #[test]
 fn scrapes_a_pod_from_its_vmm_its_process_and_its_phases_file() {
     let root = tempfile::tempdir().unwrap();
     let dir = SandboxDir::under(root.path(), "live");
-    let server = crate::test_utils::serve_vmm(&dir, FakeVmm);
-    // Stands in for the VMM: its command line names the sandbox's socket.
-    let mut vmm = std::process::Command::new("/bin/sh")
-        .arg("-c")
-        .arg("sleep 10; true")
-        .arg(dir.api_sock())
-        .spawn()
+    let server = serve_vmm(&dir);
+    let mut vmm = spawn_vmm_stand_in(&dir);
+    start_phases()
+        .write_atomic(&dir.start_phases_file())
         .unwrap();
-    std::fs::write(dir.vmm_pid_file(), format!("{}\n", vmm.id())).unwrap();
-    let cmdline = format!("/proc/{}/cmdline", vmm.id());
-    let api_sock = dir.api_sock().display().to_string();
-    for _ in 0..200 {
-        let text = std::fs::read(&cmdline).unwrap_or_default();
-        if String::from_utf8_lossy(&text).contains(&api_sock) {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    }
-    let phases = StartPhases {
-        vmm_spawn_us: 1_000,
-        vmm_setup_us: 20_000,
-        guest_boot_us: 500_000,
-        agent_ready_us: 30_000,
-    };
-    phases.write_atomic(&dir.start_phases_file()).unwrap();
 
     let text = Collector::new(root.path()).scrape();
     let _ = vmm.kill();

@@ -1,5 +1,5 @@
 use super::*;
-use protocol::vmm::Vmm;
+use crate::test_utils::{serve_vmm, spawn_vmm_stand_in};
 
 /// A bash process whose command name holds a space and a parenthesis.
 const STAT: &str = "4242 (runv vmm) x) S 1 4242 4242 0 -1 4194560 500 0 0 0 \
@@ -52,23 +52,11 @@ fn formats_the_table() {
     );
 }
 
-struct FakeVmm;
-
-impl Vmm for FakeVmm {
-    fn describe(&self, _: &ttrpc::TtrpcContext, _: DescribeRequest) -> ttrpc::Result<VmInfo> {
-        let mut info = VmInfo::new();
-        info.set_state(VmState::PAUSED);
-        info.set_vcpus(2);
-        info.set_memory_mib(512);
-        Ok(info)
-    }
-}
-
 #[test]
 fn lists_sandbox_directories_and_asks_their_vmm() {
     let root = tempfile::tempdir().unwrap();
     let served = SandboxDir::under(root.path(), "served");
-    let server = crate::test_utils::serve_vmm(&served, FakeVmm);
+    let server = serve_vmm(&served);
 
     // A pod whose VMM is gone: a pid file naming a process that is not it.
     let gone = SandboxDir::under(root.path(), "gone");
@@ -118,23 +106,7 @@ fn a_live_vmm_is_found_by_its_pid_file_and_command_line() {
     let root = tempfile::tempdir().unwrap();
     let dir = SandboxDir::under(root.path(), "live");
     std::fs::create_dir(dir.path()).unwrap();
-    // Stands in for the VMM: its command line names the sandbox's socket.
-    let mut vmm = std::process::Command::new("/bin/sh")
-        .arg("-c")
-        .arg("sleep 10; true")
-        .arg(dir.api_sock())
-        .spawn()
-        .unwrap();
-    std::fs::write(dir.vmm_pid_file(), format!("{}\n", vmm.id())).unwrap();
-    // Until the child has exec'd, its command line is this test's.
-    let cmdline = format!("/proc/{}/cmdline", vmm.id());
-    for _ in 0..200 {
-        let text = std::fs::read(&cmdline).unwrap_or_default();
-        if names_dir(&text, dir.path()) {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    let mut vmm = spawn_vmm_stand_in(&dir);
     let pods = list(root.path());
     vmm.kill().unwrap();
     vmm.wait().unwrap();
