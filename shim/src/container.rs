@@ -82,11 +82,8 @@ fn create_in_guest(
         sandbox_pidns: guest.sandbox_pidns,
         ..Default::default()
     };
-    sandbox
-        .agent
-        .create_container(agent_ctx(), &create)
-        .map_err(TaskError::agent(format!("CreateContainer {cid}")))?;
-    Ok(())
+    let what = format!("CreateContainer {cid}");
+    call(&sandbox.agent, AgentClient::create_container, &create, what).map(drop)
 }
 
 /// Starts container `id`'s init process in the guest.
@@ -95,11 +92,8 @@ pub fn start(sandbox: &Sandbox, id: &str) -> Result<()> {
         container_id: id.to_string(),
         ..Default::default()
     };
-    sandbox
-        .agent
-        .start_container(agent_ctx(), &start)
-        .map_err(TaskError::agent(format!("StartContainer {id}")))?;
-    Ok(())
+    let what = format!("StartContainer {id}");
+    call(&sandbox.agent, AgentClient::start_container, &start, what).map(drop)
 }
 
 /// Starts exec'd process `process` in the guest and connects its stdio; on
@@ -113,10 +107,8 @@ pub fn exec(sandbox: &Sandbox, process: &Process, name: &ProcessName) -> Result<
         stdio: Some(process.uris.agent_stdio()).into(),
         ..Default::default()
     };
-    sandbox
-        .agent
-        .exec_process(agent_ctx(), &exec)
-        .map_err(TaskError::agent(format!("ExecProcess {id}/{exec_id}")))?;
+    let what = format!("ExecProcess {id}/{exec_id}");
+    call(&sandbox.agent, AgentClient::exec_process, &exec, what)?;
     let io = stdio::attach(&sandbox.dir.vsock_sock(), name, &process.uris).map_err(|err| {
         let _ = signal(sandbox, id, exec_id, libc::SIGKILL.unsigned_abs(), false);
         TaskError::AttachStdio(err)
@@ -135,11 +127,8 @@ pub fn signal(sandbox: &Sandbox, id: &str, exec_id: &str, signal: u32, all: bool
         all,
         ..Default::default()
     };
-    sandbox
-        .agent
-        .signal_process(agent_ctx(), &req)
-        .map_err(TaskError::agent(format!("SignalProcess {id}/{exec_id}")))?;
-    Ok(())
+    let what = format!("SignalProcess {id}/{exec_id}");
+    call(&sandbox.agent, AgentClient::signal_process, &req, what).map(drop)
 }
 
 /// Removes container `cid` in the guest, killing what still runs in it.
@@ -149,11 +138,9 @@ pub fn remove(agent: &AgentClient, cid: &str) {
         force: true,
         ..Default::default()
     };
-    if let Err(err) = agent.remove_container(agent_ctx(), &req) {
-        warn!(
-            "{}",
-            TaskError::agent(format!("RemoveContainer {cid}"))(err)
-        );
+    let what = format!("RemoveContainer {cid}");
+    if let Err(err) = call(agent, AgentClient::remove_container, &req, what) {
+        warn!("{err}");
     }
 }
 
@@ -163,11 +150,8 @@ pub fn pause(sandbox: &Sandbox, id: &str) -> Result<()> {
         container_id: id.to_string(),
         ..Default::default()
     };
-    sandbox
-        .agent
-        .pause_container(agent_ctx(), &req)
-        .map_err(TaskError::agent(format!("PauseContainer {id}")))?;
-    Ok(())
+    let what = format!("PauseContainer {id}");
+    call(&sandbox.agent, AgentClient::pause_container, &req, what).map(drop)
 }
 
 /// Thaws container `id` in the guest.
@@ -176,11 +160,8 @@ pub fn resume(sandbox: &Sandbox, id: &str) -> Result<()> {
         container_id: id.to_string(),
         ..Default::default()
     };
-    sandbox
-        .agent
-        .resume_container(agent_ctx(), &req)
-        .map_err(TaskError::agent(format!("ResumeContainer {id}")))?;
-    Ok(())
+    let what = format!("ResumeContainer {id}");
+    call(&sandbox.agent, AgentClient::resume_container, &req, what).map(drop)
 }
 
 /// The pids of container `id`'s processes in the guest.
@@ -189,10 +170,8 @@ pub fn pids(sandbox: &Sandbox, id: &str) -> Result<Vec<u32>> {
         container_id: id.to_string(),
         ..Default::default()
     };
-    let reply = sandbox
-        .agent
-        .list_processes(agent_ctx(), &list)
-        .map_err(TaskError::agent(format!("ListProcesses {id}")))?;
+    let what = format!("ListProcesses {id}");
+    let reply = call(&sandbox.agent, AgentClient::list_processes, &list, what)?;
     Ok(reply.pids)
 }
 
@@ -205,11 +184,8 @@ pub fn resize_pty(sandbox: &Sandbox, id: &str, exec_id: &str, rows: u32, cols: u
         columns: cols,
         ..Default::default()
     };
-    sandbox
-        .agent
-        .tty_win_resize(agent_ctx(), &resize)
-        .map_err(TaskError::agent(format!("TtyWinResize {id}/{exec_id}")))?;
-    Ok(())
+    let what = format!("TtyWinResize {id}/{exec_id}");
+    call(&sandbox.agent, AgentClient::tty_win_resize, &resize, what).map(drop)
 }
 
 /// Applies `resources` (OCI LinuxResources JSON) to container `id`.
@@ -219,11 +195,8 @@ pub fn update(sandbox: &Sandbox, id: &str, resources: String) -> Result<()> {
         resources,
         ..Default::default()
     };
-    sandbox
-        .agent
-        .update_container(agent_ctx(), &update)
-        .map_err(TaskError::agent(format!("UpdateContainer {id}")))?;
-    Ok(())
+    let what = format!("UpdateContainer {id}");
+    call(&sandbox.agent, AgentClient::update_container, &update, what).map(drop)
 }
 
 /// Container `id`'s cgroup figures from the agent, as containerd's metrics.
@@ -232,9 +205,18 @@ pub fn stats(sandbox: &Sandbox, id: &str) -> Result<Any> {
         container_id: id.to_string(),
         ..Default::default()
     };
-    let reply = sandbox
-        .agent
-        .stats_container(agent_ctx(), &stats)
-        .map_err(TaskError::agent(format!("StatsContainer {id}")))?;
+    let what = format!("StatsContainer {id}");
+    let reply = call(&sandbox.agent, AgentClient::stats_container, &stats, what)?;
     metrics::to_any(&reply).map_err(TaskError::EncodeMetrics)
+}
+
+/// Calls `method` of the agent with `req` within the agent's call timeout; a
+/// failure is named `what` (the call and the ids it was about).
+fn call<Req, Reply>(
+    agent: &AgentClient,
+    method: fn(&AgentClient, ttrpc::context::Context, &Req) -> ttrpc::Result<Reply>,
+    req: &Req,
+    what: String,
+) -> Result<Reply> {
+    method(agent, agent_ctx(), req).map_err(TaskError::agent(what))
 }
