@@ -24,7 +24,6 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
-use protocol::vmm::MetricsRequest;
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicU64;
@@ -265,13 +264,7 @@ fn sample(run_root: &Path, id: String) -> PodSample {
 
 /// The VMM's `Metrics`, within the API's deadline.
 fn vmm_metrics(dir: &SandboxDir) -> Result<VmmSample, ps::ApiError> {
-    let (client, ctx) = ps::vmm_client(dir)?;
-    let metrics = client
-        .metrics(ctx, &MetricsRequest::new())
-        .map_err(|source| ps::ApiError::Call {
-            call: "Metrics",
-            source,
-        })?;
+    let metrics = ps::vmm_api(dir)?.metrics()?;
     Ok(VmmSample {
         exits: metrics.exits_by_reason.into_iter().collect(),
         rss_bytes: metrics.vmm_rss_bytes,

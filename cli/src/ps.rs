@@ -7,13 +7,12 @@
 
 use crate::files;
 use containerd_shim_runv_v2::paths::SandboxDir;
-use protocol::hybrid_vsock;
-use protocol::vmm::{DescribeRequest, VmInfo, VmState, VmmClient};
+use containerd_shim_runv_v2::vmm_api::{VmmApi, VmmApiError};
+use protocol::vmm::{VmInfo, VmState};
 use serde::Serialize;
 use std::io;
-use std::os::fd::IntoRawFd;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// Sandbox directories looked at, at most.
 const MAX_PODS: usize = 4096;
@@ -41,18 +40,9 @@ pub enum ApiError {
     /// `vm/` is missing or not a directory.
     #[error("{0} is not a directory")]
     VmDir(PathBuf),
-    /// The socket could not be reached.
-    #[error("connect to {path}: {source}")]
-    Connect { path: PathBuf, source: io::Error },
-    /// The ttrpc client could not be set up.
-    #[error("ttrpc client: {0}")]
-    Client(#[source] ttrpc::Error),
-    /// The call failed or timed out.
-    #[error("{call}: {source}")]
-    Call {
-        call: &'static str,
-        source: ttrpc::Error,
-    },
+    /// The socket could not be reached, or the call failed or timed out.
+    #[error(transparent)]
+    Call(#[from] VmmApiError),
 }
 
 /// One pod as `runv ps` shows it.
@@ -265,42 +255,19 @@ fn parse_uptime(text: &str) -> Option<u64> {
 
 /// Asks the VMM's API to describe the VM, within [`API_TIMEOUT`].
 fn describe(dir: &SandboxDir) -> Result<VmInfo, ApiError> {
-    let (client, ctx) = vmm_client(dir)?;
-    client
-        .describe(ctx, &DescribeRequest::new())
-        .map_err(|source| ApiError::Call {
-            call: "Describe",
-            source,
-        })
+    Ok(vmm_api(dir)?.describe()?)
 }
 
-/// A client of the sandbox's VMM API and the context of one call, both
-/// within [`API_TIMEOUT`] (connect included); no symlink is followed to the
-/// socket.
-pub fn vmm_client(dir: &SandboxDir) -> Result<(VmmClient, ttrpc::context::Context), ApiError> {
+/// The client of the sandbox's VMM API, each call within [`API_TIMEOUT`]
+/// (connect included); no symlink is followed to the socket.
+pub fn vmm_api(dir: &SandboxDir) -> Result<VmmApi, ApiError> {
     let vm_dir = dir.vm_dir();
-    // connect_by refuses a symlink as the socket; `vm/` itself must be a
+    // The client refuses a symlink as the socket; `vm/` itself must be a
     // directory, not a symlink to one elsewhere.
     if !vm_dir.symlink_metadata().is_ok_and(|meta| meta.is_dir()) {
         return Err(ApiError::VmDir(vm_dir));
     }
-    let sock = dir.api_sock();
-    let deadline = Instant::now() + API_TIMEOUT;
-    let connect_err = |source| ApiError::Connect {
-        path: sock.clone(),
-        source,
-    };
-    let stream = hybrid_vsock::connect_by(&sock, deadline).map_err(connect_err)?;
-    // ttrpc's threads do their own waiting: no socket timeout may stay.
-    stream
-        .set_write_timeout(None)
-        .and_then(|()| stream.set_read_timeout(None))
-        .map_err(connect_err)?;
-    let client = ttrpc::Client::new(stream.into_raw_fd()).map_err(ApiError::Client)?;
-    let left = deadline
-        .saturating_duration_since(Instant::now())
-        .max(Duration::from_millis(1));
-    Ok((VmmClient::new(client), ttrpc::context::with_duration(left)))
+    Ok(VmmApi::with_timeout(&dir.api_sock(), API_TIMEOUT))
 }
 
 fn state_name(state: VmState) -> &'static str {

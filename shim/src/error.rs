@@ -5,9 +5,7 @@ use crate::share::ShareError;
 use crate::vmm_api::VmmApiError;
 use ttrpc::{Code, Error as TtrpcError};
 
-/// Most bytes of guest-provided text (an agent's error message) a task error
-/// keeps: the agent may send megabytes, containerd and its logs get this much.
-pub const MAX_GUEST_TEXT: usize = 4096;
+pub use crate::text::{bounded_text, MAX_GUEST_TEXT};
 
 /// An error a task RPC answers with.
 #[derive(Debug, thiserror::Error)]
@@ -134,19 +132,6 @@ impl From<TaskError> for TtrpcError {
     }
 }
 
-/// `text` cut to its first `max` bytes (at a char boundary), followed by how
-/// many bytes were cut; whole if it is not longer.
-pub fn bounded_text(text: &str, max: usize) -> String {
-    if text.len() <= max {
-        return text.to_string();
-    }
-    let mut end = max;
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}… ({} bytes cut)", &text[..end], text.len() - end)
-}
-
 /// `err` with its guest-provided text bounded; a status loses its details
 /// (opaque payloads the shim never reads).
 fn bounded_agent_error(err: TtrpcError) -> TtrpcError {
@@ -214,8 +199,5 @@ mod tests {
         assert!(status(other)
             .1
             .ends_with(&format!("({} bytes cut)", (1 << 20) - MAX_GUEST_TEXT)));
-        assert_eq!(bounded_text("short", MAX_GUEST_TEXT), "short");
-        assert_eq!(bounded_text("abc", 3), "abc");
-        assert_eq!(bounded_text("abcd", 3), "abc… (1 bytes cut)");
     }
 }

@@ -25,12 +25,11 @@ mod spec;
 mod stdio;
 mod task;
 mod vm;
-mod vmm_api;
 mod watchers;
 
 use containerd_shim::protos::protobuf::Message;
 use containerd_shim::protos::types::introspection::{RuntimeInfo, RuntimeVersion};
-use containerd_shim_runv_v2::{config, jail, paths, privileges, start_phases};
+use containerd_shim_runv_v2::{config, jail, paths, privileges, start_phases, text, vmm_api};
 use std::ffi::OsString;
 use std::io::Write;
 use std::process::ExitCode;

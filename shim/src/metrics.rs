@@ -1,12 +1,14 @@
-//! The agent's cgroup figures as containerd's cgroups v2 `Metrics`, the type
-//! `ctr task metrics` and CRI's ContainerStats decode.
+//! The agent's cgroup figures and the VMM's counters as containerd's cgroups
+//! v2 `Metrics`, the type `ctr task metrics` and CRI's ContainerStats decode.
 
+use crate::error::{bounded_text, MAX_GUEST_TEXT};
 use containerd_shim::protos::cgroups_v2::metrics::{
     CPUStat, IOEntry, IOStat, MemoryEvents, MemoryStat, Metrics, PidsStat,
 };
 use protobuf::well_known_types::any::Any;
 use protobuf::{Message, MessageFull};
 use protocol::agent::StatsContainerResponse;
+use protocol::vmm::VmMetrics;
 
 /// `stats` packed as an `io.containerd.cgroups.v2.Metrics` Any. The type URL is
 /// the bare message name, as containerd 1.6's typeurl looks proto types up.
@@ -83,6 +85,39 @@ fn to_metrics(stats: &StatsContainerResponse) -> Metrics {
     }
 }
 
+/// The VM's memory as containerd's cgroups v2 `Metrics` (the type CRI and
+/// `ctr task metrics` decode for a task): the VMM's RSS as usage, the guest's
+/// memory size as the limit. The VMM counts no CPU time, pids or io.
+pub fn vm_to_any(vm: &VmMetrics) -> Result<Any, protobuf::Error> {
+    let memory = MemoryStat {
+        usage: vm.vmm_rss_bytes,
+        usage_limit: vm.guest_memory_bytes,
+        ..Default::default()
+    };
+    let metrics = Metrics {
+        memory: Some(memory).into(),
+        ..Default::default()
+    };
+    Ok(Any {
+        type_url: type_url(),
+        value: metrics.write_to_bytes()?,
+        ..Default::default()
+    })
+}
+
+/// The VM's exits by reason as one line, sorted, at most [`MAX_GUEST_TEXT`]
+/// bytes (for a debug log: containerd's metrics have no place for them).
+pub fn exits_summary(vm: &VmMetrics) -> String {
+    let mut exits: Vec<(&String, &u64)> = vm.exits_by_reason.iter().collect();
+    exits.sort();
+    let line = exits
+        .iter()
+        .map(|(reason, count)| format!("{reason}={count}"))
+        .collect::<Vec<_>>()
+        .join(" ");
+    bounded_text(&line, MAX_GUEST_TEXT)
+}
+
 /// The type URL containerd knows cgroups v2 metrics by.
 pub fn type_url() -> String {
     Metrics::descriptor().full_name().to_string()
@@ -92,6 +127,7 @@ pub fn type_url() -> String {
 mod tests {
     use super::*;
     use protocol::agent::{CpuStats, MemoryStats};
+    use std::collections::HashMap;
 
     #[test]
     fn figures_keep_their_values_and_type() {
@@ -116,5 +152,20 @@ mod tests {
         assert_eq!(metrics.cpu.usage_usec, 7);
         assert_eq!(metrics.memory.usage_limit, 1 << 25);
         assert!(metrics.pids.is_none());
+    }
+
+    #[test]
+    fn vm_metrics_decode_as_cgroups_v2_memory() {
+        let mut vm = VmMetrics::new();
+        vm.set_vmm_rss_bytes(48 << 20);
+        vm.set_guest_memory_bytes(256 << 20);
+        vm.exits_by_reason = HashMap::from([("mmio".to_string(), 5), ("hlt".to_string(), 9)]);
+        let any = vm_to_any(&vm).unwrap();
+        assert_eq!(any.type_url, "io.containerd.cgroups.v2.Metrics");
+        let metrics = Metrics::parse_from_bytes(&any.value).unwrap();
+        assert_eq!(metrics.memory.usage, 48 << 20);
+        assert_eq!(metrics.memory.usage_limit, 256 << 20);
+        assert!(metrics.cpu.is_none() && metrics.pids.is_none());
+        assert_eq!(exits_summary(&vm), "hlt=9 mmio=5");
     }
 }

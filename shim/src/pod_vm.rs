@@ -4,12 +4,13 @@
 
 use crate::config::{RunvConfig, DEFAULT_CONFIG_PATH};
 use crate::error::{Result, TaskError};
+use crate::metrics;
 use crate::options;
 use crate::pod_files::PodFiles;
 use crate::process::Process;
 use crate::sandbox::Sandbox;
 use crate::spec::{self, PodRole, VmSize};
-use crate::vmm_api::{self, VmmApi, VmmApiError};
+use crate::vmm_api::{VmmApi, VmmApiError};
 use containerd_shim::protos::api::{CreateTaskRequest, Status};
 use log::debug;
 use protobuf::well_known_types::any::Any;
@@ -120,9 +121,9 @@ pub fn stats(sandbox: &Sandbox) -> Result<Any> {
     debug!(
         "pod {}: VM exits by reason: {}",
         sandbox.id,
-        vmm_api::exits_summary(&vm)
+        metrics::exits_summary(&vm)
     );
-    vmm_api::vm_metrics_any(&vm).map_err(vmm_failed(sandbox))
+    metrics::vm_to_any(&vm).map_err(TaskError::EncodeMetrics)
 }
 
 /// The status a started process reports while its VM is in state `vm`: all

@@ -2,10 +2,7 @@
 //! `<sandbox dir>/api.sock`): Describe, Pause, Resume, Shutdown and Metrics of
 //! the pod's VM, each call on a connection of its own, bounded by a timeout.
 
-use crate::error::{bounded_text, MAX_GUEST_TEXT};
-use containerd_shim::protos::cgroups_v2::metrics::{MemoryStat, Metrics};
-use protobuf::well_known_types::any::Any;
-use protobuf::Message;
+use crate::text::{bounded_text, MAX_GUEST_TEXT};
 use protocol::hybrid_vsock;
 use protocol::vmm::{
     DescribeRequest, MetricsRequest, PauseRequest, ResumeRequest, ShutdownRequest, VmInfo,
@@ -33,9 +30,6 @@ pub enum VmmApiError {
     /// cut to [`MAX_GUEST_TEXT`].
     #[error("the VMM's {call}: {message}")]
     Call { call: &'static str, message: String },
-    /// The VM's metrics could not be encoded for containerd.
-    #[error("encode the VM's metrics: {0}")]
-    EncodeMetrics(#[source] protobuf::Error),
 }
 
 /// The VMM control API of one pod.
@@ -162,42 +156,6 @@ fn call_error_text(err: ttrpc::Error) -> String {
         }
         other => other.to_string(),
     }
-}
-
-/// The VM's memory as containerd's cgroups v2 `Metrics` (the type CRI and
-/// `ctr task metrics` decode for a task): the VMM's RSS as usage, the guest's
-/// memory size as the limit. The VMM counts no CPU time, pids or io.
-pub fn vm_metrics_any(vm: &VmMetrics) -> Result<Any, VmmApiError> {
-    let memory = MemoryStat {
-        usage: vm.vmm_rss_bytes,
-        usage_limit: vm.guest_memory_bytes,
-        ..Default::default()
-    };
-    let metrics = Metrics {
-        memory: Some(memory).into(),
-        ..Default::default()
-    };
-    let value = metrics
-        .write_to_bytes()
-        .map_err(VmmApiError::EncodeMetrics)?;
-    Ok(Any {
-        type_url: crate::metrics::type_url(),
-        value,
-        ..Default::default()
-    })
-}
-
-/// The VM's exits by reason as one line, sorted, at most [`MAX_GUEST_TEXT`]
-/// bytes (for a debug log: containerd's metrics have no place for them).
-pub fn exits_summary(vm: &VmMetrics) -> String {
-    let mut exits: Vec<(&String, &u64)> = vm.exits_by_reason.iter().collect();
-    exits.sort();
-    let line = exits
-        .iter()
-        .map(|(reason, count)| format!("{reason}={count}"))
-        .collect::<Vec<_>>()
-        .join(" ");
-    bounded_text(&line, MAX_GUEST_TEXT)
 }
 
 #[cfg(test)]

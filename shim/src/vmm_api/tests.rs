@@ -150,18 +150,3 @@ fn a_refusal_keeps_its_code_and_is_bounded() {
     assert!(text.len() < 2 * MAX_GUEST_TEXT, "{} bytes", text.len());
     server.shutdown();
 }
-
-#[test]
-fn vm_metrics_decode_as_cgroups_v2_memory() {
-    let mut vm = VmMetrics::new();
-    vm.set_vmm_rss_bytes(48 << 20);
-    vm.set_guest_memory_bytes(256 << 20);
-    vm.exits_by_reason = HashMap::from([("mmio".to_string(), 5), ("hlt".to_string(), 9)]);
-    let any = vm_metrics_any(&vm).unwrap();
-    assert_eq!(any.type_url, "io.containerd.cgroups.v2.Metrics");
-    let metrics = Metrics::parse_from_bytes(&any.value).unwrap();
-    assert_eq!(metrics.memory.usage, 48 << 20);
-    assert_eq!(metrics.memory.usage_limit, 256 << 20);
-    assert!(metrics.cpu.is_none() && metrics.pids.is_none());
-    assert_eq!(exits_summary(&vm), "hlt=9 mmio=5");
-}
