@@ -25,11 +25,11 @@ done
 if [ -z "$agent" ]; then
     # glibc's static runtime: the musl target cannot be installed on our build
     # machines. RUSTFLAGS with an explicit --target leaves build scripts dynamic.
-    log "building runv-agent (static, release)"
+    log "building runv-agent (static, for size: the agent profile)"
     (cd "$tree" && RUSTFLAGS="-C target-feature=+crt-static -C strip=symbols" \
-        cargo build --quiet --release --locked --target "$target" -p runv-agent) >&2 \
+        cargo build --quiet --profile agent --locked --target "$target" -p runv-agent) >&2 \
         || die "cargo build of runv-agent failed"
-    agent=${CARGO_TARGET_DIR:-$tree/target}/$target/release/runv-agent
+    agent=${CARGO_TARGET_DIR:-$tree/target}/$target/agent/runv-agent
 fi
 [ -x "$agent" ] || die "no agent binary at $agent"
 if ! file -b "$agent" | grep -qE 'statically linked|static-pie linked'; then
