@@ -130,6 +130,10 @@ pub struct RunvConfig {
     /// holds only its VM's files; `jail`). Needs a static runv-vmm. Never
     /// overridable.
     pub vmm_jail: bool,
+    /// Give memory the guest frees back to the host (virtio-balloon free
+    /// page reporting): an idle pod then holds only what its guest uses, at
+    /// the cost of a fault when the guest reuses a page given back.
+    pub free_page_reporting: bool,
 }
 
 impl Default for RunvConfig {
@@ -149,6 +153,7 @@ impl Default for RunvConfig {
             enable_annotations: vec!["default_vcpus".into(), "default_memory_mib".into()],
             vmm_seccomp: SeccompMode::Enforce,
             vmm_jail: true,
+            free_page_reporting: true,
         }
     }
 }

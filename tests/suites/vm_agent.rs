@@ -2,13 +2,15 @@
 //! hybrid vsock socket, runs a container whose bundle the host shares by
 //! virtio-fs, reads its output over the stdio streams, sees a container over
 //! its memory limit end with 137 and its OOM event (the guest's cgroup v2
-//! notification), and DestroySandbox powers the guest off.
+//! notification), memory the guest frees goes back to the host (free page
+//! reporting), and DestroySandbox powers the guest off.
 
 use protocol::agent::{
     AgentClient, CreateContainerRequest, CreateSandboxRequest, DestroySandboxRequest,
     GetOOMEventRequest, StartContainerRequest, Stdio, WaitProcessRequest,
 };
 use protocol::stdio::{StreamHeader, StreamKind, AGENT_STDIO_VSOCK_PORT};
+use protocol::vmm::{MetricsRequest, VmMetrics, VmmClient};
 use protocol::{AGENT_VSOCK_PORT, BOOT_MARKER, GUEST_SHARED_DIR};
 use runv_tests::agent_host::{ctx, output_stdio, read_all, spec, unpack_test_image, SpecOptions};
 use runv_tests::artefacts::{vmm_binary, GuestArtefacts};
@@ -19,9 +21,86 @@ use runv_tests::scratch::Scratch;
 use std::os::fd::IntoRawFd;
 use std::path::Path;
 use std::process::Command;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 const BOOT_TIMEOUT: Duration = Duration::from_secs(180);
+const MIB: u64 = 1 << 20;
+/// What the memory hog touches.
+const HOG_MIB: u64 = 96;
+/// How long the guest may take to report what the hog freed (it reports
+/// every 2 s, a part of its free lists at a time).
+const REPORT_TIMEOUT: Duration = Duration::from_secs(120);
+
+fn vmm_metrics(api: &VmmClient) -> VmMetrics {
+    api.metrics(ctx(), &MetricsRequest::new())
+        .expect("the VMM's Metrics")
+}
+
+/// Runs a container that touches [`HOG_MIB`] of memory and exits, then waits
+/// until the VMM has given back most of that and its RSS is back near
+/// `before`.
+fn assert_freed_memory_goes_back(
+    client: &AgentClient,
+    api: &VmmClient,
+    create: &CreateContainerRequest,
+    before: &VmMetrics,
+) {
+    let mut hog = create.clone();
+    hog.container_id = "hog".into();
+    hog.oci_spec = spec(
+        "hog",
+        &[
+            "/bin/dd",
+            "if=/dev/zero",
+            "of=/dev/null",
+            &format!("bs={HOG_MIB}M"),
+            "count=1",
+        ],
+        &SpecOptions::default(),
+    );
+    hog.stdio = Some(Stdio::default()).into();
+    client
+        .create_container(ctx(), &hog)
+        .expect("CreateContainer hog");
+    assert_eq!(start_and_wait(client, "hog"), 0, "the hog failed");
+    wait_for_metrics(api, |now| {
+        let returned = now.returned_memory_bytes - before.returned_memory_bytes;
+        let back = now.vmm_rss_bytes <= before.vmm_rss_bytes + HOG_MIB / 4 * MIB;
+        // Not all of it: a page the hog touched may come from a block the
+        // guest never reported, or stay in a smaller free block.
+        (returned >= HOG_MIB * MIB * 3 / 4 && back)
+            .then_some(())
+            .ok_or_else(|| {
+                format!(
+                    "the VMM gave back {} MiB since the hog started and its RSS is {} MiB, {} MiB \
+                 before the hog",
+                    returned / MIB,
+                    now.vmm_rss_bytes / MIB,
+                    before.vmm_rss_bytes / MIB
+                )
+            })
+    });
+}
+
+/// The VMM's metrics once `settled` accepts them (polled every second), or a
+/// panic with its last complaint after [`REPORT_TIMEOUT`].
+fn wait_for_metrics(
+    api: &VmmClient,
+    settled: impl Fn(&VmMetrics) -> Result<(), String>,
+) -> VmMetrics {
+    let deadline = Instant::now() + REPORT_TIMEOUT;
+    loop {
+        let now = vmm_metrics(api);
+        match settled(&now) {
+            Ok(()) => return now,
+            Err(complaint) => assert!(
+                Instant::now() < deadline,
+                "after {REPORT_TIMEOUT:?}: {complaint}"
+            ),
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    }
+}
 
 fn stream(uds: &Path, cid: &str, kind: StreamKind) -> std::os::unix::net::UnixStream {
     let mut conn = connect(uds, AGENT_STDIO_VSOCK_PORT).expect("connect to the stdio port");
@@ -58,6 +137,7 @@ fn agent_in_the_guest_runs_a_container_from_the_shared_directory() {
     let shared = dir.join("shared");
     unpack_test_image(&shared.join("c1"));
     let uds = dir.join("vsock.sock");
+    let api_sock = dir.join("api.sock");
     let guest = GuestArtefacts::from_env();
     let mut vmm = Command::new(vmm_binary());
     vmm.arg("--kernel")
@@ -68,7 +148,10 @@ fn agent_in_the_guest_runs_a_container_from_the_shared_directory() {
         .arg("--vsock")
         .arg(format!("cid=3,uds={}", uds.display()))
         .arg("--fs")
-        .arg(format!("tag=runv,path={}", shared.display()));
+        .arg(format!("tag=runv,path={}", shared.display()))
+        .arg("--api-sock")
+        .arg(&api_sock)
+        .arg("--free-page-reporting");
     let mut vm = VmProcess::spawn(vmm);
     assert!(
         vm.wait_for(BOOT_MARKER, BOOT_TIMEOUT).is_some(),
@@ -151,6 +234,16 @@ fn agent_in_the_guest_runs_a_container_from_the_shared_directory() {
         )
         .expect("an OOM event for the hog");
     assert_eq!(event.container_id, "oom");
+
+    let address = format!("unix://{}", api_sock.display());
+    let api = VmmClient::new(ttrpc::Client::connect(&address).expect("connect to the VMM's API"));
+    // The guest reports what is free from 2 s after its balloon driver starts.
+    let before = wait_for_metrics(&api, |now| {
+        (now.returned_memory_bytes > 0)
+            .then_some(())
+            .ok_or_else(|| "the guest reported no free memory since boot".to_owned())
+    });
+    assert_freed_memory_goes_back(&client, &api, &create, &before);
 
     client
         .destroy_sandbox(ctx(), &DestroySandboxRequest::default())

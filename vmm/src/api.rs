@@ -85,6 +85,12 @@ impl Vmm for ApiService {
         }
         metrics.set_vmm_rss_bytes(resident_bytes());
         metrics.set_guest_memory_bytes(handle.memory_mib << 20);
+        metrics.set_returned_memory_bytes(
+            handle
+                .shared
+                .returned_memory
+                .load(std::sync::atomic::Ordering::Relaxed),
+        );
         Ok(metrics)
     }
 }

@@ -14,6 +14,7 @@ use crate::devices::legacy::{
     BootTimer, Capped, ConsoleSink, DebugPort, EventFdTrigger, GuestPanic, PowerOffTrigger, Serial,
     I8042, MAX_CONSOLE_FILE_BYTES,
 };
+use crate::devices::virtio::balloon::Balloon;
 use crate::devices::virtio::block::{Block, BlockError};
 use crate::devices::virtio::fs::{Fs, FsError};
 use crate::devices::virtio::mmio::{
@@ -38,6 +39,7 @@ use linux_loader::loader::{self, BzImage, KernelLoader};
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
@@ -178,7 +180,8 @@ pub fn build_microvm(config: &VmConfig, process_start: Instant) -> Result<Vmm, B
         None => None,
     };
     let mut mmio = Bus::new();
-    let virtio = attach_virtio_devices(&vm, &mem, config, &mut mmio)?;
+    let returned_memory = Arc::new(AtomicU64::new(0));
+    let virtio = attach_virtio_devices(&vm, &mem, config, &returned_memory, &mut mmio)?;
     let cmdline = kernel_cmdline(config, &virtio)?;
     loader::load_cmdline(&mem, GuestAddress(CMDLINE_START), &cmdline)
         .map_err(BuildError::CmdlineLoad)?;
@@ -217,6 +220,7 @@ pub fn build_microvm(config: &VmConfig, process_start: Instant) -> Result<Vmm, B
         exits,
         timer,
         counters: Arc::new(ExitCounters::default()),
+        returned_memory,
         process_start,
     };
 
@@ -366,11 +370,12 @@ fn random_mac() -> [u8; 6] {
 
 /// The virtio devices the configuration asks for, each on its MMIO window in
 /// the gap with its own IRQ (from 5 on), notifications and interrupt wired to
-/// KVM.
+/// KVM; the balloon counts what it gives back in `returned_memory`.
 fn attach_virtio_devices(
     vm: &Vm,
     mem: &GuestMemoryMmap,
     config: &VmConfig,
+    returned_memory: &Arc<AtomicU64>,
     mmio: &mut Bus,
 ) -> Result<Vec<VirtioSlot>, BuildError> {
     let mut devices: Vec<Box<dyn VirtioDevice>> = Vec::new();
@@ -387,6 +392,14 @@ fn attach_virtio_devices(
             source,
         })?;
         devices.push(Box::new(rng));
+    }
+    if config.free_page_reporting {
+        let balloon =
+            Balloon::new(returned_memory.clone()).map_err(|source| BuildError::Device {
+                what: "the virtio-balloon thread",
+                source,
+            })?;
+        devices.push(Box::new(balloon));
     }
     if let Some(vsock) = &config.vsock {
         devices.push(Box::new(Vsock::new(vsock.cid, &vsock.uds)?));

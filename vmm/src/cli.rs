@@ -10,6 +10,7 @@ use options::OptionError;
 /// Usage text.
 pub const USAGE: &str = "usage: runv-vmm --kernel PATH [--initrd PATH] [--cpus N] [--memory-mib M]
                 [--cmdline EXTRA] [--console stdout|off|PATH] [--api-sock PATH] [--rng]
+                [--free-page-reporting]
                 [--disk path=FILE[,readonly][,id=S]]... [--vsock cid=N,uds=PATH]
                 [--fs tag=T,path=DIR[,cache=never|auto|always][,privileged][,max-fds=N]]...
                 [--net tap=NAME|fd=N[,mac=M]]... [--seccomp enforce|log|off]
@@ -80,6 +81,10 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Command, CliErro
             "--help" | "-h" => return Ok(Command::Help),
             "--rng" => {
                 flags.rng = Some(true);
+                continue;
+            }
+            "--free-page-reporting" => {
+                flags.free_page_reporting = Some(true);
                 continue;
             }
             "--version" | "-V" => return Ok(Command::Version),

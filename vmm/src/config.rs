@@ -130,6 +130,8 @@ pub struct PartialConfig {
     pub api_sock: Option<PathBuf>,
     /// Attach a virtio-rng device.
     pub rng: Option<bool>,
+    /// Attach a virtio-balloon device for free page reporting.
+    pub free_page_reporting: Option<bool>,
     /// virtio-blk disks (replace the config's if any).
     pub disks: Vec<DiskConfig>,
     /// The vsock device.
@@ -163,6 +165,7 @@ impl PartialConfig {
             console: self.console.unwrap_or(base.console),
             api_sock: self.api_sock.or(base.api_sock),
             rng: self.rng.unwrap_or(base.rng),
+            free_page_reporting: self.free_page_reporting.unwrap_or(base.free_page_reporting),
             disks: or_base(self.disks, base.disks),
             vsock: self.vsock.or(base.vsock),
             fs: or_base(self.fs, base.fs),

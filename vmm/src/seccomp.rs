@@ -42,9 +42,11 @@ pub enum ThreadKind {
     Vsock,
     /// virtio-rng: host entropy.
     Rng,
+    /// virtio-balloon: free page reports.
+    Balloon,
 }
 
-const KINDS: [ThreadKind; 8] = [
+const KINDS: [ThreadKind; 9] = [
     ThreadKind::EventLoop,
     ThreadKind::Api,
     ThreadKind::Vcpu,
@@ -53,6 +55,7 @@ const KINDS: [ThreadKind; 8] = [
     ThreadKind::Fs,
     ThreadKind::Vsock,
     ThreadKind::Rng,
+    ThreadKind::Balloon,
 ];
 
 /// Errors compiling or installing a filter.
@@ -302,6 +305,10 @@ const VSOCK: &[Entry] = &[
 /// loop's epoll deadline, and the bytes come from `getrandom`.
 const RNG: &[Entry] = &[];
 
+/// Nothing beyond the common list: reported pages go back with `madvise`,
+/// which the allocator already needs.
+const BALLOON: &[Entry] = &[];
+
 fn list(kind: ThreadKind) -> [&'static [Entry]; 2] {
     match kind {
         ThreadKind::EventLoop => [EVENT_LOOP, &[]],
@@ -312,6 +319,7 @@ fn list(kind: ThreadKind) -> [&'static [Entry]; 2] {
         ThreadKind::Fs => [FS, &[]],
         ThreadKind::Vsock => [VSOCK, &[]],
         ThreadKind::Rng => [RNG, &[]],
+        ThreadKind::Balloon => [BALLOON, &[]],
     }
 }
 

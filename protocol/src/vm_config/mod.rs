@@ -58,6 +58,9 @@ pub struct VmConfig {
     pub api_sock: Option<PathBuf>,
     /// Attach a virtio-rng device (host entropy).
     pub rng: bool,
+    /// Attach a virtio-balloon device that only takes free page reports:
+    /// memory the guest frees goes back to the host.
+    pub free_page_reporting: bool,
     /// virtio-blk disks, in order (`/dev/vda`, `/dev/vdb`, ...).
     pub disks: Vec<DiskConfig>,
     /// The vsock device.
@@ -81,6 +84,7 @@ impl Default for VmConfig {
             console: ConsoleConfig::default(),
             api_sock: None,
             rng: false,
+            free_page_reporting: false,
             disks: Vec::new(),
             vsock: None,
             fs: Vec::new(),

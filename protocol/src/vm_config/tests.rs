@@ -10,6 +10,7 @@ fn full() -> VmConfig {
         console: ConsoleConfig::File("/c.log".into()),
         api_sock: Some("/a.sock".into()),
         rng: true,
+        free_page_reporting: true,
         disks: vec![DiskConfig {
             path: "/img".into(),
             readonly: true,

@@ -184,6 +184,7 @@ fn a_config_written_as_toml_reads_back_the_same() {
         debug_console: true,
         enable_annotations: vec!["default_vcpus".into()],
         vmm_seccomp: SeccompMode::Log,
+        free_page_reporting: false,
         ..RunvConfig::default()
     };
     let text = toml::to_string(&config).unwrap();

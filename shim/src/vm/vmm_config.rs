@@ -30,6 +30,7 @@ pub(super) fn vmm_config(
         },
         api_sock: Some(dir.api_sock()),
         rng: true,
+        free_page_reporting: config.free_page_reporting,
         disks: Vec::new(),
         vsock: Some(VsockConfig {
             cid: u64::from(GUEST_CID),
@@ -75,6 +76,7 @@ mod tests {
         let config = RunvConfig::default();
         let vm = vmm_config(&config, &dir, size, &nets).unwrap();
         assert_eq!((vm.cpus, vm.memory_mib, vm.rng), (2, 384, true));
+        assert!(vm.free_page_reporting, "on by default");
         assert_eq!(vm.net[0].fd, Some(tap.as_raw_fd()));
         assert_eq!(vm.fs[0].path, dir.shared());
         let json = serde_json::to_string(&vm).unwrap();

@@ -38,6 +38,7 @@ fn flags_and_the_equivalent_json_give_the_same_config() {
         "--vsock=cid=3,uds=/v.sock",
         "--fs=tag=runv,path=/srv,max-fds=65536",
         "--rng",
+        "--free-page-reporting",
         "--seccomp=log",
         "--disk=path=/img,readonly,id=root",
         "--net=fd=7,mac=02:00:0a:d5:00:02",
@@ -48,7 +49,7 @@ fn flags_and_the_equivalent_json_give_the_same_config() {
         "console": "stdout", "api_sock": "/a.sock",
         "vsock": {"cid": 3, "uds": "/v.sock"},
         "fs": [{"tag": "runv", "path": "/srv", "max_fds": 65536}],
-        "rng": true, "seccomp": "log",
+        "rng": true, "free_page_reporting": true, "seccomp": "log",
         "disks": [{"path": "/img", "readonly": true, "id": "root"}],
         "net": [{"fd": 7, "mac": "02:00:0a:d5:00:02"}, {"tap": "runvtap0"}]
     }"#;

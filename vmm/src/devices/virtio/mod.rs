@@ -5,6 +5,7 @@
 //! through an irqfd ([`mmio::register_notifiers`]), announced to the guest with
 //! `virtio_mmio.device=` on the kernel command line.
 
+pub(crate) mod balloon;
 pub mod block;
 pub(crate) mod device_thread;
 pub mod fs;
@@ -265,7 +266,8 @@ pub fn needs_interrupt(queue: &mut Queue, mem: &GuestMemoryMmap, device: &str) -
 
 /// A virtio device, independent of its transport.
 pub trait VirtioDevice: Send {
-    /// virtio device type (1 = net, 2 = block, 4 = rng, 19 = vsock, 26 = fs).
+    /// virtio device type (1 = net, 2 = block, 4 = rng, 5 = balloon, 19 = vsock,
+    /// 26 = fs).
     fn device_type(&self) -> u32;
     /// Largest size of each queue; the length is the number of queues.
     fn queue_max_sizes(&self) -> &[u16];
