@@ -64,6 +64,9 @@ pub struct VmmSample {
     pub rss_bytes: u64,
     /// The guest's memory (bytes).
     pub guest_memory_bytes: u64,
+    /// Guest memory given back to the host after free page reports (bytes,
+    /// since the VMM started).
+    pub returned_memory_bytes: u64,
 }
 
 /// What one scrape found of one pod.
@@ -149,6 +152,7 @@ impl Collector {
         let exits = Family::<ExitLabels, Counter>::default();
         let rss = Family::<PodLabels, Gauge>::default();
         let guest_memory = Family::<PodLabels, Gauge>::default();
+        let returned = Family::<PodLabels, Counter>::default();
         let cpu = Family::<PodLabels, Counter<f64, AtomicU64>>::default();
         let threads = Family::<PodLabels, Gauge>::default();
         let fds = Family::<PodLabels, Gauge>::default();
@@ -170,6 +174,9 @@ impl Collector {
                 guest_memory
                     .get_or_create(&labels)
                     .set(gauge(vmm.guest_memory_bytes));
+                returned
+                    .get_or_create(&labels)
+                    .inc_by(vmm.returned_memory_bytes);
             }
             if let Some(process) = &pod.process {
                 cpu.get_or_create(&labels).inc_by(process.cpu_seconds);
@@ -209,6 +216,11 @@ impl Collector {
             "runv_guest_memory_bytes",
             "Memory of the pod's VM as configured",
             guest_memory,
+        );
+        registry.register(
+            "runv_guest_memory_returned_bytes",
+            "Guest memory the pod's VMM gave back to the host after the guest reported it free",
+            returned,
         );
         registry.register(
             "runv_vmm_cpu_seconds",
@@ -269,6 +281,7 @@ fn vmm_metrics(dir: &SandboxDir) -> Result<VmmSample, ps::ApiError> {
         exits: metrics.exits_by_reason.into_iter().collect(),
         rss_bytes: metrics.vmm_rss_bytes,
         guest_memory_bytes: metrics.guest_memory_bytes,
+        returned_memory_bytes: metrics.returned_memory_bytes,
     })
 }
 

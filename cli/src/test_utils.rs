@@ -26,6 +26,7 @@ impl Vmm for FakeVmm {
         metrics.exits_by_reason.insert("mmio".into(), 42);
         metrics.vmm_rss_bytes = 1 << 27;
         metrics.guest_memory_bytes = 1 << 28;
+        metrics.returned_memory_bytes = 1 << 26;
         Ok(metrics)
     }
 }

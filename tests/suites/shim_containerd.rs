@@ -405,7 +405,8 @@ fn runv_check_passes(cli: &str, containerd: &Containerd) {
     assert!(output.status.success(), "{report}");
 }
 
-/// `runv metrics` serves pod `pod`'s VMM RSS and its start timeline, and
+/// `runv metrics` serves pod `pod`'s VMM RSS, the guest memory its VMM gave
+/// back and its start timeline, and
 /// `runv trace` prints that timeline.
 fn runv_metrics_show_the_pod(cli: &str, pod: &str) {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -450,6 +451,12 @@ fn runv_metrics_show_the_pod(cli: &str, pod: &str) {
     };
     let rss = sample(format!("runv_vmm_rss_bytes{{pod=\"{pod}\"}}"));
     assert!(rss > 1 << 20, "VMM RSS {rss} bytes:\n{answer}");
+    // The guest reports its free memory from 2 s after its balloon driver
+    // starts, long before this point.
+    let returned = sample(format!(
+        "runv_guest_memory_returned_bytes_total{{pod=\"{pod}\"}}"
+    ));
+    assert!(returned > 0, "no guest memory given back:\n{answer}");
     for phase in ["vmm_spawn", "vmm_setup", "guest_boot", "agent_ready"] {
         let counted = sample(format!(
             "runv_pod_start_phase_seconds_count{{phase=\"{phase}\"}}"
@@ -1462,8 +1469,10 @@ fn start_latency_memory_and_concurrency_against_runc() {
 }
 
 /// Starts `pods` idle `runtime` containers (`sleep`), measures the PSS of their
-/// shims and everything under them (runv: the VMMs; runc: the containers), then
-/// removes them: (total without mappings of `guest_kib`, total) in KiB.
+/// shims and everything under them (runv: the VMMs; runc: the containers) once
+/// it has settled (a runv guest reports what it freed after boot over some
+/// seconds), then removes them: (total without mappings of `guest_kib`, total)
+/// in KiB.
 fn idle_pods_pss(
     containerd: &Containerd,
     runtime: Runtime,
@@ -1489,18 +1498,41 @@ fn idle_pods_pss(
     if runtime == Runtime::Runv {
         assert_eq!(vmm_pids().len(), pods, "one VMM per pod");
     }
-    let (mut without_guest, mut total) = (0, 0);
-    for pid in measured {
-        let (all, guest) = pss_kib(pid, guest_kib);
-        total += all;
-        without_guest += all - guest;
-    }
+    let sample = || {
+        measured
+            .iter()
+            .map(|pid| pss_kib(*pid, guest_kib))
+            .fold((0, 0), |(without, total), (all, guest)| {
+                (without + all - guest, total + all)
+            })
+    };
+    let started = Instant::now();
+    let mut last = sample();
+    let settled = loop {
+        std::thread::sleep(PSS_SETTLE_INTERVAL);
+        let now = sample();
+        // Settled: less than 1% gone since the last sample.
+        if now.1 * 100 >= last.1 * 99 || started.elapsed() >= PSS_SETTLE_TIMEOUT {
+            break now;
+        }
+        last = now;
+    };
+    println!(
+        "{runtime:?} idle pods' PSS settled after {:.0} s",
+        started.elapsed().as_secs_f64()
+    );
+    let (without_guest, total) = settled;
     for id in &ids {
         containerd.ctr(&["tasks", "rm", "-f", id]);
         containerd.ctr(&["containers", "rm", id]);
     }
     (without_guest, total)
 }
+
+/// How often the idle pods' PSS is sampled until it settles.
+const PSS_SETTLE_INTERVAL: Duration = Duration::from_secs(5);
+/// Longest wait for it to settle.
+const PSS_SETTLE_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// Where an idle pod's guest memory goes, from the guest kernel's
 /// `/proc/meminfo` as its container `id` reads it (the guest's own: no
