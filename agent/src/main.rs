@@ -80,6 +80,9 @@ fn init_mode() -> ExitCode {
     if let Err(err) = init::mount_pseudo_filesystems() {
         log::error!("{err}");
     }
+    if let Err(err) = init::tune_free_page_reporting() {
+        log::warn!("{err}");
+    }
     if let Err(err) = init::signal_boot_timer() {
         log::warn!("{err}");
     }

@@ -45,23 +45,7 @@ fn assert_freed_memory_goes_back(
     create: &CreateContainerRequest,
     before: &VmMetrics,
 ) {
-    let mut hog = create.clone();
-    hog.container_id = "hog".into();
-    hog.oci_spec = spec(
-        "hog",
-        &[
-            "/bin/dd",
-            "if=/dev/zero",
-            "of=/dev/null",
-            &format!("bs={HOG_MIB}M"),
-            "count=1",
-        ],
-        &SpecOptions::default(),
-    );
-    hog.stdio = Some(Stdio::default()).into();
-    client
-        .create_container(ctx(), &hog)
-        .expect("CreateContainer hog");
+    create_memory_hog(client, create, "hog", HOG_MIB, &SpecOptions::default());
     assert_eq!(start_and_wait(client, "hog"), 0, "the hog failed");
     wait_for_metrics(api, |now| {
         let returned = now.returned_memory_bytes - before.returned_memory_bytes;
@@ -80,6 +64,32 @@ fn assert_freed_memory_goes_back(
                 )
             })
     });
+}
+
+/// Creates container `cid` from `create` with `options`: `dd` through a
+/// buffer of `mib` MiB, which it touches whole, with no stdio.
+fn create_memory_hog(
+    client: &AgentClient,
+    create: &CreateContainerRequest,
+    cid: &str,
+    mib: u64,
+    options: &SpecOptions,
+) {
+    let mut hog = create.clone();
+    hog.container_id = cid.into();
+    let buffer = format!("bs={mib}M");
+    let args = [
+        "/bin/dd",
+        "if=/dev/zero",
+        "of=/dev/null",
+        &buffer,
+        "count=1",
+    ];
+    hog.oci_spec = spec(cid, &args, options);
+    hog.stdio = Some(Stdio::default()).into();
+    client
+        .create_container(ctx(), &hog)
+        .unwrap_or_else(|err| panic!("CreateContainer {cid}: {err}"));
 }
 
 /// The VMM's metrics once `settled` accepts them (polled every second), or a
@@ -175,7 +185,8 @@ fn agent_in_the_guest_runs_a_container_from_the_shared_directory() {
             &[
                 "sh",
                 "-c",
-                "echo hello from the guest; echo err >&2; exit 3",
+                "echo hello from the guest; echo err >&2; \
+                 cat /sys/module/page_reporting/parameters/page_reporting_order; exit 3",
             ],
             &SpecOptions::default(),
         ),
@@ -189,7 +200,8 @@ fn agent_in_the_guest_runs_a_container_from_the_shared_directory() {
     let stdout = read_all(stream(&uds, "c1", StreamKind::Stdout));
     let stderr = read_all(stream(&uds, "c1", StreamKind::Stderr));
     assert_eq!(start_and_wait(&client, "c1"), 3);
-    assert_eq!(stdout.join().unwrap(), b"hello from the guest\n");
+    // The agent set the guest's free page reporting to 2 MiB blocks (order 9).
+    assert_eq!(stdout.join().unwrap(), b"hello from the guest\n9\n");
     assert_eq!(stderr.join().unwrap(), b"err\n");
 
     // An escape from the shared directory is refused, and the agent serves on.
@@ -204,27 +216,11 @@ fn agent_in_the_guest_runs_a_container_from_the_shared_directory() {
 
     // Over its memory limit: killed (137), and the OOM event arrives.
     let limit = 32u64 << 20;
-    let hog = SpecOptions {
+    let limited = SpecOptions {
         resources: Some(serde_json::json!({"memory": {"limit": limit}})),
         ..Default::default()
     };
-    let mut oom = create.clone();
-    oom.container_id = "oom".into();
-    oom.oci_spec = spec(
-        "oom",
-        &[
-            "/bin/dd",
-            "if=/dev/zero",
-            "of=/dev/null",
-            "bs=64M",
-            "count=1",
-        ],
-        &hog,
-    );
-    oom.stdio = Some(Stdio::default()).into();
-    client
-        .create_container(ctx(), &oom)
-        .expect("CreateContainer oom");
+    create_memory_hog(&client, &create, "oom", 64, &limited);
     let status = start_and_wait(&client, "oom");
     assert_eq!(status, 137, "the hog was not OOM-killed");
     let event = client
