@@ -5,7 +5,7 @@
 //! through an irqfd ([`mmio::register_notifiers`]), announced to the guest with
 //! `virtio_mmio.device=` on the kernel command line.
 
-pub(crate) mod balloon;
+pub mod balloon;
 pub mod block;
 pub(crate) mod device_thread;
 pub mod fs;

@@ -25,10 +25,10 @@ pub(super) const F_REPORTING: u32 = 5;
 const QUEUE_SIZE: u16 = 32;
 /// Queues: inflate, deflate and reporting, the order in which the driver
 /// sets them up when only `VIRTIO_BALLOON_F_REPORTING` is acked.
-pub(super) const QUEUE_COUNT: usize = 3;
+pub const QUEUE_COUNT: usize = 3;
 const QUEUE_SIZES: [u16; QUEUE_COUNT] = [QUEUE_SIZE; QUEUE_COUNT];
 /// Index of the reporting queue.
-pub(super) const REPORTING_QUEUE: usize = 2;
+pub const REPORTING_QUEUE: usize = 2;
 /// Bytes of the configuration space: `num_pages`, `actual`,
 /// `free_page_hint_cmd_id` and `poison_val`, each a little-endian u32.
 const CONFIG_SIZE: usize = 16;
@@ -61,7 +61,7 @@ impl Balloon {
 
 /// What the device's thread serves: guest memory, the three queues and the
 /// interrupt.
-pub(super) struct Queues {
+pub struct Queues {
     mem: GuestMemoryMmap,
     queues: Vec<Queue>,
     interrupt: Arc<VirtioInterrupt>,
@@ -71,7 +71,9 @@ pub(super) struct Queues {
 }
 
 impl Queues {
-    pub(super) fn new(
+    /// Serves `queues` (inflate, deflate, reporting) in `mem`, interrupting
+    /// through `interrupt`; what is given back is added to `returned`.
+    pub fn new(
         mem: GuestMemoryMmap,
         queues: Vec<Queue>,
         interrupt: Arc<VirtioInterrupt>,
@@ -89,7 +91,7 @@ impl Queues {
     /// Completes what the driver made available on queue `index`: reported
     /// ranges are given back to the host first; inflate and deflate requests
     /// are only acknowledged (the device never asked for them).
-    pub(super) fn serve(&mut self, index: usize) {
+    pub fn serve(&mut self, index: usize) {
         let Some(queue) = self.queues.get_mut(index).filter(|_| self.healthy) else {
             return;
         };

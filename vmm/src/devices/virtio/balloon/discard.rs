@@ -27,7 +27,11 @@ fn whole_pages(addr: u64, len: u64) -> Result<Option<(u64, u64)>, DiscardError> 
     let end = addr
         .checked_add(len)
         .ok_or(DiscardError::Overflow { addr, len })?;
-    let start = addr.div_ceil(PAGE_SIZE) * PAGE_SIZE;
+    // A start in the address space's last partial page has no whole page
+    // after it.
+    let Some(start) = addr.checked_next_multiple_of(PAGE_SIZE) else {
+        return Ok(None);
+    };
     let end = end / PAGE_SIZE * PAGE_SIZE;
     Ok((start < end).then(|| (start, end - start)))
 }
@@ -83,6 +87,9 @@ mod tests {
             whole_pages(u64::MAX - 0xfff, 0x2000),
             Err(DiscardError::Overflow { .. })
         ));
+        // Found by the balloon_reports fuzz target: rounding the start up
+        // overflowed.
+        assert_eq!(whole_pages(u64::MAX - 10, 5), Ok(None));
     }
 
     #[test]

@@ -11,4 +11,4 @@ mod device;
 mod discard;
 mod event_handler;
 
-pub use device::Balloon;
+pub use device::{Balloon, Queues, QUEUE_COUNT, REPORTING_QUEUE};
