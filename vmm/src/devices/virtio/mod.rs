@@ -209,6 +209,17 @@ pub struct Drained {
     pub broken: Option<virtio_queue::Error>,
 }
 
+impl Drained {
+    /// Logs (rate-limited) that the rings of `queue` broke, if they did,
+    /// naming it as "virtio-blk: the request queue"; whether they did.
+    pub fn log_if_broken(&self, queue: &str) -> bool {
+        if let Some(err) = &self.broken {
+            protocol::log_limited!(log::Level::Error, "{queue} is broken: {err}");
+        }
+        self.broken.is_some()
+    }
+}
+
 /// Completes every chain the driver made available on `queue`, each answered
 /// by `handle` with the number of bytes it wrote to the guest. The driver's
 /// notifications are off meanwhile and back on at the end (with

@@ -27,6 +27,12 @@ const QUEUE_SIZE: u16 = 32;
 /// sets them up when only `VIRTIO_BALLOON_F_REPORTING` is acked.
 pub const QUEUE_COUNT: usize = 3;
 const QUEUE_SIZES: [u16; QUEUE_COUNT] = [QUEUE_SIZE; QUEUE_COUNT];
+/// The queues' names in logs.
+const QUEUE_NAMES: [&str; QUEUE_COUNT] = [
+    "virtio-balloon: the inflate queue",
+    "virtio-balloon: the deflate queue",
+    "virtio-balloon: the reporting queue",
+];
 /// Index of the reporting queue.
 pub const REPORTING_QUEUE: usize = 2;
 /// Bytes of the configuration space: `num_pages`, `actual`,
@@ -103,11 +109,8 @@ impl Queues {
             }
             0
         });
-        if let Some(err) = drained.broken {
-            protocol::log_limited!(
-                log::Level::Error,
-                "virtio-balloon: queue {index} is broken: {err:?}"
-            );
+        let name = QUEUE_NAMES.get(index).unwrap_or(&"virtio-balloon: a queue");
+        if drained.log_if_broken(name) {
             self.healthy = false;
         }
         if drained.completed && needs_interrupt(queue, mem, "virtio-balloon") {

@@ -202,12 +202,7 @@ impl BlockBackend {
                 Err(_) => 0,
             }
         });
-        if let Some(err) = drained.broken {
-            protocol::log_limited!(
-                log::Level::Error,
-                "virtio-blk: the request queue is broken: {err}"
-            );
-        }
+        drained.log_if_broken("virtio-blk: the request queue");
         drained.completed
     }
 

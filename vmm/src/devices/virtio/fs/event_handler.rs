@@ -38,11 +38,7 @@ impl FsSession {
         for queue in &mut self.queues {
             let (mem, server) = (&self.mem, &self.server);
             let drained = drain_queue(queue, mem, |chain| handle(server, mem, chain));
-            if let Some(err) = drained.broken {
-                protocol::log_limited!(
-                    log::Level::Error,
-                    "virtio-fs: a queue is broken, the device stops: {err}"
-                );
+            if drained.log_if_broken("virtio-fs: a queue (the device stops)") {
                 self.failed = true;
             }
             if drained.completed && needs_interrupt(queue, mem, "virtio-fs") {

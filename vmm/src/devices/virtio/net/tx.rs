@@ -25,12 +25,7 @@ pub fn process_tx(queue: &mut Queue, mem: &GuestMemoryMmap, tap: &mut impl Frame
         }
         0
     });
-    if let Some(err) = drained.broken {
-        protocol::log_limited!(
-            log::Level::Error,
-            "virtio-net: the transmit queue is broken: {err}"
-        );
-    }
+    drained.log_if_broken("virtio-net: the transmit queue");
     drained.completed
 }
 
