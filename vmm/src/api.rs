@@ -9,6 +9,7 @@ use protocol::vmm::{
     ResumeResponse, ShutdownRequest, ShutdownResponse, VmInfo, VmMetrics, VmState, Vmm,
 };
 use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 use ttrpc::TtrpcContext;
@@ -85,12 +86,7 @@ impl Vmm for ApiService {
         }
         metrics.set_vmm_rss_bytes(resident_bytes());
         metrics.set_guest_memory_bytes(handle.memory_mib << 20);
-        metrics.set_returned_memory_bytes(
-            handle
-                .shared
-                .returned_memory
-                .load(std::sync::atomic::Ordering::Relaxed),
-        );
+        metrics.set_returned_memory_bytes(handle.returned_memory.load(Ordering::Relaxed));
         Ok(metrics)
     }
 }

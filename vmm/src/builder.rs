@@ -220,7 +220,6 @@ pub fn build_microvm(config: &VmConfig, process_start: Instant) -> Result<Vmm, B
         exits,
         timer,
         counters: Arc::new(ExitCounters::default()),
-        returned_memory,
         process_start,
     };
 
@@ -239,7 +238,15 @@ pub fn build_microvm(config: &VmConfig, process_start: Instant) -> Result<Vmm, B
         .map(|index| Vcpu::new(vm.fd(), index, &setup, shared.clone()))
         .collect::<Result<Vec<_>, _>>()?;
 
-    Ok(Vmm::new(config.clone(), vm, mem, vcpus, shared, panic))
+    Ok(Vmm::new(
+        config.clone(),
+        vm,
+        mem,
+        vcpus,
+        shared,
+        panic,
+        returned_memory,
+    ))
 }
 
 /// Loads an ELF vmlinux (PVH entry if it has the note, else the 64-bit entry)

@@ -10,6 +10,7 @@ use crate::vm_exit::VmExit;
 use crate::vstate::vcpu::{self, RunState, Vcpu, VcpuError, VcpuShared};
 use crate::vstate::vm::Vm;
 use std::os::fd::AsRawFd;
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -73,6 +74,8 @@ pub(crate) struct VmHandle {
     pub cpus: u8,
     /// Guest memory in MiB.
     pub memory_mib: u64,
+    /// Bytes of guest memory the balloon gave back to the host.
+    pub returned_memory: Arc<AtomicU64>,
     /// When a requested shutdown turns forced.
     shutdown_deadline: Mutex<Option<Instant>>,
     /// Wakes the event loop for API requests.
@@ -148,6 +151,7 @@ pub struct Vmm {
     vcpus: Vec<Vcpu>,
     shared: VcpuShared,
     panic: GuestPanic,
+    returned_memory: Arc<AtomicU64>,
     // Dropped in this order: the VM before the memory it maps.
     vm: Vm,
     mem: GuestMemoryMmap,
@@ -162,12 +166,14 @@ impl Vmm {
         vcpus: Vec<Vcpu>,
         shared: VcpuShared,
         panic: GuestPanic,
+        returned_memory: Arc<AtomicU64>,
     ) -> Self {
         Self {
             config,
             vcpus,
             shared,
             panic,
+            returned_memory,
             vm,
             mem,
         }
@@ -184,6 +190,7 @@ impl Vmm {
             shared,
             vcpus,
             config,
+            returned_memory,
         } = self;
         vcpu::register_kick_handler()?;
         let handle = Arc::new(VmHandle {
@@ -191,6 +198,7 @@ impl Vmm {
             shared,
             cpus: config.cpus,
             memory_mib: config.memory_mib,
+            returned_memory,
             shutdown_deadline: Mutex::new(None),
             wake: EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC)
                 .map_err(RunError::EventLoop)?,

@@ -14,7 +14,7 @@ use crate::vm_exit::{Crash, ExitReporter, VmExit};
 use kvm_bindings::{kvm_run, CpuId, KVM_SYSTEM_EVENT_CRASH};
 use kvm_ioctls::{VcpuExit, VcpuFd};
 use std::cell::Cell;
-use std::sync::atomic::{compiler_fence, AtomicU64, Ordering};
+use std::sync::atomic::{compiler_fence, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
@@ -181,8 +181,6 @@ pub struct VcpuShared {
     pub timer: Arc<BootTimer>,
     /// VM exit counts.
     pub counters: Arc<ExitCounters>,
-    /// Bytes of guest memory the balloon gave back to the host.
-    pub returned_memory: Arc<AtomicU64>,
     /// When the VMM process started.
     pub process_start: Instant,
 }
