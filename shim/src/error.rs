@@ -5,7 +5,7 @@ use crate::share::ShareError;
 use crate::vmm_api::VmmApiError;
 use ttrpc::{Code, Error as TtrpcError};
 
-pub use crate::text::{bounded_text, MAX_GUEST_TEXT};
+use crate::text::{bounded_text, MAX_GUEST_TEXT};
 
 /// An error a task RPC answers with.
 #[derive(Debug, thiserror::Error)]

@@ -1,7 +1,7 @@
 //! The agent's cgroup figures and the VMM's counters as containerd's cgroups
 //! v2 `Metrics`, the type `ctr task metrics` and CRI's ContainerStats decode.
 
-use crate::error::{bounded_text, MAX_GUEST_TEXT};
+use crate::text::{bounded_text, MAX_GUEST_TEXT};
 use containerd_shim::protos::cgroups_v2::metrics::{
     CPUStat, IOEntry, IOStat, MemoryEvents, MemoryStat, Metrics, PidsStat,
 };
@@ -13,10 +13,14 @@ use protocol::vmm::VmMetrics;
 /// `stats` packed as an `io.containerd.cgroups.v2.Metrics` Any. The type URL is
 /// the bare message name, as containerd 1.6's typeurl looks proto types up.
 pub fn to_any(stats: &StatsContainerResponse) -> Result<Any, protobuf::Error> {
-    let value = to_metrics(stats).write_to_bytes()?;
+    pack(&to_metrics(stats))
+}
+
+/// `metrics` as the Any containerd decodes, under [`type_url`].
+fn pack(metrics: &Metrics) -> Result<Any, protobuf::Error> {
     Ok(Any {
         type_url: type_url(),
-        value,
+        value: metrics.write_to_bytes()?,
         ..Default::default()
     })
 }
@@ -94,13 +98,8 @@ pub fn vm_to_any(vm: &VmMetrics) -> Result<Any, protobuf::Error> {
         usage_limit: vm.guest_memory_bytes,
         ..Default::default()
     };
-    let metrics = Metrics {
+    pack(&Metrics {
         memory: Some(memory).into(),
-        ..Default::default()
-    };
-    Ok(Any {
-        type_url: type_url(),
-        value: metrics.write_to_bytes()?,
         ..Default::default()
     })
 }

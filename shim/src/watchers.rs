@@ -1,7 +1,6 @@
 //! The threads that watch what the task RPCs started: a process's exit, the
 //! guest's OOM kills, a SIGKILL's outcome, and the VMM's own exit.
 
-use crate::error::{bounded_text, MAX_GUEST_TEXT};
 use crate::events::EventQueue;
 use crate::exit::{Exit, VM_GONE_STATUS};
 use crate::oom::{OomGate, Verdict, OOM_INTERVAL};
@@ -9,6 +8,7 @@ use crate::pod::PodTable;
 use crate::process::Process;
 use crate::publish;
 use crate::sandbox::Sandbox;
+use crate::text::{bounded_text, MAX_GUEST_TEXT};
 use containerd_shim::protos::api::Status;
 use log::{debug, warn};
 use protocol::agent as agent_api;

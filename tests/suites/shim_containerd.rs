@@ -1537,7 +1537,7 @@ const PSS_SETTLE_TIMEOUT: Duration = Duration::from_secs(120);
 /// Where an idle pod's guest memory goes, from the guest kernel's
 /// `/proc/meminfo` as its container `id` reads it (the guest's own: no
 /// namespace virtualises it): what the kernel holds, the page cache (the
-/// unpacked initrd is in it, as shmem), anonymous memory (the agent, the
+/// agent's binary is in it, as shmem), anonymous memory (the agent, the
 /// container's processes) and what is free.
 fn print_guest_memory(containerd: &Containerd, id: &str) {
     let meminfo = containerd.ctr(&[
@@ -1561,9 +1561,9 @@ fn print_guest_memory(containerd: &Containerd, id: &str) {
     let used = mib("MemTotal") - mib("MemFree");
     println!(
         "guest memory of an idle pod (its /proc/meminfo, MiB): total {:.1}, used {used:.1}: \
-         page cache {:.1} (shmem, the unpacked initrd among it, {:.1}), anonymous {:.1}, \
-         kernel slab + stacks + page tables {kernel:.1}, the rest (buffers, other kernel \
-         allocations) {:.1}; free {:.1}",
+         page cache {:.1} (shmem, the agent's binary in its tmpfs root among it, {:.1}), \
+         anonymous {:.1}, kernel slab + stacks + page tables {kernel:.1}, the rest (buffers, \
+         other kernel allocations) {:.1}; free {:.1}",
         mib("MemTotal"),
         mib("Cached"),
         mib("Shmem"),

@@ -61,7 +61,7 @@ pub(super) fn connect_agent(
 /// Logs the agent's version and the guest kernel's release (for a bug report
 /// on a pod, the guest's side of it); a failure is only logged.
 fn log_guest_details(agent: &AgentClient) {
-    let bounded = |text: &str| crate::error::bounded_text(text, 128);
+    let bounded = |text: &str| crate::text::bounded_text(text, 128);
     match agent.guest_details(agent_ctx(), &GuestDetailsRequest::default()) {
         Ok(details) => info!(
             "guest: runv-agent {}, kernel {}",
@@ -70,7 +70,7 @@ fn log_guest_details(agent: &AgentClient) {
         ),
         Err(err) => warn!(
             "GuestDetails: {}",
-            crate::error::bounded_text(&err.to_string(), crate::error::MAX_GUEST_TEXT)
+            crate::text::bounded_text(&err.to_string(), crate::text::MAX_GUEST_TEXT)
         ),
     }
 }
@@ -141,7 +141,7 @@ pub(super) fn configure_guest_network(
         })
 }
 
-/// An agent's error as text, bounded to [`crate::error::MAX_GUEST_TEXT`].
+/// An agent's error as text, bounded to [`crate::text::MAX_GUEST_TEXT`].
 fn guest_text(err: ttrpc::Error) -> String {
-    crate::error::bounded_text(&err.to_string(), crate::error::MAX_GUEST_TEXT)
+    crate::text::bounded_text(&err.to_string(), crate::text::MAX_GUEST_TEXT)
 }
