@@ -158,6 +158,30 @@ impl Default for RunvConfig {
     }
 }
 
+/// Most characters of the offending line a parse error quotes.
+const QUOTED_LINE_CHARS: usize = 120;
+
+/// `err` with the line of `text` it is about, so that a wrong type names its
+/// key: "line 3 (`vmm_jail = "yes"`): invalid type: ...".
+fn parse_error_text(text: &str, err: &toml::de::Error) -> String {
+    let Some(start) = err
+        .span()
+        .map(|span| span.start)
+        .filter(|at| *at <= text.len())
+    else {
+        return err.message().to_string();
+    };
+    let before = text.get(..start).unwrap_or_default();
+    let number = before.matches('\n').count() + 1;
+    let line_start = before.rfind('\n').map_or(0, |at| at + 1);
+    let line = text
+        .get(line_start..)
+        .and_then(|rest| rest.lines().next())
+        .unwrap_or_default();
+    let quoted: String = line.trim().chars().take(QUOTED_LINE_CHARS).collect();
+    format!("line {number} (`{quoted}`): {}", err.message())
+}
+
 /// Keys an annotation may override, when `enable_annotations` lists them.
 pub(super) const OVERRIDABLE: &[&str] = &[
     "default_vcpus",
@@ -190,7 +214,7 @@ impl RunvConfig {
         };
         let config: Self = toml::from_str(&text).map_err(|err| ConfigError::Parse {
             path: path.into(),
-            message: err.message().to_string(),
+            message: parse_error_text(&text, &err),
         })?;
         config.validate().map_err(|problem| ConfigError::Invalid {
             path: path.into(),

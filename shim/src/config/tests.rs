@@ -223,3 +223,27 @@ fn a_refused_annotation_quotes_only_the_start_of_its_key() {
         .collect();
     assert!(err.contains(&quoted), "{err}");
 }
+
+#[test]
+fn free_page_reporting_is_the_operators_alone() {
+    let config = load_text("free_page_reporting = false").unwrap();
+    assert!(!config.free_page_reporting);
+    // A wrong type names its line, and with it the key.
+    let err = load_text("vmm_jail = true\nfree_page_reporting = \"no\"\n").unwrap_err();
+    let text = err.to_string();
+    assert!(
+        text.contains("line 2 (`free_page_reporting = \"no\"`): invalid type"),
+        "{text}"
+    );
+    let err = load_text("enable_annotations = [\"free_page_reporting\"]").unwrap_err();
+    assert!(err.to_string().contains("free_page_reporting"), "{err}");
+    // A tenant cannot turn it off (or on) for its pod.
+    let annotations = HashMap::from([(
+        format!("{ANNOTATION_PREFIX}free_page_reporting"),
+        "false".to_string(),
+    )]);
+    let err = RunvConfig::default()
+        .with_annotations(&annotations)
+        .unwrap_err();
+    assert!(err.to_string().contains("unknown runv annotation"), "{err}");
+}
