@@ -1308,7 +1308,7 @@ fn guest_cannot_write_the_share() {
 /// runc and with runv alternating (`RUNV_BENCH_RUNS`, default 10, each), medians
 /// and their ratio; host memory per idle pod (PSS of shim + VMM, without and with
 /// the guest's RAM) over `RUNV_BENCH_PODS` (default 10) pods; that many pods
-/// started at once: all succeed, total time.
+/// started at once with each runtime: all succeed, total times and their ratio.
 #[test]
 #[ignore = "benchmark: run through bench/start-latency"]
 fn start_latency_memory_and_concurrency_against_runc() {
@@ -1445,15 +1445,27 @@ fn start_latency_memory_and_concurrency_against_runc() {
         runv_total as f64 / runc_total.max(1) as f64
     );
 
+    let runv_at_once = run_at_once(&containerd, runv, pods);
+    let runc_at_once = run_at_once(&containerd, Runtime::Runc, pods);
+    println!(
+        "{pods} pods started at once (ctr run --rm echo each): all succeeded, runv in {:.1} s, \
+         runc in {:.1} s, ratio runv/runc {:.2}",
+        runv_at_once.as_secs_f64(),
+        runc_at_once.as_secs_f64(),
+        runv_at_once.as_secs_f64() / runc_at_once.as_secs_f64()
+    );
+    finish(containerd);
+}
+
+/// Runs `pods` `ctr run --rm echo` of `runtime` at once; how long until all
+/// had answered (each must print its echo).
+fn run_at_once(containerd: &Containerd, runtime: Runtime, pods: usize) -> Duration {
     let started = Instant::now();
     std::thread::scope(|scope| {
         let runs: Vec<_> = (0..pods)
             .map(|i| {
-                let args = runv.run_args(
-                    &containerd,
-                    &["--rm", TEST_IMAGE, &format!("many-{i}"), "echo", "x"],
-                );
-                let containerd = &containerd;
+                let id = format!("many-{}-{i}", runtime.name());
+                let args = runtime.run_args(containerd, &["--rm", TEST_IMAGE, &id, "echo", "x"]);
                 scope.spawn(move || containerd.ctr(&strs(&args)))
             })
             .collect();
@@ -1461,11 +1473,7 @@ fn start_latency_memory_and_concurrency_against_runc() {
             assert_eq!(run.join().expect("a concurrent ctr run"), "x\n");
         }
     });
-    println!(
-        "{pods} runv pods started at once: all succeeded in {:.1} s",
-        started.elapsed().as_secs_f64()
-    );
-    finish(containerd);
+    started.elapsed()
 }
 
 /// Starts `pods` idle `runtime` containers (`sleep`), measures the PSS of their
