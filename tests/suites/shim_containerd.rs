@@ -13,7 +13,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use k8s_cri::v1::{
     Capability, ContainerConfig, DnsConfig, LinuxContainerResources, LinuxPodSandboxConfig,
@@ -1326,11 +1326,14 @@ fn start_latency_memory_and_concurrency_against_runc() {
     };
     let (runs, pods) = (env_count("RUNV_BENCH_RUNS"), env_count("RUNV_BENCH_PODS"));
     let containerd = Containerd::start();
-    let timed_echo = |runtime: Runtime, id: &str| -> Duration {
+    // Each run's wall-clock start and end, to place the shim's log lines in it.
+    let mut spans = Vec::new();
+    let mut timed_echo = |runtime: Runtime, id: &str| -> Duration {
         let args = runtime.run_args(&containerd, &["--rm", TEST_IMAGE, id, "echo", "x"]);
-        let started = Instant::now();
+        let (started, wall) = (Instant::now(), SystemTime::now());
         let out = containerd.ctr(&strs(&args));
         let took = started.elapsed();
+        spans.push((id.to_owned(), wall, SystemTime::now()));
         assert_eq!(out, "x\n", "{runtime:?} {id}");
         took
     };
@@ -1415,6 +1418,7 @@ fn start_latency_memory_and_concurrency_against_runc() {
         runv_median.as_secs_f64() * 1000.0 - vm_ms,
         runc.as_secs_f64() * 1000.0
     );
+    print_echo_phases(&log, &spans, runs);
     let jail_cost = jailed_spawn - unjailed_spawn;
     println!(
         "the VMM's jail, medians of {runs}: ctr run --rm echo {:.2} s with it, {:.2} s without \
@@ -1455,6 +1459,73 @@ fn start_latency_memory_and_concurrency_against_runc() {
         runv_at_once.as_secs_f64() / runc_at_once.as_secs_f64()
     );
     finish(containerd);
+}
+
+/// The shim's log lines that mark a runv `ctr run --rm echo`'s phases, in
+/// order: the Create RPC arrives, the VM's boot is done (the agent
+/// answered), the Start RPC arrives, the Delete RPC arrives, the pod is torn
+/// down (after containerd's Shutdown). Each is found by its text and the id.
+const ECHO_MARKS: [(&str, &str); 5] = [
+    (
+        "create {id} (",
+        "the shim's start and containerd until Create",
+    ),
+    (
+        "pod {id}: VMM spawn",
+        "the VM's boot (VMM spawn, setup, guest boot, agent ready)",
+    ),
+    ("start {id} ", "the container's create in the guest"),
+    (
+        "delete {id} ",
+        "its start, the echo and its exit until Delete",
+    ),
+    ("pod {id}: torn down", "the delete and the VM's shutdown"),
+];
+
+/// Prints where runv's `ctr run --rm echo` spends its time, medians over
+/// the `runs` runv runs among `spans` (id, wall-clock start and end): from the
+/// times of the shim's lines in containerd's `log` ([`ECHO_MARKS`]).
+fn print_echo_phases(log: &str, spans: &[(String, SystemTime, SystemTime)], runs: usize) {
+    let time_of = |line: &str| -> Option<SystemTime> {
+        let stamp = line.split_once("time=\"")?.1.split('"').next()?;
+        let at = time::OffsetDateTime::parse(stamp, &time::format_description::well_known::Rfc3339)
+            .ok()?;
+        let nanos = u64::try_from(at.unix_timestamp_nanos()).ok()?;
+        Some(SystemTime::UNIX_EPOCH + Duration::from_nanos(nanos))
+    };
+    let mut phases: Vec<Vec<f64>> = vec![Vec::new(); ECHO_MARKS.len() + 1];
+    for (id, started, ended) in spans.iter().filter(|(id, ..)| id.starts_with("lat-runv-")) {
+        let mut marks = vec![*started];
+        for (mark, _) in ECHO_MARKS {
+            let text = mark.replace("{id}", id);
+            let at = log
+                .lines()
+                .filter(|line| line.contains(&text))
+                .find_map(time_of)
+                .unwrap_or_else(|| panic!("no shim log line \"{text}\" with a time for {id}"));
+            marks.push(at);
+        }
+        marks.push(*ended);
+        for (phase, pair) in phases.iter_mut().zip(marks.windows(2)) {
+            let took = pair[1].duration_since(pair[0]).unwrap_or_default();
+            phase.push(took.as_secs_f64() * 1000.0);
+        }
+    }
+    let names = ECHO_MARKS
+        .iter()
+        .map(|(_, name)| *name)
+        .chain(["after the pod's teardown until ctr exits"]);
+    let parts: Vec<String> = names
+        .zip(phases)
+        .map(|(name, mut values)| {
+            values.sort_by(f64::total_cmp);
+            format!("{name} {:.1} ms", values[values.len() / 2])
+        })
+        .collect();
+    println!(
+        "runv's ctr run --rm echo, phase by phase from the shim's log, medians of {runs}: {}",
+        parts.join("; ")
+    );
 }
 
 /// Runs `pods` `ctr run --rm echo` of `runtime` at once; how long until all
