@@ -176,7 +176,11 @@ impl api::Agent for AgentService {
     ) -> ttrpc::Result<api::Empty> {
         let removed = self.sandbox.destroy();
         if self.init {
-            // The VM ends with its sandbox, once this answer is on its way.
+            // What the guest still holds dirty goes to its disks and shares
+            // before the answer: the shim stops the VM as soon as it has it.
+            nix::unistd::sync();
+            // The VM ends with its sandbox, once this answer is on its way
+            // (unless the shim has stopped it first).
             std::thread::spawn(|| {
                 std::thread::sleep(std::time::Duration::from_millis(100));
                 let err = crate::init::power_off();

@@ -221,19 +221,26 @@ impl Sandbox {
     }
 
     /// Powers the guest off (killing the VMM if it does not go), then removes
-    /// the pod's mounts and directory.
+    /// the pod's mounts and directory. Once the agent has answered
+    /// DestroySandbox (its containers gone, its filesystems synced), nothing in
+    /// the guest is left to keep: the VMM stops the VM at once rather than
+    /// wait for the guest to reboot itself.
     pub fn destroy(&self) {
         if !self.vm.has_exited() {
             let api = crate::vmm_api::VmmApi::new(&self.dir.api_sock());
             teardown::resume_for_power_off(&self.id, &api);
             let ctx = ttrpc::context::with_duration(POWER_OFF_GRACE);
-            if let Err(err) = self
+            let grace = match self
                 .agent
                 .destroy_sandbox(ctx, &DestroySandboxRequest::default())
             {
-                warn!("pod {}: DestroySandbox: {err}", self.id);
-            }
-            teardown::shut_down_vmm(&self.id, &self.vm, &api);
+                Ok(_) => Duration::ZERO,
+                Err(err) => {
+                    warn!("pod {}: DestroySandbox: {err}", self.id);
+                    POWER_OFF_GRACE
+                }
+            };
+            teardown::shut_down_vmm(&self.id, &self.vm, &api, grace);
         }
         cleanup(&self.dir);
         info!("pod {}: torn down", self.id);

@@ -1831,9 +1831,10 @@ fn cri_sandbox_task_is_the_vm() {
 
     cri.stop_pod_sandbox(&pod_id);
     cri.remove_pod_sandbox(&pod_id);
-    // The agent powers the guest off 100 ms after answering DestroySandbox:
-    // the API's Shutdown, sent right after, usually comes first, but a slow
-    // host may let the guest win, which the shim says too.
+    // Once DestroySandbox is answered the shim has the VMM stop the VM at
+    // once (the API's Shutdown); the agent also powers the guest off 100 ms
+    // after its answer, and a slow host may let the guest win, which the shim
+    // says too.
     let said = [
         format!("pod {pod_id}: VMM API Shutdown sent"),
         format!("pod {pod_id}: the guest powered off before the API's Shutdown"),

@@ -87,21 +87,22 @@ pub(super) fn resume_for_power_off(id: &str, api: &crate::vmm_api::VmmApi) {
     }
 }
 
-/// Asks the VMM to shut the VM down (the guest gets [`POWER_OFF_GRACE`] to
-/// power off, as DestroySandbox told it to, then the VMM stops it); kills the
-/// VMM if it has not exited a little after that.
-pub(super) fn shut_down_vmm(id: &str, vm: &Vm, api: &crate::vmm_api::VmmApi) {
+/// Asks the VMM to shut the VM down: the guest gets `grace` (at most
+/// [`POWER_OFF_GRACE`]) to power off, as DestroySandbox told it to, then the
+/// VMM stops it; kills the VMM if it has not exited a little after that.
+pub(super) fn shut_down_vmm(id: &str, vm: &Vm, api: &crate::vmm_api::VmmApi, grace: Duration) {
     if vm.has_exited() {
         return;
     }
-    let asked = api.shutdown(POWER_OFF_GRACE);
+    let grace = grace.min(POWER_OFF_GRACE);
+    let asked = api.shutdown(grace);
     if asked.is_ok() {
         info!(
-            "pod {id}: VMM API Shutdown sent ({} s for the guest to power off)",
-            POWER_OFF_GRACE.as_secs()
+            "pod {id}: VMM API Shutdown sent ({} ms for the guest to power off)",
+            grace.as_millis()
         );
     }
-    let exited = vm.wait_exit(POWER_OFF_GRACE + SHUTDOWN_MARGIN);
+    let exited = vm.wait_exit(grace + SHUTDOWN_MARGIN);
     match asked {
         // The guest powered off first (its VMM was on its way out).
         Err(err) if exited => {
