@@ -10,7 +10,7 @@ use crate::sandbox::{agent_ctx, Sandbox};
 use crate::spec::{self, GuestSpec};
 use crate::stdio::{self, ProcessName};
 use containerd_shim::protos::api::CreateTaskRequest;
-use log::warn;
+use log::{debug, warn};
 use protobuf::well_known_types::any::Any;
 use protocol::agent::{self as agent_api, AgentClient};
 use protocol::GUEST_SHARED_DIR;
@@ -55,12 +55,15 @@ fn create_in_share(
     for bind in &guest.binds {
         sandbox.share.bind(bind).map_err(TaskError::BindVolume)?;
     }
+    debug!("container {cid}: rootfs and volumes in the share");
     create_in_guest(sandbox, cid, &guest, &rootfs, process)?;
+    debug!("container {cid}: created in the guest");
     let io = stdio::attach(&sandbox.dir.vsock_sock(), name, &process.uris).map_err(|err| {
         remove(&sandbox.agent, cid);
         TaskError::AttachStdio(err)
     })?;
     process.set_io(io);
+    debug!("container {cid}: stdio attached");
     Ok(())
 }
 
