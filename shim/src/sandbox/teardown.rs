@@ -1,7 +1,6 @@
 //! Taking a pod down: powering its guest off, and removing what the shim
 //! made for it on the host (also what a dead shim left).
 
-use super::POWER_OFF_GRACE;
 use crate::mounts;
 use crate::network;
 use crate::paths::SandboxDir;
@@ -87,26 +86,30 @@ pub(super) fn resume_for_power_off(id: &str, api: &crate::vmm_api::VmmApi) {
     }
 }
 
-/// Asks the VMM to shut the VM down: the guest gets `grace` (at most
-/// [`POWER_OFF_GRACE`]) to power off, as DestroySandbox told it to, then the
-/// VMM stops it; kills the VMM if it has not exited a little after that.
+/// Asks the VMM to shut the VM down: the guest gets `grace` to power off
+/// (zero: the VM stops at once), then the VMM stops it; kills the VMM if it
+/// has not exited a little after that.
 pub(super) fn shut_down_vmm(id: &str, vm: &Vm, api: &crate::vmm_api::VmmApi, grace: Duration) {
     if vm.has_exited() {
         return;
     }
-    let grace = grace.min(POWER_OFF_GRACE);
     let asked = api.shutdown(grace);
     if asked.is_ok() {
-        info!(
-            "pod {id}: VMM API Shutdown sent ({} ms for the guest to power off)",
-            grace.as_millis()
-        );
+        if grace.is_zero() {
+            info!("pod {id}: VMM API Shutdown sent (the VM stops at once)");
+        } else {
+            info!(
+                "pod {id}: VMM API Shutdown sent ({} s for the guest to power off)",
+                grace.as_secs()
+            );
+        }
     }
     let exited = vm.wait_exit(grace + SHUTDOWN_MARGIN);
     match asked {
-        // The guest powered off first (its VMM was on its way out).
+        // The VMM ended before its answer came: the guest powered off first,
+        // or the VM it stopped at once took the API's connection with it.
         Err(err) if exited => {
-            info!("pod {id}: the guest powered off before the API's Shutdown ({err})")
+            info!("pod {id}: the VMM exited before answering Shutdown ({err})")
         }
         Err(err) => warn!("pod {id}: {err}"),
         Ok(()) => {}
