@@ -1401,10 +1401,6 @@ fn start_latency_memory_and_concurrency_against_runc() {
             }
         }
         assert!(!spawns.is_empty(), "no VMM spawn ({how}) in the shim's log");
-        let median = |mut values: Vec<f64>| {
-            values.sort_by(f64::total_cmp);
-            values[values.len() / 2]
-        };
         (median(spawns), median(setups), median(boots))
     };
     let (jailed_spawn, jailed_setup, guest_boot) = phases("in its jail");
@@ -1531,15 +1527,18 @@ fn print_echo_phases(log: &str, spans: &[(String, SystemTime, SystemTime)], runs
         .chain(["after the pod's teardown until ctr exits"]);
     let parts: Vec<String> = names
         .zip(phases)
-        .map(|(name, mut values)| {
-            values.sort_by(f64::total_cmp);
-            format!("{name} {:.1} ms", values[values.len() / 2])
-        })
+        .map(|(name, values)| format!("{name} {:.1} ms", median(values)))
         .collect();
     println!(
         "runv's ctr run --rm echo, phase by phase from the shim's log, medians of {runs}: {}",
         parts.join("; ")
     );
+}
+
+/// The median of `values` (the upper one of an even count); panics if empty.
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
 }
 
 /// Runs `pods` `ctr run --rm echo` of `runtime` at once; how long until all
