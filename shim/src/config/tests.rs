@@ -247,3 +247,17 @@ fn free_page_reporting_is_the_operators_alone() {
         .unwrap_err();
     assert!(err.to_string().contains("unknown runv annotation"), "{err}");
 }
+
+#[test]
+fn a_parse_error_quotes_only_the_start_of_a_long_line() {
+    let value = "x".repeat(100_000);
+    let err = load_text(&format!("log_level = \"info\"\nkernel = {value}\n"))
+        .unwrap_err()
+        .to_string();
+    assert!(err.len() < 1000, "{} bytes: {}", err.len(), &err[..200]);
+    let quoted: String = format!("kernel = {value}")
+        .chars()
+        .take(QUOTED_LINE_CHARS)
+        .collect();
+    assert!(err.contains(&format!("line 2 (`{quoted}`)")), "{err}");
+}
