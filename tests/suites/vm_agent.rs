@@ -200,8 +200,8 @@ fn agent_in_the_guest_runs_a_container_from_the_shared_directory() {
     let stdout = read_all(stream(&uds, "c1", StreamKind::Stdout));
     let stderr = read_all(stream(&uds, "c1", StreamKind::Stderr));
     assert_eq!(start_and_wait(&client, "c1"), 3);
-    // The agent set the guest's free page reporting to 256 KiB blocks (order 6).
-    assert_eq!(stdout.join().unwrap(), b"hello from the guest\n6\n");
+    // The agent set the guest's free page reporting to 2 MiB blocks (order 9).
+    assert_eq!(stdout.join().unwrap(), b"hello from the guest\n9\n");
     assert_eq!(stderr.join().unwrap(), b"err\n");
 
     // An escape from the shared directory is refused, and the agent serves on.
