@@ -1,10 +1,11 @@
 //! Tier 2: runv-vmm boots our guest kernel and initrd on KVM to the agent's
 //! boot marker, ends with the guest, reports a guest panic, serves its API on a
-//! running guest, and refuses bad input with a clear error.
+//! running guest, goes on from a snapshot of a paused guest, and refuses bad
+//! input with a clear error.
 
 use protocol::vmm::{
-    DescribeRequest, MetricsRequest, PauseRequest, ResumeRequest, ShutdownRequest, VmState,
-    VmmClient,
+    DescribeRequest, MetricsRequest, PauseRequest, ResumeRequest, ShutdownRequest, SnapshotRequest,
+    VmState, VmmClient,
 };
 use protocol::BOOT_MARKER;
 use runv_tests::artefacts::{busybox_initrd, vmm_binary, GuestArtefacts};
@@ -454,4 +455,156 @@ fn bad_input_is_refused_with_a_clear_error_and_nothing_left_behind() {
     );
     assert!(taken.exists(), "the socket in use was removed");
     assert_no_process_left(&vmm_binary().display().to_string());
+}
+
+/// An initrd whose init counts on the console, one line a second, so that a
+/// VM started from a snapshot shows where it goes on from.
+fn counting_initrd(dir: &Path) -> PathBuf {
+    busybox_initrd(
+        dir,
+        "count",
+        "i=0\nwhile :; do i=$((i+1)); /bin/busybox echo tick-$i; /bin/busybox sleep 1; done",
+    )
+}
+
+/// The highest `tick-N` among `lines`.
+fn last_tick(lines: &[String]) -> Option<u64> {
+    lines
+        .iter()
+        .filter_map(|line| line.trim().strip_prefix("tick-")?.parse().ok())
+        .max()
+}
+
+/// KiB of `pid`'s mappings of `file` that other processes map too (clean,
+/// or dirty where the file is on tmpfs).
+fn shared_kib(pid: u32, file: &Path) -> u64 {
+    let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap();
+    let name = file.display().to_string();
+    let mut in_file = false;
+    let mut total = 0;
+    for line in smaps.lines() {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        if fields
+            .first()
+            .is_some_and(|f| f.contains('-') && !f.ends_with(':'))
+        {
+            in_file = fields.last() == Some(&name.as_str());
+        } else if in_file && matches!(fields.first(), Some(&"Shared_Clean:" | &"Shared_Dirty:")) {
+            total += fields[1].parse::<u64>().unwrap();
+        }
+    }
+    total
+}
+
+#[test]
+fn a_snapshot_of_a_paused_vm_goes_on_in_two_vms_sharing_its_memory() {
+    require_kvm();
+    let scratch = Scratch::new("runv-vmm-snapshot");
+    let snapshots = scratch.path().join("snapshot");
+    std::fs::create_dir(&snapshots).unwrap();
+    let mut guest = GuestArtefacts::from_env();
+    guest.initrd = counting_initrd(scratch.path());
+    let sock = scratch.path().join("api.sock");
+    let mut command = vmm(&guest, 2, 128);
+    command
+        .arg("--api-sock")
+        .arg(&sock)
+        .arg("--snapshot-dir")
+        .arg(&snapshots);
+    let mut vm = VmProcess::spawn(command);
+    assert!(
+        vm.wait_for("tick-3", BOOT_TIMEOUT).is_some(),
+        "the counting guest did not start"
+    );
+
+    let api = client(&sock);
+    let running = api
+        .snapshot(ctx(), &SnapshotRequest::new())
+        .expect_err("a snapshot of a running VM");
+    assert!(running.to_string().contains("must be paused"), "{running}");
+    api.pause(ctx(), &PauseRequest::new()).unwrap();
+    let sizes = api.snapshot(ctx(), &SnapshotRequest::new()).unwrap();
+    assert!(
+        sizes.memory_bytes() > 1 << 20 && sizes.memory_bytes() < 128 << 20,
+        "{sizes:?}"
+    );
+    assert!(sizes.state_bytes() > 0, "{sizes:?}");
+    let mut shutdown = ShutdownRequest::new();
+    shutdown.timeout_ms = 0;
+    api.shutdown(ctx(), &shutdown).unwrap();
+    drop(api);
+    let original = vm.wait_exit("tick-3", Duration::from_secs(60));
+    let last = last_tick(&original.lines).expect("ticks before the snapshot");
+    let memory = snapshots.join("memory");
+    assert_eq!(std::fs::metadata(&memory).unwrap().len(), 128 << 20);
+
+    // Two VMs at once from the one snapshot: each goes on counting from
+    // where the snapshot was taken, not from a new boot.
+    let restore = |extra: &[&str]| {
+        let mut command = vmm(&guest, 2, 128);
+        command.arg("--restore-from").arg(&snapshots).args(extra);
+        command
+    };
+    let mut first = VmProcess::spawn(restore(&[]));
+    let mut second = VmProcess::spawn(restore(&[]));
+    let after = format!("tick-{}", last + 3);
+    for vm in [&mut first, &mut second] {
+        assert!(
+            vm.wait_for(&after, BOOT_TIMEOUT).is_some(),
+            "a restored guest did not go on counting to {after}"
+        );
+    }
+    let shared = shared_kib(second.pid(), &memory);
+    assert!(
+        shared >= 1024,
+        "the two VMs share {shared} KiB of the snapshot's memory"
+    );
+    for vm in [first, second] {
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(vm.pid() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .unwrap();
+        let run = vm.wait_exit(&after, Duration::from_secs(60));
+        assert!(run.status.success(), "{}", run.transcript());
+        // The pause may have cut a line: the first whole one is the one
+        // after the last seen, or that one finished.
+        let first_tick = run
+            .lines
+            .iter()
+            .find_map(|line| line.trim().strip_prefix("tick-")?.parse::<u64>().ok());
+        assert!(
+            first_tick.is_some_and(|n| n > 3 && n <= last + 1),
+            "the first tick after a snapshot at tick-{last}: {first_tick:?}\n{}",
+            run.transcript()
+        );
+    }
+
+    // Another shape, or other boot files, are refused before anything runs.
+    let kernel = guest.kernel.display().to_string();
+    let initrd = guest.initrd.display().to_string();
+    let snapshot_dir = snapshots.display().to_string();
+    let base = [
+        "--kernel",
+        kernel.as_str(),
+        "--initrd",
+        initrd.as_str(),
+        "--cpus",
+        "2",
+        "--restore-from",
+        snapshot_dir.as_str(),
+    ];
+    assert_refused(
+        &[&base[..], &["--memory-mib", "256"]].concat(),
+        "was made with MiB of memory 128",
+    );
+    assert_refused(
+        &[&base[..], &["--memory-mib", "128", "--cmdline", "quiet"]].concat(),
+        "was made from kernel",
+    );
+    assert_refused(
+        &[&base[..], &["--memory-mib", "128", "--rng"]].concat(),
+        "virtio-rng",
+    );
+    assert_no_process_left(&snapshot_dir);
 }

@@ -1,12 +1,14 @@
 //! The VMM control API (`protocol::vmm`, ttrpc) on `--api-sock`: Describe,
-//! Pause, Resume, Shutdown and Metrics, each a short call into [`VmHandle`].
+//! Pause, Resume, Shutdown, Metrics and Snapshot, each a call into [`VmHandle`].
 
 use crate::metrics::resident_bytes;
 use crate::runtime::VmHandle;
+use crate::snapshot::SnapshotError;
 use crate::vstate::vcpu::RunState;
 use protocol::vmm::{
     create_vmm, DescribeRequest, MetricsRequest, PauseRequest, PauseResponse, ResumeRequest,
-    ResumeResponse, ShutdownRequest, ShutdownResponse, VmInfo, VmMetrics, VmState, Vmm,
+    ResumeResponse, ShutdownRequest, ShutdownResponse, SnapshotRequest, SnapshotResponse, VmInfo,
+    VmMetrics, VmState, Vmm,
 };
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
@@ -88,6 +90,28 @@ impl Vmm for ApiService {
         metrics.set_guest_memory_bytes(handle.memory_mib << 20);
         metrics.set_returned_memory_bytes(handle.returned_memory.load(Ordering::Relaxed));
         Ok(metrics)
+    }
+
+    fn snapshot(&self, _: &TtrpcContext, _: SnapshotRequest) -> ttrpc::Result<SnapshotResponse> {
+        let sizes = self.vm()?.snapshot().map_err(|err| {
+            let code = match err {
+                SnapshotError::NotPaused
+                | SnapshotError::NoDirectory
+                | SnapshotError::Unsupported(_) => ttrpc::Code::FAILED_PRECONDITION,
+                _ => ttrpc::Code::INTERNAL,
+            };
+            log::error!("snapshot: {err}");
+            status(code, &err.to_string())
+        })?;
+        log::info!(
+            "snapshot written: {} bytes of memory, {} bytes of state",
+            sizes.memory_bytes,
+            sizes.state_bytes
+        );
+        let mut response = SnapshotResponse::new();
+        response.set_memory_bytes(sizes.memory_bytes);
+        response.set_state_bytes(sizes.state_bytes);
+        Ok(response)
     }
 }
 

@@ -1,6 +1,10 @@
 //! Assembles a microVM from its configuration, in boot order: guest memory →
 //! VM with irqchip and PIT → kernel → initrd → command line → boot information
 //! → MP table → legacy devices → vCPUs. The result is a [`Vmm`] ready to run.
+//! A VM started from a snapshot ([`restore`]) maps its memory from the
+//! snapshot and sets the saved state instead of loading the kernel.
+
+pub mod restore;
 
 use crate::arch::x86_64::boot::{self, BootPayload};
 use crate::arch::x86_64::layout::{
@@ -26,9 +30,10 @@ use crate::devices::virtio::vsock::{Vsock, VsockError};
 use crate::devices::virtio::VirtioDevice;
 use crate::metrics::ExitCounters;
 use crate::runtime::Vmm;
+use crate::snapshot::{SerialSnapshot, SnapshotError, SnapshotSource, VmSnapshot};
 use crate::vm_exit::ExitReporter;
-use crate::vstate::memory::{self, create_guest_memory};
-use crate::vstate::vcpu::{Vcpu, VcpuControl, VcpuError, VcpuSetup, VcpuShared};
+use crate::vstate::memory::{self, create_guest_memory, guest_memory_from_file};
+use crate::vstate::vcpu::{Vcpu, VcpuControl, VcpuCpuid, VcpuError, VcpuSetup, VcpuShared};
 use crate::vstate::vm::{Vm, VmError};
 use kvm_bindings::KVM_MAX_CPUID_ENTRIES;
 use kvm_ioctls::Cap;
@@ -150,6 +155,15 @@ pub enum BuildError {
     /// A virtio-net card.
     #[error(transparent)]
     Net(#[from] NetError),
+    /// A snapshot to start from.
+    #[error(transparent)]
+    Snapshot(#[from] SnapshotError),
+    /// A snapshot's UART registers are out of range.
+    #[error("the snapshot's UART state holds more than a FIFO")]
+    SerialState,
+    /// KVM's list of MSRs to save cannot be read.
+    #[error("cannot read KVM's MSR list: {0}")]
+    MsrList(kvm_ioctls::Error),
     /// More virtio devices than IRQ lines.
     #[error("too many virtio devices for the IOAPIC's interrupt lines")]
     TooManyDevices,
@@ -169,42 +183,33 @@ struct LoadedKernel {
     end: u64,
 }
 
+/// How the vCPUs start: at the kernel's entry, or where a snapshot left them.
+enum Start {
+    Boot(BootEntry),
+    Restore(Box<VmSnapshot>),
+}
+
 /// Builds the VM described by `config`; `process_start` dates the VMM's setup.
 pub fn build_microvm(config: &VmConfig, process_start: Instant) -> Result<Vmm, BuildError> {
-    let mem = create_guest_memory(config.memory_mib << 20)?;
-    let vm = Vm::new(&mem)?;
-
-    let kernel = load_kernel(&mem, &config.kernel)?;
-    let initrd = match &config.initrd {
-        Some(path) => Some(load_initrd(&mem, path, kernel.end)?),
+    let restored = match &config.restore_from {
+        Some(dir) => Some(restore::open(dir, config)?),
         None => None,
     };
+    let mem = match &restored {
+        Some((_, memory)) => guest_memory_from_file(config.memory_mib << 20, memory)?,
+        None => create_guest_memory(config.memory_mib << 20)?,
+    };
+    let vm = Arc::new(Vm::new(&mem)?);
     let mut mmio = Bus::new();
     let returned_memory = Arc::new(AtomicU64::new(0));
     let virtio = attach_virtio_devices(&vm, &mem, config, &returned_memory, &mut mmio)?;
-    let cmdline = kernel_cmdline(config, &virtio)?;
-    loader::load_cmdline(&mem, GuestAddress(CMDLINE_START), &cmdline)
-        .map_err(BuildError::CmdlineLoad)?;
-    let cmdline_len = cmdline
-        .as_cstring()
-        .map_err(BuildError::Cmdline)?
-        .as_bytes()
-        .len();
-    let payload = BootPayload {
-        cmdline: (GuestAddress(CMDLINE_START), cmdline_len),
-        initrd,
+    let start = match restored {
+        Some((snapshot, _)) => {
+            snapshot.vm.restore(vm.fd()).map_err(SnapshotError::from)?;
+            Start::Restore(Box::new(snapshot))
+        }
+        None => Start::Boot(load_guest(&mem, config, &virtio)?),
     };
-    let boot = match kernel.entry {
-        KernelEntry::Pvh(entry) => BootEntry::Pvh {
-            entry,
-            start_info: boot::write_pvh_start_info(&mem, &payload)?,
-        },
-        KernelEntry::Linux64 { entry, header } => BootEntry::Linux64 {
-            entry,
-            zero_page: boot::write_zero_page(&mem, &payload, header)?,
-        },
-    };
-    mptable::setup_mptable(&mem, config.cpus)?;
 
     let panic = GuestPanic::default();
     let timer = Arc::new(BootTimer::default());
@@ -212,7 +217,20 @@ pub fn build_microvm(config: &VmConfig, process_start: Instant) -> Result<Vmm, B
         what: "the VM exit event",
         source,
     })?);
-    let pio = legacy_devices(&vm, config, panic.clone(), exits.clone(), timer.clone())?;
+    let serial_state = match &start {
+        Start::Restore(snapshot) => Some(&snapshot.serial),
+        Start::Boot(_) => None,
+    };
+    let (pio, serial) = legacy_devices(
+        &vm,
+        config,
+        LegacyWiring {
+            panic: panic.clone(),
+            exits: exits.clone(),
+            timer: timer.clone(),
+        },
+        serial_state,
+    )?;
     let shared = VcpuShared {
         pio: Arc::new(pio),
         mmio: Arc::new(mmio),
@@ -227,16 +245,41 @@ pub fn build_microvm(config: &VmConfig, process_start: Instant) -> Result<Vmm, B
         .kvm()
         .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
         .map_err(BuildError::Cpuid)?;
-    let setup = VcpuSetup {
-        supported_cpuid: &supported_cpuid,
+    let cpuid = VcpuCpuid {
+        supported: &supported_cpuid,
         tsc_deadline: vm.kvm().check_extension(Cap::TscDeadlineTimer),
         count: config.cpus,
-        mem: &mem,
-        boot,
     };
-    let vcpus = (0..config.cpus)
-        .map(|index| Vcpu::new(vm.fd(), index, &setup, shared.clone()))
-        .collect::<Result<Vec<_>, _>>()?;
+    let vcpus = match &start {
+        Start::Boot(boot) => {
+            let setup = VcpuSetup {
+                cpuid,
+                mem: &mem,
+                boot: *boot,
+            };
+            (0..config.cpus)
+                .map(|index| Vcpu::new(vm.fd(), index, &setup, shared.clone()))
+                .collect::<Result<Vec<_>, _>>()?
+        }
+        Start::Restore(snapshot) => (0..config.cpus)
+            .zip(&snapshot.vcpus)
+            .map(|(index, state)| Vcpu::restore(vm.fd(), index, &cpuid, state, shared.clone()))
+            .collect::<Result<Vec<_>, _>>()?,
+    };
+    let source = SnapshotSource {
+        msr_list: vm
+            .kvm()
+            .get_msr_index_list()
+            .map_err(BuildError::MsrList)?
+            .as_slice()
+            .into(),
+        vm: vm.clone(),
+        mem: mem.clone(),
+        serial,
+        dir: config.snapshot_dir.clone(),
+        boot: restore::boot_fingerprint(config),
+        devices: restore::virtio_devices(config),
+    };
 
     Ok(Vmm::new(
         config.clone(),
@@ -246,7 +289,46 @@ pub fn build_microvm(config: &VmConfig, process_start: Instant) -> Result<Vmm, B
         shared,
         panic,
         returned_memory,
+        source,
     ))
+}
+
+/// Loads the kernel, initrd and command line, writes the boot information
+/// and MP table, and returns the kernel's entry.
+fn load_guest(
+    mem: &GuestMemoryMmap,
+    config: &VmConfig,
+    virtio: &[VirtioSlot],
+) -> Result<BootEntry, BuildError> {
+    let kernel = load_kernel(mem, &config.kernel)?;
+    let initrd = match &config.initrd {
+        Some(path) => Some(load_initrd(mem, path, kernel.end)?),
+        None => None,
+    };
+    let cmdline = kernel_cmdline(config, virtio)?;
+    loader::load_cmdline(mem, GuestAddress(CMDLINE_START), &cmdline)
+        .map_err(BuildError::CmdlineLoad)?;
+    let cmdline_len = cmdline
+        .as_cstring()
+        .map_err(BuildError::Cmdline)?
+        .as_bytes()
+        .len();
+    let payload = BootPayload {
+        cmdline: (GuestAddress(CMDLINE_START), cmdline_len),
+        initrd,
+    };
+    let boot = match kernel.entry {
+        KernelEntry::Pvh(entry) => BootEntry::Pvh {
+            entry,
+            start_info: boot::write_pvh_start_info(mem, &payload)?,
+        },
+        KernelEntry::Linux64 { entry, header } => BootEntry::Linux64 {
+            entry,
+            zero_page: boot::write_zero_page(mem, &payload, header)?,
+        },
+    };
+    mptable::setup_mptable(mem, config.cpus)?;
+    Ok(boot)
 }
 
 /// Loads an ELF vmlinux (PVH entry if it has the note, else the 64-bit entry)
@@ -468,15 +550,22 @@ fn console_output(console: &ConsoleConfig) -> Result<Option<Box<dyn Write + Send
     })
 }
 
-/// The UART (IRQ 4 through an irqfd), the i8042 (its reset ends the VM) and the
-/// debug port.
-fn legacy_devices(
-    vm: &Vm,
-    config: &VmConfig,
+/// What the legacy devices report to.
+struct LegacyWiring {
     panic: GuestPanic,
     exits: Arc<ExitReporter>,
     timer: Arc<BootTimer>,
-) -> Result<Bus, BuildError> {
+}
+
+/// The UART (IRQ 4 through an irqfd; with a snapshot's registers if given),
+/// the i8042 (its reset ends the VM) and the debug port; the UART also apart,
+/// for snapshots.
+fn legacy_devices(
+    vm: &Vm,
+    config: &VmConfig,
+    wiring: LegacyWiring,
+    serial_state: Option<&SerialSnapshot>,
+) -> Result<(Bus, Arc<Mutex<Serial>>), BuildError> {
     let serial_irq = eventfd("the serial interrupt")?;
     vm.fd()
         .register_irqfd(&serial_irq, SERIAL_IRQ)
@@ -484,19 +573,24 @@ fn legacy_devices(
             what: "the serial irqfd",
             source: std::io::Error::from_raw_os_error(err.errno()),
         })?;
-    let sink = ConsoleSink::new(console_output(&config.console)?, panic);
-    let serial = Serial::new(EventFdTrigger(serial_irq), sink);
-    let i8042 = I8042::new(PowerOffTrigger(exits));
+    let sink = ConsoleSink::new(console_output(&config.console)?, wiring.panic);
+    let serial = match serial_state {
+        Some(saved) => Serial::from_state(&saved.into(), EventFdTrigger(serial_irq), sink)
+            .ok_or(BuildError::SerialState)?,
+        None => Serial::new(EventFdTrigger(serial_irq), sink),
+    };
+    let serial = Arc::new(Mutex::new(serial));
+    let i8042 = I8042::new(PowerOffTrigger(wiring.exits));
 
     let mut pio = Bus::new();
-    pio.insert(Arc::new(Mutex::new(serial)), SERIAL_PORT, 8)?;
+    pio.insert(serial.clone(), SERIAL_PORT, 8)?;
     pio.insert(Arc::new(Mutex::new(i8042)), I8042_PORT, 5)?;
     pio.insert(
-        Arc::new(Mutex::new(DebugPort(timer))),
+        Arc::new(Mutex::new(DebugPort(wiring.timer))),
         u64::from(protocol::BOOT_TIMER_PORT),
         1,
     )?;
-    Ok(pio)
+    Ok((pio, serial))
 }
 
 #[cfg(test)]

@@ -14,6 +14,7 @@ pub const USAGE: &str = "usage: runv-vmm --kernel PATH [--initrd PATH] [--cpus N
                 [--disk path=FILE[,readonly][,id=S]]... [--vsock cid=N,uds=PATH]
                 [--fs tag=T,path=DIR[,cache=never|auto|always][,privileged][,max-fds=N]]...
                 [--net tap=NAME|fd=N[,mac=M]]... [--seccomp enforce|log|off]
+                [--snapshot-dir DIR] [--restore-from DIR]
        runv-vmm --config JSON|FILE [flags that override its fields]
        runv-vmm --help | --version";
 
@@ -112,6 +113,8 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Command, CliErro
             "--fs" => flags.fs.push(devices::fs(&value()?)?),
             "--net" => flags.net.push(devices::net(&value()?)?),
             "--seccomp" => flags.seccomp = Some(value()?.parse()?),
+            "--snapshot-dir" => flags.snapshot_dir = Some(value()?.into()),
+            "--restore-from" => flags.restore_from = Some(value()?.into()),
             "--config" => config = Some(value()?),
             other => return Err(CliError::UnknownFlag(other.to_owned())),
         }

@@ -64,6 +64,14 @@ pub enum ConfigError {
         /// The path.
         path: PathBuf,
     },
+    /// A directory the config names is not one.
+    #[error("{what} {path}: not a directory")]
+    NotADir {
+        /// What the directory is for.
+        what: &'static str,
+        /// The path.
+        path: PathBuf,
+    },
     /// The kernel file is empty.
     #[error("kernel {0}: file is empty")]
     EmptyKernel(PathBuf),
@@ -142,6 +150,10 @@ pub struct PartialConfig {
     pub net: Vec<NetConfig>,
     /// Seccomp filters of the VMM's threads.
     pub seccomp: Option<SeccompMode>,
+    /// Directory the API's Snapshot writes into.
+    pub snapshot_dir: Option<PathBuf>,
+    /// Snapshot directory to start from.
+    pub restore_from: Option<PathBuf>,
 }
 
 /// `list` unless it is empty, else `base`.
@@ -171,6 +183,8 @@ impl PartialConfig {
             fs: or_base(self.fs, base.fs),
             net: or_base(self.net, base.net),
             seccomp: self.seccomp.unwrap_or(base.seccomp),
+            snapshot_dir: self.snapshot_dir.or(base.snapshot_dir),
+            restore_from: self.restore_from.or(base.restore_from),
         }
     }
 

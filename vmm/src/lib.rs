@@ -14,5 +14,6 @@ pub(crate) mod metrics;
 pub mod runtime;
 pub mod seccomp;
 pub mod signals;
+pub mod snapshot;
 pub(crate) mod vm_exit;
 pub(crate) mod vstate;

@@ -6,6 +6,7 @@ use crate::config::VmConfig;
 use crate::devices::legacy::GuestPanic;
 use crate::seccomp::{self, SeccompError, ThreadKind};
 use crate::signals::StopSignals;
+use crate::snapshot::{SnapshotError, SnapshotSizes, SnapshotSource};
 use crate::vm_exit::VmExit;
 use crate::vstate::vcpu::{self, RunState, Vcpu, VcpuError, VcpuShared};
 use crate::vstate::vm::Vm;
@@ -80,6 +81,10 @@ pub(crate) struct VmHandle {
     shutdown_deadline: Mutex<Option<Instant>>,
     /// Wakes the event loop for API requests.
     pub wake: EventFd,
+    /// What a snapshot reads besides the vCPUs.
+    snapshot: SnapshotSource,
+    /// Held while a snapshot is taken: the VM stays paused meanwhile.
+    snapshotting: Mutex<()>,
 }
 
 impl VmHandle {
@@ -104,9 +109,19 @@ impl VmHandle {
         parked
     }
 
-    /// Lets the vCPUs run again.
+    /// Lets the vCPUs run again (after a snapshot being taken).
     pub fn resume(&self) {
+        let _snapshot_done = self.snapshotting.lock().unwrap_or_else(|p| p.into_inner());
         self.shared.control.set_target(RunState::Running);
+    }
+
+    /// Writes a snapshot of the paused VM into the snapshot directory.
+    pub fn snapshot(&self) -> Result<SnapshotSizes, SnapshotError> {
+        let _one_at_a_time = self.snapshotting.lock().unwrap_or_else(|p| p.into_inner());
+        if self.shared.control.target() != RunState::Paused {
+            return Err(SnapshotError::NotPaused);
+        }
+        self.snapshot.take(&self.shared.control, self.cpus)
     }
 
     /// Gives the guest `grace` to power off by itself, then stops the VM.
@@ -152,21 +167,24 @@ pub struct Vmm {
     shared: VcpuShared,
     panic: GuestPanic,
     returned_memory: Arc<AtomicU64>,
+    snapshot: SnapshotSource,
     // Dropped in this order: the VM before the memory it maps.
-    vm: Vm,
+    vm: Arc<Vm>,
     mem: GuestMemoryMmap,
 }
 
 impl Vmm {
     /// Wraps the parts the builder made.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         config: VmConfig,
-        vm: Vm,
+        vm: Arc<Vm>,
         mem: GuestMemoryMmap,
         vcpus: Vec<Vcpu>,
         shared: VcpuShared,
         panic: GuestPanic,
         returned_memory: Arc<AtomicU64>,
+        snapshot: SnapshotSource,
     ) -> Self {
         Self {
             config,
@@ -174,6 +192,7 @@ impl Vmm {
             shared,
             panic,
             returned_memory,
+            snapshot,
             vm,
             mem,
         }
@@ -191,6 +210,7 @@ impl Vmm {
             vcpus,
             config,
             returned_memory,
+            snapshot,
         } = self;
         vcpu::register_kick_handler()?;
         let handle = Arc::new(VmHandle {
@@ -202,6 +222,8 @@ impl Vmm {
             shutdown_deadline: Mutex::new(None),
             wake: EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC)
                 .map_err(RunError::EventLoop)?,
+            snapshot,
+            snapshotting: Mutex::new(()),
         });
         let api = match &config.api_sock {
             Some(path) => Some(start_api(path, &handle)?),

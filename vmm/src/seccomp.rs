@@ -188,6 +188,12 @@ const API: &[Entry] = &[
         "std's read_to_string sizes its buffer",
     ),
     (libc::SYS_lseek, "std's read_to_string sizes its buffer"),
+    (libc::SYS_ftruncate, "Snapshot sizes the memory file"),
+    (libc::SYS_pwrite64, "Snapshot writes memory and state"),
+    (libc::SYS_fsync, "Snapshot syncs its files"),
+    (libc::SYS_rename, "Snapshot's state file into place"),
+    (libc::SYS_renameat, "Snapshot's state file into place"),
+    (libc::SYS_renameat2, "Snapshot's state file into place"),
 ];
 
 const VCPU: &[Entry] = &[(
@@ -323,18 +329,77 @@ fn list(kind: ThreadKind) -> [&'static [Entry]; 2] {
     }
 }
 
+/// The KVM requests a snapshot makes (`vmm-sys-util`'s encoding, as
+/// kvm-ioctls declares them).
+mod snapshot_requests {
+    use kvm_bindings::{
+        kvm_clock_data, kvm_debugregs, kvm_irqchip, kvm_lapic_state, kvm_mp_state, kvm_msrs,
+        kvm_pit_state2, kvm_regs, kvm_sregs, kvm_vcpu_events, kvm_xcrs, kvm_xsave, KVMIO,
+    };
+    use vmm_sys_util::{ioctl_ior_nr, ioctl_iowr_nr};
+
+    ioctl_ior_nr!(KVM_GET_REGS, KVMIO, 0x81, kvm_regs);
+    ioctl_ior_nr!(KVM_GET_SREGS, KVMIO, 0x83, kvm_sregs);
+    ioctl_iowr_nr!(KVM_GET_MSRS, KVMIO, 0x88, kvm_msrs);
+    ioctl_ior_nr!(KVM_GET_LAPIC, KVMIO, 0x8e, kvm_lapic_state);
+    ioctl_ior_nr!(KVM_GET_MP_STATE, KVMIO, 0x98, kvm_mp_state);
+    ioctl_ior_nr!(KVM_GET_VCPU_EVENTS, KVMIO, 0x9f, kvm_vcpu_events);
+    ioctl_ior_nr!(KVM_GET_DEBUGREGS, KVMIO, 0xa1, kvm_debugregs);
+    ioctl_ior_nr!(KVM_GET_XSAVE, KVMIO, 0xa4, kvm_xsave);
+    ioctl_ior_nr!(KVM_GET_XCRS, KVMIO, 0xa6, kvm_xcrs);
+    ioctl_iowr_nr!(KVM_GET_IRQCHIP, KVMIO, 0x62, kvm_irqchip);
+    ioctl_ior_nr!(KVM_GET_CLOCK, KVMIO, 0x7c, kvm_clock_data);
+    ioctl_ior_nr!(KVM_GET_PIT2, KVMIO, 0x9f, kvm_pit_state2);
+
+    /// What a parked vCPU reads of itself for a snapshot.
+    pub fn vcpu() -> Vec<u64> {
+        [
+            KVM_GET_REGS(),
+            KVM_GET_SREGS(),
+            KVM_GET_MSRS(),
+            KVM_GET_LAPIC(),
+            KVM_GET_MP_STATE(),
+            KVM_GET_VCPU_EVENTS(),
+            KVM_GET_DEBUGREGS(),
+            KVM_GET_XSAVE(),
+            KVM_GET_XCRS(),
+        ]
+        .map(u64::from)
+        .to_vec()
+    }
+
+    /// What the API's Snapshot reads of the VM.
+    pub fn vm() -> Vec<u64> {
+        [KVM_GET_IRQCHIP(), KVM_GET_CLOCK(), KVM_GET_PIT2()]
+            .map(u64::from)
+            .to_vec()
+    }
+}
+
 /// `ioctl` requests a thread may make (its first argument's low 32 bits):
 /// None lets every request through (the share's files), an empty list none.
-fn ioctls(kind: ThreadKind) -> Option<&'static [u64]> {
+fn ioctls(kind: ThreadKind) -> Option<Vec<u64>> {
     const KVM_RUN: u64 = 0xae80;
     match kind {
         // Activations run on a vCPU: virtio-net's sets the tap's offloads
         // (TUNSETOFFLOAD), virtio-vsock's makes its listener non-blocking.
-        ThreadKind::Vcpu => Some(&[KVM_RUN, libc::TUNSETOFFLOAD, libc::FIONBIO]),
-        // FIONBIO: std's set_nonblocking on sockets.
-        ThreadKind::Api | ThreadKind::Vsock => Some(&[libc::FIONBIO]),
+        // A parked vCPU reads its own state for a snapshot.
+        ThreadKind::Vcpu => Some(
+            [KVM_RUN, libc::TUNSETOFFLOAD, libc::FIONBIO]
+                .into_iter()
+                .chain(snapshot_requests::vcpu())
+                .collect(),
+        ),
+        // FIONBIO: std's set_nonblocking on sockets. The API's Snapshot
+        // reads the VM's interrupt controllers, PIT and clock.
+        ThreadKind::Api => Some(
+            std::iter::once(libc::FIONBIO)
+                .chain(snapshot_requests::vm())
+                .collect(),
+        ),
+        ThreadKind::Vsock => Some(vec![libc::FIONBIO]),
         ThreadKind::Fs => None,
-        _ => Some(&[]),
+        _ => Some(Vec::new()),
     }
 }
 
@@ -356,7 +421,7 @@ fn rules(kind: ThreadKind) -> Result<BTreeMap<i64, Vec<SeccompRule>>, seccompile
         None => {
             rules.insert(libc::SYS_ioctl, Vec::new());
         }
-        Some([]) => {}
+        Some(requests) if requests.is_empty() => {}
         Some(requests) => {
             let allowed = requests
                 .iter()

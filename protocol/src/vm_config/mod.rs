@@ -71,6 +71,11 @@ pub struct VmConfig {
     pub net: Vec<NetConfig>,
     /// Seccomp filters of the VMM's threads (enforced unless asked).
     pub seccomp: SeccompMode,
+    /// Directory the API's Snapshot writes into (an existing directory).
+    pub snapshot_dir: Option<PathBuf>,
+    /// Start from the snapshot in this directory instead of booting: made
+    /// by a VM of the same kernel, initrd, command line, vCPUs and memory.
+    pub restore_from: Option<PathBuf>,
 }
 
 impl Default for VmConfig {
@@ -90,6 +95,8 @@ impl Default for VmConfig {
             fs: Vec::new(),
             net: Vec::new(),
             seccomp: SeccompMode::default(),
+            snapshot_dir: None,
+            restore_from: None,
         }
     }
 }

@@ -31,6 +31,8 @@ fn full() -> VmConfig {
             ..NetConfig::default()
         }],
         seccomp: SeccompMode::Log,
+        snapshot_dir: Some("/snapshots".into()),
+        restore_from: Some("/template".into()),
     }
 }
 

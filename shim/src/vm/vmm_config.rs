@@ -50,6 +50,9 @@ pub(super) fn vmm_config(
             .collect(),
         // The shim's own name for the mode, until its config uses protocol's.
         seccomp: config.vmm_seccomp,
+        // Pods boot cold: snapshots cannot hold virtio devices yet.
+        snapshot_dir: None,
+        restore_from: None,
     };
     vm.validate()?;
     Ok(vm)

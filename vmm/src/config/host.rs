@@ -94,5 +94,16 @@ pub(super) fn check(config: &VmConfig) -> Result<(), ConfigError> {
     if let Some(vsock) = &config.vsock {
         free_socket("vsock socket", &vsock.uds, ConfigError::VsockSocketInUse)?;
     }
+    for (what, dir) in [
+        ("--snapshot-dir", &config.snapshot_dir),
+        ("--restore-from", &config.restore_from),
+    ] {
+        if let Some(dir) = dir.as_ref().filter(|dir| !dir.is_dir()) {
+            return Err(ConfigError::NotADir {
+                what,
+                path: dir.clone(),
+            });
+        }
+    }
     Ok(())
 }

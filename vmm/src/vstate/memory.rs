@@ -9,7 +9,9 @@
 //! with huge pages stays the host's THP policy (no madvise here).
 
 use crate::arch::x86_64::layout::{MMIO_GAP_END, MMIO_GAP_START};
+use std::fs::File;
 use std::io;
+use std::os::fd::AsRawFd;
 use vm_memory::mmap::{MmapRegionBuilder, MmapRegionError};
 use vm_memory::{GuestAddress, GuestMemoryMmap, GuestRegionMmap};
 
@@ -54,10 +56,51 @@ pub fn ram_regions(size: u64) -> Vec<(GuestAddress, usize)> {
 
 /// Maps `size` bytes of guest RAM.
 pub fn create_guest_memory(size: u64) -> Result<GuestMemoryMmap, MemoryError> {
+    guest_memory(size, |_, _| Ok(()))
+}
+
+/// Maps `size` bytes of guest RAM from `file`, which holds the regions one
+/// after the other: private, so the guest's writes stay its own while the
+/// pages it only reads stay the host's page cache, shared by every VM
+/// mapped from the same file (as Firecracker restores snapshot memory).
+pub fn guest_memory_from_file(size: u64, file: &File) -> Result<GuestMemoryMmap, MemoryError> {
+    let mut offset: u64 = 0;
+    guest_memory(size, |addr, len| {
+        // SAFETY: `addr`..`addr + len` is the aligned anonymous mapping just
+        // reserved for this region and owned by nothing else yet; MAP_FIXED
+        // replaces exactly that range with the file's pages.
+        let mapped = unsafe {
+            libc::mmap(
+                addr.cast(),
+                len,
+                RAM_PROT,
+                libc::MAP_PRIVATE | libc::MAP_NORESERVE | libc::MAP_FIXED,
+                file.as_raw_fd(),
+                offset as libc::off_t,
+            )
+        };
+        offset += len as u64;
+        if mapped == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    })
+}
+
+/// The regions for `size` bytes, each an aligned anonymous mapping handed to
+/// `fill` (its host address and length) before it becomes a guest region.
+fn guest_memory(
+    size: u64,
+    mut fill: impl FnMut(*mut u8, usize) -> io::Result<()>,
+) -> Result<GuestMemoryMmap, MemoryError> {
     let regions = ram_regions(size)
         .into_iter()
         .map(|(guest, len)| {
             let region = aligned_region(len)?;
+            fill(region.as_ptr(), len).map_err(|source| MemoryError::Map {
+                size_mib: (len >> 20) as u64,
+                source,
+            })?;
             GuestRegionMmap::new(region, guest).ok_or(MemoryError::Overflow { len, guest })
         })
         .collect::<Result<Vec<_>, _>>()?;

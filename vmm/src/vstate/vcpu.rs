@@ -10,6 +10,7 @@ use crate::arch::x86_64::{interrupts, msr, regs};
 use crate::devices::bus::Bus;
 use crate::devices::legacy::BootTimer;
 use crate::metrics::{ExitCounters, ExitKind};
+use crate::snapshot::{SnapshotError, VcpuState, VcpuStateError};
 use crate::vm_exit::{Crash, ExitReporter, VmExit};
 use kvm_bindings::{kvm_run, CpuId, KVM_SYSTEM_EVENT_CRASH};
 use kvm_ioctls::{VcpuExit, VcpuFd};
@@ -47,6 +48,9 @@ pub enum VcpuError {
     /// Registering the kick signal handler failed.
     #[error("cannot register the vCPU kick signal handler: {0}")]
     KickSignal(vmm_sys_util::errno::Error),
+    /// A snapshot's state could not be set.
+    #[error("vCPU {index}: cannot restore its state: {source}")]
+    Restore { index: u8, source: VcpuStateError },
     /// Spawning the vCPU thread failed.
     #[error("cannot start the thread of vCPU {index}: {source}")]
     Spawn { index: u8, source: std::io::Error },
@@ -66,6 +70,16 @@ pub enum RunState {
 struct ControlState {
     target: RunState,
     parked: usize,
+    /// A snapshot's request for the parked vCPUs' state.
+    save: Option<SaveRound>,
+}
+
+/// The parked vCPUs' states as a snapshot collects them.
+struct SaveRound {
+    /// MSRs to read (KVM's save list).
+    msr_list: Arc<[u32]>,
+    /// Each vCPU's state once it has read it, by index.
+    states: Vec<Option<Result<VcpuState, VcpuStateError>>>,
 }
 
 /// The run state all vCPU threads follow.
@@ -80,6 +94,7 @@ impl Default for VcpuControl {
             state: Mutex::new(ControlState {
                 target: RunState::Running,
                 parked: 0,
+                save: None,
             }),
             changed: Condvar::new(),
         }
@@ -126,12 +141,67 @@ impl VcpuControl {
         state.parked >= count
     }
 
-    /// Parks the calling vCPU while paused; false once it should stop.
-    fn park(&self) -> bool {
+    /// Reads the state of every vCPU of `count`, all parked: each reads its
+    /// own (its fd is its thread's), with the MSRs of `msr_list`.
+    pub fn save_vcpus(
+        &self,
+        count: usize,
+        msr_list: Arc<[u32]>,
+        timeout: Duration,
+    ) -> Result<Vec<VcpuState>, SnapshotError> {
+        let mut state = self.lock();
+        if state.target != RunState::Paused || state.parked < count {
+            return Err(SnapshotError::NotPaused);
+        }
+        state.save = Some(SaveRound {
+            msr_list,
+            states: (0..count).map(|_| None).collect(),
+        });
+        self.changed.notify_all();
+        let (mut state, _) = self
+            .changed
+            .wait_timeout_while(state, timeout, |s| {
+                s.target == RunState::Paused
+                    && s.save
+                        .as_ref()
+                        .is_some_and(|round| round.states.iter().any(Option::is_none))
+            })
+            .unwrap_or_else(|p| p.into_inner());
+        let round = state.save.take().ok_or(SnapshotError::NotPaused)?;
+        round
+            .states
+            .into_iter()
+            .enumerate()
+            .map(|(index, saved)| match saved {
+                Some(Ok(vcpu)) => Ok(vcpu),
+                Some(Err(source)) => Err(SnapshotError::Vcpu { index, source }),
+                None => Err(SnapshotError::NotPaused),
+            })
+            .collect()
+    }
+
+    /// Parks vCPU `index` while paused, reading its state with `save` when a
+    /// snapshot asks; false once it should stop.
+    fn park(&self, index: u8, save: impl Fn(&[u32]) -> Result<VcpuState, VcpuStateError>) -> bool {
         let mut state = self.lock();
         state.parked += 1;
         self.changed.notify_all();
         while state.target == RunState::Paused {
+            let asked = state
+                .save
+                .as_mut()
+                .and_then(|round| {
+                    round
+                        .states
+                        .get_mut(usize::from(index))
+                        .map(|slot| (slot, round.msr_list.clone()))
+                })
+                .filter(|(slot, _)| slot.is_none());
+            if let Some((slot, msr_list)) = asked {
+                *slot = Some(save(&msr_list));
+                self.changed.notify_all();
+                continue;
+            }
             state = self.changed.wait(state).unwrap_or_else(|p| p.into_inner());
         }
         state.parked -= 1;
@@ -192,18 +262,49 @@ pub struct Vcpu {
     shared: VcpuShared,
 }
 
-/// Boot state every vCPU gets; the boot vCPU also gets registers.
-pub struct VcpuSetup<'a> {
+/// What every vCPU's CPUID is made from.
+pub struct VcpuCpuid<'a> {
     /// KVM's supported CPUID, normalized per vCPU.
-    pub supported_cpuid: &'a CpuId,
+    pub supported: &'a CpuId,
     /// Whether KVM emulates the TSC deadline timer.
     pub tsc_deadline: bool,
     /// Number of vCPUs.
     pub count: u8,
+}
+
+/// Boot state every vCPU gets; the boot vCPU also gets registers.
+pub struct VcpuSetup<'a> {
+    /// CPUID.
+    pub cpuid: VcpuCpuid<'a>,
     /// Guest memory, for the boot vCPU's tables.
     pub mem: &'a GuestMemoryMmap,
     /// Kernel entry of the boot vCPU.
     pub boot: regs::BootEntry,
+}
+
+/// An error of `what`, a KVM ioctl on vCPU `index`.
+fn kvm_err(index: u8, what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VcpuError {
+    move |source| VcpuError::Kvm {
+        index,
+        what,
+        source,
+    }
+}
+
+/// Creates vCPU `index` in `vm` with its CPUID set.
+fn create(vm: &kvm_ioctls::VmFd, index: u8, cpuid: &VcpuCpuid<'_>) -> Result<VcpuFd, VcpuError> {
+    let fd = vm
+        .create_vcpu(u64::from(index))
+        .map_err(kvm_err(index, "create it"))?;
+    let mut entries = cpuid.supported.clone();
+    let topology = VcpuTopology {
+        index,
+        count: cpuid.count,
+    };
+    cpuid::normalize(entries.as_mut_slice(), topology, cpuid.tsc_deadline);
+    fd.set_cpuid2(&entries)
+        .map_err(kvm_err(index, "set CPUID"))?;
+    Ok(fd)
 }
 
 impl Vcpu {
@@ -214,28 +315,12 @@ impl Vcpu {
         setup: &VcpuSetup<'_>,
         shared: VcpuShared,
     ) -> Result<Self, VcpuError> {
-        let kvm_err = |what| {
-            move |source| VcpuError::Kvm {
-                index,
-                what,
-                source,
-            }
-        };
-        let fd = vm
-            .create_vcpu(u64::from(index))
-            .map_err(kvm_err("create it"))?;
-
-        let mut cpuid = setup.supported_cpuid.clone();
-        let topology = VcpuTopology {
-            index,
-            count: setup.count,
-        };
-        cpuid::normalize(cpuid.as_mut_slice(), topology, setup.tsc_deadline);
-        fd.set_cpuid2(&cpuid).map_err(kvm_err("set CPUID"))?;
-
+        let fd = create(vm, index, &setup.cpuid)?;
         let msrs = msr::boot_msrs_wrapper().map_err(VcpuError::MsrList)?;
         let wanted = msrs.as_slice().len();
-        let set = fd.set_msrs(&msrs).map_err(kvm_err("set boot MSRs"))?;
+        let set = fd
+            .set_msrs(&msrs)
+            .map_err(kvm_err(index, "set boot MSRs"))?;
         if set != wanted {
             return Err(VcpuError::Msrs { index, set, wanted });
         }
@@ -247,10 +332,27 @@ impl Vcpu {
             regs::setup_sregs(setup.mem, &fd, setup.boot)
                 .map_err(|source| VcpuError::Regs { index, source })?;
         }
-        let mut lapic = fd.get_lapic().map_err(kvm_err("get the local APIC"))?;
+        let mut lapic = fd
+            .get_lapic()
+            .map_err(kvm_err(index, "get the local APIC"))?;
         interrupts::set_lint(&mut lapic);
         fd.set_lapic(&lapic)
-            .map_err(kvm_err("set the local APIC"))?;
+            .map_err(kvm_err(index, "set the local APIC"))?;
+        Ok(Self { index, fd, shared })
+    }
+
+    /// Creates vCPU `index` in `vm` with the state a snapshot saved.
+    pub fn restore(
+        vm: &kvm_ioctls::VmFd,
+        index: u8,
+        cpuid: &VcpuCpuid<'_>,
+        state: &VcpuState,
+        shared: VcpuShared,
+    ) -> Result<Self, VcpuError> {
+        let fd = create(vm, index, cpuid)?;
+        state
+            .restore(&fd)
+            .map_err(|source| VcpuError::Restore { index, source })?;
         Ok(Self { index, fd, shared })
     }
 
@@ -288,7 +390,9 @@ impl Vcpu {
             match self.shared.control.target() {
                 RunState::Stopping => return None,
                 RunState::Paused => {
-                    if !self.shared.control.park() {
+                    let fd = &self.fd;
+                    let save = |msr_list: &[u32]| VcpuState::save(fd, msr_list);
+                    if !self.shared.control.park(self.index, save) {
                         return None;
                     }
                     continue;
@@ -394,7 +498,7 @@ mod tests {
         control.set_target(RunState::Paused);
         let vcpu = {
             let control = control.clone();
-            thread::spawn(move || control.park())
+            thread::spawn(move || control.park(0, |_| panic!("no snapshot asked")))
         };
         assert!(control.wait_parked(1, Duration::from_secs(5)));
         (control, vcpu)

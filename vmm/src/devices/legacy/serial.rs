@@ -144,6 +144,26 @@ impl Serial {
             write_failed: false,
         }
     }
+
+    /// A UART with the registers of `state` (a snapshot's); None if its
+    /// receive FIFO is over the UART's size.
+    pub fn from_state(
+        state: &vm_superio::serial::SerialState,
+        irq: EventFdTrigger,
+        sink: ConsoleSink,
+    ) -> Option<Self> {
+        let uart =
+            vm_superio::Serial::from_state(state, irq, vm_superio::serial::NoEvents, sink).ok()?;
+        Some(Self {
+            uart,
+            write_failed: false,
+        })
+    }
+
+    /// The UART's registers, for a snapshot.
+    pub fn state(&self) -> vm_superio::serial::SerialState {
+        self.uart.state()
+    }
 }
 
 impl BusDevice for Serial {
