@@ -604,7 +604,7 @@ fn a_snapshot_of_a_paused_vm_goes_on_in_two_vms_sharing_its_memory() {
     );
     assert_refused(
         &[&base[..], &["--memory-mib", "128", "--rng"]].concat(),
-        "virtio-rng",
+        "the snapshot holds 0 virtio devices, the VM is configured with 1",
     );
     assert_no_process_left(&snapshot_dir);
 }

@@ -70,7 +70,12 @@ impl Vmm for ApiService {
     }
 
     fn resume(&self, _: &TtrpcContext, _: ResumeRequest) -> ttrpc::Result<ResumeResponse> {
-        self.vm()?.resume();
+        if !self.vm()?.resume() {
+            return Err(status(
+                ttrpc::Code::FAILED_PRECONDITION,
+                "a snapshot stopped the VM's devices: it can only be shut down",
+            ));
+        }
         Ok(ResumeResponse::new())
     }
 

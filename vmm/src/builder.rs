@@ -206,6 +206,7 @@ pub fn build_microvm(config: &VmConfig, process_start: Instant) -> Result<Vmm, B
     let start = match restored {
         Some((snapshot, _)) => {
             snapshot.vm.restore(vm.fd()).map_err(SnapshotError::from)?;
+            restore::devices(&snapshot, &virtio)?;
             Start::Restore(Box::new(snapshot))
         }
         None => Start::Boot(load_guest(&mem, config, &virtio)?),
@@ -278,7 +279,7 @@ pub fn build_microvm(config: &VmConfig, process_start: Instant) -> Result<Vmm, B
         serial,
         dir: config.snapshot_dir.clone(),
         boot: restore::boot_fingerprint(config),
-        devices: restore::virtio_devices(config),
+        transports: virtio.iter().map(|slot| slot.transport.clone()).collect(),
     };
 
     Ok(Vmm::new(
@@ -514,17 +515,24 @@ fn attach_virtio_devices(
             let base = MMIO_GAP_START + index as u64 * MMIO_WINDOW_SIZE;
             let transport = MmioTransport::new(device, mem.clone())?;
             register_notifiers(vm.fd(), &transport, base, irq)?;
-            // The bus owns the transport, and with it the device.
-            mmio.insert(Arc::new(Mutex::new(transport)), base, MMIO_WINDOW_SIZE)?;
-            Ok(VirtioSlot { base, irq })
+            // The bus owns the transport, and with it the device; snapshots
+            // reach it too.
+            let transport = Arc::new(Mutex::new(transport));
+            mmio.insert(transport.clone(), base, MMIO_WINDOW_SIZE)?;
+            Ok(VirtioSlot {
+                base,
+                irq,
+                transport,
+            })
         })
         .collect()
 }
 
-/// Where a virtio device sits: its MMIO window and IRQ line.
+/// Where a virtio device sits: its MMIO window and IRQ line; its transport.
 struct VirtioSlot {
     base: u64,
     irq: u32,
+    transport: Arc<Mutex<MmioTransport>>,
 }
 
 fn eventfd(what: &'static str) -> Result<EventFd, BuildError> {
@@ -654,7 +662,9 @@ mod tests {
     #[test]
     fn initrd_above_the_kernel_or_refused() {
         let mem = create_guest_memory(64 << 20).unwrap();
-        let file = std::env::current_exe().unwrap();
+        // A file of a known size: this test's own binary outgrew the guest.
+        let file = std::env::temp_dir().join(format!("runv-initrd-{}", std::process::id()));
+        std::fs::write(&file, vec![0x5a; (8 << 20) + 123]).unwrap();
         let size = std::fs::metadata(&file).unwrap().len();
         let (addr, len) = load_initrd(&mem, &file, HIMEM_START).unwrap();
         assert_eq!(len as u64, size);
@@ -664,5 +674,6 @@ mod tests {
             load_initrd(&mem, &file, (64 << 20) - 4096),
             Err(BuildError::InitrdTooLarge { .. })
         ));
+        std::fs::remove_file(file).unwrap();
     }
 }

@@ -11,7 +11,7 @@ use crate::vm_exit::VmExit;
 use crate::vstate::vcpu::{self, RunState, Vcpu, VcpuError, VcpuShared};
 use crate::vstate::vm::Vm;
 use std::os::fd::AsRawFd;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -85,6 +85,8 @@ pub(crate) struct VmHandle {
     snapshot: SnapshotSource,
     /// Held while a snapshot is taken: the VM stays paused meanwhile.
     snapshotting: Mutex<()>,
+    /// A snapshot stopped the virtio devices: the VM may only be shut down.
+    devices_stopped: AtomicBool,
 }
 
 impl VmHandle {
@@ -109,10 +111,15 @@ impl VmHandle {
         parked
     }
 
-    /// Lets the vCPUs run again (after a snapshot being taken).
-    pub fn resume(&self) {
+    /// Lets the vCPUs run again (after a snapshot being taken); false if a
+    /// snapshot stopped the devices, so that the guest cannot go on.
+    pub fn resume(&self) -> bool {
         let _snapshot_done = self.snapshotting.lock().unwrap_or_else(|p| p.into_inner());
+        if self.devices_stopped.load(Ordering::SeqCst) {
+            return false;
+        }
         self.shared.control.set_target(RunState::Running);
+        true
     }
 
     /// Writes a snapshot of the paused VM into the snapshot directory.
@@ -120,6 +127,9 @@ impl VmHandle {
         let _one_at_a_time = self.snapshotting.lock().unwrap_or_else(|p| p.into_inner());
         if self.shared.control.target() != RunState::Paused {
             return Err(SnapshotError::NotPaused);
+        }
+        if !self.snapshot.transports.is_empty() {
+            self.devices_stopped.store(true, Ordering::SeqCst);
         }
         self.snapshot.take(&self.shared.control, self.cpus)
     }
@@ -133,7 +143,8 @@ impl VmHandle {
             .unwrap_or_else(|p| p.into_inner());
         *slot = Some(slot.map_or(deadline, |d| d.min(deadline)));
         drop(slot);
-        // A paused guest cannot power itself off: let it run.
+        // A paused guest cannot power itself off: let it run (unless a
+        // snapshot stopped its devices: the deadline then ends it).
         self.resume();
         if let Err(err) = self.wake.write(1) {
             log::error!("cannot wake the event loop: {err}");
@@ -224,6 +235,7 @@ impl Vmm {
                 .map_err(RunError::EventLoop)?,
             snapshot,
             snapshotting: Mutex::new(()),
+            devices_stopped: AtomicBool::new(false),
         });
         let api = match &config.api_sock {
             Some(path) => Some(start_api(path, &handle)?),

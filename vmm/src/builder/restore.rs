@@ -1,8 +1,9 @@
 //! What a VM started from a snapshot needs of its configuration: a snapshot
-//! made from the same boot files and shape, and no device whose state a
-//! snapshot does not hold.
+//! made from the same boot files and shape, and the same virtio devices in
+//! the same order (their back ends may differ: the VM's own sockets, share
+//! directory and disks).
 
-use super::BuildError;
+use super::{BuildError, VirtioSlot};
 use crate::config::VmConfig;
 use crate::snapshot::{self, SnapshotError, VmSnapshot};
 use std::fs::File;
@@ -11,9 +12,6 @@ use std::path::Path;
 
 /// Reads the snapshot in `dir` for `config` and opens its memory file.
 pub fn open(dir: &Path, config: &VmConfig) -> Result<(VmSnapshot, File), BuildError> {
-    if let Some(device) = virtio_devices(config).first() {
-        return Err(SnapshotError::Unsupported((*device).to_owned()).into());
-    }
     let state = VmSnapshot::read(
         dir,
         config.cpus,
@@ -24,19 +22,24 @@ pub fn open(dir: &Path, config: &VmConfig) -> Result<(VmSnapshot, File), BuildEr
     Ok((state, memory))
 }
 
-/// The virtio devices `config` asks for, by name.
-pub fn virtio_devices(config: &VmConfig) -> Vec<&'static str> {
-    [
-        (!config.disks.is_empty(), "a virtio-blk disk"),
-        (!config.fs.is_empty(), "a virtio-fs share"),
-        (config.rng, "virtio-rng"),
-        (config.free_page_reporting, "virtio-balloon"),
-        (config.vsock.is_some(), "virtio-vsock"),
-        (!config.net.is_empty(), "a virtio-net card"),
-    ]
-    .into_iter()
-    .filter_map(|(present, name)| present.then_some(name))
-    .collect()
+/// Gives each virtio transport its state from `snapshot`, slot by slot:
+/// the configuration must build the devices the snapshot holds, in order.
+pub(super) fn devices(snapshot: &VmSnapshot, virtio: &[VirtioSlot]) -> Result<(), BuildError> {
+    if snapshot.devices.len() != virtio.len() {
+        return Err(SnapshotError::DeviceCount {
+            snapshot: snapshot.devices.len(),
+            config: virtio.len(),
+        }
+        .into());
+    }
+    for (index, (slot, state)) in virtio.iter().zip(&snapshot.devices).enumerate() {
+        slot.transport
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .restore(state)
+            .map_err(|source| SnapshotError::Device { index, source })?;
+    }
+    Ok(())
 }
 
 /// What the guest was booted from: the kernel's and initrd's paths, sizes

@@ -5,9 +5,9 @@
 //! only reads.
 //!
 //! A snapshot is made for the same VMM build and host (CPUID is derived
-//! again at restore, as at boot) and only of a VM without virtio devices:
-//! their queues and back ends are not saved yet, and a VM that has one is
-//! refused, naming it.
+//! again at restore, as at boot). Taking one stops the virtio devices'
+//! serving for good (their transports and rings are saved, their back ends
+//! are the restored VM's own), so the VM can then only be shut down.
 
 pub mod memory_file;
 mod serial_state;
@@ -22,6 +22,7 @@ pub use take::{SnapshotSizes, SnapshotSource};
 pub use vcpu_state::{VcpuState, VcpuStateError};
 pub use vm_state::{VmState, VmStateError};
 
+use crate::devices::virtio::mmio::state::{TransportState, TransportStateError};
 use serde::{Deserialize, Serialize};
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read};
@@ -85,9 +86,18 @@ pub enum SnapshotError {
     /// The VM's state.
     #[error(transparent)]
     Vm(#[from] VmStateError),
-    /// The VM has a device whose state is not saved.
-    #[error("no snapshot of a VM with {0}: its state is not saved yet")]
+    /// The VM has a device that cannot stop for a snapshot.
+    #[error("no snapshot of a VM with {0}: it cannot stop serving its queues")]
     Unsupported(String),
+    /// The snapshot holds another number of virtio devices than the VM.
+    #[error("the snapshot holds {snapshot} virtio devices, the VM is configured with {config}")]
+    DeviceCount { snapshot: usize, config: usize },
+    /// A virtio device's state does not fit the VM's device in its slot.
+    #[error("virtio slot {index}: {source}")]
+    Device {
+        index: usize,
+        source: TransportStateError,
+    },
     /// The vCPUs are not all paused.
     #[error("the VM must be paused for a snapshot")]
     NotPaused,
@@ -112,6 +122,8 @@ pub struct VmSnapshot {
     pub vcpus: Vec<VcpuState>,
     /// The UART's registers.
     pub serial: SerialSnapshot,
+    /// Each virtio transport's state, in slot order.
+    pub devices: Vec<TransportState>,
 }
 
 impl VmSnapshot {
@@ -122,6 +134,7 @@ impl VmSnapshot {
         vm: VmState,
         vcpus: Vec<VcpuState>,
         serial: SerialSnapshot,
+        devices: Vec<TransportState>,
     ) -> Self {
         Self {
             version: FORMAT_VERSION,
@@ -131,6 +144,7 @@ impl VmSnapshot {
             vm,
             vcpus,
             serial,
+            devices,
         }
     }
 

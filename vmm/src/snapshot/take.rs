@@ -2,6 +2,8 @@
 
 use super::{memory_file, SnapshotError, VmSnapshot, VmState};
 use crate::devices::legacy::Serial;
+use crate::devices::virtio::mmio::state::TransportState;
+use crate::devices::virtio::mmio::MmioTransport;
 use crate::vstate::vcpu::VcpuControl;
 use crate::vstate::vm::Vm;
 use std::path::PathBuf;
@@ -26,8 +28,8 @@ pub struct SnapshotSource {
     pub dir: Option<PathBuf>,
     /// What the guest was booted from.
     pub boot: String,
-    /// The VM's virtio devices, by name: a snapshot cannot hold them yet.
-    pub devices: Vec<&'static str>,
+    /// The VM's virtio transports, in slot order.
+    pub transports: Vec<Arc<Mutex<MmioTransport>>>,
 }
 
 /// What a snapshot wrote.
@@ -45,9 +47,6 @@ impl SnapshotSource {
     /// last, so that a directory with a state file holds a whole snapshot.
     pub fn take(&self, control: &VcpuControl, cpus: u8) -> Result<SnapshotSizes, SnapshotError> {
         let dir = self.dir.as_deref().ok_or(SnapshotError::NoDirectory)?;
-        if let Some(device) = self.devices.first() {
-            return Err(SnapshotError::Unsupported((*device).to_owned()));
-        }
         let vcpus =
             control.save_vcpus(usize::from(cpus), self.msr_list.clone(), VCPU_SAVE_TIMEOUT)?;
         let vm = VmState::save(self.vm.fd())?;
@@ -57,6 +56,7 @@ impl SnapshotSource {
             .unwrap_or_else(|p| p.into_inner())
             .state()
             .into();
+        let devices = self.stop_devices()?;
         let memory_mib = self.mem_mib();
         // A state file left by an earlier snapshot would describe the new
         // memory wrongly while it is written.
@@ -67,7 +67,7 @@ impl SnapshotSource {
                 path: dir.join(super::MEMORY_FILE),
                 source,
             })?;
-        let state = VmSnapshot::new(memory_mib, self.boot.clone(), vm, vcpus, serial);
+        let state = VmSnapshot::new(memory_mib, self.boot.clone(), vm, vcpus, serial, devices);
         let state_bytes = state.write(dir)?;
         Ok(SnapshotSizes {
             memory_bytes,
@@ -75,8 +75,37 @@ impl SnapshotSource {
         })
     }
 
+    /// Stops every virtio device's serving, so that no device writes guest
+    /// memory while it is saved, and reads each transport's state.
+    fn stop_devices(&self) -> Result<Vec<TransportState>, SnapshotError> {
+        self.transports
+            .iter()
+            .map(|transport| {
+                let mut transport = transport.lock().unwrap_or_else(|p| p.into_inner());
+                if !transport.quiesce() {
+                    let device = transport.save().device_type;
+                    return Err(SnapshotError::Unsupported(device_name(device).to_owned()));
+                }
+                Ok(transport.save())
+            })
+            .collect()
+    }
+
     fn mem_mib(&self) -> u64 {
         use vm_memory::{GuestMemory, GuestMemoryRegion};
         self.mem.iter().map(|region| region.len()).sum::<u64>() >> 20
+    }
+}
+
+/// A virtio device type's name, for errors.
+fn device_name(device_type: u32) -> &'static str {
+    match device_type {
+        1 => "a virtio-net card",
+        2 => "a virtio-blk disk",
+        4 => "virtio-rng",
+        5 => "virtio-balloon",
+        19 => "virtio-vsock",
+        26 => "a virtio-fs share",
+        _ => "an unknown virtio device",
     }
 }

@@ -22,6 +22,7 @@ fn two_vcpus(boot: &str) -> VmSnapshot {
         VmState::default(),
         vec![VcpuState::default(), VcpuState::default()],
         SerialSnapshot::default(),
+        Vec::new(),
     )
 }
 

@@ -128,7 +128,8 @@ impl VirtioInterrupt {
         self.raise(VIRTIO_MMIO_INT_CONFIG)
     }
 
-    fn raise(&self, bits: u32) -> io::Result<()> {
+    /// Sets `bits` in the status and raises the interrupt.
+    pub fn raise(&self, bits: u32) -> io::Result<()> {
         self.status.fetch_or(bits, Ordering::SeqCst);
         self.irq.write(1)
     }
@@ -299,5 +300,11 @@ pub trait VirtioDevice: Send {
     /// Stops an active device on a driver reset; false if it cannot.
     fn reset(&mut self) -> bool {
         false
+    }
+    /// Stops an active device for a snapshot, leaving its rings as they are
+    /// (chains taken and not used are taken again after a restore); false if
+    /// it cannot. A device that can reset can do this.
+    fn quiesce(&mut self) -> bool {
+        self.reset()
     }
 }

@@ -193,4 +193,11 @@ impl VirtioDevice for Net {
         self.backend = Some(thread);
         Ok(())
     }
+
+    /// Stops the serving loop, the tap with it: the device cannot start
+    /// again in this VMM (a snapshot's VM is only shut down).
+    fn quiesce(&mut self) -> bool {
+        self.backend = None;
+        true
+    }
 }
