@@ -1,14 +1,14 @@
 //! Guest mode: the agent as PID 1 of a runv VM. After the init duties it
-//! mounts the sandbox's shared directory (virtio-fs tag `runv`) and serves
-//! the agent API on vsock port 1024 and the stdio streams on port 1025, until
-//! DestroySandbox powers the VM off.
+//! serves the agent API on vsock port 1024 and the stdio streams on port
+//! 1025, until DestroySandbox powers the VM off. The sandbox's shared
+//! directory (virtio-fs tag `runv`) is mounted by the first CreateSandbox.
 
 use crate::host::{self, HostError};
 use crate::rpc::AgentService;
 use crate::sandbox::SandboxHome;
 use crate::{init, stdio_server};
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Once};
 
 /// Where containers' state lives in the guest.
 pub const STATE_DIR: &str = "/run/runv-agent";
@@ -28,12 +28,24 @@ pub fn has_vsock_device() -> bool {
     })
 }
 
+/// Mounts the sandbox's shared directory, once: at the first CreateSandbox,
+/// not at boot, so that a VM snapshot of the ready agent (a template) holds
+/// no file system session, and each guest started from it begins its own on
+/// its own share.
+pub fn mount_shared_dir_once() {
+    static MOUNTED: Once = Once::new();
+    MOUNTED.call_once(|| {
+        if let Err(err) =
+            init::mount_shared_dir(protocol::SHARED_FS_TAG, protocol::GUEST_SHARED_DIR)
+        {
+            // A VM without the share still serves (containers on other storage).
+            log::warn!("{err}");
+        }
+    });
+}
+
 /// Serves the sandbox; returns only on a setup error.
 pub fn run() -> Result<(), HostError> {
-    if let Err(err) = init::mount_shared_dir(protocol::SHARED_FS_TAG, protocol::GUEST_SHARED_DIR) {
-        // A VM without the share still serves (containers on other storage).
-        log::warn!("{err}");
-    }
     if let Err(err) = init::bring_up_loopback() {
         log::warn!("{err}");
     }

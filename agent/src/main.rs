@@ -15,6 +15,7 @@ mod oom;
 mod pid_namespace;
 mod process;
 mod reaper;
+mod refresh;
 mod rpc;
 mod sandbox;
 mod shutdown;

@@ -166,7 +166,20 @@ impl api::Agent for AgentService {
         _: &TtrpcContext,
         req: api::CreateSandboxRequest,
     ) -> ttrpc::Result<api::Empty> {
-        reply(self.sandbox.create(&req).map(|()| api::Empty::new()))
+        // The guest's own generator and clock, before the sandbox runs
+        // anything (never the host's, in host mode), and its share.
+        let refreshed = if self.init {
+            crate::refresh::reseed(&req.entropy)
+                .and_then(|()| crate::refresh::set_clock(req.realtime_ns))
+                .map(|()| crate::guest::mount_shared_dir_once())
+        } else {
+            crate::refresh::check_entropy(&req.entropy)
+        };
+        reply(
+            refreshed
+                .and_then(|()| self.sandbox.create(&req))
+                .map(|()| api::Empty::new()),
+        )
     }
 
     fn destroy_sandbox(

@@ -75,7 +75,27 @@ fn log_guest_details(agent: &AgentClient) {
     }
 }
 
-/// Hands the guest its sandbox: hostname, hosts, resolv.conf and sysctls.
+/// Host randomness the guest reseeds its generator from.
+const GUEST_ENTROPY_BYTES: usize = 64;
+
+/// [`GUEST_ENTROPY_BYTES`] from the host's generator; none (logged) if it
+/// fails, as the guest also has virtio-rng.
+fn host_entropy() -> Vec<u8> {
+    let mut seed = vec![0u8; GUEST_ENTROPY_BYTES];
+    // SAFETY: getrandom writes at most `seed.len()` bytes into `seed`.
+    let got = unsafe { libc::getrandom(seed.as_mut_ptr().cast(), seed.len(), 0) };
+    if usize::try_from(got).ok() != Some(seed.len()) {
+        warn!(
+            "no host entropy for the guest: {}",
+            std::io::Error::last_os_error()
+        );
+        seed.clear();
+    }
+    seed
+}
+
+/// Hands the guest its sandbox: hostname, hosts, resolv.conf and sysctls,
+/// and refreshes its random generator and clock.
 pub(super) fn prepare_guest(
     agent: &AgentClient,
     id: &str,
@@ -88,6 +108,10 @@ pub(super) fn prepare_guest(
         dns: files.dns.clone(),
         sysctls: files.sysctls.clone(),
         shared_dir: GUEST_SHARED_DIR.to_string(),
+        entropy: host_entropy(),
+        realtime_ns: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |since| u64::try_from(since.as_nanos()).unwrap_or(0)),
         ..Default::default()
     };
     agent
