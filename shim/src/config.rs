@@ -134,6 +134,10 @@ pub struct RunvConfig {
     /// page reporting): an idle pod then holds only what its guest uses, at
     /// the cost of a fault when the guest reuses a page given back.
     pub free_page_reporting: bool,
+    /// Start pods without a network card from a VM template: a snapshot of
+    /// a guest booted to its agent, one per VM shape, made by the first pod
+    /// of that shape (see `sandbox::template`). Never overridable.
+    pub vm_templates: bool,
 }
 
 impl Default for RunvConfig {
@@ -154,6 +158,7 @@ impl Default for RunvConfig {
             vmm_seccomp: SeccompMode::Enforce,
             vmm_jail: true,
             free_page_reporting: true,
+            vm_templates: false,
         }
     }
 }

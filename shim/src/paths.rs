@@ -6,6 +6,10 @@ use std::path::{Path, PathBuf};
 /// Parent of every pod's directory.
 pub const RUN_ROOT: &str = "/run/runv";
 
+/// Where VM templates live (tmpfs: their memory is host memory, shared by
+/// every pod started from them).
+pub const TEMPLATES_ROOT: &str = "/run/runv-templates";
+
 /// Guest context id of every pod VM (each VM has its own vsock device).
 pub const GUEST_CID: u32 = 3;
 

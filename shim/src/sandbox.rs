@@ -3,6 +3,7 @@
 
 mod agent;
 mod teardown;
+pub mod template;
 
 pub use teardown::cleanup;
 
@@ -174,10 +175,15 @@ impl Sandbox {
             None => Vec::new(),
         };
         let launch_start = Instant::now();
-        let launched = Vm::launch(
+        // A VM with a network card boots cold: its tap comes from the pod.
+        let template = cards
+            .is_empty()
+            .then(|| template::find_or_make(&config, size))
+            .flatten();
+        let started = template::start_vm(
             &config,
             &dir,
-            size,
+            (size, template.as_ref()),
             &cards,
             VmmPlacement {
                 oom_score_adj: placement.oom_score_adj,
@@ -190,25 +196,20 @@ impl Sandbox {
         // when it does, however it ends.
         drop(cards);
         drop(taps);
-        let vm = match launched {
-            Ok(vm) => vm,
+        let (vm, agent) = match started {
+            Ok(started) => started,
             Err(err) => {
-                cleanup(&dir);
-                return Err(SandboxError::Launch(err.into()));
-            }
-        };
-        let agent = match agent::connect_agent(&dir, &vm, &config).and_then(|agent| {
-            agent::prepare_guest(&agent, id, files)?;
-            agent::configure_guest_network(&agent, &guest_network)?;
-            Ok(agent)
-        }) {
-            Ok(agent) => agent,
-            Err(err) => {
-                vm.kill();
                 cleanup(&dir);
                 return Err(err);
             }
         };
+        let prepared = agent::prepare_guest(&agent, id, files)
+            .and_then(|()| agent::configure_guest_network(&agent, &guest_network));
+        if let Err(err) = prepared {
+            vm.kill();
+            cleanup(&dir);
+            return Err(err);
+        }
         info!("pod {id}: the guest agent answers");
         log_start_phases(id, &dir, &vm, launch_start.elapsed());
         Ok(Self {

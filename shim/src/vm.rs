@@ -96,6 +96,19 @@ pub struct NetCard<'a> {
     pub mac: &'a str,
 }
 
+/// How the VM starts.
+#[derive(Debug, Clone, Copy)]
+pub enum VmStart<'a> {
+    /// A cold boot of the kernel and initrd.
+    Boot,
+    /// A cold boot whose VMM may write a snapshot into this directory (in
+    /// its `vm/`): a VM template in the making.
+    MakeTemplate(&'a std::path::Path),
+    /// From the snapshot in this directory (a VM template), its files bound
+    /// read-only into the jail.
+    Restore(&'a std::path::Path),
+}
+
 /// Where the VMM process goes on the host.
 #[derive(Debug, Clone, Copy)]
 pub struct VmmPlacement<'a> {
@@ -115,7 +128,8 @@ pub struct Vm {
 
 impl Vm {
     /// Starts `config.vmm` for sandbox `dir` with `size` and the network cards
-    /// `nets`; `on_exit` runs once, on a thread, when the VMM exits.
+    /// `nets`, as `start` says; `on_exit` runs once, on a thread, when the VMM
+    /// exits.
     ///
     /// The VMM gets an empty environment, no new privileges (nothing it execs
     /// could gain any), virtio-fs's capabilities and its resource limits
@@ -128,12 +142,12 @@ impl Vm {
     pub fn launch(
         config: &RunvConfig,
         dir: &SandboxDir,
-        size: VmSize,
+        (size, start): (VmSize, VmStart<'_>),
         nets: &[NetCard<'_>],
         placement: VmmPlacement<'_>,
         on_exit: impl FnOnce(i32) + Send + 'static,
     ) -> Result<Self, VmError> {
-        let vm_config = vmm_config::vmm_config(config, dir, size, nets)?;
+        let vm_config = vmm_config::vmm_config(config, dir, size, nets, start)?;
         let subscription = monitor_subscribe(Topic::Pid).map_err(VmError::Subscribe)?;
         let log_path = dir.vmm_log();
         let log = File::create(&log_path).map_err(|source| VmError::CreateLog {
@@ -145,7 +159,13 @@ impl Vm {
         let (copied, log_copied) = mpsc::channel::<()>();
         dir.create_vmm_dirs().map_err(VmError::VmmDirs)?;
         let jail = if config.vmm_jail {
-            let plan = Jail::plan(dir, &config.vmm, &[&config.kernel, &config.initrd])?;
+            let snapshot_files = match start {
+                VmStart::Restore(template) => protocol::vm_config::snapshot_files(template),
+                VmStart::Boot | VmStart::MakeTemplate(_) => Vec::new(),
+            };
+            let mut data = vec![config.kernel.as_path(), config.initrd.as_path()];
+            data.extend(snapshot_files.iter().map(PathBuf::as_path));
+            let plan = Jail::plan(dir, &config.vmm, &data)?;
             Some(Arc::new(plan))
         } else {
             None

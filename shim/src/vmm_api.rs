@@ -5,8 +5,8 @@
 use crate::text::{bounded_text, MAX_GUEST_TEXT};
 use protocol::hybrid_vsock;
 use protocol::vmm::{
-    DescribeRequest, MetricsRequest, PauseRequest, ResumeRequest, ShutdownRequest, VmInfo,
-    VmMetrics, VmState, VmmClient,
+    DescribeRequest, MetricsRequest, PauseRequest, ResumeRequest, ShutdownRequest, SnapshotRequest,
+    VmInfo, VmMetrics, VmState, VmmClient,
 };
 use std::io;
 use std::os::fd::IntoRawFd;
@@ -89,6 +89,14 @@ impl VmmApi {
         req.set_timeout_ms(u64::try_from(grace.as_millis()).unwrap_or(u64::MAX));
         self.call("Shutdown", |client, ctx| client.shutdown(ctx, &req))
             .map(drop)
+    }
+
+    /// Writes a snapshot of the paused VM into the VMM's snapshot directory.
+    pub fn snapshot(&self) -> Result<(), VmmApiError> {
+        self.call("Snapshot", |client, ctx| {
+            client.snapshot(ctx, &SnapshotRequest::new())
+        })
+        .map(drop)
     }
 
     /// The VMM's counters: exits by reason, its RSS, the guest's memory size.

@@ -1369,6 +1369,34 @@ fn start_latency_memory_and_concurrency_against_runc() {
     unjailed_times.sort();
     let unjailed = unjailed_times[runs / 2];
     let log = std::fs::read_to_string(containerd.dir().join("containerd.log")).unwrap_or_default();
+
+    // From a VM template: one run to make it, then the timed ones (read
+    // after `log`, so that the boot phases below are cold boots only).
+    let templates = Path::new(shim::paths::TEMPLATES_ROOT);
+    let _ = std::fs::remove_dir_all(templates);
+    containerd.write_runv_config(
+        &RunvConfig {
+            vm_templates: true,
+            ..RunvConfig::from_env()
+        }
+        .to_toml(),
+    );
+    let making = timed_echo(Runtime::Runv, "lat-template-make");
+    let mut template_times: Vec<Duration> = (0..runs)
+        .map(|i| timed_echo(Runtime::Runv, &format!("lat-template-{i}")))
+        .collect();
+    containerd.write_runv_config(&RunvConfig::from_env().to_toml());
+    let _ = std::fs::remove_dir_all(templates);
+    template_times.sort();
+    let from_template = template_times[runs / 2];
+    println!(
+        "start from a VM template (ctr run --rm, echo), median of {runs}: {:.2} s, ratio to \
+         runv's cold start {:.2}, to runc {:.2} (the run that made the template: {:.2} s)",
+        from_template.as_secs_f64(),
+        from_template.as_secs_f64() / runv_median.as_secs_f64(),
+        from_template.as_secs_f64() / runc.as_secs_f64(),
+        making.as_secs_f64()
+    );
     // The shim's line per boot: "VMM spawn S ms (in its jail|no jail), VMM
     // setup T ms, guest boot B ms".
     let phases = |how: &str| -> (f64, f64, f64) {
@@ -1865,4 +1893,124 @@ fn cri_sandbox_task_is_the_vm() {
     );
     remove_cgroup_parent(POD_CGROUP_PARENT);
     finish(containerd);
+}
+
+/// With `vm_templates`, the first pod of a shape makes the template and
+/// every pod of it starts from there: each runs, execs and reads its own
+/// random numbers; a pod of another shape makes a template of its own.
+#[test]
+fn vm_templates_start_pods_with_fresh_randomness() {
+    let runtime = Runtime::under_test();
+    if runtime != Runtime::Runv {
+        return eprintln!("skipped: runv's VM templates only");
+    }
+    let templates = Path::new(shim::paths::TEMPLATES_ROOT);
+    let _ = std::fs::remove_dir_all(templates);
+    let containerd = Containerd::start();
+    let config = RunvConfig {
+        vm_templates: true,
+        ..RunvConfig::from_env()
+    };
+    containerd.write_runv_config(&config.to_toml());
+    let log_path = containerd.dir().join("containerd.log");
+    let log_count = |line: &str| {
+        std::fs::read_to_string(&log_path)
+            .unwrap_or_default()
+            .matches(line)
+            .count()
+    };
+    let uuid = |id: &str| {
+        let args = runtime.run_args(
+            &containerd,
+            &[
+                "--rm",
+                TEST_IMAGE,
+                id,
+                "cat",
+                "/proc/sys/kernel/random/uuid",
+            ],
+        );
+        containerd.ctr(&strs(&args)).trim().to_owned()
+    };
+    let first = uuid("tpl1");
+    assert_eq!(
+        log_count(" made in "),
+        1,
+        "not made:\n{}",
+        containerd.log_tail()
+    );
+    assert_eq!(
+        log_count("VM started from template"),
+        1,
+        "{}",
+        containerd.log_tail()
+    );
+    let second = uuid("tpl2");
+    assert_eq!(
+        log_count("VM started from template"),
+        2,
+        "{}",
+        containerd.log_tail()
+    );
+    assert_eq!(first.len(), 36, "{first:?}");
+    assert_ne!(
+        first, second,
+        "two pods from one template drew the same numbers"
+    );
+
+    // Exec in a pod from the template.
+    let args = runtime.run_args(&containerd, &["-d", TEST_IMAGE, "tpl3", "sleep", "100000"]);
+    containerd.ctr(&strs(&args));
+    wait_task_status(&containerd, "tpl3", "RUNNING", Duration::from_secs(180));
+    let exec = containerd.ctr(&["task", "exec", "--exec-id", "e1", "tpl3", "echo", "exec ok"]);
+    assert_eq!(exec, "exec ok\n");
+    containerd.ctr(&["task", "kill", "-s", "SIGKILL", "tpl3"]);
+    wait_task_status(&containerd, "tpl3", "STOPPED", Duration::from_secs(60));
+    containerd.ctr(&["task", "rm", "tpl3"]);
+    containerd.ctr(&["container", "rm", "tpl3"]);
+    assert_eq!(
+        log_count("VM started from template"),
+        3,
+        "{}",
+        containerd.log_tail()
+    );
+
+    // A template whose VM does not start is removed; the pod boots cold.
+    let [made] = &std::fs::read_dir(templates)
+        .unwrap()
+        .filter_map(Result::ok)
+        .filter(|entry| entry.path().is_dir())
+        .collect::<Vec<_>>()[..]
+    else {
+        panic!("not one template in {}", templates.display());
+    };
+    std::fs::write(made.path().join("state.json"), "{\"version\": 1").unwrap();
+    assert_eq!(uuid("tpl-stale").len(), 36);
+    assert_eq!(log_count("did not start"), 1, "{}", containerd.log_tail());
+    assert!(!made.path().exists(), "the broken template was kept");
+
+    // Another shape: its own template, made by its first pod.
+    containerd.write_runv_config(
+        &RunvConfig {
+            default_memory_mib: 320,
+            ..config
+        }
+        .to_toml(),
+    );
+    assert_eq!(uuid("tpl4").len(), 36);
+    assert_eq!(
+        log_count(" made in "),
+        2,
+        "a new shape made no template of its own:\n{}",
+        containerd.log_tail()
+    );
+    let kept: Vec<_> = std::fs::read_dir(templates)
+        .unwrap()
+        .filter_map(Result::ok)
+        .filter(|entry| entry.path().is_dir())
+        .collect();
+    // The first shape's was removed as broken; no build directory is left.
+    assert_eq!(kept.len(), 1, "the new shape's template only: {kept:?}");
+    finish(containerd);
+    std::fs::remove_dir_all(templates).unwrap();
 }

@@ -152,20 +152,16 @@ fn agent_in_the_guest_runs_a_container_from_the_shared_directory() {
     unpack_test_image(&shared.join("c1"));
     let uds = dir.join("vsock.sock");
     let api_sock = dir.join("api.sock");
-    let guest = GuestArtefacts::from_env();
-    let mut vmm = Command::new(vmm_binary());
-    vmm.arg("--kernel")
-        .arg(&guest.kernel)
-        .arg("--initrd")
-        .arg(&guest.initrd)
-        .args(["--cpus", "2", "--memory-mib", "256", "--console", "stdout"])
-        .arg("--vsock")
-        .arg(format!("cid=3,uds={}", uds.display()))
-        .arg("--fs")
-        .arg(format!("tag=runv,path={}", shared.display()))
-        .arg("--api-sock")
-        .arg(&api_sock)
-        .arg("--free-page-reporting");
+    let vmm = agent_vmm(
+        &uds,
+        &shared,
+        &[
+            "--cpus".as_ref(),
+            "2".as_ref(),
+            "--api-sock".as_ref(),
+            api_sock.as_os_str(),
+        ],
+    );
     let mut vm = VmProcess::spawn(vmm);
     assert!(
         vm.wait_for(BOOT_MARKER, BOOT_TIMEOUT).is_some(),
@@ -259,8 +255,9 @@ fn agent_in_the_guest_runs_a_container_from_the_shared_directory() {
     assert_no_process_left("runv-vmm");
 }
 
-/// runv-vmm for the agent, with vsock on `uds` and the share `shared`, plus
-/// `extra` flags: the devices every pod's VM has.
+/// runv-vmm for the agent (one vCPU, 256 MiB), with vsock on `uds` and the
+/// share `shared`, plus `extra` flags (which win): the devices every pod's
+/// VM has.
 fn agent_vmm(uds: &Path, shared: &Path, extra: &[&std::ffi::OsStr]) -> Command {
     let guest = GuestArtefacts::from_env();
     let mut vmm = Command::new(vmm_binary());

@@ -38,6 +38,35 @@ pub const DEFAULT_FS_MAX_FDS: u64 = crate::SHARE_MAX_FDS;
 /// Smallest and largest `max_fds` accepted.
 pub const FS_MAX_FDS_RANGE: std::ops::RangeInclusive<u64> = 64..=1 << 20;
 
+/// The state file of a snapshot directory (`snapshot_dir`, `restore_from`),
+/// written last: a directory with one holds a whole snapshot.
+pub const SNAPSHOT_STATE_FILE: &str = "state.json";
+/// The guest memory file of a snapshot directory.
+pub const SNAPSHOT_MEMORY_FILE: &str = "memory";
+
+/// The files of the snapshot in `dir`, which a VM restored from it reads.
+pub fn snapshot_files(dir: &Path) -> Vec<PathBuf> {
+    [SNAPSHOT_STATE_FILE, SNAPSHOT_MEMORY_FILE]
+        .map(|name| dir.join(name))
+        .to_vec()
+}
+
+/// A file as a snapshot or template records what it was made from: its
+/// path, size and modification time (or that it is missing).
+pub fn file_identity(path: &Path) -> String {
+    use std::os::unix::fs::MetadataExt;
+    match std::fs::metadata(path) {
+        Ok(meta) => format!(
+            "{} {} {}.{}",
+            path.display(),
+            meta.len(),
+            meta.mtime(),
+            meta.mtime_nsec()
+        ),
+        Err(_) => format!("{} missing", path.display()),
+    }
+}
+
 /// A whole VM: every field has a default but the kernel.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]

@@ -1,7 +1,7 @@
 //! The configuration the shim hands its VMM: protocol's [`VmConfig`], passed
 //! as `--config JSON`.
 
-use super::{NetCard, VmError};
+use super::{NetCard, VmError, VmStart};
 use crate::config::RunvConfig;
 use crate::paths::{SandboxDir, GUEST_CID};
 use crate::spec::VmSize;
@@ -16,7 +16,13 @@ pub(super) fn vmm_config(
     dir: &SandboxDir,
     size: VmSize,
     nets: &[NetCard<'_>],
+    start: VmStart<'_>,
 ) -> Result<VmConfig, VmError> {
+    let (snapshot_dir, restore_from) = match start {
+        VmStart::Boot => (None, None),
+        VmStart::MakeTemplate(dir) => (Some(dir.to_path_buf()), None),
+        VmStart::Restore(dir) => (None, Some(dir.to_path_buf())),
+    };
     let vm = VmConfig {
         kernel: config.kernel.clone(),
         initrd: Some(config.initrd.clone()),
@@ -50,9 +56,8 @@ pub(super) fn vmm_config(
             .collect(),
         // The shim's own name for the mode, until its config uses protocol's.
         seccomp: config.vmm_seccomp,
-        // Pods boot cold: snapshots cannot hold virtio devices yet.
-        snapshot_dir: None,
-        restore_from: None,
+        snapshot_dir,
+        restore_from,
     };
     vm.validate()?;
     Ok(vm)
@@ -77,7 +82,7 @@ mod tests {
             memory_mib: 384,
         };
         let config = RunvConfig::default();
-        let vm = vmm_config(&config, &dir, size, &nets).unwrap();
+        let vm = vmm_config(&config, &dir, size, &nets, VmStart::Boot).unwrap();
         assert_eq!((vm.cpus, vm.memory_mib, vm.rng), (2, 384, true));
         assert!(vm.free_page_reporting, "on by default");
         assert_eq!(vm.net[0].fd, Some(tap.as_raw_fd()));
@@ -91,11 +96,11 @@ mod tests {
             vcpus: 300,
             memory_mib: 384,
         };
-        let err = vmm_config(&config, &dir, too_many, &nets).unwrap_err();
+        let err = vmm_config(&config, &dir, too_many, &nets, VmStart::Boot).unwrap_err();
         assert!(matches!(err, VmError::Vcpus(300)), "{err}");
         let mut bad_mac = nets;
         bad_mac[0].mac = "01:00:00:00:00:01";
-        let err = vmm_config(&config, &dir, size, &bad_mac).unwrap_err();
+        let err = vmm_config(&config, &dir, size, &bad_mac, VmStart::Boot).unwrap_err();
         assert!(err.to_string().contains("multicast"), "{err}");
     }
 }

@@ -6,8 +6,8 @@
 use super::{BuildError, VirtioSlot};
 use crate::config::VmConfig;
 use crate::snapshot::{self, SnapshotError, VmSnapshot};
+use protocol::vm_config::file_identity;
 use std::fs::File;
-use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
 /// Reads the snapshot in `dir` for `config` and opens its memory file.
@@ -46,20 +46,13 @@ pub(super) fn devices(snapshot: &VmSnapshot, virtio: &[VirtioSlot]) -> Result<()
 /// and modification times, and the extra command line. A snapshot records
 /// it, and a VM whose files changed since is not started from it.
 pub fn boot_fingerprint(config: &VmConfig) -> String {
-    let file = |path: &Path| match std::fs::metadata(path) {
-        Ok(meta) => format!(
-            "{} {} {}.{}",
-            path.display(),
-            meta.len(),
-            meta.mtime(),
-            meta.mtime_nsec()
-        ),
-        Err(_) => format!("{} missing", path.display()),
-    };
     format!(
         "kernel {}; initrd {}; cmdline {:?}",
-        file(&config.kernel),
-        config.initrd.as_deref().map_or("none".into(), file),
+        file_identity(&config.kernel),
+        config
+            .initrd
+            .as_deref()
+            .map_or("none".into(), file_identity),
         config.cmdline.as_deref().unwrap_or("")
     )
 }

@@ -28,10 +28,9 @@ use std::fs::{File, OpenOptions};
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 
-/// The state file in a snapshot directory.
-pub const STATE_FILE: &str = "state.json";
-/// The guest memory file in a snapshot directory.
-pub const MEMORY_FILE: &str = "memory";
+pub use protocol::vm_config::{
+    SNAPSHOT_MEMORY_FILE as MEMORY_FILE, SNAPSHOT_STATE_FILE as STATE_FILE,
+};
 /// What this VMM writes and reads; any other version is refused.
 const FORMAT_VERSION: u32 = 1;
 /// Largest state file read (a vCPU's state is about 20 KiB of JSON).
