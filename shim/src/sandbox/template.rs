@@ -37,6 +37,19 @@ use std::time::{Duration, Instant};
 const CLOSE_SETTLE: Duration = Duration::from_millis(200);
 /// How long the template's VMM may take to exit after its Shutdown.
 const SHUTDOWN_WAIT: Duration = Duration::from_secs(10);
+/// Most templates kept at once: pod annotations may pick vCPUs and memory,
+/// and each shape's template holds host memory.
+pub const MAX_TEMPLATES: usize = 8;
+
+/// What became of an attempt to make a template.
+enum Made {
+    /// It is there.
+    Done,
+    /// Another pod is making it.
+    Busy,
+    /// [`MAX_TEMPLATES`] are there already.
+    Full,
+}
 
 /// Why a template could not be made (logged; the pod boots cold).
 #[derive(Debug, thiserror::Error)]
@@ -83,7 +96,7 @@ pub fn find_or_make(config: &RunvConfig, size: VmSize) -> Option<Template> {
     }
     let made = Instant::now();
     match make_once(config, size, &template) {
-        Ok(true) => {
+        Ok(Made::Done) => {
             info!(
                 "VM template {} made in {} ms",
                 template.key,
@@ -91,9 +104,16 @@ pub fn find_or_make(config: &RunvConfig, size: VmSize) -> Option<Template> {
             );
             Some(template)
         }
-        Ok(false) => {
+        Ok(Made::Busy) => {
             info!(
                 "VM template {} is being made by another pod: cold boot",
+                template.key
+            );
+            None
+        }
+        Ok(Made::Full) => {
+            warn!(
+                "no VM template {}: {MAX_TEMPLATES} templates exist already: cold boot",
                 template.key
             );
             None
@@ -119,12 +139,13 @@ impl Template {
     }
 }
 
-/// Makes the template under its lock; false if another pod holds the lock.
+/// Makes the template under its lock, unless another pod holds the lock or
+/// there are [`MAX_TEMPLATES`] already.
 fn make_once(
     config: &RunvConfig,
     size: VmSize,
     template: &Template,
-) -> Result<bool, TemplateError> {
+) -> Result<Made, TemplateError> {
     let root = Path::new(TEMPLATES_ROOT);
     fs::DirBuilder::new()
         .recursive(true)
@@ -137,12 +158,15 @@ fn make_once(
     if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
         let err = io::Error::last_os_error();
         if err.kind() == io::ErrorKind::WouldBlock {
-            return Ok(false);
+            return Ok(Made::Busy);
         }
         return Err(io_err(&lock_path)(err));
     }
     if template.is_complete() {
-        return Ok(true);
+        return Ok(Made::Done);
+    }
+    if count_templates(root).map_err(io_err(root))? >= MAX_TEMPLATES {
+        return Ok(Made::Full);
     }
     let build = SandboxDir::under(root, &format!("{}.build", template.key));
     if build.path().exists() {
@@ -151,7 +175,20 @@ fn make_once(
     }
     let made = boot_and_snapshot(config, size, &build, &template.dir);
     teardown::cleanup(&build);
-    made.map(|()| true)
+    made.map(|()| Made::Done)
+}
+
+/// The templates (directories but builds) under `root`.
+fn count_templates(root: &Path) -> io::Result<usize> {
+    let mut count = 0;
+    for entry in fs::read_dir(root)? {
+        let entry = entry?;
+        let is_build = entry.file_name().to_string_lossy().ends_with(".build");
+        if entry.file_type()?.is_dir() && !is_build {
+            count += 1;
+        }
+    }
+    Ok(count)
 }
 
 /// Boots the template's VM in `build` (a sandbox directory of its own, with
@@ -338,6 +375,17 @@ mod tests {
         let config = RunvConfig::default();
         assert!(!config.vm_templates, "off unless asked");
         assert!(find_or_make(&config, size(1, 256)).is_none());
+    }
+
+    #[test]
+    fn templates_are_counted_without_builds_or_locks() {
+        let root = std::env::temp_dir().join(format!("runv-templates-{}", std::process::id()));
+        for dir in ["a", "b", "c.build"] {
+            fs::create_dir_all(root.join(dir)).unwrap();
+        }
+        fs::write(root.join("a.lock"), b"").unwrap();
+        assert_eq!(count_templates(&root).unwrap(), 2);
+        fs::remove_dir_all(root).unwrap();
     }
 
     #[test]
