@@ -47,6 +47,9 @@ impl SnapshotSource {
     /// last, so that a directory with a state file holds a whole snapshot.
     pub fn take(&self, control: &VcpuControl, cpus: u8) -> Result<SnapshotSizes, SnapshotError> {
         let dir = self.dir.as_deref().ok_or(SnapshotError::NoDirectory)?;
+        // First: a device still serving could raise an interrupt or write
+        // guest memory after the state below was read.
+        let devices = self.stop_devices()?;
         let vcpus =
             control.save_vcpus(usize::from(cpus), self.msr_list.clone(), VCPU_SAVE_TIMEOUT)?;
         let vm = VmState::save(self.vm.fd())?;
@@ -56,7 +59,6 @@ impl SnapshotSource {
             .unwrap_or_else(|p| p.into_inner())
             .state()
             .into();
-        let devices = self.stop_devices()?;
         let memory_mib = self.mem_mib();
         // A state file left by an earlier snapshot would describe the new
         // memory wrongly while it is written.
