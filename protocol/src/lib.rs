@@ -10,6 +10,7 @@ pub mod logger;
 pub mod mac;
 #[cfg(feature = "netlink")]
 pub mod netlink;
+pub mod random;
 pub mod stdio;
 pub mod vm_config;
 pub mod vmm;

@@ -167,17 +167,8 @@ fn agent_in_the_guest_runs_a_container_from_the_shared_directory() {
         vm.wait_for(BOOT_MARKER, BOOT_TIMEOUT).is_some(),
         "the agent did not start"
     );
-    let conn = connect_within(&uds, AGENT_VSOCK_PORT, Duration::from_secs(30))
-        .expect("the agent listens on vsock port 1024");
-    let client = AgentClient::new(ttrpc::Client::new(conn.into_raw_fd()).expect("ttrpc client"));
-
-    let sandbox = CreateSandboxRequest {
-        shared_dir: GUEST_SHARED_DIR.into(),
-        ..Default::default()
-    };
-    client
-        .create_sandbox(ctx(), &sandbox)
-        .expect("CreateSandbox with the shared directory");
+    let client = agent_client(&uds);
+    make_sandbox(&client);
     let create = CreateContainerRequest {
         container_id: "c1".into(),
         oci_spec: spec(
@@ -282,13 +273,11 @@ fn agent_client(uds: &Path) -> AgentClient {
     AgentClient::new(ttrpc::Client::new(conn.into_raw_fd()).expect("ttrpc client"))
 }
 
-/// Runs container `c1` of the share behind `client` with `args`, in a
-/// sandbox made as the shim makes it (host randomness and clock); its stdout.
-fn run_c1(client: &AgentClient, uds: &Path, args: &[&str]) -> Vec<u8> {
+/// Makes the sandbox behind `client` as the shim does: the shared
+/// directory, host randomness and the host's clock.
+fn make_sandbox(client: &AgentClient) {
     let mut entropy = vec![0u8; 64];
-    std::fs::File::open("/dev/urandom")
-        .and_then(|mut random| std::io::Read::read_exact(&mut random, &mut entropy))
-        .expect("host randomness");
+    protocol::random::fill(&mut entropy).expect("host randomness");
     let sandbox = CreateSandboxRequest {
         shared_dir: GUEST_SHARED_DIR.into(),
         entropy,
@@ -301,6 +290,12 @@ fn run_c1(client: &AgentClient, uds: &Path, args: &[&str]) -> Vec<u8> {
     client
         .create_sandbox(ctx(), &sandbox)
         .expect("CreateSandbox with the shared directory");
+}
+
+/// Runs container `c1` of the share behind `client` with `args`, in a
+/// sandbox made by [`make_sandbox`]; its stdout.
+fn run_c1(client: &AgentClient, uds: &Path, args: &[&str]) -> Vec<u8> {
+    make_sandbox(client);
     let create = CreateContainerRequest {
         container_id: "c1".into(),
         oci_spec: spec("c1", args, &SpecOptions::default()),
@@ -443,14 +438,7 @@ fn start_agent(
     let started = Instant::now();
     let vm = VmProcess::spawn(agent_vmm(&uds, &shared, extra));
     let client = agent_client(&uds);
-    let sandbox = CreateSandboxRequest {
-        shared_dir: GUEST_SHARED_DIR.into(),
-        entropy: vec![7; 64],
-        ..Default::default()
-    };
-    client
-        .create_sandbox(ctx(), &sandbox)
-        .expect("CreateSandbox");
+    make_sandbox(&client);
     (started.elapsed(), vm, client)
 }
 

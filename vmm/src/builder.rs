@@ -30,7 +30,7 @@ use crate::devices::virtio::vsock::{Vsock, VsockError};
 use crate::devices::virtio::VirtioDevice;
 use crate::metrics::ExitCounters;
 use crate::runtime::Vmm;
-use crate::snapshot::{SerialSnapshot, SnapshotError, SnapshotSource, VmSnapshot};
+use crate::snapshot::{SerialSnapshot, SnapshotError, SnapshotSource, SnapshotTarget, VmSnapshot};
 use crate::vm_exit::ExitReporter;
 use crate::vstate::memory::{self, create_guest_memory, guest_memory_from_file};
 use crate::vstate::vcpu::{Vcpu, VcpuControl, VcpuCpuid, VcpuError, VcpuSetup, VcpuShared};
@@ -267,18 +267,25 @@ pub fn build_microvm(config: &VmConfig, process_start: Instant) -> Result<Vmm, B
             .map(|(index, state)| Vcpu::restore(vm.fd(), index, &cpuid, state, shared.clone()))
             .collect::<Result<Vec<_>, _>>()?,
     };
+    // Only a VMM that may snapshot reads what a snapshot records.
+    let target = match &config.snapshot_dir {
+        Some(dir) => Some(SnapshotTarget {
+            dir: dir.clone(),
+            boot: restore::boot_fingerprint(config),
+            msr_list: vm
+                .kvm()
+                .get_msr_index_list()
+                .map_err(BuildError::MsrList)?
+                .as_slice()
+                .into(),
+        }),
+        None => None,
+    };
     let source = SnapshotSource {
-        msr_list: vm
-            .kvm()
-            .get_msr_index_list()
-            .map_err(BuildError::MsrList)?
-            .as_slice()
-            .into(),
         vm: vm.clone(),
         mem: mem.clone(),
         serial,
-        dir: config.snapshot_dir.clone(),
-        boot: restore::boot_fingerprint(config),
+        target,
         transports: virtio.iter().map(|slot| slot.transport.clone()).collect(),
     };
 
@@ -450,9 +457,7 @@ fn kernel_cmdline(config: &VmConfig, virtio: &[VirtioSlot]) -> Result<Cmdline, B
 /// A random locally administered unicast MAC (02:xx:xx:xx:xx:xx).
 fn random_mac() -> [u8; 6] {
     let mut mac = [2u8, 0, 0, 0, 0, 0];
-    // SAFETY: getrandom writes at most 5 bytes into the 5-byte tail of `mac`.
-    let n = unsafe { libc::getrandom(mac[1..].as_mut_ptr().cast(), 5, 0) };
-    if n != 5 {
+    if protocol::random::fill(&mut mac[1..]).is_err() {
         mac[2..].copy_from_slice(&std::process::id().to_be_bytes());
     }
     mac

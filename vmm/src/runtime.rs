@@ -128,10 +128,15 @@ impl VmHandle {
         if self.shared.control.target() != RunState::Paused {
             return Err(SnapshotError::NotPaused);
         }
+        if self.snapshot.target.is_none() {
+            return Err(SnapshotError::NoDirectory);
+        }
+        // From here on the devices stop, also if a later step fails.
         if !self.snapshot.transports.is_empty() {
             self.devices_stopped.store(true, Ordering::SeqCst);
         }
-        self.snapshot.take(&self.shared.control, self.cpus)
+        self.snapshot
+            .take(&self.shared.control, self.cpus, self.memory_mib)
     }
 
     /// Gives the guest `grace` to power off by itself, then stops the VM.

@@ -235,17 +235,27 @@ fn free_page_reporting_is_the_operators_alone() {
         text.contains("line 2 (`free_page_reporting = \"no\"`): invalid type"),
         "{text}"
     );
-    let err = load_text("enable_annotations = [\"free_page_reporting\"]").unwrap_err();
-    assert!(err.to_string().contains("free_page_reporting"), "{err}");
-    // A tenant cannot turn it off (or on) for its pod.
-    let annotations = HashMap::from([(
-        format!("{ANNOTATION_PREFIX}free_page_reporting"),
-        "false".to_string(),
-    )]);
+    assert_operators_alone("free_page_reporting", "false");
+}
+
+/// Neither the config's `enable_annotations` nor a tenant's annotation may
+/// make `key` a pod's choice.
+fn assert_operators_alone(key: &str, value: &str) {
+    let err = load_text(&format!("enable_annotations = [\"{key}\"]")).unwrap_err();
+    assert!(err.to_string().contains(key), "{err}");
+    let annotations = HashMap::from([(format!("{ANNOTATION_PREFIX}{key}"), value.to_string())]);
     let err = RunvConfig::default()
         .with_annotations(&annotations)
         .unwrap_err();
     assert!(err.to_string().contains("unknown runv annotation"), "{err}");
+}
+
+#[test]
+fn vm_templates_are_the_operators_alone() {
+    assert!(load_text("vm_templates = true").unwrap().vm_templates);
+    assert!(!RunvConfig::default().vm_templates, "off unless asked");
+    // A tenant cannot turn them on (and so make templates) for its pod.
+    assert_operators_alone("vm_templates", "true");
 }
 
 #[test]

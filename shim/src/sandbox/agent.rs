@@ -82,13 +82,8 @@ const GUEST_ENTROPY_BYTES: usize = 64;
 /// fails, as the guest also has virtio-rng.
 fn host_entropy() -> Vec<u8> {
     let mut seed = vec![0u8; GUEST_ENTROPY_BYTES];
-    // SAFETY: getrandom writes at most `seed.len()` bytes into `seed`.
-    let got = unsafe { libc::getrandom(seed.as_mut_ptr().cast(), seed.len(), 0) };
-    if usize::try_from(got).ok() != Some(seed.len()) {
-        warn!(
-            "no host entropy for the guest: {}",
-            std::io::Error::last_os_error()
-        );
+    if let Err(err) = protocol::random::fill(&mut seed) {
+        warn!("no host entropy for the guest: {err}");
         seed.clear();
     }
     seed

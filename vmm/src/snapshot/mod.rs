@@ -18,7 +18,7 @@ mod vcpu_state;
 mod vm_state;
 
 pub use serial_state::SerialSnapshot;
-pub use take::{SnapshotSizes, SnapshotSource};
+pub use take::{SnapshotSizes, SnapshotSource, SnapshotTarget};
 pub use vcpu_state::{VcpuState, VcpuStateError};
 pub use vm_state::{VmState, VmStateError};
 
@@ -109,8 +109,6 @@ pub enum SnapshotError {
 #[derive(Serialize, Deserialize)]
 pub struct VmSnapshot {
     version: u32,
-    /// vCPU count.
-    pub cpus: u8,
     /// Guest memory in MiB.
     pub memory_mib: u64,
     /// What the guest was booted from (kernel, initrd, command line).
@@ -137,7 +135,6 @@ impl VmSnapshot {
     ) -> Self {
         Self {
             version: FORMAT_VERSION,
-            cpus: u8::try_from(vcpus.len()).unwrap_or(u8::MAX),
             memory_mib,
             boot,
             vm,

@@ -22,14 +22,20 @@ pub struct SnapshotSource {
     pub mem: GuestMemoryMmap,
     /// The UART.
     pub serial: Arc<Mutex<Serial>>,
-    /// KVM's list of MSRs to save, read before the filters were installed.
-    pub msr_list: Arc<[u32]>,
-    /// Where snapshots go, if anywhere.
-    pub dir: Option<PathBuf>,
-    /// What the guest was booted from.
-    pub boot: String,
+    /// Where snapshots go, if the VMM was given a directory.
+    pub target: Option<SnapshotTarget>,
     /// The VM's virtio transports, in slot order.
     pub transports: Vec<Arc<Mutex<MmioTransport>>>,
+}
+
+/// What only a VMM that may snapshot reads at its start.
+pub struct SnapshotTarget {
+    /// The snapshot directory.
+    pub dir: PathBuf,
+    /// What the guest was booted from.
+    pub boot: String,
+    /// KVM's list of MSRs to save, read before the filters were installed.
+    pub msr_list: Arc<[u32]>,
 }
 
 /// What a snapshot wrote.
@@ -42,16 +48,26 @@ pub struct SnapshotSizes {
 }
 
 impl SnapshotSource {
-    /// Writes the snapshot of the VM, whose `cpus` vCPUs `control` holds
-    /// parked, into the snapshot directory: memory first, the state file
-    /// last, so that a directory with a state file holds a whole snapshot.
-    pub fn take(&self, control: &VcpuControl, cpus: u8) -> Result<SnapshotSizes, SnapshotError> {
-        let dir = self.dir.as_deref().ok_or(SnapshotError::NoDirectory)?;
+    /// Writes the snapshot of the VM (`memory_mib` of memory), whose `cpus`
+    /// vCPUs `control` holds parked, into the snapshot directory: memory
+    /// first, the state file last, so that a directory with a state file
+    /// holds a whole snapshot.
+    pub fn take(
+        &self,
+        control: &VcpuControl,
+        cpus: u8,
+        memory_mib: u64,
+    ) -> Result<SnapshotSizes, SnapshotError> {
+        let target = self.target.as_ref().ok_or(SnapshotError::NoDirectory)?;
+        let dir = target.dir.as_path();
         // First: a device still serving could raise an interrupt or write
         // guest memory after the state below was read.
         let devices = self.stop_devices()?;
-        let vcpus =
-            control.save_vcpus(usize::from(cpus), self.msr_list.clone(), VCPU_SAVE_TIMEOUT)?;
+        let vcpus = control.save_vcpus(
+            usize::from(cpus),
+            target.msr_list.clone(),
+            VCPU_SAVE_TIMEOUT,
+        )?;
         let vm = VmState::save(self.vm.fd())?;
         let serial = self
             .serial
@@ -59,7 +75,6 @@ impl SnapshotSource {
             .unwrap_or_else(|p| p.into_inner())
             .state()
             .into();
-        let memory_mib = self.mem_mib();
         // A state file left by an earlier snapshot would describe the new
         // memory wrongly while it is written.
         let _ = std::fs::remove_file(dir.join(super::STATE_FILE));
@@ -69,7 +84,7 @@ impl SnapshotSource {
                 path: dir.join(super::MEMORY_FILE),
                 source,
             })?;
-        let state = VmSnapshot::new(memory_mib, self.boot.clone(), vm, vcpus, serial, devices);
+        let state = VmSnapshot::new(memory_mib, target.boot.clone(), vm, vcpus, serial, devices);
         let state_bytes = state.write(dir)?;
         Ok(SnapshotSizes {
             memory_bytes,
@@ -91,11 +106,6 @@ impl SnapshotSource {
                 Ok(transport.save())
             })
             .collect()
-    }
-
-    fn mem_mib(&self) -> u64 {
-        use vm_memory::{GuestMemory, GuestMemoryRegion};
-        self.mem.iter().map(|region| region.len()).sum::<u64>() >> 20
     }
 }
 

@@ -187,20 +187,12 @@ impl VcpuControl {
         state.parked += 1;
         self.changed.notify_all();
         while state.target == RunState::Paused {
-            let asked = state
-                .save
-                .as_mut()
-                .and_then(|round| {
-                    round
-                        .states
-                        .get_mut(usize::from(index))
-                        .map(|slot| (slot, round.msr_list.clone()))
-                })
-                .filter(|(slot, _)| slot.is_none());
-            if let Some((slot, msr_list)) = asked {
-                *slot = Some(save(&msr_list));
-                self.changed.notify_all();
-                continue;
+            if let Some(SaveRound { msr_list, states }) = state.save.as_mut() {
+                if let Some(slot) = states.get_mut(usize::from(index)).filter(|s| s.is_none()) {
+                    *slot = Some(save(msr_list));
+                    self.changed.notify_all();
+                    continue;
+                }
             }
             state = self.changed.wait(state).unwrap_or_else(|p| p.into_inner());
         }
