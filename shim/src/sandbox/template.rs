@@ -22,7 +22,7 @@ use crate::vm::{NetCard, Vm, VmStart, VmmPlacement};
 use crate::vmm_api::{VmmApi, VmmApiError};
 use log::{info, warn};
 use protocol::agent::AgentClient;
-use protocol::vm_config::{file_identity, SNAPSHOT_STATE_FILE};
+use protocol::vm_config::{file_identity, snapshot_files};
 use std::fs;
 use std::io;
 use std::os::fd::AsRawFd;
@@ -126,8 +126,21 @@ pub fn find_or_make(config: &RunvConfig, size: VmSize) -> Option<Template> {
 }
 
 impl Template {
+    /// A real directory holding the snapshot's files as regular files: the
+    /// template's VMM wrote them, and a symlink it planted there would
+    /// have later pods' jails bind whatever it points at.
     fn is_complete(&self) -> bool {
-        self.dir.join(SNAPSHOT_STATE_FILE).is_file()
+        let is = |path: &Path, dir: bool| {
+            fs::symlink_metadata(path).is_ok_and(|meta| {
+                let kind = meta.file_type();
+                if dir {
+                    kind.is_dir()
+                } else {
+                    kind.is_file()
+                }
+            })
+        };
+        is(&self.dir, true) && snapshot_files(&self.dir).iter().all(|file| is(file, false))
     }
 
     /// Removes the template (its VM did not start): the next pod makes it
@@ -238,6 +251,13 @@ fn boot_and_snapshot(
         vm.kill();
     }
     snapshotted?;
+    // Whatever an incomplete template left (a symlink is removed itself).
+    match fs::remove_dir_all(dir) {
+        Err(err) if err.kind() != io::ErrorKind::NotFound => return Err(io_err(dir)(err)),
+        _ => {}
+    }
+    // A rename moves a symlink planted as `snapshot`, never its target:
+    // `is_complete` refuses that.
     fs::rename(&snapshot, dir).map_err(io_err(dir))
 }
 
@@ -385,6 +405,36 @@ mod tests {
         }
         fs::write(root.join("a.lock"), b"").unwrap();
         assert_eq!(count_templates(&root).unwrap(), 2);
+        fs::remove_dir_all(root).unwrap();
+    }
+
+    #[test]
+    fn a_template_is_complete_only_as_real_files_in_a_real_directory() {
+        let root = std::env::temp_dir().join(format!("runv-template-files-{}", std::process::id()));
+        let template = |name: &str| Template {
+            key: name.into(),
+            dir: root.join(name),
+        };
+        let whole = template("whole");
+        fs::create_dir_all(&whole.dir).unwrap();
+        for file in snapshot_files(&whole.dir) {
+            fs::write(file, b"x").unwrap();
+        }
+        assert!(whole.is_complete());
+
+        let planted = template("planted");
+        fs::create_dir_all(&planted.dir).unwrap();
+        let [state, memory] = &snapshot_files(&planted.dir)[..] else {
+            panic!("two snapshot files");
+        };
+        std::os::unix::fs::symlink("/etc/hostname", state).unwrap();
+        fs::write(memory, b"x").unwrap();
+        assert!(!planted.is_complete(), "a symlinked state file");
+
+        let linked = template("linked");
+        std::os::unix::fs::symlink(&whole.dir, &linked.dir).unwrap();
+        assert!(!linked.is_complete(), "a symlinked directory");
+        assert!(!template("missing").is_complete());
         fs::remove_dir_all(root).unwrap();
     }
 
