@@ -13,7 +13,7 @@ pub const USAGE: &str = "usage: runv-vmm --kernel PATH [--initrd PATH] [--cpus N
                 [--free-page-reporting]
                 [--disk path=FILE[,readonly][,id=S]]... [--vsock cid=N,uds=PATH]
                 [--fs tag=T,path=DIR[,cache=never|auto|always][,privileged][,max-fds=N]]...
-                [--net tap=NAME|fd=N[,mac=M]]... [--seccomp enforce|log|off]
+                [--net [tap=NAME|fd=N][,mac=M]]... [--seccomp enforce|log|off]
                 [--snapshot-dir DIR] [--restore-from DIR]
        runv-vmm --config JSON|FILE [flags that override its fields]
        runv-vmm --help | --version";

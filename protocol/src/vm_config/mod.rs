@@ -192,7 +192,9 @@ pub struct VsockConfig {
     pub uds: PathBuf,
 }
 
-/// A virtio-net card: on a tap by name or on an inherited tap fd.
+/// A virtio-net card: on a tap by name or on an inherited tap fd; with
+/// neither, detached (a VM template's card, which gets the tap of each VM
+/// restored from the template).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NetConfig {
@@ -210,6 +212,11 @@ pub struct NetConfig {
 }
 
 impl NetConfig {
+    /// A card with no tap yet: a VM template's.
+    pub fn is_detached(&self) -> bool {
+        self.tap.is_none() && self.fd.is_none()
+    }
+
     /// The MAC, or None for a random one.
     pub fn mac_bytes(&self) -> Option<[u8; 6]> {
         self.mac.as_deref().and_then(|m| parse_mac(m).ok())

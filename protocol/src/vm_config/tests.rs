@@ -118,7 +118,17 @@ fn each_bad_field_is_named_with_its_value() {
         }
     );
     assert_eq!(with(|c| c.net[0].tap = Some("t".into())), E::NetTapAndFd);
-    assert_eq!(with(|c| c.net[0].fd = None), E::NetNoTap);
+    assert_eq!(
+        with(|c| {
+            c.net[0].fd = None;
+            c.snapshot_dir = None;
+        }),
+        E::NetNoTap
+    );
+    let mut template = full();
+    template.net[0].fd = None;
+    assert!(template.net[0].is_detached());
+    assert_eq!(template.validate(), Ok(()), "a VM template's card");
     assert_eq!(with(|c| c.net[0].fd = Some(2)), E::NetFd(2));
     let tap = |name: &str| {
         let mut config = full();

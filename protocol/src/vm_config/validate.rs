@@ -41,8 +41,9 @@ pub enum VmConfigError {
     /// A card given both a tap name and a tap fd.
     #[error("--net: give tap or fd, not both")]
     NetTapAndFd,
-    /// A card given neither a tap name nor a tap fd.
-    #[error("--net: no tap or fd")]
+    /// A card given neither a tap name nor a tap fd, in a VM that makes no
+    /// snapshot (only a VM template's card may wait for its tap).
+    #[error("--net: no tap or fd (a card without one is only for a VM template: --snapshot-dir)")]
     NetNoTap,
     /// A tap name the kernel would refuse.
     #[error("--net: tap name '{0}' must be 1 to {MAX_TAP_NAME_LEN} bytes")]
@@ -95,7 +96,13 @@ impl VmConfig {
                 return Err(VmConfigError::FsTagTwice(share.tag.clone()));
             }
         }
-        self.net.iter().try_for_each(NetConfig::validate)
+        for net in &self.net {
+            net.validate()?;
+            if net.is_detached() && self.snapshot_dir.is_none() {
+                return Err(VmConfigError::NetNoTap);
+            }
+        }
+        Ok(())
     }
 }
 
@@ -142,11 +149,13 @@ impl FsConfig {
 }
 
 impl NetConfig {
-    /// One of tap and fd, a valid name, fd and MAC.
+    /// At most one of tap and fd, a valid name, fd and MAC. A card with
+    /// neither is detached; only a VM that makes a snapshot may have one
+    /// ([`VmConfig::validate`]).
     pub fn validate(&self) -> Result<(), VmConfigError> {
         match (&self.tap, self.fd) {
             (Some(_), Some(_)) => return Err(VmConfigError::NetTapAndFd),
-            (None, None) => return Err(VmConfigError::NetNoTap),
+            (None, None) => {}
             (Some(name), None) => {
                 if name.is_empty() || name.len() > MAX_TAP_NAME_LEN || name.contains(['\0', '/']) {
                     return Err(VmConfigError::NetTapName(name.clone()));

@@ -12,7 +12,7 @@ pub const VSOCK: &str = "cid=N,uds=PATH";
 /// `--fs`'s grammar.
 pub const FS: &str = "tag=T,path=DIR[,cache=never|auto|always][,privileged][,max-fds=N]";
 /// `--net`'s grammar.
-pub const NET: &str = "tap=NAME|fd=N[,mac=M]";
+pub const NET: &str = "[tap=NAME|fd=N][,mac=M]";
 
 /// `--disk path=FILE[,readonly][,id=S]`.
 pub fn disk(value: &str) -> Result<DiskConfig, OptionError> {
@@ -68,7 +68,7 @@ pub fn fs(value: &str) -> Result<FsConfig, OptionError> {
     Ok(share)
 }
 
-/// `--net tap=NAME|fd=N[,mac=M]`.
+/// `--net [tap=NAME|fd=N][,mac=M]`.
 pub fn net(value: &str) -> Result<NetConfig, OptionError> {
     let mut options = Options::new("--net", NET, value);
     let tap = options.value("tap");

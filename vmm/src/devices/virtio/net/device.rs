@@ -58,9 +58,12 @@ pub enum NetError {
     Thread(std::io::Error),
 }
 
-/// A network card on a tap.
+/// A network card on a tap, or detached (a VM template's).
 pub struct Net {
+    /// The tap, until activation hands it to the serving loop.
     tap: Option<Tap>,
+    /// A card with no tap: activation starts no serving loop.
+    detached: bool,
     mac: [u8; 6],
     avail_features: u64,
     /// The serving loop while active; stopped before `thread` ends.
@@ -79,19 +82,24 @@ impl Net {
     /// accepts `TUNSETOFFLOAD`, so the guest-side offloads are offered only
     /// then, and switched on as the driver acks them.
     pub fn new(tap: Tap, mac: [u8; 6]) -> Result<Self, NetError> {
-        let mut avail_features = bit(MAC)
-            | bit(STATUS)
-            | bit(MRG_RXBUF)
-            | bit(VIRTIO_RING_F_EVENT_IDX)
-            | bit(CSUM)
-            | bit(HOST_TSO4)
-            | bit(HOST_TSO6);
-        if tap.set_offload(TUN_OFFLOADS).is_ok() {
-            avail_features |= bit(GUEST_CSUM) | bit(GUEST_TSO4) | bit(GUEST_TSO6);
-        }
+        let guest_offloads = tap.set_offload(TUN_OFFLOADS).is_ok();
         tap.set_offload(0)?;
+        Self::with(Some(tap), mac, offered_features(guest_offloads))
+    }
+
+    /// A card with address `mac` and no tap: a VM template's. Its driver
+    /// comes up, but nothing is sent or received until a VM restored from
+    /// the template puts its own tap behind the card. It offers what a card
+    /// on a tap that takes offloads does (the shim's taps all do), so the
+    /// restored card can take on the features its driver acked.
+    pub fn detached(mac: [u8; 6]) -> Result<Self, NetError> {
+        Self::with(None, mac, offered_features(true))
+    }
+
+    fn with(tap: Option<Tap>, mac: [u8; 6], avail_features: u64) -> Result<Self, NetError> {
         Ok(Self {
-            tap: Some(tap),
+            detached: tap.is_none(),
+            tap,
             mac,
             avail_features,
             backend: None,
@@ -106,6 +114,21 @@ impl Net {
         config[6..].copy_from_slice(&LINK_UP.to_le_bytes());
         config
     }
+}
+
+/// The features a card offers, with the guest-side offloads or without.
+fn offered_features(guest_offloads: bool) -> u64 {
+    let mut features = bit(MAC)
+        | bit(STATUS)
+        | bit(MRG_RXBUF)
+        | bit(VIRTIO_RING_F_EVENT_IDX)
+        | bit(CSUM)
+        | bit(HOST_TSO4)
+        | bit(HOST_TSO6);
+    if guest_offloads {
+        features |= bit(GUEST_CSUM) | bit(GUEST_TSO4) | bit(GUEST_TSO6);
+    }
+    features
 }
 
 /// The tap offloads (`TUN_F_*`) matching the driver's acked features.
@@ -170,6 +193,11 @@ impl VirtioDevice for Net {
                 expected: 2,
                 got,
             })?;
+        if self.detached {
+            // Its queues wait, as the driver left them, for the tap of a VM
+            // restored from this one's snapshot.
+            return Ok(());
+        }
         let tap = self.tap.take().ok_or(ActivateError::AlreadyActive {
             device: "virtio-net",
         })?;

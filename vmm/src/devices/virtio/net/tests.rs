@@ -320,3 +320,45 @@ fn with_event_idx_the_transmit_queue_asks_for_a_kick_after_what_it_took() {
     assert_eq!(mem.read_obj::<u16>(avail_event).unwrap(), 2);
     assert_eq!(tap.sent, [data.clone(), data]);
 }
+
+#[test]
+fn a_detached_card_offers_the_guest_offloads_and_serves_nothing() {
+    use super::device::Net;
+    use crate::devices::virtio::{ActiveQueue, VirtioDevice, VirtioInterrupt};
+    use std::sync::Arc;
+    use vmm_sys_util::eventfd::EventFd;
+
+    let bit = |f: u32| 1u64 << f;
+    let mut card = Net::detached([2, 0, 0, 0, 0, 1]).unwrap();
+    let offered = card.avail_features();
+    for feature in [
+        features::GUEST_CSUM,
+        features::GUEST_TSO4,
+        features::MRG_RXBUF,
+    ] {
+        assert_ne!(offered & bit(feature), 0, "feature {feature} not offered");
+    }
+    let mem = memory();
+    let mocks = [
+        MockSplitQueue::create(&mem, GuestAddress(0), 256),
+        MockSplitQueue::create(&mem, GuestAddress(0x1_0000), 256),
+    ];
+    let notifies: Vec<EventFd> = (0..2)
+        .map(|_| EventFd::new(libc::EFD_NONBLOCK).unwrap())
+        .collect();
+    let queues = mocks
+        .iter()
+        .zip(&notifies)
+        .map(|(m, n)| ActiveQueue::new(m.create_queue().unwrap(), n.try_clone().unwrap(), offered))
+        .collect();
+    let interrupt = Arc::new(VirtioInterrupt::new(
+        EventFd::new(libc::EFD_NONBLOCK).unwrap(),
+    ));
+    card.activate(mem.clone(), offered, queues, interrupt)
+        .unwrap();
+    mocks[1].build_desc_chain(&[desc(BUFFERS, 100, 0)]).unwrap();
+    notifies[1].write(1).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    assert!(used(&mocks[1]).is_empty(), "a detached card used a chain");
+    assert!(card.quiesce());
+}
