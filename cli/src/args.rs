@@ -1,4 +1,4 @@
-//! The command line: `runv check|env|ps|metrics|trace [flags]`.
+//! The command line: `runv check|env|ps|metrics|trace|template make [flags]`.
 
 use containerd_shim_runv_v2::config::DEFAULT_CONFIG_PATH;
 use containerd_shim_runv_v2::paths::RUN_ROOT;
@@ -14,6 +14,7 @@ usage: runv check [--json] [--config PATH] [--containerd-config PATH]
        runv ps    [--json] [--run-root DIR]
        runv metrics [--listen ADDR] [--run-root DIR]
        runv trace POD [--run-root DIR]
+       runv template make [--config PATH] [--vcpus N] [--memory-mib M] [--cards K]
        runv --version | --help
 
   check   can this host run runv pods: one line per check, exit status 0 only if all pass
@@ -21,6 +22,10 @@ usage: runv check [--json] [--config PATH] [--containerd-config PATH]
   ps      the pods on this host: VMM pid, state, vCPUs, memory, uptime
   metrics serve Prometheus metrics of all pods on GET http://ADDR/metrics
   trace   one pod's start timeline: one line per phase
+  template make
+          make the VM template pods of this shape start from (vm_templates on), now
+          rather than at the first such pod; prints its directory. The shape: vCPUs,
+          memory and network cards (CRI pods have one), the config's defaults if unsaid
 
   --json                     print JSON instead of text
   --config PATH              runv's config (default /etc/runv/config.toml)
@@ -51,6 +56,9 @@ pub enum ArgsError {
     MissingPod,
 }
 
+/// The flags `runv template make` hands the shim's `--make-template`.
+const TEMPLATE_MAKE_FLAGS: [&str; 4] = ["--config", "--vcpus", "--memory-mib", "--cards"];
+
 /// What the command line asks for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
@@ -68,6 +76,15 @@ pub enum Command {
     Metrics(MetricsArgs),
     /// `runv trace`.
     Trace(TraceArgs),
+    /// `runv template make`.
+    TemplateMake(TemplateMakeArgs),
+}
+
+/// Flags of `runv template make`, as given: the shim checks their values.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TemplateMakeArgs {
+    /// Each flag followed by its value.
+    pub flags: Vec<String>,
 }
 
 /// Flags of `runv check`.
@@ -140,6 +157,7 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Command, ArgsErro
         "ps" => &["--json", "--run-root"],
         "metrics" => &["--listen", "--run-root"],
         "trace" => &["--run-root"],
+        "template" => return parse_template(args),
         _ => return Err(ArgsError::UnknownCommand(command)),
     };
     let mut flags = Flags::default();
@@ -201,6 +219,33 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Command, ArgsErro
             run_root,
         }),
     })
+}
+
+/// `template make` and its flags, each with a value.
+fn parse_template(mut args: impl Iterator<Item = String>) -> Result<Command, ArgsError> {
+    match args.next().as_deref() {
+        Some("make") => {}
+        Some("-h" | "--help") => return Ok(Command::Help),
+        Some(other) => return Err(ArgsError::UnknownCommand(format!("template {other}"))),
+        None => return Err(ArgsError::UnknownCommand("template".into())),
+    }
+    let mut flags = Vec::new();
+    while let Some(flag) = args.next() {
+        if flag == "-h" || flag == "--help" {
+            return Ok(Command::Help);
+        }
+        if !TEMPLATE_MAKE_FLAGS.contains(&flag.as_str()) {
+            return Err(ArgsError::UnknownFlag {
+                command: "template make".into(),
+                flag,
+            });
+        }
+        let value = args
+            .next()
+            .ok_or_else(|| ArgsError::MissingValue(flag.clone()))?;
+        flags.extend([flag, value]);
+    }
+    Ok(Command::TemplateMake(TemplateMakeArgs { flags }))
 }
 
 #[cfg(test)]
@@ -286,6 +331,37 @@ mod tests {
                 command: "metrics".into(),
                 flag: "--json".into()
             })
+        );
+    }
+
+    #[test]
+    fn template_make_passes_its_flags_on() {
+        assert_eq!(
+            parse_line("template make --vcpus 2 --cards 1"),
+            Ok(Command::TemplateMake(TemplateMakeArgs {
+                flags: ["--vcpus", "2", "--cards", "1"].map(String::from).to_vec(),
+            }))
+        );
+        assert_eq!(
+            parse_line("template make"),
+            Ok(Command::TemplateMake(TemplateMakeArgs {
+                flags: Vec::new()
+            }))
+        );
+        assert_eq!(
+            parse_line("template rm"),
+            Err(ArgsError::UnknownCommand("template rm".into()))
+        );
+        assert_eq!(
+            parse_line("template make --json"),
+            Err(ArgsError::UnknownFlag {
+                command: "template make".into(),
+                flag: "--json".into()
+            })
+        );
+        assert_eq!(
+            parse_line("template make --cards"),
+            Err(ArgsError::MissingValue("--cards".into()))
         );
     }
 

@@ -7,7 +7,8 @@
 //! - `runv ps`: the pods on this host, with their VMM's pid, vCPUs, memory
 //!   and uptime;
 //! - `runv metrics`: a Prometheus endpoint for all pods on the node;
-//! - `runv trace POD`: one pod's start timeline.
+//! - `runv trace POD`: one pod's start timeline;
+//! - `runv template make`: a VM template made ahead of its pods.
 //!
 //! The command's output goes to stdout; diagnostics go through `log` to
 //! stderr.
@@ -23,6 +24,7 @@ mod files;
 mod metrics;
 mod probe;
 mod ps;
+mod template;
 #[cfg(test)]
 mod test_utils;
 mod trace;
@@ -52,6 +54,9 @@ enum MainError {
     /// `runv trace` could not read the pod's timeline.
     #[error(transparent)]
     Trace(#[from] trace::TraceError),
+    /// `runv template make` could not run the shim.
+    #[error(transparent)]
+    Template(#[from] template::TemplateError),
     /// The pod has no timeline recorded.
     #[error("pod {0}: no start timeline recorded (booting, or no such pod)")]
     NoTrace(String),
@@ -107,6 +112,7 @@ fn run() -> Result<bool, MainError> {
                 .ok_or_else(|| MainError::NoTrace(args.pod.clone()))?;
             output(&trace::render(&phases)).map(|()| true)
         }
+        Command::TemplateMake(args) => Ok(template::make(&args)?),
     }
 }
 

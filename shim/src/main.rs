@@ -6,6 +6,7 @@ mod container;
 mod error;
 mod events;
 mod exit;
+mod make_template;
 mod metrics;
 mod mounts;
 mod network;
@@ -48,6 +49,21 @@ fn main() -> ExitCode {
         }
         // containerd 2.x asks for the runtime's description (a RuntimeInfo).
         Some("-info" | "--info") => print_info(),
+        // `runv template make`.
+        Some("--make-template") => {
+            protocol::logger::init("containerd-shim-runv-v2", log::LevelFilter::Info);
+            let args: Vec<String> = std::env::args().skip(2).collect();
+            match make_template::run(&args) {
+                Ok(dir) => {
+                    println!("{}", dir.display());
+                    ExitCode::SUCCESS
+                }
+                Err(err) => {
+                    eprintln!("containerd-shim-runv-v2: {err}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         _ => {
             let args: Vec<OsString> = std::env::args_os().skip(1).collect();
             if !is_daemon(&args) {

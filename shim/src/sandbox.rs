@@ -175,11 +175,11 @@ impl Sandbox {
             None => Vec::new(),
         };
         let launch_start = Instant::now();
-        // A VM with a network card boots cold: its tap comes from the pod.
-        let template = cards
-            .is_empty()
-            .then(|| template::find_or_make(&config, size))
-            .flatten();
+        let shape = template::VmShape {
+            size,
+            cards: cards.len(),
+        };
+        let template = template::find_or_make(&config, shape);
         let started = template::start_vm(
             &config,
             &dir,

@@ -213,8 +213,9 @@ fn handle_signals(mut signals: Signals) {
     }
 }
 
-/// Waits for every child that has exited, without blocking.
-fn reap_children() {
+/// Waits for every child that has exited, without blocking, and tells the
+/// exit monitor.
+pub(crate) fn reap_children() {
     loop {
         let (pid, code) = match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
             Ok(WaitStatus::Exited(pid, status)) => (pid, status),

@@ -101,9 +101,15 @@ pub struct NetCard<'a> {
 pub enum VmStart<'a> {
     /// A cold boot of the kernel and initrd.
     Boot,
-    /// A cold boot whose VMM may write a snapshot into this directory (in
-    /// its `vm/`): a VM template in the making.
-    MakeTemplate(&'a std::path::Path),
+    /// A cold boot whose VMM may write a snapshot into `snapshot` (in its
+    /// `vm/`): a VM template in the making, with `cards` detached network
+    /// cards (each VM restored from it puts its own tap behind them).
+    MakeTemplate {
+        /// Where the snapshot goes.
+        snapshot: &'a std::path::Path,
+        /// How many network cards.
+        cards: usize,
+    },
     /// From the snapshot in this directory (a VM template), its files bound
     /// read-only into the jail.
     Restore(&'a std::path::Path),
@@ -161,7 +167,7 @@ impl Vm {
         let jail = if config.vmm_jail {
             let snapshot_files = match start {
                 VmStart::Restore(template) => protocol::vm_config::snapshot_files(template),
-                VmStart::Boot | VmStart::MakeTemplate(_) => Vec::new(),
+                VmStart::Boot | VmStart::MakeTemplate { .. } => Vec::new(),
             };
             let mut data = vec![config.kernel.as_path(), config.initrd.as_path()];
             data.extend(snapshot_files.iter().map(PathBuf::as_path));

@@ -899,9 +899,9 @@ fn prewarm_binaries() {
     });
 }
 
-/// `PATH` with `RUNV_SHIM`'s directory first, where containerd finds
-/// `containerd-shim-runv-v2`.
-fn search_path() -> std::ffi::OsString {
+/// `PATH` with `RUNV_SHIM`'s directory first, where containerd (and the runv
+/// CLI) find `containerd-shim-runv-v2`.
+pub fn search_path() -> std::ffi::OsString {
     let mut dirs: Vec<PathBuf> = Vec::new();
     if let Some(shim) = std::env::var_os("RUNV_SHIM").map(PathBuf::from) {
         if let Some(parent) = shim.parent() {

@@ -543,20 +543,33 @@ fn check_nothing_left(containerd: &Containerd, baseline: &[Seen]) {
     assert!(vmms.is_empty(), "runv-vmm left: {vmms:?}");
 }
 
-/// containerd for a test or the benchmark. With `RUNV_DEBUG_CONSOLE=1`, runv's
-/// guests keep their console in `/run/runv/<id>/vm/console.log`, and [`keep_logs`]
-/// copies the logs out while the test runs.
-fn start_containerd() -> Containerd {
+/// containerd for a test or the benchmark; runv starts its pods from VM
+/// templates if `vm_templates`. With `RUNV_DEBUG_CONSOLE=1`, runv's guests keep
+/// their console in `/run/runv/<id>/vm/console.log`, and [`keep_logs`] copies
+/// the logs out while the test runs.
+fn start_containerd(vm_templates: bool) -> Containerd {
     let containerd = Containerd::start();
-    if std::env::var("RUNV_DEBUG_CONSOLE").as_deref() == Ok("1") {
+    let debug_console = std::env::var("RUNV_DEBUG_CONSOLE").as_deref() == Ok("1");
+    if debug_console || vm_templates {
         let config = RunvConfig {
-            debug_console: true,
+            debug_console,
+            vm_templates,
             ..RunvConfig::from_env()
         };
         containerd.write_runv_config(&config.to_toml());
+    }
+    if debug_console {
         keep_logs(containerd.dir().join("containerd.log"));
     }
     containerd
+}
+
+/// How many times containerd's log (the shims' lines in it) holds `line`.
+fn log_count(containerd: &Containerd, line: &str) -> usize {
+    std::fs::read_to_string(containerd.dir().join("containerd.log"))
+        .unwrap_or_default()
+        .matches(line)
+        .count()
 }
 
 /// Copies, every half second for as long as the process lives, containerd's
@@ -615,7 +628,7 @@ fn finish(containerd: Containerd, cri: &Cri) {
 #[test]
 fn pod_address_and_files_both_ways_with_host() {
     let runtime = under_test();
-    let containerd = start_containerd();
+    let containerd = start_containerd(false);
     let cri = containerd.cri();
     let baseline = ingress_qdiscs_everywhere();
     let pod = Pod::start(&containerd, &cri, "solo", runtime);
@@ -664,23 +677,37 @@ fn pod_address_and_files_both_ways_with_host() {
 
 /// Two pods of the runtime under test and a runc pod on the same bridge: each
 /// of the first fetches the other's `/small` (TCP both ways), and the first and the
-/// runc pod each other's. The second and the runc pod are removed: nothing of
+/// runc pod each other's. runv starts both of its pods from a VM template (the
+/// first makes it), so their cards run on taps the template never had. The second and the runc pod are removed: nothing of
 /// them stays. Then the first pod's VMM is SIGKILLed (with runc: its pause
 /// process), and the pod stopped and removed: nothing of it stays either.
 #[test]
 fn pods_reach_each_other_and_a_killed_vmm_leaves_nothing() {
     let runtime = under_test();
-    let containerd = start_containerd();
+    let templates = std::path::Path::new(shim::paths::TEMPLATES_ROOT);
+    let _ = std::fs::remove_dir_all(templates);
+    let containerd = start_containerd(runtime == Runtime::Runv);
     let cri = containerd.cri();
     let baseline = ingress_qdiscs_everywhere();
     let first = Pod::start(&containerd, &cri, "first", runtime);
     let second = Pod::start(&containerd, &cri, "second", runtime);
     let peer = Pod::start(&containerd, &cri, "peer", Runtime::Runc);
+    if runtime == Runtime::Runv {
+        let counts =
+            [" made in ", "VM started from template"].map(|line| log_count(&containerd, line));
+        assert_eq!(
+            counts,
+            [1, 2],
+            "one VM template made, both pods started from it:\n{}",
+            containerd.log_tail()
+        );
+    }
 
     first.fetch_from(&cri, &second);
     second.fetch_from(&cri, &first);
     first.fetch_from(&cri, &peer);
     peer.fetch_from(&cri, &first);
+    check_eth0(&containerd, &cri, &first);
     check_eth0(&containerd, &cri, &second);
 
     check_datapath_of_runtime(&second);
@@ -703,6 +730,7 @@ fn pods_reach_each_other_and_a_killed_vmm_leaves_nothing() {
     check_pod_gone(&first);
     check_nothing_left(&containerd, &baseline);
     finish(containerd, &cri);
+    let _ = std::fs::remove_dir_all(templates);
 }
 
 /// SIGKILLs what runs `pod`: for runv, its runv-vmm (the one under
@@ -821,7 +849,7 @@ fn bench_pod_network_against_runc() {
         eprintln!("RUNV_TIER4_PEER=runc: the \"runv\" figures are runc's (checks the benchmark)");
     }
     let sizes = BenchSizes::from_env();
-    let containerd = start_containerd();
+    let containerd = start_containerd(false);
     if sizes.vcpus != 1 {
         let config = RunvConfig {
             default_vcpus: sizes.vcpus,

@@ -12,6 +12,7 @@
 
 mod netns;
 mod scan;
+pub use scan::MAX_INTERFACES;
 mod tap;
 mod tc;
 

@@ -1,17 +1,24 @@
 //! VM templates (`vm_templates` in the config): a snapshot of a guest booted
-//! to its agent, one per VM shape, from which a pod without a network card
-//! starts instead of booting. Its memory is mapped privately from the
+//! to its agent, one per VM shape, from which a pod starts instead of
+//! booting. Its memory is mapped privately from the
 //! template's file, so the pages the guest only reads are one copy in the
 //! host's page cache for every pod started from it; the agent reseeds its
 //! generator, sets its clock and mounts the pod's share in CreateSandbox.
+//! A template's network cards are detached: a pod's VM puts its own taps
+//! behind them, and the agent gives the guest's interfaces the pod's MACs
+//! and addresses as after a cold boot (they stay down until then).
 //!
 //! The first pod of a shape makes the template (a cold boot, then the
 //! snapshot; its own start waits for that); a pod that finds another one
 //! making it boots cold. A template lives in `/run/runv-templates/<key>/`,
 //! and its key covers everything its VM was made from (VMM, kernel, initrd
-//! by path, size and mtime; vCPUs, memory and the config's VM choices), so a
+//! by path, size and mtime; vCPUs, memory, network cards and the config's VM
+//! choices), so a
 //! new kernel, initrd, VMM or shape makes a new one. A template whose VM does
-//! not start is removed, and the pod boots cold; either is logged.
+//! not start is removed, and the pod boots cold; either is logged. Each
+//! template records the VMM, kernel and initrd it was made from
+//! ([`MADE_FROM_FILE`]); whenever a template is made, those whose files have
+//! changed since (no pod can start from them again) are removed.
 
 use super::{agent, teardown, SandboxError};
 use crate::config::RunvConfig;
@@ -37,6 +44,11 @@ use std::time::{Duration, Instant};
 const CLOSE_SETTLE: Duration = Duration::from_millis(200);
 /// How long the template's VMM may take to exit after its Shutdown.
 const SHUTDOWN_WAIT: Duration = Duration::from_secs(10);
+/// The file in a template's directory naming the files it was made from.
+const MADE_FROM_FILE: &str = "made-from.json";
+/// Largest [`MADE_FROM_FILE`] read.
+const MADE_FROM_MAX_BYTES: u64 = 64 << 10;
+
 /// Most templates kept at once: pod annotations may pick vCPUs and memory,
 /// and each shape's template holds host memory.
 pub const MAX_TEMPLATES: usize = 8;
@@ -47,13 +59,14 @@ enum Made {
     Done,
     /// Another pod is making it.
     Busy,
-    /// [`MAX_TEMPLATES`] are there already.
-    Full,
 }
 
 /// Why a template could not be made (logged; the pod boots cold).
 #[derive(Debug, thiserror::Error)]
-enum TemplateError {
+pub enum TemplateError {
+    /// [`MAX_TEMPLATES`] are there already.
+    #[error("{MAX_TEMPLATES} VM templates exist already")]
+    Full,
     /// A directory or file of the template.
     #[error("{path}: {source}")]
     Io { path: PathBuf, source: io::Error },
@@ -72,6 +85,67 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> TemplateError + '_ {
     }
 }
 
+/// The files a template was made from, each with its identity then
+/// ([`file_identity`]): if one has changed, the template is stale.
+#[derive(Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+struct MadeFrom {
+    files: Vec<(PathBuf, String)>,
+}
+
+impl MadeFrom {
+    /// The VMM, kernel and initrd of `config`, as they are now.
+    fn now(config: &RunvConfig) -> Self {
+        Self {
+            files: [&config.vmm, &config.kernel, &config.initrd]
+                .map(|path| (path.clone(), file_identity(path)))
+                .to_vec(),
+        }
+    }
+
+    /// What template `dir` records; None if it records nothing readable
+    /// (a template of an older shim, or a damaged one).
+    fn of(dir: &Path) -> Option<Self> {
+        let path = dir.join(MADE_FROM_FILE);
+        let meta = fs::symlink_metadata(&path).ok()?;
+        if !meta.is_file() || meta.len() > MADE_FROM_MAX_BYTES {
+            return None;
+        }
+        serde_json::from_slice(&fs::read(&path).ok()?).ok()
+    }
+
+    /// Writes the record as a new file in directory `snapshot`, which the
+    /// template's VMM could write: neither is followed if a symlink.
+    fn write_into(&self, snapshot: &Path) -> io::Result<()> {
+        use nix::fcntl::OFlag;
+        use std::io::Write;
+        use std::os::fd::{FromRawFd, OwnedFd};
+        use std::os::unix::fs::OpenOptionsExt;
+        let record = serde_json::to_vec(self).map_err(io::Error::other)?;
+        let dir = fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW)
+            .open(snapshot)?;
+        let flags =
+            OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_WRONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+        let fd = nix::fcntl::openat(
+            Some(dir.as_raw_fd()),
+            MADE_FROM_FILE,
+            flags,
+            nix::sys::stat::Mode::from_bits_truncate(0o600),
+        )?;
+        // SAFETY: the kernel just returned this fd, owned by nobody else.
+        let mut file = fs::File::from(unsafe { OwnedFd::from_raw_fd(fd) });
+        file.write_all(&record)
+    }
+
+    /// Whether every file is still as it was.
+    fn is_current(&self) -> bool {
+        self.files
+            .iter()
+            .all(|(path, identity)| file_identity(path) == *identity)
+    }
+}
+
 /// A complete template: a snapshot directory.
 #[derive(Debug)]
 pub struct Template {
@@ -79,23 +153,28 @@ pub struct Template {
     dir: PathBuf,
 }
 
-/// The template for pods of `size` under `config`, made now if there is
+/// The shape of a pod's VM: what a template is made for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VmShape {
+    /// vCPUs and memory.
+    pub size: VmSize,
+    /// Network cards.
+    pub cards: usize,
+}
+
+/// The template for pods of `shape` under `config`, made now if there is
 /// none and nobody else is making it; None (logged) when templates are off,
 /// being made elsewhere, or cannot be made.
-pub fn find_or_make(config: &RunvConfig, size: VmSize) -> Option<Template> {
+pub fn find_or_make(config: &RunvConfig, shape: VmShape) -> Option<Template> {
     if !config.vm_templates {
         return None;
     }
-    let key = key(config, size);
-    let template = Template {
-        dir: Path::new(TEMPLATES_ROOT).join(&key),
-        key,
-    };
+    let template = Template::of(config, shape);
     if template.is_complete() {
         return Some(template);
     }
     let made = Instant::now();
-    match make_once(config, size, &template) {
+    match make_once(config, shape, &template, Lock::TryOnce) {
         Ok(Made::Done) => {
             info!(
                 "VM template {} made in {} ms",
@@ -111,13 +190,6 @@ pub fn find_or_make(config: &RunvConfig, size: VmSize) -> Option<Template> {
             );
             None
         }
-        Ok(Made::Full) => {
-            warn!(
-                "no VM template {}: {MAX_TEMPLATES} templates exist already: cold boot",
-                template.key
-            );
-            None
-        }
         Err(err) => {
             warn!("VM template {}: {err}; cold boot", template.key);
             None
@@ -125,7 +197,34 @@ pub fn find_or_make(config: &RunvConfig, size: VmSize) -> Option<Template> {
     }
 }
 
+/// Makes the template for pods of `shape` under `config` unless it is there,
+/// waiting for a pod that is making it (`runv template make`): its directory.
+pub fn make_ahead(config: &RunvConfig, shape: VmShape) -> Result<PathBuf, TemplateError> {
+    let template = Template::of(config, shape);
+    if !template.is_complete() {
+        let made = Instant::now();
+        match make_once(config, shape, &template, Lock::Wait)? {
+            Made::Done => info!(
+                "VM template {} made in {} ms",
+                template.key,
+                made.elapsed().as_millis()
+            ),
+            Made::Busy => {}
+        }
+    }
+    Ok(template.dir)
+}
+
 impl Template {
+    /// The template of pods of `shape` under `config`, made or not.
+    fn of(config: &RunvConfig, shape: VmShape) -> Self {
+        let key = key(config, shape);
+        Self {
+            dir: Path::new(TEMPLATES_ROOT).join(&key),
+            key,
+        }
+    }
+
     /// A real directory holding the snapshot's files as regular files: the
     /// template's VMM wrote them, and a symlink it planted there would
     /// have later pods' jails bind whatever it points at.
@@ -152,12 +251,22 @@ impl Template {
     }
 }
 
+/// How [`make_once`] takes a template's lock.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Lock {
+    /// A pod: if another one holds it, it boots cold ([`Made::Busy`]).
+    TryOnce,
+    /// `runv template make`: until the holder is done.
+    Wait,
+}
+
 /// Makes the template under its lock, unless another pod holds the lock or
 /// there are [`MAX_TEMPLATES`] already.
 fn make_once(
     config: &RunvConfig,
-    size: VmSize,
+    shape: VmShape,
     template: &Template,
+    lock_mode: Lock,
 ) -> Result<Made, TemplateError> {
     let root = Path::new(TEMPLATES_ROOT);
     fs::DirBuilder::new()
@@ -167,8 +276,12 @@ fn make_once(
         .map_err(io_err(root))?;
     let lock_path = root.join(format!("{}.lock", template.key));
     let lock = fs::File::create(&lock_path).map_err(io_err(&lock_path))?;
+    let operation = match lock_mode {
+        Lock::TryOnce => libc::LOCK_EX | libc::LOCK_NB,
+        Lock::Wait => libc::LOCK_EX,
+    };
     // SAFETY: flock on an fd this function owns; the lock goes with the fd.
-    if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+    if unsafe { libc::flock(lock.as_raw_fd(), operation) } != 0 {
         let err = io::Error::last_os_error();
         if err.kind() == io::ErrorKind::WouldBlock {
             return Ok(Made::Busy);
@@ -178,30 +291,58 @@ fn make_once(
     if template.is_complete() {
         return Ok(Made::Done);
     }
+    remove_stale(root);
     if count_templates(root).map_err(io_err(root))? >= MAX_TEMPLATES {
-        return Ok(Made::Full);
+        return Err(TemplateError::Full);
     }
     let build = SandboxDir::under(root, &format!("{}.build", template.key));
     if build.path().exists() {
         // What a shim that died making it left.
         teardown::cleanup(&build);
     }
-    let made = boot_and_snapshot(config, size, &build, &template.dir);
+    let made = boot_and_snapshot(config, shape, &build, &template.dir);
     teardown::cleanup(&build);
     made.map(|()| Made::Done)
 }
 
 /// The templates (directories but builds) under `root`.
-fn count_templates(root: &Path) -> io::Result<usize> {
-    let mut count = 0;
+fn templates_in(root: &Path) -> io::Result<Vec<PathBuf>> {
+    let mut templates = Vec::new();
     for entry in fs::read_dir(root)? {
         let entry = entry?;
         let is_build = entry.file_name().to_string_lossy().ends_with(".build");
         if entry.file_type()?.is_dir() && !is_build {
-            count += 1;
+            templates.push(entry.path());
         }
     }
-    Ok(count)
+    Ok(templates)
+}
+
+fn count_templates(root: &Path) -> io::Result<usize> {
+    templates_in(root).map(|templates| templates.len())
+}
+
+/// Removes (logged) the templates under `root` made from a VMM, kernel or
+/// initrd that has changed since, or that do not say what they were made
+/// from: no pod starts from them again. One being made is a build
+/// directory, not a template, and is left alone.
+fn remove_stale(root: &Path) {
+    let templates = match templates_in(root) {
+        Ok(templates) => templates,
+        Err(err) => return warn!("listing VM templates in {}: {err}", root.display()),
+    };
+    for dir in templates {
+        if MadeFrom::of(&dir).is_some_and(|made| made.is_current()) {
+            continue;
+        }
+        match fs::remove_dir_all(&dir) {
+            Ok(()) => info!(
+                "VM template {} removed: made from files since changed",
+                dir.display()
+            ),
+            Err(err) => warn!("removing stale VM template {}: {err}", dir.display()),
+        }
+    }
 }
 
 /// Boots the template's VM in `build` (a sandbox directory of its own, with
@@ -209,7 +350,7 @@ fn count_templates(root: &Path) -> io::Result<usize> {
 /// to `dir`.
 fn boot_and_snapshot(
     config: &RunvConfig,
-    size: VmSize,
+    shape: VmShape,
     build: &SandboxDir,
     dir: &Path,
 ) -> Result<(), TemplateError> {
@@ -227,7 +368,13 @@ fn boot_and_snapshot(
     let vm = Vm::launch(
         config,
         build,
-        (size, VmStart::MakeTemplate(&snapshot)),
+        (
+            shape.size,
+            VmStart::MakeTemplate {
+                snapshot: &snapshot,
+                cards: shape.cards,
+            },
+        ),
         &[],
         VmmPlacement {
             oom_score_adj: None,
@@ -251,6 +398,9 @@ fn boot_and_snapshot(
         vm.kill();
     }
     snapshotted?;
+    MadeFrom::now(config)
+        .write_into(&snapshot)
+        .map_err(io_err(&snapshot.join(MADE_FROM_FILE)))?;
     // Whatever an incomplete template left (a symlink is removed itself).
     match fs::remove_dir_all(dir) {
         Err(err) if err.kind() != io::ErrorKind::NotFound => return Err(io_err(dir)(err)),
@@ -337,11 +487,11 @@ pub(super) fn start_vm(
     launch(VmStart::Boot, &Arc::new(AtomicBool::new(true)))
 }
 
-/// The template key of pods of `size` under `config`: a hash of what their
+/// The template key of pods of `shape` under `config`: a hash of what their
 /// VM is made from.
-fn key(config: &RunvConfig, size: VmSize) -> String {
+fn key(config: &RunvConfig, VmShape { size, cards }: VmShape) -> String {
     let made_from = format!(
-        "runv {}; vmm {}; kernel {}; initrd {}; {} vCPUs; {} MiB; reporting {}; seccomp {:?}; jail {}",
+        "runv {}; vmm {}; kernel {}; initrd {}; {} vCPUs; {} MiB; {cards} cards; reporting {}; seccomp {:?}; jail {}",
         env!("CARGO_PKG_VERSION"),
         file_identity(&config.vmm),
         file_identity(&config.kernel),
@@ -366,8 +516,11 @@ fn fnv1a(bytes: &[u8]) -> u64 {
 mod tests {
     use super::*;
 
-    fn size(vcpus: u32, memory_mib: u32) -> VmSize {
-        VmSize { vcpus, memory_mib }
+    fn size(vcpus: u32, memory_mib: u32) -> VmShape {
+        VmShape {
+            size: VmSize { vcpus, memory_mib },
+            cards: 0,
+        }
     }
 
     #[test]
@@ -378,6 +531,11 @@ mod tests {
         assert_eq!(base.len(), 16);
         assert_ne!(base, key(&config, size(2, 256)));
         assert_ne!(base, key(&config, size(1, 512)));
+        let one_card = VmShape {
+            cards: 1,
+            ..size(1, 256)
+        };
+        assert_ne!(base, key(&config, one_card));
         let other_kernel = RunvConfig {
             kernel: "/elsewhere/vmlinux".into(),
             ..RunvConfig::default()
@@ -395,6 +553,57 @@ mod tests {
         let config = RunvConfig::default();
         assert!(!config.vm_templates, "off unless asked");
         assert!(find_or_make(&config, size(1, 256)).is_none());
+    }
+
+    #[test]
+    fn templates_made_from_changed_files_are_removed_as_stale() {
+        let root = tempfile::tempdir().unwrap();
+        let kernel = root.path().join("vmlinux");
+        fs::write(&kernel, b"old kernel").unwrap();
+        let config = RunvConfig {
+            kernel: kernel.clone(),
+            ..RunvConfig::default()
+        };
+        let template = |name: &str, made: Option<&MadeFrom>| {
+            let dir = root.path().join(name);
+            fs::create_dir(&dir).unwrap();
+            if let Some(made) = made {
+                made.write_into(&dir).unwrap();
+            }
+            dir
+        };
+        let made = MadeFrom::now(&config);
+        let kept = template("current", Some(&made));
+        assert_eq!(MadeFrom::of(&kept).as_ref(), Some(&made), "read back");
+        assert!(
+            made.write_into(&kept).is_err(),
+            "an existing record is never rewritten"
+        );
+        let unsaid = template("unsaid", None);
+        let building = template("new.build", None);
+        remove_stale(root.path());
+        assert!(kept.exists() && building.exists());
+        assert!(
+            !unsaid.exists(),
+            "a template that says nothing of its files"
+        );
+
+        fs::write(&kernel, b"a new kernel").unwrap();
+        remove_stale(root.path());
+        assert!(!kept.exists(), "a template of the old kernel");
+        assert!(building.exists(), "a template being made");
+    }
+
+    #[test]
+    fn a_record_is_not_written_through_a_symlink() {
+        let root = tempfile::tempdir().unwrap();
+        let elsewhere = root.path().join("elsewhere");
+        fs::create_dir(&elsewhere).unwrap();
+        let planted = root.path().join("snapshot");
+        std::os::unix::fs::symlink(&elsewhere, &planted).unwrap();
+        let made = MadeFrom::now(&RunvConfig::default());
+        assert!(made.write_into(&planted).is_err());
+        assert!(!elsewhere.join(MADE_FROM_FILE).exists());
     }
 
     #[test]

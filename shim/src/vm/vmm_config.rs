@@ -10,7 +10,8 @@ use protocol::{SHARED_FS_TAG, SHARE_MAX_FDS};
 use std::os::fd::AsRawFd;
 
 /// The VM of sandbox `dir`: `size`, the shared directory, vsock, rng and
-/// the network cards `nets` (inherited under their fd numbers), checked.
+/// the network cards `nets` (inherited under their fd numbers), or a VM
+/// template's detached cards, checked.
 pub(super) fn vmm_config(
     config: &RunvConfig,
     dir: &SandboxDir,
@@ -18,9 +19,20 @@ pub(super) fn vmm_config(
     nets: &[NetCard<'_>],
     start: VmStart<'_>,
 ) -> Result<VmConfig, VmError> {
+    let mut net: Vec<NetConfig> = nets
+        .iter()
+        .map(|net| NetConfig {
+            tap: None,
+            fd: Some(net.tap.as_raw_fd()),
+            mac: Some(net.mac.to_owned()),
+        })
+        .collect();
     let (snapshot_dir, restore_from) = match start {
         VmStart::Boot => (None, None),
-        VmStart::MakeTemplate(dir) => (Some(dir.to_path_buf()), None),
+        VmStart::MakeTemplate { snapshot, cards } => {
+            net = vec![NetConfig::default(); cards];
+            (Some(snapshot.to_path_buf()), None)
+        }
         VmStart::Restore(dir) => (None, Some(dir.to_path_buf())),
     };
     let vm = VmConfig {
@@ -46,14 +58,7 @@ pub(super) fn vmm_config(
             max_fds: SHARE_MAX_FDS,
             ..FsConfig::new(SHARED_FS_TAG, &dir.shared())
         }],
-        net: nets
-            .iter()
-            .map(|net| NetConfig {
-                tap: None,
-                fd: Some(net.tap.as_raw_fd()),
-                mac: Some(net.mac.to_owned()),
-            })
-            .collect(),
+        net,
         // The shim's own name for the mode, until its config uses protocol's.
         seccomp: config.vmm_seccomp,
         snapshot_dir,
