@@ -109,13 +109,15 @@ where
         &flags.id,
     )
     .map_err(ServeError::Logger)?;
-    let publisher = RemotePublisher::new(&ttrpc_address).map_err(ServeError::Publisher)?;
-    let task: Arc<dyn Task + Send + Sync> = Arc::new(shim.create_task_service(publisher));
     let Some(listener) = bind(&flags.socket)? else {
-        // The pod's shim: `start` answers its address (from the bundle).
+        // The pod's shim: `start` answers its address (from the bundle),
+        // and waits for this process's stdout to close: it ends before it
+        // has a publisher connection or a task service to tear down.
         info!("a shim already serves {}", flags.socket);
         return write_address(&flags.socket).map_err(ServeError::Address);
     };
+    let publisher = RemotePublisher::new(&ttrpc_address).map_err(ServeError::Publisher)?;
+    let task: Arc<dyn Task + Send + Sync> = Arc::new(shim.create_task_service(publisher));
     let mut server = ttrpc::Server::new()
         .add_listener(listener.into_raw_fd())
         .map_err(ServeError::Server)?
