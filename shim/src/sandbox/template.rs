@@ -55,8 +55,10 @@ pub const MAX_TEMPLATES: usize = 8;
 
 /// What became of an attempt to make a template.
 enum Made {
-    /// It is there.
+    /// Made now.
     Done,
+    /// Made by another while this waited for the lock.
+    Found,
     /// Another pod is making it.
     Busy,
 }
@@ -183,6 +185,7 @@ pub fn find_or_make(config: &RunvConfig, shape: VmShape) -> Option<Template> {
             );
             Some(template)
         }
+        Ok(Made::Found) => Some(template),
         Ok(Made::Busy) => {
             info!(
                 "VM template {} is being made by another pod: cold boot",
@@ -209,7 +212,7 @@ pub fn make_ahead(config: &RunvConfig, shape: VmShape) -> Result<PathBuf, Templa
                 template.key,
                 made.elapsed().as_millis()
             ),
-            Made::Busy => {}
+            Made::Found | Made::Busy => {}
         }
     }
     Ok(template.dir)
@@ -289,7 +292,7 @@ fn make_once(
         return Err(io_err(&lock_path)(err));
     }
     if template.is_complete() {
-        return Ok(Made::Done);
+        return Ok(Made::Found);
     }
     remove_stale(root);
     if count_templates(root).map_err(io_err(root))? >= MAX_TEMPLATES {
