@@ -25,7 +25,8 @@ usage: runv check [--json] [--config PATH] [--containerd-config PATH]
   template make
           make the VM template pods of this shape start from (vm_templates on), now
           rather than at the first such pod; prints its directory. The shape: vCPUs,
-          memory and network cards (CRI pods have one), the config's defaults if unsaid
+          memory and network cards (a CRI pod in its own network namespace has one,
+          a ctr run pod none), the config's defaults if unsaid
 
   --json                     print JSON instead of text
   --config PATH              runv's config (default /etc/runv/config.toml)

@@ -29,12 +29,13 @@ pub enum MakeTemplateError {
     /// A count that is not a whole number.
     #[error("{flag}: '{value}' is not a whole number")]
     Number { flag: String, value: String },
-    /// A shape the config does not allow pods.
-    #[error("{flag} {value} is outside 1 to {max}, which pods may have")]
+    /// A shape no pod gets under the config on this host.
+    #[error("{flag} {value} is outside {min} to {max}, which pods may have here")]
     Shape {
         flag: &'static str,
         value: usize,
-        max: usize,
+        min: u32,
+        max: u32,
     },
     /// More network cards than a pod may have.
     #[error("--cards {0} is more than the {MAX_INTERFACES} network cards a pod may have")]
@@ -96,28 +97,41 @@ fn parse(args: &[String]) -> Result<Args, MakeTemplateError> {
     Ok(parsed)
 }
 
-/// `value` if it is within 1 to `max`.
-fn within(flag: &'static str, value: usize, max: u32) -> Result<u32, MakeTemplateError> {
-    let max = usize::try_from(max).unwrap_or(usize::MAX);
-    if !(1..=max).contains(&value) {
-        return Err(MakeTemplateError::Shape { flag, value, max });
+/// `value` if it is within `min` to `max`.
+fn within(
+    flag: &'static str,
+    value: usize,
+    (min, max): (u32, u32),
+) -> Result<u32, MakeTemplateError> {
+    match u32::try_from(value) {
+        Ok(value) if (min..=max).contains(&value) => Ok(value),
+        _ => Err(MakeTemplateError::Shape {
+            flag,
+            value,
+            min,
+            max,
+        }),
     }
-    u32::try_from(value).map_err(|_| MakeTemplateError::Shape { flag, value, max })
 }
 
-/// The shape `args` ask for, pods' defaults where they say nothing.
+/// The shape `args` ask for, a pod's defaults where they say nothing, as a
+/// pod may have it here ([`VmSize::for_pod`]: at least the default vCPUs,
+/// at most the config's maxima and this host's CPUs).
 fn shape(config: &RunvConfig, args: &Args) -> Result<VmShape, MakeTemplateError> {
-    let vcpus = args.vcpus.unwrap_or(config.default_vcpus as usize);
-    let memory_mib = args
-        .memory_mib
-        .unwrap_or(config.default_memory_mib as usize);
+    let default = VmSize::for_pod(config, None);
+    let host_cpus = std::thread::available_parallelism()
+        .map(|n| u32::try_from(n.get()).unwrap_or(u32::MAX))
+        .unwrap_or(1);
+    let vcpus = args.vcpus.unwrap_or(default.vcpus as usize);
+    let memory_mib = args.memory_mib.unwrap_or(default.memory_mib as usize);
     if args.cards > MAX_INTERFACES {
         return Err(MakeTemplateError::Cards(args.cards));
     }
+    let pod_vcpus = (default.vcpus, config.max_vcpus.min(host_cpus));
     Ok(VmShape {
         size: VmSize {
-            vcpus: within("--vcpus", vcpus, config.max_vcpus)?,
-            memory_mib: within("--memory-mib", memory_mib, config.max_memory_mib)?,
+            vcpus: within("--vcpus", vcpus, pod_vcpus)?,
+            memory_mib: within("--memory-mib", memory_mib, (1, config.max_memory_mib))?,
         },
         cards: args.cards,
     })
@@ -190,6 +204,9 @@ mod tests {
                 .to_string()
         };
         assert!(err("--vcpus 0").contains("--vcpus 0 is outside 1 to"));
+        let host_cpus = std::thread::available_parallelism().unwrap().get();
+        let more = format!("--vcpus {}", host_cpus + 1);
+        assert!(err(&more).contains("which pods may have here"));
         let too_much = format!("--memory-mib {}", config.max_memory_mib + 1);
         assert!(err(&too_much).contains("--memory-mib"));
         assert!(err("--cards 9").contains("--cards 9 is more than the 8 network cards"));

@@ -125,8 +125,10 @@ fn each_bad_field_is_named_with_its_value() {
         }),
         E::NetNoTap
     );
+    assert_eq!(with(|c| c.net[0].fd = None), E::NetNoTap, "restored");
     let mut template = full();
     template.net[0].fd = None;
+    template.restore_from = None;
     assert!(template.net[0].is_detached());
     assert_eq!(template.validate(), Ok(()), "a VM template's card");
     assert_eq!(with(|c| c.net[0].fd = Some(2)), E::NetFd(2));

@@ -42,8 +42,12 @@ pub enum VmConfigError {
     #[error("--net: give tap or fd, not both")]
     NetTapAndFd,
     /// A card given neither a tap name nor a tap fd, in a VM that makes no
-    /// snapshot (only a VM template's card may wait for its tap).
-    #[error("--net: no tap or fd (a card without one is only for a VM template: --snapshot-dir)")]
+    /// snapshot or is restored from one (only a VM template's card may wait
+    /// for its tap).
+    #[error(
+        "--net: no tap or fd (a card without one is only for a VM template: with --snapshot-dir, \
+         without --restore-from)"
+    )]
     NetNoTap,
     /// A tap name the kernel would refuse.
     #[error("--net: tap name '{0}' must be 1 to {MAX_TAP_NAME_LEN} bytes")]
@@ -98,7 +102,8 @@ impl VmConfig {
         }
         for net in &self.net {
             net.validate()?;
-            if net.is_detached() && self.snapshot_dir.is_none() {
+            let makes_template = self.snapshot_dir.is_some() && self.restore_from.is_none();
+            if net.is_detached() && !makes_template {
                 return Err(VmConfigError::NetNoTap);
             }
         }

@@ -107,16 +107,26 @@ impl MadeFrom {
     /// What template `dir` records; None if it records nothing readable
     /// (a template of an older shim, or a damaged one).
     fn of(dir: &Path) -> Option<Self> {
-        let path = dir.join(MADE_FROM_FILE);
-        let meta = fs::symlink_metadata(&path).ok()?;
-        if !meta.is_file() || meta.len() > MADE_FROM_MAX_BYTES {
+        use std::io::Read;
+        use std::os::unix::fs::OpenOptionsExt;
+        let file = fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(dir.join(MADE_FROM_FILE))
+            .ok()?;
+        if !file.metadata().ok()?.is_file() {
             return None;
         }
-        serde_json::from_slice(&fs::read(&path).ok()?).ok()
+        let mut record = Vec::new();
+        file.take(MADE_FROM_MAX_BYTES)
+            .read_to_end(&mut record)
+            .ok()?;
+        serde_json::from_slice(&record).ok()
     }
 
     /// Writes the record as a new file in directory `snapshot`, which the
-    /// template's VMM could write: neither is followed if a symlink.
+    /// template's VMM could write: neither is followed if a symlink, and
+    /// whatever the VMM left under the record's name is removed first.
     fn write_into(&self, snapshot: &Path) -> io::Result<()> {
         use nix::fcntl::OFlag;
         use std::io::Write;
@@ -127,6 +137,14 @@ impl MadeFrom {
             .read(true)
             .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW)
             .open(snapshot)?;
+        match nix::unistd::unlinkat(
+            Some(dir.as_raw_fd()),
+            MADE_FROM_FILE,
+            nix::unistd::UnlinkatFlags::NoRemoveDir,
+        ) {
+            Ok(()) | Err(nix::errno::Errno::ENOENT) => {}
+            Err(err) => return Err(err.into()),
+        }
         let flags =
             OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_WRONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
         let fd = nix::fcntl::openat(
@@ -148,11 +166,14 @@ impl MadeFrom {
     }
 }
 
-/// A complete template: a snapshot directory.
+/// A template: a snapshot directory, complete or not.
 #[derive(Debug)]
 pub struct Template {
     key: String,
     dir: PathBuf,
+    /// What the key was made from, recorded in the template: read once, so
+    /// that a file replaced while the template is made leaves it stale.
+    made_from: MadeFrom,
 }
 
 /// The shape of a pod's VM: what a template is made for.
@@ -212,6 +233,7 @@ pub fn make_ahead(config: &RunvConfig, shape: VmShape) -> Result<PathBuf, Templa
                 template.key,
                 made.elapsed().as_millis()
             ),
+            // Busy: only with Lock::TryOnce.
             Made::Found | Made::Busy => {}
         }
     }
@@ -221,10 +243,12 @@ pub fn make_ahead(config: &RunvConfig, shape: VmShape) -> Result<PathBuf, Templa
 impl Template {
     /// The template of pods of `shape` under `config`, made or not.
     fn of(config: &RunvConfig, shape: VmShape) -> Self {
-        let key = key(config, shape);
+        let made_from = MadeFrom::now(config);
+        let key = key(config, shape, &made_from);
         Self {
             dir: Path::new(TEMPLATES_ROOT).join(&key),
             key,
+            made_from,
         }
     }
 
@@ -263,8 +287,10 @@ enum Lock {
     Wait,
 }
 
-/// Makes the template under its lock, unless another pod holds the lock or
-/// there are [`MAX_TEMPLATES`] already.
+/// Makes the template under its lock (taken as `lock_mode` says), unless it
+/// is there once the lock is held or there are [`MAX_TEMPLATES`] already
+/// ([`TemplateError::Full`]). Templates made from files since changed are
+/// removed first.
 fn make_once(
     config: &RunvConfig,
     shape: VmShape,
@@ -303,7 +329,7 @@ fn make_once(
         // What a shim that died making it left.
         teardown::cleanup(&build);
     }
-    let made = boot_and_snapshot(config, shape, &build, &template.dir);
+    let made = boot_and_snapshot(config, shape, &build, template);
     teardown::cleanup(&build);
     made.map(|()| Made::Done)
 }
@@ -355,8 +381,9 @@ fn boot_and_snapshot(
     config: &RunvConfig,
     shape: VmShape,
     build: &SandboxDir,
-    dir: &Path,
+    template: &Template,
 ) -> Result<(), TemplateError> {
+    let dir = &template.dir;
     fs::DirBuilder::new()
         .mode(0o700)
         .create(build.path())
@@ -401,7 +428,8 @@ fn boot_and_snapshot(
         vm.kill();
     }
     snapshotted?;
-    MadeFrom::now(config)
+    template
+        .made_from
         .write_into(&snapshot)
         .map_err(io_err(&snapshot.join(MADE_FROM_FILE)))?;
     // Whatever an incomplete template left (a symlink is removed itself).
@@ -490,15 +518,14 @@ pub(super) fn start_vm(
     launch(VmStart::Boot, &Arc::new(AtomicBool::new(true)))
 }
 
-/// The template key of pods of `shape` under `config`: a hash of what their
-/// VM is made from.
-fn key(config: &RunvConfig, VmShape { size, cards }: VmShape) -> String {
+/// The template key of pods of `shape` under `config` whose VMM, kernel and
+/// initrd are `files`: a hash of what their VM is made from.
+fn key(config: &RunvConfig, VmShape { size, cards }: VmShape, files: &MadeFrom) -> String {
+    let identities: Vec<&str> = files.files.iter().map(|(_, id)| id.as_str()).collect();
     let made_from = format!(
-        "runv {}; vmm {}; kernel {}; initrd {}; {} vCPUs; {} MiB; {cards} cards; reporting {}; seccomp {:?}; jail {}",
+        "runv {}; files {}; {} vCPUs; {} MiB; {cards} cards; reporting {}; seccomp {:?}; jail {}",
         env!("CARGO_PKG_VERSION"),
-        file_identity(&config.vmm),
-        file_identity(&config.kernel),
-        file_identity(&config.initrd),
+        identities.join(", "),
         size.vcpus,
         size.memory_mib,
         config.free_page_reporting,
@@ -526,29 +553,33 @@ mod tests {
         }
     }
 
+    fn key_of(config: &RunvConfig, shape: VmShape) -> String {
+        key(config, shape, &MadeFrom::now(config))
+    }
+
     #[test]
     fn the_key_changes_with_what_the_vm_is_made_from() {
         let config = RunvConfig::default();
-        let base = key(&config, size(1, 256));
-        assert_eq!(base, key(&config, size(1, 256)), "stable");
+        let base = key_of(&config, size(1, 256));
+        assert_eq!(base, key_of(&config, size(1, 256)), "stable");
         assert_eq!(base.len(), 16);
-        assert_ne!(base, key(&config, size(2, 256)));
-        assert_ne!(base, key(&config, size(1, 512)));
+        assert_ne!(base, key_of(&config, size(2, 256)));
+        assert_ne!(base, key_of(&config, size(1, 512)));
         let one_card = VmShape {
             cards: 1,
             ..size(1, 256)
         };
-        assert_ne!(base, key(&config, one_card));
+        assert_ne!(base, key_of(&config, one_card));
         let other_kernel = RunvConfig {
             kernel: "/elsewhere/vmlinux".into(),
             ..RunvConfig::default()
         };
-        assert_ne!(base, key(&other_kernel, size(1, 256)));
+        assert_ne!(base, key_of(&other_kernel, size(1, 256)));
         let no_reporting = RunvConfig {
             free_page_reporting: false,
             ..RunvConfig::default()
         };
-        assert_ne!(base, key(&no_reporting, size(1, 256)));
+        assert_ne!(base, key_of(&no_reporting, size(1, 256)));
     }
 
     #[test]
@@ -578,10 +609,8 @@ mod tests {
         let made = MadeFrom::now(&config);
         let kept = template("current", Some(&made));
         assert_eq!(MadeFrom::of(&kept).as_ref(), Some(&made), "read back");
-        assert!(
-            made.write_into(&kept).is_err(),
-            "an existing record is never rewritten"
-        );
+        made.write_into(&kept).unwrap();
+        assert_eq!(MadeFrom::of(&kept).as_ref(), Some(&made), "written again");
         let unsaid = template("unsaid", None);
         let building = template("new.build", None);
         remove_stale(root.path());
@@ -607,6 +636,21 @@ mod tests {
         let made = MadeFrom::now(&RunvConfig::default());
         assert!(made.write_into(&planted).is_err());
         assert!(!elsewhere.join(MADE_FROM_FILE).exists());
+
+        // A symlink left under the record's name is replaced, not followed.
+        let snapshot = root.path().join("real");
+        fs::create_dir(&snapshot).unwrap();
+        let target = root.path().join("target");
+        fs::write(&target, b"host file").unwrap();
+        std::os::unix::fs::symlink(&target, snapshot.join(MADE_FROM_FILE)).unwrap();
+        assert_eq!(
+            MadeFrom::of(&snapshot),
+            None,
+            "a symlinked record is not read"
+        );
+        made.write_into(&snapshot).unwrap();
+        assert_eq!(fs::read(&target).unwrap(), b"host file");
+        assert_eq!(MadeFrom::of(&snapshot).as_ref(), Some(&made));
     }
 
     #[test]
@@ -626,6 +670,7 @@ mod tests {
         let template = |name: &str| Template {
             key: name.into(),
             dir: root.join(name),
+            made_from: MadeFrom { files: Vec::new() },
         };
         let whole = template("whole");
         fs::create_dir_all(&whole.dir).unwrap();

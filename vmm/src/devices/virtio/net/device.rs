@@ -91,7 +91,10 @@ impl Net {
     /// comes up, but nothing is sent or received until a VM restored from
     /// the template puts its own tap behind the card. It offers what a card
     /// on a tap that takes offloads does (the shim's taps all do), so the
-    /// restored card can take on the features its driver acked.
+    /// restored card can take on the features its driver acked. It never
+    /// uses a chain: a frame the guest queued would go out of the restored
+    /// card on the pod's tap, so a template's guest keeps its interfaces
+    /// down (the agent brings them up for the pod).
     pub fn detached(mac: [u8; 6]) -> Result<Self, NetError> {
         Self::with(None, mac, offered_features(true))
     }
