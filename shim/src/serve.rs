@@ -173,13 +173,18 @@ fn bind(address: &str) -> Result<Option<UnixListener>, ServeError> {
         Err(err) => return Err(bind_error(err)),
     }
     for _ in 0..SOCKET_PROBES {
-        if UnixStream::connect(path).is_ok() {
+        if is_served(address) {
             return Ok(None);
         }
         std::thread::sleep(SOCKET_PROBE_INTERVAL);
     }
     remove_socket(path);
     UnixListener::bind(path).map(Some).map_err(bind_error)
+}
+
+/// Whether a live shim accepts connections on `address` (`unix://PATH`).
+pub(crate) fn is_served(address: &str) -> bool {
+    UnixStream::connect(socket_path(address)).is_ok()
 }
 
 /// Removes the socket at `path`, if a socket is there.

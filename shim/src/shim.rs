@@ -7,13 +7,14 @@ use crate::exit::timestamp;
 use crate::options;
 use crate::paths::SandboxDir;
 use crate::sandbox;
+use crate::serve;
 use crate::share::ShareError;
 use crate::spec;
 use crate::task::TaskService;
 use containerd_shim::protos::api::DeleteResponse;
 use containerd_shim::publisher::RemotePublisher;
 use containerd_shim::synchronous::util::write_address;
-use containerd_shim::{spawn, Config, Error, ExitSignal, Flags, StartOpts};
+use containerd_shim::{socket_address, spawn, Config, Error, ExitSignal, Flags, StartOpts};
 use log::{info, warn};
 use protocol::id::check_id;
 use std::io::{self, Write};
@@ -68,10 +69,18 @@ impl containerd_shim::Shim for RunvShim {
             .iter()
             .map(|path| (options::START_CONFIG_PATH_ENV, path.as_str()))
             .collect();
-        // One shim per pod: every container of the pod gets the same socket, and
-        // a second start finds the pod's shim already serving there.
+        // One shim per pod: every container of the pod gets the same socket.
+        // As runc's shim does, a start that finds the pod's shim serving
+        // there answers its address and spawns nothing; otherwise the new
+        // server checks again (two starts may race).
         let pod = pod_of(&opts.id, Path::new("."));
-        let (_pid, address) = spawn(opts, &pod, vars)?;
+        let served = socket_address(&opts.address, &opts.namespace, &pod);
+        // (No log here: containerd reads this process's output as its answer.)
+        let address = if serve::is_served(&served) {
+            served
+        } else {
+            spawn(opts, &pod, vars)?.1
+        };
         write_address(&address)?;
         if let StartInput::Legacy(_) = input {
             return Ok(address);
