@@ -5,9 +5,9 @@
 
 use crate::network::MAX_INTERFACES;
 use crate::sandbox::template::{self, TemplateError, VmShape};
-use crate::serve::reap_children;
+use crate::serve::handle_signals;
 use crate::share::{self, ShareError};
-use crate::spec::VmSize;
+use crate::spec::{host_cpus, VmSize};
 use containerd_shim_runv_v2::config::{ConfigError, RunvConfig, DEFAULT_CONFIG_PATH};
 use signal_hook::consts::SIGCHLD;
 use signal_hook::iterator::Signals;
@@ -119,15 +119,12 @@ fn within(
 /// at most the config's maxima and this host's CPUs).
 fn shape(config: &RunvConfig, args: &Args) -> Result<VmShape, MakeTemplateError> {
     let default = VmSize::for_pod(config, None);
-    let host_cpus = std::thread::available_parallelism()
-        .map(|n| u32::try_from(n.get()).unwrap_or(u32::MAX))
-        .unwrap_or(1);
     let vcpus = args.vcpus.unwrap_or(default.vcpus as usize);
     let memory_mib = args.memory_mib.unwrap_or(default.memory_mib as usize);
     if args.cards > MAX_INTERFACES {
         return Err(MakeTemplateError::Cards(args.cards));
     }
-    let pod_vcpus = (default.vcpus, config.max_vcpus.min(host_cpus));
+    let pod_vcpus = (default.vcpus, config.max_vcpus.min(host_cpus()));
     Ok(VmShape {
         size: VmSize {
             vcpus: within("--vcpus", vcpus, pod_vcpus)?,
@@ -149,12 +146,8 @@ pub fn run(args: &[String]) -> Result<PathBuf, MakeTemplateError> {
     let shape = shape(&config, &args)?;
     share::enter_own_mount_namespace()?;
     // The template's VM is watched as a pod's is: through exits reaped here.
-    let mut signals = Signals::new([SIGCHLD]).map_err(MakeTemplateError::Reaper)?;
-    std::thread::spawn(move || {
-        for _ in signals.forever() {
-            reap_children();
-        }
-    });
+    let signals = Signals::new([SIGCHLD]).map_err(MakeTemplateError::Reaper)?;
+    std::thread::spawn(move || handle_signals(signals));
     Ok(template::make_ahead(&config, shape)?)
 }
 
@@ -204,8 +197,7 @@ mod tests {
                 .to_string()
         };
         assert!(err("--vcpus 0").contains("--vcpus 0 is outside 1 to"));
-        let host_cpus = std::thread::available_parallelism().unwrap().get();
-        let more = format!("--vcpus {}", host_cpus + 1);
+        let more = format!("--vcpus {}", host_cpus() + 1);
         assert!(err(&more).contains("which pods may have here"));
         let too_much = format!("--memory-mib {}", config.max_memory_mib + 1);
         assert!(err(&too_much).contains("--memory-mib"));

@@ -210,7 +210,7 @@ fn release_stdout() {
 /// Reaps every exited child and tells the exit monitor (the VMM's watcher
 /// subscribes to it); other signals are only logged: the shim ends through
 /// its task API.
-fn handle_signals(mut signals: Signals) {
+pub(crate) fn handle_signals(mut signals: Signals) {
     for signal in signals.forever() {
         if signal == SIGCHLD {
             reap_children();
@@ -222,7 +222,7 @@ fn handle_signals(mut signals: Signals) {
 
 /// Waits for every child that has exited, without blocking, and tells the
 /// exit monitor.
-pub(crate) fn reap_children() {
+fn reap_children() {
     loop {
         let (pid, code) = match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
             Ok(WaitStatus::Exited(pid, status)) => (pid, status),

@@ -274,6 +274,13 @@ pub fn sandbox_id(task_id: &str, annotations: &HashMap<String, String>) -> Strin
     }
 }
 
+/// The CPUs this host gives the shim (at least 1): no pod gets more vCPUs.
+pub fn host_cpus() -> u32 {
+    std::thread::available_parallelism()
+        .map(|n| u32::try_from(n.get()).unwrap_or(1))
+        .unwrap_or(1)
+}
+
 /// vCPUs and memory of a VM.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct VmSize {
@@ -309,9 +316,7 @@ impl VmSize {
             .and_then(|r| r.pointer("/cpu/period"))
             .and_then(Value::as_u64)
             .filter(|p| *p > 0);
-        let host_cpus = std::thread::available_parallelism()
-            .map(|n| u32::try_from(n.get()).unwrap_or(1))
-            .unwrap_or(1);
+        let host_cpus = host_cpus();
         let cpus = match (quota, period) {
             (Some(quota), Some(period)) => {
                 let needed = u64::try_from(quota).unwrap_or(0).div_ceil(period);

@@ -193,6 +193,14 @@ impl Containerd {
         file_tail(&self.dir().join("containerd.log"), 60)
     }
 
+    /// How many times containerd's log (the shims' lines in it) holds `line`.
+    pub fn log_count(&self, line: &str) -> usize {
+        std::fs::read_to_string(self.dir().join("containerd.log"))
+            .unwrap_or_default()
+            .matches(line)
+            .count()
+    }
+
     /// What a test that panicked leaves to read on stderr: containerd's log
     /// (the shims write theirs into it), the threads of every live shim of
     /// this instance as gdb sees them (a hung call shows where it waits), and

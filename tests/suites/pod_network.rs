@@ -564,14 +564,6 @@ fn start_containerd(vm_templates: bool) -> Containerd {
     containerd
 }
 
-/// How many times containerd's log (the shims' lines in it) holds `line`.
-fn log_count(containerd: &Containerd, line: &str) -> usize {
-    std::fs::read_to_string(containerd.dir().join("containerd.log"))
-        .unwrap_or_default()
-        .matches(line)
-        .count()
-}
-
 /// Copies, every half second for as long as the process lives, containerd's
 /// log and every pod's `vmm.log` and `console.log` (which the shim removes with
 /// the pod, also when its VM dies) to `$RUNV_SCRATCH/pod-network-logs/<pid>/`
@@ -696,7 +688,7 @@ fn pods_reach_each_other_and_a_killed_vmm_leaves_nothing() {
         // The shims' lines reach containerd's log through its copy of their
         // log pipes.
         let counts =
-            || [" made in ", "VM started from template"].map(|line| log_count(&containerd, line));
+            || [" made in ", "VM started from template"].map(|line| containerd.log_count(line));
         let logged = wait_until(Duration::from_secs(10), || counts() == [1, 2]);
         assert!(
             logged,

@@ -1946,13 +1946,7 @@ fn vm_templates_start_pods_with_fresh_randomness() {
         ..RunvConfig::from_env()
     };
     containerd.write_runv_config(&config.to_toml());
-    let log_path = containerd.dir().join("containerd.log");
-    let log_count = |line: &str| {
-        std::fs::read_to_string(&log_path)
-            .unwrap_or_default()
-            .matches(line)
-            .count()
-    };
+    let log_count = |line: &str| containerd.log_count(line);
     let uuid = |id: &str| {
         let args = runtime.run_args(
             &containerd,

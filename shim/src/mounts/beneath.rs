@@ -20,6 +20,7 @@ pub(crate) fn check_relative(rel: &Path) -> Result<()> {
 
 /// Opens `rel` beneath `dir` with `flags`: no symlink or magic link followed,
 /// nothing outside `dir` reached, and with `same_mount` no mount point crossed.
+/// A file it creates (`O_CREAT`) is the owner's alone (0600).
 pub fn open_beneath(
     dir: BorrowedFd,
     rel: &Path,
@@ -37,6 +38,9 @@ pub fn open_beneath(
     // what the kernel wants of fields this code does not set).
     let mut how: libc::open_how = unsafe { std::mem::zeroed() };
     how.flags = (flags | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW).bits() as u64;
+    if flags.contains(OFlag::O_CREAT) {
+        how.mode = 0o600;
+    }
     how.resolve = resolve;
     // SAFETY: `name` is a valid C string and `how` a valid open_how whose size is
     // passed; the returned fd, if any, is owned by nobody else.

@@ -22,6 +22,7 @@
 
 use super::{agent, teardown, SandboxError};
 use crate::config::RunvConfig;
+use crate::mounts::{open_beneath, remove_entry};
 use crate::paths::{SandboxDir, TEMPLATES_ROOT};
 use crate::share::PodShare;
 use crate::spec::VmSize;
@@ -55,10 +56,8 @@ pub const MAX_TEMPLATES: usize = 8;
 
 /// What became of an attempt to make a template.
 enum Made {
-    /// Made now.
-    Done,
-    /// Made by another while this waited for the lock.
-    Found,
+    /// It is there (made now, or by another while this waited).
+    Ready,
     /// Another pod is making it.
     Busy,
 }
@@ -130,32 +129,18 @@ impl MadeFrom {
     fn write_into(&self, snapshot: &Path) -> io::Result<()> {
         use nix::fcntl::OFlag;
         use std::io::Write;
-        use std::os::fd::{FromRawFd, OwnedFd};
+        use std::os::fd::AsFd;
         use std::os::unix::fs::OpenOptionsExt;
         let record = serde_json::to_vec(self).map_err(io::Error::other)?;
         let dir = fs::OpenOptions::new()
             .read(true)
             .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW)
             .open(snapshot)?;
-        match nix::unistd::unlinkat(
-            Some(dir.as_raw_fd()),
-            MADE_FROM_FILE,
-            nix::unistd::UnlinkatFlags::NoRemoveDir,
-        ) {
-            Ok(()) | Err(nix::errno::Errno::ENOENT) => {}
-            Err(err) => return Err(err.into()),
-        }
-        let flags =
-            OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_WRONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
-        let fd = nix::fcntl::openat(
-            Some(dir.as_raw_fd()),
-            MADE_FROM_FILE,
-            flags,
-            nix::sys::stat::Mode::from_bits_truncate(0o600),
-        )?;
-        // SAFETY: the kernel just returned this fd, owned by nobody else.
-        let mut file = fs::File::from(unsafe { OwnedFd::from_raw_fd(fd) });
-        file.write_all(&record)
+        let name = Path::new(MADE_FROM_FILE);
+        remove_entry(dir.as_fd(), name).map_err(io::Error::other)?;
+        let flags = OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_WRONLY;
+        let file = open_beneath(dir.as_fd(), name, flags, true).map_err(io::Error::other)?;
+        fs::File::from(file).write_all(&record)
     }
 
     /// Whether every file is still as it was.
@@ -196,17 +181,8 @@ pub fn find_or_make(config: &RunvConfig, shape: VmShape) -> Option<Template> {
     if template.is_complete() {
         return Some(template);
     }
-    let made = Instant::now();
     match make_once(config, shape, &template, Lock::TryOnce) {
-        Ok(Made::Done) => {
-            info!(
-                "VM template {} made in {} ms",
-                template.key,
-                made.elapsed().as_millis()
-            );
-            Some(template)
-        }
-        Ok(Made::Found) => Some(template),
+        Ok(Made::Ready) => Some(template),
         Ok(Made::Busy) => {
             info!(
                 "VM template {} is being made by another pod: cold boot",
@@ -226,16 +202,8 @@ pub fn find_or_make(config: &RunvConfig, shape: VmShape) -> Option<Template> {
 pub fn make_ahead(config: &RunvConfig, shape: VmShape) -> Result<PathBuf, TemplateError> {
     let template = Template::of(config, shape);
     if !template.is_complete() {
-        let made = Instant::now();
-        match make_once(config, shape, &template, Lock::Wait)? {
-            Made::Done => info!(
-                "VM template {} made in {} ms",
-                template.key,
-                made.elapsed().as_millis()
-            ),
-            // Busy: only with Lock::TryOnce.
-            Made::Found | Made::Busy => {}
-        }
+        // Never Busy: the lock is waited for.
+        make_once(config, shape, &template, Lock::Wait)?;
     }
     Ok(template.dir)
 }
@@ -318,10 +286,10 @@ fn make_once(
         return Err(io_err(&lock_path)(err));
     }
     if template.is_complete() {
-        return Ok(Made::Found);
+        return Ok(Made::Ready);
     }
     remove_stale(root);
-    if count_templates(root).map_err(io_err(root))? >= MAX_TEMPLATES {
+    if templates_in(root).map_err(io_err(root))?.len() >= MAX_TEMPLATES {
         return Err(TemplateError::Full);
     }
     let build = SandboxDir::under(root, &format!("{}.build", template.key));
@@ -329,9 +297,16 @@ fn make_once(
         // What a shim that died making it left.
         teardown::cleanup(&build);
     }
+    let started = Instant::now();
     let made = boot_and_snapshot(config, shape, &build, template);
     teardown::cleanup(&build);
-    made.map(|()| Made::Done)
+    made?;
+    info!(
+        "VM template {} made in {} ms",
+        template.key,
+        started.elapsed().as_millis()
+    );
+    Ok(Made::Ready)
 }
 
 /// The templates (directories but builds) under `root`.
@@ -345,10 +320,6 @@ fn templates_in(root: &Path) -> io::Result<Vec<PathBuf>> {
         }
     }
     Ok(templates)
-}
-
-fn count_templates(root: &Path) -> io::Result<usize> {
-    templates_in(root).map(|templates| templates.len())
 }
 
 /// Removes (logged) the templates under `root` made from a VMM, kernel or
@@ -660,7 +631,7 @@ mod tests {
             fs::create_dir_all(root.join(dir)).unwrap();
         }
         fs::write(root.join("a.lock"), b"").unwrap();
-        assert_eq!(count_templates(&root).unwrap(), 2);
+        assert_eq!(templates_in(&root).unwrap().len(), 2);
         fs::remove_dir_all(root).unwrap();
     }
 
