@@ -1376,7 +1376,7 @@ fn start_latency_memory_and_concurrency_against_runc() {
         }
         .to_toml(),
     );
-    let making = timed_echo(Runtime::Runv, "lat-template-make");
+    let making = timed_echo(Runtime::Runv, "lat-make-template");
     let mut template_times: Vec<Duration> = (0..runs)
         .map(|i| timed_echo(Runtime::Runv, &format!("lat-template-{i}")))
         .collect();
@@ -1391,42 +1391,8 @@ fn start_latency_memory_and_concurrency_against_runc() {
         from_template.as_secs_f64() / runc.as_secs_f64(),
         making.as_secs_f64()
     );
-    // The shim's line per boot: "VMM spawn S ms (in its jail|no jail), VMM
-    // setup T ms, guest boot B ms".
-    let phases = |how: &str| -> (f64, f64, f64) {
-        let mut spawns = Vec::new();
-        let mut setups = Vec::new();
-        let mut boots = Vec::new();
-        for line in log.lines() {
-            let Some((_, rest)) = line.split_once("VMM spawn ") else {
-                continue;
-            };
-            if !rest.contains(&format!("({how})")) {
-                continue;
-            }
-            let number_after = |key: &str| -> Option<f64> {
-                rest.split_once(key)?
-                    .1
-                    .split_whitespace()
-                    .next()?
-                    .parse()
-                    .ok()
-            };
-            if let (Some(spawn), Some(setup), Some(boot)) = (
-                number_after(""),
-                number_after("VMM setup "),
-                number_after("guest boot "),
-            ) {
-                spawns.push(spawn);
-                setups.push(setup);
-                boots.push(boot);
-            }
-        }
-        assert!(!spawns.is_empty(), "no VMM spawn ({how}) in the shim's log");
-        (median(spawns), median(setups), median(boots))
-    };
-    let (jailed_spawn, jailed_setup, guest_boot) = phases("in its jail");
-    let (unjailed_spawn, unjailed_setup, _) = phases("no jail");
+    let (jailed_spawn, jailed_setup, guest_boot) = vmm_phases(&log, "lat-runv-", "in its jail");
+    let (unjailed_spawn, unjailed_setup, _) = vmm_phases(&log, "lat-nojail-", "no jail");
     let vm_ms = jailed_spawn + jailed_setup + guest_boot;
     println!(
         "runv's start, medians of {runs}: VMM spawn {jailed_spawn:.1} ms, VMM setup (exec to \
@@ -1436,7 +1402,16 @@ fn start_latency_memory_and_concurrency_against_runc() {
         runv_median.as_secs_f64() * 1000.0 - vm_ms,
         runc.as_secs_f64() * 1000.0
     );
-    print_echo_phases(&log, &spans, runs);
+    print_echo_phases(&log, &spans, ("lat-runv-", "cold"));
+    let template_log =
+        std::fs::read_to_string(containerd.dir().join("containerd.log")).unwrap_or_default();
+    let (spawn, setup, to_agent) = vmm_phases(&template_log, "lat-template-", "in its jail");
+    println!(
+        "runv's start from a VM template, medians of {runs}: VMM spawn {spawn:.1} ms, VMM setup \
+         (exec to first KVM_RUN, the restore among it) {setup:.1} ms, guest resumed to the \
+         agent {to_agent:.1} ms"
+    );
+    print_echo_phases(&template_log, &spans, ("lat-template-", "from a template"));
     let jail_cost = jailed_spawn - unjailed_spawn;
     println!(
         "the VMM's jail, medians of {runs}: ctr run --rm echo {:.2} s with it, {:.2} s without \
@@ -1534,10 +1509,53 @@ const ECHO_MARKS: [(&str, &str); 8] = [
     ("pod {id}: torn down", "the delete and the VM's shutdown"),
 ];
 
-/// Prints where runv's `ctr run --rm echo` spends its time, medians over
-/// the `runs` runv runs among `spans` (id, wall-clock start and end): from the
-/// times of the shim's lines in containerd's `log` ([`ECHO_MARKS`]).
-fn print_echo_phases(log: &str, spans: &[(String, SystemTime, SystemTime)], runs: usize) {
+/// Medians of the VMM's spawn, setup and guest boot (ms) of the pods whose ids
+/// start with `prefix`, from the shim's line per boot in containerd's `log`:
+/// "pod ID: VMM spawn S ms (`how`), VMM setup T ms, guest boot B ms".
+fn vmm_phases(log: &str, prefix: &str, how: &str) -> (f64, f64, f64) {
+    let (mut spawns, mut setups, mut boots) = (Vec::new(), Vec::new(), Vec::new());
+    let pod = format!("pod {prefix}");
+    for line in log.lines().filter(|line| line.contains(&pod)) {
+        let Some((_, rest)) = line.split_once("VMM spawn ") else {
+            continue;
+        };
+        if !rest.contains(&format!("({how})")) {
+            continue;
+        }
+        let number_after = |key: &str| -> Option<f64> {
+            rest.split_once(key)?
+                .1
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        };
+        if let (Some(spawn), Some(setup), Some(boot)) = (
+            number_after(""),
+            number_after("VMM setup "),
+            number_after("guest boot "),
+        ) {
+            spawns.push(spawn);
+            setups.push(setup);
+            boots.push(boot);
+        }
+    }
+    assert!(
+        !spawns.is_empty(),
+        "no VMM spawn ({how}) of a pod {prefix}* in the shim's log"
+    );
+    (median(spawns), median(setups), median(boots))
+}
+
+/// Prints where runv's `ctr run --rm echo` spends its time (`how`: cold or
+/// from a template), medians over the runs among `spans` (id, wall-clock start
+/// and end) whose ids start with `prefix`: from the times of the shim's lines
+/// in containerd's `log` ([`ECHO_MARKS`]).
+fn print_echo_phases(
+    log: &str,
+    spans: &[(String, SystemTime, SystemTime)],
+    (prefix, how): (&str, &str),
+) {
     let time_of = |line: &str| -> Option<SystemTime> {
         let stamp = line.split_once("time=\"")?.1.split('"').next()?;
         let at = time::OffsetDateTime::parse(stamp, &time::format_description::well_known::Rfc3339)
@@ -1546,7 +1564,10 @@ fn print_echo_phases(log: &str, spans: &[(String, SystemTime, SystemTime)], runs
         Some(SystemTime::UNIX_EPOCH + Duration::from_nanos(nanos))
     };
     let mut phases: Vec<Vec<f64>> = vec![Vec::new(); ECHO_MARKS.len() + 1];
-    for (id, started, ended) in spans.iter().filter(|(id, ..)| id.starts_with("lat-runv-")) {
+    let runs = spans.iter().filter(|(id, ..)| id.starts_with(prefix));
+    let mut count = 0;
+    for (id, started, ended) in runs {
+        count += 1;
         let mut marks = vec![*started];
         for (mark, _) in ECHO_MARKS {
             let text = mark.replace("{id}", id);
@@ -1574,7 +1595,8 @@ fn print_echo_phases(log: &str, spans: &[(String, SystemTime, SystemTime)], runs
         .map(|(name, values)| format!("{name} {:.1} ms", median(values)))
         .collect();
     println!(
-        "runv's ctr run --rm echo, phase by phase from the shim's log, medians of {runs}: {}",
+        "runv's ctr run --rm echo {how}, phase by phase from the shim's log, medians of \
+         {count}: {}",
         parts.join("; ")
     );
 }

@@ -414,9 +414,12 @@ fn boot_and_snapshot(
 }
 
 /// Starts the pod's VM in `dir` and connects to its agent: from `template`
-/// if there is one, and cold if there is none or its VM does not start (the
-/// template is then removed). `on_vm_exit` runs when the VM that serves the
-/// pod exits; a VM from the template serves it only once its agent answered.
+/// if there is one, and cold if there is none or its VM does not start.
+/// A template whose VM did not start is removed only once the cold boot
+/// with the same pod's parts (taps, cgroup, share) has: if that fails too,
+/// the pod's parts are the likelier cause, and the template stays.
+/// `on_vm_exit` runs when the VM that serves the pod exits; a VM from the
+/// template serves it only once its agent answered.
 pub(super) fn start_vm(
     config: &RunvConfig,
     dir: &SandboxDir,
@@ -475,14 +478,20 @@ pub(super) fn start_vm(
             }
             Err(err) => {
                 warn!(
-                    "VM template {} did not start ({err}): removed; cold boot",
+                    "VM template {} did not start ({err}): cold boot",
                     template.key
                 );
-                template.discard();
                 // A killed VMM leaves its sockets; the next one makes them.
                 for socket in [dir.api_sock(), dir.vsock_sock()] {
                     let _ = fs::remove_file(socket);
                 }
+                let cold = launch(VmStart::Boot, &Arc::new(AtomicBool::new(true)))?;
+                warn!(
+                    "VM template {}: removed, as a cold boot of the same pod started",
+                    template.key
+                );
+                template.discard();
+                return Ok(cold);
             }
         }
     }
