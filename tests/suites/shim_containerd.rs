@@ -974,8 +974,8 @@ fn fault_vmm_killed_by_seccomp() {
     }
     let trigger = std::env::var_os("RUNV_VMM_SECCOMP_TRIGGER").unwrap_or_else(|| {
         panic!(
-            "RUNV_VMM_SECCOMP_TRIGGER is not set: cargo build --release -p runv-vmm \
-             --features seccomp-trigger --target-dir target/seccomp-trigger (scripts/test does)"
+            "RUNV_VMM_SECCOMP_TRIGGER is not set: scripts/build-vmm --seccomp-trigger \
+             (scripts/test runs it)"
         )
     });
     let containerd = Containerd::start();
