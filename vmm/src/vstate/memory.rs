@@ -60,31 +60,94 @@ pub fn create_guest_memory(size: u64) -> Result<GuestMemoryMmap, MemoryError> {
 }
 
 /// Maps `size` bytes of guest RAM from `file`, which holds the regions one
-/// after the other: private, so the guest's writes stay its own while the
-/// pages it only reads stay the host's page cache, shared by every VM
-/// mapped from the same file (as Firecracker restores snapshot memory).
+/// after the other, with pages of zeros left as holes (a snapshot's memory).
+/// The file's data is mapped private, so the guest's writes stay its own
+/// while the pages it only reads stay the host's page cache, shared by every
+/// VM mapped from the same file (as Firecracker restores snapshot memory).
+/// Its holes are not: a private fault on a tmpfs hole adds a page to the
+/// file itself, so a VM mapped over them would grow the shared file by every
+/// page it touched, for as long as the file lives. They keep the anonymous
+/// memory every region starts as (zero-filled, in large pages where the
+/// host allows).
 pub fn guest_memory_from_file(size: u64, file: &File) -> Result<GuestMemoryMmap, MemoryError> {
-    let mut offset: u64 = 0;
+    let mut region_offset: u64 = 0;
     guest_memory(size, |addr, len| {
-        // SAFETY: `addr`..`addr + len` is the aligned anonymous mapping just
-        // reserved for this region and owned by nothing else yet; MAP_FIXED
-        // replaces exactly that range with the file's pages.
-        let mapped = unsafe {
-            libc::mmap(
-                addr.cast(),
-                len,
-                RAM_PROT,
-                libc::MAP_PRIVATE | libc::MAP_NORESERVE | libc::MAP_FIXED,
-                file.as_raw_fd(),
-                offset as libc::off_t,
-            )
-        };
-        offset += len as u64;
-        if mapped == libc::MAP_FAILED {
-            return Err(io::Error::last_os_error());
+        let ranges = data_ranges(file, region_offset, len as u64)?;
+        for (offset, range_len) in ranges {
+            let at = addr.wrapping_add((offset - region_offset) as usize);
+            // SAFETY: `at`..`at + range_len` lies inside the aligned anonymous
+            // mapping just reserved for this region (`data_ranges` keeps to
+            // `region_offset`..`region_offset + len`), owned by nothing else
+            // yet; MAP_FIXED replaces exactly that range with the file's pages.
+            let mapped = unsafe {
+                libc::mmap(
+                    at.cast(),
+                    range_len as usize,
+                    RAM_PROT,
+                    libc::MAP_PRIVATE | libc::MAP_NORESERVE | libc::MAP_FIXED,
+                    file.as_raw_fd(),
+                    offset as libc::off_t,
+                )
+            };
+            if mapped == libc::MAP_FAILED {
+                return Err(io::Error::last_os_error());
+            }
         }
+        region_offset += len as u64;
         Ok(())
     })
+}
+
+/// Holes of a memory file shorter than this are mapped from the file with
+/// the data around them: fewer mappings, for at most this much file growth
+/// per hole.
+const SMALL_HOLE: u64 = 256 << 10;
+/// Past this many data ranges in one region, the whole region is mapped
+/// from the file (a mapping each would cost more than the holes save).
+const MAX_DATA_RANGES: usize = 1024;
+/// The granule of mappings.
+const PAGE: u64 = 4096;
+
+/// The ranges of `file` in `start`..`start + len` that hold data, as (file
+/// offset, length) in pages, holes under [`SMALL_HOLE`] merged into the data
+/// around them; the whole range if there are more than [`MAX_DATA_RANGES`].
+fn data_ranges(file: &File, start: u64, len: u64) -> io::Result<Vec<(u64, u64)>> {
+    let end = start + len;
+    let seek = |offset: u64, whence: i32| -> io::Result<Option<u64>> {
+        // SAFETY: lseek on a file this function borrows; only its offset
+        // changes, which nothing here reads (mmap takes explicit offsets).
+        let found = unsafe { libc::lseek(file.as_raw_fd(), offset as libc::off_t, whence) };
+        if found < 0 {
+            let err = io::Error::last_os_error();
+            // ENXIO: no data at or past `offset`.
+            return match err.raw_os_error() {
+                Some(libc::ENXIO) => Ok(None),
+                _ => Err(err),
+            };
+        }
+        Ok(Some(found as u64))
+    };
+    let mut ranges: Vec<(u64, u64)> = Vec::new();
+    let mut offset = start;
+    while offset < end {
+        let Some(data) = seek(offset, libc::SEEK_DATA)? else {
+            break;
+        };
+        if data >= end {
+            break;
+        }
+        let hole = seek(data, libc::SEEK_HOLE)?.unwrap_or(end).min(end);
+        let (data, hole) = (data / PAGE * PAGE, hole.next_multiple_of(PAGE).min(end));
+        match ranges.last_mut() {
+            Some((from, to)) if data < *from + *to + SMALL_HOLE => *to = hole - *from,
+            _ => ranges.push((data, hole - data)),
+        }
+        if ranges.len() > MAX_DATA_RANGES {
+            return Ok(vec![(start, len)]);
+        }
+        offset = hole.max(offset + PAGE);
+    }
+    Ok(ranges)
 }
 
 /// The regions for `size` bytes, each an aligned anonymous mapping handed to
@@ -175,6 +238,78 @@ mod tests {
                 .unwrap(),
             0xab
         );
+    }
+
+    /// A file of `len` bytes in tmpfs (where a private fault on a hole adds
+    /// a page to the file) with one byte at each of `data`.
+    fn tmpfs_file(name: &str, len: u64, data: &[u64]) -> File {
+        use std::os::unix::fs::FileExt;
+        let shm = std::path::Path::new("/dev/shm");
+        assert!(shm.is_dir(), "these tests need tmpfs at /dev/shm");
+        let path = shm.join(format!("runv-{name}-{}", std::process::id()));
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .unwrap();
+        std::fs::remove_file(&path).unwrap();
+        file.set_len(len).unwrap();
+        for &offset in data {
+            file.write_all_at(&[0x5a], offset).unwrap();
+        }
+        file
+    }
+
+    #[test]
+    fn data_ranges_merge_small_holes_and_skip_large_ones() {
+        let file = tmpfs_file("ranges", 64 << 20, &[0, 0x3000, 8 << 20, 40 << 20]);
+        // 0x0 and 0x3000: one range across a small hole; the others alone.
+        assert_eq!(
+            data_ranges(&file, 0, 64 << 20).unwrap(),
+            vec![(0, 0x4000), (8 << 20, PAGE), (40 << 20, PAGE)]
+        );
+        // A second region sees only its own part of the file.
+        assert_eq!(
+            data_ranges(&file, 32 << 20, 32 << 20).unwrap(),
+            vec![(40 << 20, PAGE)]
+        );
+        assert_eq!(data_ranges(&file, 48 << 20, 16 << 20).unwrap(), vec![]);
+    }
+
+    #[test]
+    fn too_many_data_ranges_map_the_whole_region() {
+        let pages: Vec<u64> = (0..=MAX_DATA_RANGES as u64)
+            .map(|i| i * 2 * SMALL_HOLE)
+            .collect();
+        let len = 2 * SMALL_HOLE * (MAX_DATA_RANGES as u64 + 1);
+        let file = tmpfs_file("many-ranges", len, &pages);
+        assert_eq!(data_ranges(&file, 0, len).unwrap(), vec![(0, len)]);
+    }
+
+    #[test]
+    fn a_guest_touching_the_holes_of_its_memory_file_leaves_the_file_as_it_was() {
+        use std::os::unix::fs::MetadataExt;
+        use vm_memory::{Bytes, GuestMemory, GuestMemoryRegion};
+        let file = tmpfs_file("holes", 64 << 20, &[0x1000, 33 << 20]);
+        let blocks = file.metadata().unwrap().blocks();
+        let mem = guest_memory_from_file(64 << 20, &file).unwrap();
+        assert_eq!(mem.read_obj::<u8>(GuestAddress(0x1000)).unwrap(), 0x5a);
+        assert_eq!(mem.read_obj::<u8>(GuestAddress(33 << 20)).unwrap(), 0x5a);
+        for page in (4 << 20..32 << 20).step_by(256 << 10) {
+            assert_eq!(mem.read_obj::<u8>(GuestAddress(page)).unwrap(), 0);
+            mem.write_obj(0xffu8, GuestAddress(page)).unwrap();
+        }
+        mem.write_obj(0xffu8, GuestAddress(0x1000)).unwrap();
+        assert_eq!(
+            file.metadata().unwrap().blocks(),
+            blocks,
+            "the guest's pages in the holes came from the file"
+        );
+        for region in mem.iter() {
+            // SAFETY: each region is this test's own mapping, unmapped once.
+            unsafe { libc::munmap(region.as_ptr().cast(), region.len() as usize) };
+        }
     }
 
     #[test]
