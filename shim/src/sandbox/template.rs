@@ -36,7 +36,7 @@ use std::io;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -413,6 +413,46 @@ fn boot_and_snapshot(
     fs::rename(&snapshot, dir).map_err(io_err(dir))
 }
 
+/// Which came first of a VM's start as the pod's and its exit, decided
+/// once: a VM from a template serves the pod only if its start wins; an exit
+/// before that is the template's failure, which the pod never hears of.
+struct Handover(AtomicU8);
+
+impl Handover {
+    /// Not yet the pod's.
+    const STARTING: u8 = 0;
+    /// The pod's: its exit is the pod's.
+    const SERVING: u8 = 1;
+    /// Exited before it was the pod's.
+    const EXITED_EARLY: u8 = 2;
+
+    /// A VM from a template, not yet the pod's.
+    fn starting() -> Arc<Self> {
+        Arc::new(Self(AtomicU8::new(Self::STARTING)))
+    }
+
+    /// A VM that is the pod's from its start (a cold boot).
+    fn serving() -> Arc<Self> {
+        Arc::new(Self(AtomicU8::new(Self::SERVING)))
+    }
+
+    /// The VM becomes the pod's; false if it exited first.
+    fn serve(&self) -> bool {
+        self.leave_starting(Self::SERVING).is_ok()
+    }
+
+    /// The VM exited: whether the pod is to hear of it.
+    fn exited(&self) -> bool {
+        self.leave_starting(Self::EXITED_EARLY) == Err(Self::SERVING)
+    }
+
+    /// Moves from STARTING to `to`; else the state it is in.
+    fn leave_starting(&self, to: u8) -> Result<u8, u8> {
+        self.0
+            .compare_exchange(Self::STARTING, to, Ordering::SeqCst, Ordering::SeqCst)
+    }
+}
+
 /// Starts the pod's VM in `dir` and connects to its agent: from `template`
 /// if there is one, and cold if there is none or its VM does not start.
 /// A template whose VM did not start is removed only once the cold boot
@@ -429,11 +469,11 @@ pub(super) fn start_vm(
     on_vm_exit: impl FnOnce(i32) + Send + 'static,
 ) -> Result<(Vm, AgentClient), SandboxError> {
     let slot = Arc::new(Mutex::new(Some(on_vm_exit)));
-    // The exit of the VM that serves the pod, if `serving` says it does.
-    let exit_of = |serving: Arc<AtomicBool>| {
+    // The exit of the VM, if the pod is to hear of it.
+    let exit_of = |handover: Arc<Handover>| {
         let slot = slot.clone();
         move |code| {
-            if serving.load(Ordering::SeqCst) {
+            if handover.exited() {
                 let callback = slot.lock().unwrap_or_else(|p| p.into_inner()).take();
                 if let Some(callback) = callback {
                     callback(code);
@@ -441,14 +481,14 @@ pub(super) fn start_vm(
             }
         }
     };
-    let launch = |start: VmStart<'_>, serving: &Arc<AtomicBool>| {
+    let launch = |start: VmStart<'_>, handover: &Arc<Handover>| {
         let vm = Vm::launch(
             config,
             dir,
             (size, start),
             cards,
             placement,
-            exit_of(serving.clone()),
+            exit_of(handover.clone()),
         )
         .map_err(|err| SandboxError::Launch(err.into()))?;
         match agent::connect_agent(dir, &vm, config) {
@@ -460,17 +500,17 @@ pub(super) fn start_vm(
         }
     };
     if let Some(template) = template {
-        let serving = Arc::new(AtomicBool::new(false));
-        let restored = launch(VmStart::Restore(&template.dir), &serving).and_then(|(vm, agent)| {
-            serving.store(true, Ordering::SeqCst);
-            if vm.has_exited() {
-                // Gone as its agent answered: its exit was not reported.
-                return Err(SandboxError::Launch(
-                    "the VMM exited after its start".into(),
-                ));
-            }
-            Ok((vm, agent))
-        });
+        let handover = Handover::starting();
+        let restored =
+            launch(VmStart::Restore(&template.dir), &handover).and_then(|(vm, agent)| {
+                if !handover.serve() {
+                    // Gone as its agent answered: its exit was not reported.
+                    return Err(SandboxError::Launch(
+                        "the VMM exited after its start".into(),
+                    ));
+                }
+                Ok((vm, agent))
+            });
         match restored {
             Ok(started) => {
                 info!("VM started from template {}", template.key);
@@ -485,7 +525,7 @@ pub(super) fn start_vm(
                 for socket in [dir.api_sock(), dir.vsock_sock()] {
                     let _ = fs::remove_file(socket);
                 }
-                let cold = launch(VmStart::Boot, &Arc::new(AtomicBool::new(true)))?;
+                let cold = launch(VmStart::Boot, &Handover::serving())?;
                 warn!(
                     "VM template {}: removed, as a cold boot of the same pod started",
                     template.key
@@ -495,7 +535,7 @@ pub(super) fn start_vm(
             }
         }
     }
-    launch(VmStart::Boot, &Arc::new(AtomicBool::new(true)))
+    launch(VmStart::Boot, &Handover::serving())
 }
 
 /// The template key of pods of `shape` under `config` whose VMM, kernel and
@@ -535,6 +575,22 @@ mod tests {
 
     fn key_of(config: &RunvConfig, shape: VmShape) -> String {
         key(config, shape, &MadeFrom::now(config))
+    }
+
+    #[test]
+    fn a_template_vm_that_exits_before_it_serves_is_not_the_pods() {
+        let handover = Handover::starting();
+        assert!(!handover.exited(), "the pod heard of a template's failure");
+        assert!(!handover.serve(), "an exited VM became the pod's");
+        assert!(!handover.exited());
+    }
+
+    #[test]
+    fn a_vm_that_serves_the_pod_exits_as_the_pods() {
+        let handover = Handover::starting();
+        assert!(handover.serve());
+        assert!(handover.exited());
+        assert!(Handover::serving().exited(), "a cold boot's exit");
     }
 
     #[test]
