@@ -1782,8 +1782,10 @@ fn with_descendants(roots: &[i32]) -> Vec<i32> {
     }
 }
 
-/// PSS of process `pid` and the part of it in mappings of `guest_kib` (the guest's
-/// RAM), in KiB, from /proc/<pid>/smaps.
+/// PSS of process `pid` and the part of it in the guest's RAM, in KiB, from
+/// /proc/<pid>/smaps. The guest's RAM is `guest_kib` of address space from a
+/// 2 MiB boundary: one anonymous mapping after a cold boot; from a template,
+/// the memory file's data ranges among anonymous mappings, end to end.
 fn pss_kib(pid: i32, guest_kib: u64) -> (u64, u64) {
     let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap_or_default();
     let field = |line: &str, name: &str| -> Option<u64> {
@@ -1794,18 +1796,43 @@ fn pss_kib(pid: i32, guest_kib: u64) -> (u64, u64) {
             .parse()
             .ok()
     };
-    let (mut total, mut guest, mut in_guest) = (0, 0, false);
+    // (start, end, PSS in KiB) of each mapping.
+    let mut mappings: Vec<(u64, u64, u64)> = Vec::new();
     for line in smaps.lines() {
-        if let Some(size) = field(line, "Size:") {
-            in_guest = size == guest_kib;
-        } else if let Some(pss) = field(line, "Pss:") {
-            total += pss;
-            if in_guest {
-                guest += pss;
+        let range = line
+            .split_whitespace()
+            .next()
+            .and_then(|range| range.split_once('-'))
+            .and_then(|(start, end)| {
+                Some((
+                    u64::from_str_radix(start, 16).ok()?,
+                    u64::from_str_radix(end, 16).ok()?,
+                ))
+            });
+        if let Some((start, end)) = range {
+            mappings.push((start, end, 0));
+        } else if let (Some(pss), Some(last)) = (field(line, "Pss:"), mappings.last_mut()) {
+            last.2 += pss;
+        }
+    }
+    let total = mappings.iter().map(|m| m.2).sum();
+    let guest_bytes = guest_kib * 1024;
+    for (first, &(start, ..)) in mappings.iter().enumerate() {
+        if start % (2 << 20) != 0 {
+            continue;
+        }
+        let (mut end, mut pss) = (start, 0);
+        for &(from, to, kib) in &mappings[first..] {
+            if from != end || to - start > guest_bytes {
+                break;
+            }
+            (end, pss) = (to, pss + kib);
+            if end - start == guest_bytes {
+                return (total, pss);
             }
         }
     }
-    (total, guest)
+    (total, 0)
 }
 
 /// Waits for `child` (stdout and stderr piped) to exit within `timeout`; its
