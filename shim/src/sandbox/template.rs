@@ -511,31 +511,32 @@ pub(super) fn start_vm(
                 }
                 Ok((vm, agent))
             });
-        match restored {
+        let err = match restored {
             Ok(started) => {
                 info!("VM started from template {}", template.key);
                 return Ok(started);
             }
-            Err(err) => {
-                warn!(
-                    "VM template {} did not start ({err}): cold boot",
-                    template.key
-                );
-                // A killed VMM leaves its sockets; the next one makes them.
-                for socket in [dir.api_sock(), dir.vsock_sock()] {
-                    let _ = fs::remove_file(socket);
-                }
-                let cold = launch(VmStart::Boot, &Handover::serving())?;
-                warn!(
-                    "VM template {}: removed, as a cold boot of the same pod started",
-                    template.key
-                );
-                template.discard();
-                return Ok(cold);
-            }
+            Err(err) => err,
+        };
+        warn!(
+            "VM template {} did not start ({err}): cold boot",
+            template.key
+        );
+        // A killed VMM leaves its sockets; the next one makes them.
+        for socket in [dir.api_sock(), dir.vsock_sock()] {
+            let _ = fs::remove_file(socket);
         }
     }
-    launch(VmStart::Boot, &Handover::serving())
+    let cold = launch(VmStart::Boot, &Handover::serving())?;
+    // Here a template is one whose VM did not start.
+    if let Some(template) = template {
+        warn!(
+            "VM template {}: removed, as a cold boot of the same pod started",
+            template.key
+        );
+        template.discard();
+    }
+    Ok(cold)
 }
 
 /// The template key of pods of `shape` under `config` whose VMM, kernel and

@@ -145,7 +145,7 @@ fn data_ranges(file: &File, start: u64, len: u64) -> io::Result<Vec<(u64, u64)>>
         let hole = seek(data, libc::SEEK_HOLE)?.unwrap_or(end).min(end);
         let (data, hole) = (data / PAGE * PAGE, hole.next_multiple_of(PAGE).min(end));
         match ranges.last_mut() {
-            Some((from, to)) if data < *from + *to + SMALL_HOLE => *to = hole - *from,
+            Some((from, len)) if data < *from + *len + SMALL_HOLE => *len = hole - *from,
             _ => ranges.push((data, hole - data)),
         }
         if ranges.len() > MAX_DATA_RANGES {
