@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""runv-vmm's virtio devices: vsock, virtio-fs and virtio-blk throughput.
+"""runv-vmm's virtio devices: vsock, virtio-fs, virtio-blk and virtio-net throughput.
 
 One guest boot per VMM and run, alternating runv-vmm and QEMU microvm; both boot
 the same guest kernel with a busybox initrd, 2 vCPUs and 512 MiB.
@@ -18,6 +18,10 @@ the same guest kernel with a busybox initrd, 2 vCPUs and 512 MiB.
 - vsock: host→guest and guest→host bulk streams through runv-vmm's hybrid Unix
   socket to the test peer in the guest (which hashes what it receives and generates
   what it sends). No peer: these hosts have no vhost-vsock, so QEMU has no vsock.
+- virtio-net (`--only net`): TCP over a tap of the bench's own, host→guest and
+  guest→host (busybox nc and dd in the guest, as in bench/net), on runv-vmm, on
+  QEMU's own virtio-net and on QEMU with vhost-net (the data path in the host
+  kernel): whether a guest's network is bounded by its VMM or by the host.
 
 Data: `bench/devices` writes the file, the tree and their ext4 image at native speed
 (`--prepare`); inside the test host the image is copied to tmpfs (its 9p is far too
@@ -53,6 +57,15 @@ BIG_MIB = 256
 DIRS, FILES_PER_DIR = 100, 100
 PEER_PORT = 5000
 TAG = "bench"
+# virtio-net: the tap, its subnet (the bench's own, inside the test host) and ports.
+NET_TAP = "runvbench0"
+NET_HOST, NET_GUEST, NET_PREFIX = "10.214.0.1", "10.214.0.2", 24
+NET_MAC = "02:00:0a:d6:00:02"
+NET_SINK_PORT, NET_SOURCE_PORT = 5001, 5002
+# A TCP stream that makes no progress for this long is reported as stalled: the
+# test host loses nested guests' timer interrupts now and then (docs/test-host.md),
+# and a guest's TCP sender waits on its timers.
+NET_STALL_S = 120
 
 GUEST_SCRIPT = r"""b=/bin/busybox
 $b mount -t devtmpfs dev /dev
@@ -79,6 +92,17 @@ m fs-walk walk /fs/tree
 RUNV_SHARE_MOUNT = f"-t virtiofs {TAG}"
 NINEP_OPTIONS = "trans=virtio,version=9p2000.L,msize=512000,cache=loose"
 QEMU_SHARE_MOUNT = f"-t 9p -o {NINEP_OPTIONS} {TAG}"
+
+# virtio-net: a sink for the host's stream, then a stream to the host.
+GUEST_NET = r"""$b mount -t devtmpfs dev /dev
+$b mount -t proc proc /proc
+$b ip link set lo up
+$b ip link set eth0 up
+$b ip addr add %(guest)s/%(prefix)d dev eth0
+echo bench-net-ready
+$b nc -l -p %(sink)d -e $b dd of=/dev/null bs=64k
+$b nc %(host)s %(source)d -e $b dd if=/dev/zero bs=64k count=%(blocks)d
+"""
 
 GUEST_END = "echo bench-guest-done\n"
 GUEST_VSOCK = "/bin/vsock-peer serve %d\n" % PEER_PORT
@@ -139,6 +163,78 @@ def runv_cmd(args, initrd_path, image, share, uds):
             "--memory-mib", str(MEMORY_MIB), "--console", "stdout", "--cmdline", "quiet",
             "--disk", f"path={image},readonly", "--fs", f"tag={TAG},path={share}",
             "--vsock", f"cid=3,uds={uds}"]
+
+
+def with_net(cmd, vmm):
+    """`cmd` with a virtio-net card on the bench's tap: runv-vmm's, QEMU's own
+    (`qemu`) or QEMU's with vhost-net (`qemu-vhost`)."""
+    if vmm == "runv":
+        return cmd + ["--net", f"tap={NET_TAP},mac={NET_MAC}"]
+    vhost = "on" if vmm == "qemu-vhost" else "off"
+    extra = ["-netdev", f"tap,id=n,ifname={NET_TAP},script=no,downscript=no,vhost={vhost}",
+             "-device", f"virtio-net-device,netdev=n,mac={NET_MAC}"]
+    # Before -append, which stays last.
+    return cmd[:-2] + extra + cmd[-2:]
+
+
+def net_up():
+    """The bench's tap, with the host's address; vhost-net loaded."""
+    subprocess.run(["modprobe", "vhost_net"], check=False)
+    if not os.path.exists("/dev/vhost-net"):
+        sys.exit("devices: no /dev/vhost-net here: QEMU's vhost-net peer cannot run")
+    for step in (["ip", "tuntap", "add", NET_TAP, "mode", "tap", "vnet_hdr"],
+                 ["ip", "addr", "add", f"{NET_HOST}/{NET_PREFIX}", "dev", NET_TAP],
+                 ["ip", "link", "set", NET_TAP, "up"]):
+        subprocess.run(step, check=True)
+
+
+def net_down():
+    subprocess.run(["ip", "link", "del", NET_TAP], check=False)
+
+
+def net_streams(mib):
+    """TCP host→guest then guest→host, `mib` MiB each, in MiB/s; None for a
+    stream that made no progress for NET_STALL_S (and for what follows it)."""
+    listener = socket.create_server((NET_HOST, NET_SOURCE_PORT))
+    listener.settimeout(NET_STALL_S)
+    with listener:
+        sink = None
+        # The guest's nc listens a moment after it says it is ready.
+        for _ in range(300):
+            try:
+                sink = socket.create_connection((NET_GUEST, NET_SINK_PORT), timeout=NET_STALL_S)
+                break
+            except OSError:
+                time.sleep(0.1)
+        if sink is None:
+            sys.exit("devices: the guest's TCP sink did not answer")
+        block = bytes(1 << 20)
+        try:
+            start = time.monotonic()
+            with sink:
+                for _ in range(mib):
+                    sink.sendall(block)
+                sink.shutdown(socket.SHUT_WR)
+                # The guest closes once its dd has all of it.
+                sink.recv(1)
+            to_guest = mib / (time.monotonic() - start)
+        except TimeoutError:
+            progress(f"TCP host→guest made no progress for {NET_STALL_S} s")
+            return None, None
+        try:
+            source, _ = listener.accept()
+            start, total = time.monotonic(), 0
+            with source:
+                source.settimeout(NET_STALL_S)
+                while data := source.recv(1 << 20):
+                    total += len(data)
+            from_guest = mib / (time.monotonic() - start)
+        except TimeoutError:
+            progress(f"TCP guest→host made no progress for {NET_STALL_S} s")
+            return to_guest, None
+    if total != mib << 20:
+        sys.exit(f"devices: got {total} of {mib << 20} bytes from the guest over TCP")
+    return to_guest, from_guest
 
 
 def qemu_cmd(args, initrd_path, image, share):
@@ -265,18 +361,19 @@ class GuestStalled(Exception):
 ATTEMPTS = 3
 
 
-def boot_measured(cmd, name, uds=None, vsock_mib=0):
+def boot_measured(cmd, name, uds=None, vsock_mib=0, net_mib=0):
     """`boot`, again when the guest stalled (up to ATTEMPTS boots)."""
     for attempt in range(1, ATTEMPTS + 1):
         try:
-            return boot(cmd, name, uds, vsock_mib)
+            return boot(cmd, name, uds, vsock_mib, net_mib)
         except GuestStalled as stall:
             progress(f"{name}: the guest stalled ({stall}); boot {attempt} of {ATTEMPTS} not measured")
     sys.exit(f"devices: the {name} guest stalled {ATTEMPTS} times")
 
 
-def boot(cmd, name, uds=None, vsock_mib=0):
-    """Boots `cmd`; returns {step: seconds} (+ vsock MiB/s) and the clocksource."""
+def boot(cmd, name, uds=None, vsock_mib=0, net_mib=0):
+    """Boots `cmd`; returns {step: seconds} (+ vsock and TCP MiB/s) and the
+    clocksource."""
     proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT)
     results, transcript, clock, held = {}, [], "?", []
@@ -307,6 +404,16 @@ def boot(cmd, name, uds=None, vsock_mib=0):
                 results["vsock-g2h"] = guest_to_host(uds, vsock_mib)
                 # Held until the VM is gone: the peer exits, the init script reboots.
                 held.append(vsock_connect(uds, "exit"))
+            if net_mib and "bench-net-ready" in line:
+                results["net-h2g"], results["net-g2h"] = net_streams(net_mib)
+                if results["net-g2h"] is None:
+                    proc.kill()
+                    break
+            if net_mib and "bench-guest-done" in line:
+                # Measured; the guest's reboot adds nothing (QEMU's guests were
+                # seen to stall in it here).
+                proc.kill()
+                break
         proc.wait()
     finally:
         watch.stop()
@@ -315,7 +422,8 @@ def boot(cmd, name, uds=None, vsock_mib=0):
             proc.wait()
         for stream in held:
             stream.close()
-    if "bench-guest-done" not in "".join(transcript) or (uds and "vsock-h2g" not in results):
+    finished = "net-h2g" in results if net_mib else "bench-guest-done" in "".join(transcript)
+    if not finished or (uds and "vsock-h2g" not in results):
         sys.exit(f"devices: the {name} guest did not finish (the VMM exited with "
                  f"{proc.returncode}):\n" + "".join(transcript))
     return results, clock
@@ -332,8 +440,9 @@ def main():
     parser.add_argument("--vsock-peer")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--vsock-mib", type=int, default=64)
-    parser.add_argument("--only", choices=["blk"],
-                        help="only the virtio-blk steps (the devices stay attached, the guests "
+    parser.add_argument("--net-mib", type=int, default=64)
+    parser.add_argument("--only", choices=["blk", "net"],
+                        help="only the virtio-blk or the virtio-net steps (the devices stay attached, the guests "
                         "skip the share and vsock)")
     args = parser.parse_args()
     if args.prepare:
@@ -347,6 +456,8 @@ def main():
         parser.error("--vmm, --kernel and --vsock-peer are required")
 
     runs = {"runv": [], "qemu": []}
+    if args.only == "net":
+        runs["qemu-vhost"] = []
     clocks = {}
     with tempfile.TemporaryDirectory() as tmp:
         if args.content:
@@ -368,6 +479,12 @@ def main():
         if args.only == "blk":
             runv_initrd = initrd(tmp, "runv", common + GUEST_END + GUEST_REBOOT)
             qemu_initrd = initrd(tmp, "qemu", common + GUEST_END + GUEST_REBOOT)
+        elif args.only == "net":
+            net = GUEST_NET % {"guest": NET_GUEST, "prefix": NET_PREFIX, "host": NET_HOST,
+                               "sink": NET_SINK_PORT, "source": NET_SOURCE_PORT,
+                               "blocks": args.net_mib * 16}
+            runv_initrd = qemu_initrd = initrd(tmp, "net", "b=/bin/busybox\n" + net + GUEST_END
+                                               + GUEST_REBOOT)
         else:
             runv_initrd = initrd(tmp, "runv", common + GUEST_SHARE % {"mount": RUNV_SHARE_MOUNT}
                                  + GUEST_END + GUEST_VSOCK + GUEST_REBOOT,
@@ -376,8 +493,14 @@ def main():
                                  + GUEST_END + GUEST_REBOOT)
         uds = os.path.join(tmp, "vsock.sock")
         try:
-            measure(args, runs, clocks, share, image, runv_initrd, qemu_initrd, uds)
+            if args.only == "net":
+                net_up()
+                measure_net(args, runs, clocks, share, image, runv_initrd, uds)
+            else:
+                measure(args, runs, clocks, share, image, runv_initrd, qemu_initrd, uds)
         finally:
+            if args.only == "net":
+                net_down()
             if args.content:
                 subprocess.run(["umount", share], check=False)
 
@@ -397,7 +520,45 @@ def measure(args, runs, clocks, share, image, runv_initrd, qemu_initrd, uds):
         progress(f"run {run + 1}/{args.runs}: QEMU microvm: {result}")
 
 
+def measure_net(args, runs, clocks, share, image, initrd_path, uds):
+    """Each run: runv-vmm, QEMU's virtio-net, QEMU's vhost-net, the same guest."""
+    for run in range(args.runs):
+        for vmm in runs:
+            cmd = runv_cmd(args, initrd_path, image, share, uds) if vmm == "runv" \
+                else qemu_cmd(args, initrd_path, image, share)
+            progress(f"run {run + 1}/{args.runs}: {vmm}")
+            # A VMM killed once measured leaves its vsock socket behind.
+            if os.path.exists(uds):
+                os.unlink(uds)
+            result, clocks[vmm] = boot_measured(with_net(cmd, vmm), vmm, net_mib=args.net_mib)
+            runs[vmm].append(result)
+            progress(f"run {run + 1}/{args.runs}: {vmm}: {result}")
+
+
+def report_net(args, runs):
+    print(f"virtio-net: TCP over a tap, {args.net_mib} MiB each way, guest of {CPUS} vCPUs and "
+          f"{MEMORY_MIB} MiB; {args.runs} runs each, alternating; medians")
+    for step, what in (("net-h2g", "host → guest (into busybox dd)"),
+                       ("net-g2h", "guest → host (from busybox dd)")):
+        value, shown = {}, {}
+        for vmm in runs:
+            rates = [r[step] for r in runs[vmm] if r[step] is not None]
+            stalled = len(runs[vmm]) - len(rates)
+            value[vmm] = statistics.median(rates) if rates else None
+            shown[vmm] = (f"{value[vmm]:.1f} MiB/s" if rates else "no run") \
+                + (f" ({stalled} of {len(runs[vmm])} stalled)" if stalled else "")
+        ratios = {peer: f"{value['runv'] / value[peer]:.2f}" if value["runv"] and value[peer]
+                  else "none" for peer in ("qemu", "qemu-vhost")}
+        print(f"TCP {what}: runv-vmm {shown['runv']}, QEMU virtio-net {shown['qemu']}, "
+              f"QEMU vhost-net {shown['qemu-vhost']}; ratio runv/QEMU {ratios['qemu']}, "
+              f"runv/vhost-net {ratios['qemu-vhost']}")
+    print("ratios > 1 favour runv-vmm; absolute figures are from an emulated test host")
+
+
 def report(args, runs, clocks):
+    if args.only == "net":
+        report_net(args, runs)
+        return
     def med(vmm, step):
         return statistics.median(r[step] for r in runs[vmm])
 
